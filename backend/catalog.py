@@ -33,6 +33,8 @@ class CatalogEntry:
     count_note: str = ""
     native_dtype: str = "bf16"
     config_file: str = ""
+    #: components the authors leave out of their "active" figure (e.g. the embedding lookup)
+    active_excludes: tuple[str, ...] = ()
 
     @property
     def stated_total_value(self) -> float:
@@ -67,6 +69,7 @@ def _rows() -> dict[str, CatalogEntry]:
     for row in data["models"]:
         row = dict(row)
         row.setdefault("config_file", f"{row['key']}.json")
+        row["active_excludes"] = tuple(row.get("active_excludes", ()))
         rows[row["key"]] = CatalogEntry(**row)
     return rows
 

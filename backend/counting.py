@@ -27,6 +27,10 @@ class ParamCount:
     active: int
     components: dict[str, int] = field(default_factory=dict)
 
+    def active_excluding(self, components: tuple[str, ...] | list[str]) -> int:
+        """Active parameters without some always-active components (vendors' conventions differ)."""
+        return self.active - sum(self.components.get(c, 0) for c in components)
+
     @property
     def active_share(self) -> float:
         return self.active / self.total if self.total else 0.0

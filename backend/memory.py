@@ -186,14 +186,14 @@ def _plan(canon: str, sizes: tuple, dtype: str, cpu_gib: float, reserve_gib: flo
     finally:
         alog.setLevel(level)
     module_sizes = compute_module_sizes(model, dtype=torch_dtype)
+    layer_names = [n for n, m in model.named_modules() if type(m).__name__ == spec.decoder_layer_class]
     per_dev: dict[str, int] = {}
     layers: dict[str, int] = {}
     for name, dev in dmap.items():
         label = f"GPU {dev}" if isinstance(dev, int) else str(dev)
         per_dev[label] = per_dev.get(label, 0) + int(module_sizes[name])
-        is_layer = name.split(".")[-1].isdigit()
-        layers[label] = layers.get(label, 0) + (1 if is_layer else 0)
-        if name.split(".")[-1] in ("layers", "h"):
-            layers[label] += spec.num_layers
+        # Decoder layers inside this map entry (the entry may be one layer, the stack, or the whole model).
+        inside = sum(1 for n in layer_names if not name or n == name or n.startswith(name + "."))
+        layers[label] = layers.get(label, 0) + inside
     fits = all(isinstance(d, int) for d in dmap.values())
     return DevicePlan(dict(dmap), per_dev, layers, fits)
