@@ -1,0 +1,402 @@
+"""Runnable models: miniatures, full size with random weights, pretrained checkpoints.
+
+Placement is CPU, one GPU, or sharded over all visible GPUs with accelerate (decoder layers never
+split). Loaded models are cached per request until ``release``. Pretrained checkpoints come from a
+local folder or the Hugging Face cache only (never downloaded), as safetensors, without remote code.
+"""
+from __future__ import annotations
+
+import gc
+import json
+import os
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from . import configs
+from .errors import ArchLabError
+from .memory import GiB, device_plan, weight_bytes
+from .miniature import MINIATURE_SIZES, miniature_config_dict, miniature_spec
+from .spec import ArchSpec, arch_spec
+
+MODES = ("miniature", "full", "pretrained")
+DEVICES = ("auto", "cpu", "cuda", "multi-gpu")
+DTYPES = ("auto", "fp32", "bf16", "fp16")
+#: Share of free memory kept for activations, KV cache and allocator slack.
+HEADROOM = 0.15
+MINIATURE_SEED = 0
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+__all__ = ["ModelRequest", "LoadedModel", "Placement", "load", "release", "release_all", "hardware",
+           "plan_placement", "resolve_checkpoint", "check_checkpoint", "MINIATURE_SIZES"]
+
+
+@dataclass(frozen=True)
+class ModelRequest:
+    source: str | dict          # catalog key, or a config dict (uploaded config.json)
+    mode: str = "miniature"     # "miniature" | "full" | "pretrained"
+    size: str = "small"         # miniature preset
+    path: str | None = None     # pretrained: local folder, or a repo id in the HF hub cache
+    device: str = "auto"        # "auto" | "cpu" | "cuda" | "multi-gpu"
+    dtype: str = "auto"         # "auto" | "fp32" | "bf16" | "fp16"
+
+    def key(self) -> str:
+        """Hashable identity (the source may be a dict)."""
+        src = configs.canonical(self.source) if self.mode != "pretrained" else repr(self.source)
+        return json.dumps([src, self.mode, self.size if self.mode == "miniature" else "", self.path,
+                           self.device, self.dtype])
+
+
+@dataclass
+class LoadedModel:
+    request: ModelRequest
+    model: Any
+    tokenizer: Any
+    spec: ArchSpec
+    label: str
+    params: int
+    device_summary: str
+    device_map: dict[str, str]
+    bytes_per_device: dict[str, int]
+    load_seconds: float
+    dtype: str = "fp32"
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)  # one generation at a time
+
+    @property
+    def input_device(self):
+        return self.model.get_input_embeddings().weight.device
+
+
+@dataclass(frozen=True)
+class Placement:
+    kind: str                     # "cpu" | "cuda" | "multi-gpu"
+    dtype: str                    # resolved: fp32 / bf16 / fp16
+    device_map: dict[str, str]    # module name -> "cpu" / "cuda:i" ("" = whole model)
+    need_bytes: int
+
+
+# ----------------------------------------------------------------- hardware
+
+def _meminfo() -> tuple[float, float]:
+    total = avail = 0.0
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                total = int(line.split()[1]) * 1024 / GiB
+            elif line.startswith("MemAvailable:"):
+                avail = int(line.split()[1]) * 1024 / GiB
+    except OSError:
+        pass
+    return total, avail
+
+
+def hardware() -> dict:
+    """{"cuda", "gpus": [{"index","name","total_gib","free_gib"}], "cpu_threads", "ram_total_gib", "ram_available_gib"}."""
+    import torch
+
+    gpus = []
+    cuda = torch.cuda.is_available()
+    if cuda:
+        for i in range(torch.cuda.device_count()):
+            free, total = torch.cuda.mem_get_info(i)
+            gpus.append({"index": i, "name": torch.cuda.get_device_name(i),
+                         "total_gib": total / GiB, "free_gib": free / GiB})
+    total, avail = _meminfo()
+    threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return {"cuda": cuda, "gpus": gpus, "cpu_threads": threads, "ram_total_gib": total, "ram_available_gib": avail}
+
+
+# ----------------------------------------------------------------- placement
+
+def _gib(n: float) -> str:
+    return f"{n / GiB:,.1f} GiB"
+
+
+def plan_placement(source: configs.ModelSource, device: str, dtype: str, hw: dict | None = None,
+                   need_bytes: int | None = None) -> Placement:
+    """Where a model goes, given the hardware (``hw`` as ``hardware()`` returns; fake it in tests).
+
+    ``auto`` prefers one GPU, then all GPUs sharded, then the CPU. ArchLabError says how much
+    memory is needed when nothing can hold the weights.
+    """
+    if device not in DEVICES:
+        raise ArchLabError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
+    if dtype not in DTYPES:
+        raise ArchLabError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    hw = hw if hw is not None else hardware()
+    gpus = hw.get("gpus") or []
+    if device in ("cuda", "multi-gpu") and not gpus:
+        raise ArchLabError(f"device {device!r} asked for, but no CUDA GPU is visible")
+    want_gpu = device in ("cuda", "multi-gpu") or (device == "auto" and gpus)
+    dt = dtype if dtype != "auto" else ("bf16" if want_gpu else "fp32")
+    need = need_bytes if need_bytes is not None else weight_bytes(source, dt)
+    best = max(gpus, key=lambda g: g["free_gib"]) if gpus else None
+
+    def fits_one() -> bool:
+        return best is not None and need <= best["free_gib"] * GiB * (1 - HEADROOM)
+
+    if device in ("cuda", "auto") and fits_one():
+        return Placement("cuda", dt, {"": f"cuda:{best['index']}"}, need)
+    if device == "cuda":
+        raise ArchLabError(f"needs {_gib(need)} of {dt} weights (+{HEADROOM:.0%} headroom); the largest free GPU "
+                           f"has {best['free_gib']:,.1f} GiB: try multi-gpu or a smaller dtype")
+    total_free = sum(g["free_gib"] for g in gpus)
+    if device == "multi-gpu" or (device == "auto" and gpus and need <= total_free * GiB * (1 - HEADROOM)):
+        sizes = [max(g["free_gib"] * (1 - HEADROOM), 0.01) for g in gpus]
+        plan = device_plan(source, sizes, dt if dt != "fp32" else "fp32")
+        if not plan.fits:
+            raise ArchLabError(f"needs {_gib(need)} of {dt} weights; {len(gpus)} GPU(s) have {total_free:,.1f} GiB free "
+                               f"in all (decoder layers are not split)")
+        index = {g_i: g["index"] for g_i, g in enumerate(gpus)}
+        dmap = {name: f"cuda:{index[d]}" for name, d in plan.device_map.items()}
+        return Placement("multi-gpu", dt, dmap, need)
+    avail = float(hw.get("ram_available_gib") or 0.0)
+    if need <= avail * GiB * (1 - HEADROOM):
+        return Placement("cpu", dt, {"": "cpu"}, need)
+    where = f"{len(gpus)} GPU(s) with {total_free:,.1f} GiB free and " if gpus else ""
+    raise ArchLabError(f"needs {_gib(need)} of {dt} weights; this machine has {where}{avail:,.1f} GiB of free RAM")
+
+
+# ----------------------------------------------------------------- checkpoints
+
+_REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+
+
+def resolve_checkpoint(path: str) -> Path:
+    """A local folder, or the snapshot folder of a repo id already in the HF hub cache (no download)."""
+    if not path or not isinstance(path, str):
+        raise ArchLabError("pretrained mode needs a path: a local folder or a repo id in the Hugging Face cache")
+    p = Path(path).expanduser()
+    if p.is_dir():
+        return p.resolve()
+    if _REPO_ID.match(path):
+        from huggingface_hub import snapshot_download
+
+        try:
+            return Path(snapshot_download(repo_id=path, local_files_only=True))
+        except Exception:
+            pass
+    raise ArchLabError(f"{path!r} is neither a folder nor a model in the local Hugging Face cache (nothing is downloaded)")
+
+
+def check_checkpoint(folder: Path) -> dict:
+    """Validate a checkpoint folder; returns its config dict. ArchLabError names what is missing."""
+    files = {f.name for f in folder.iterdir()}
+    missing = []
+    if "config.json" not in files:
+        missing.append("config.json")
+    if "model.safetensors.index.json" in files:
+        index = json.loads((folder / "model.safetensors.index.json").read_text())
+        shards = sorted(set(index.get("weight_map", {}).values()))
+        missing += [s for s in shards if s not in files]
+    elif "model.safetensors" not in files:
+        pickles = sorted(f for f in files if f.endswith(PICKLE_SUFFIXES))
+        if pickles:
+            raise ArchLabError(f"{folder} has only pickle weights ({', '.join(pickles[:3])}); ArchLab loads "
+                               "safetensors only (pickles can run code)")
+        missing.append("model.safetensors (or model.safetensors.index.json)")
+    has_tok = "tokenizer.json" in files or ("tokenizer_config.json" in files and (
+        {"vocab.json", "merges.txt"} <= files or "tokenizer.model" in files))
+    if not has_tok:
+        missing.append("tokenizer.json (or tokenizer_config.json with its vocabulary files)")
+    if missing:
+        raise ArchLabError(f"checkpoint {folder} is missing: {', '.join(missing)}")
+    d = configs.parse_config_text((folder / "config.json").read_text())
+    if d.get("auto_map"):
+        raise ArchLabError(f"{folder}/config.json asks for remote code (auto_map); ArchLab never runs code from a checkpoint")
+    return d
+
+
+# ----------------------------------------------------------------- building
+
+def _torch_dtype(dt: str):
+    import torch
+
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dt]
+
+
+def _quiet():
+    import logging
+
+    tlog = logging.getLogger("transformers")
+    level = tlog.level
+    tlog.setLevel(logging.ERROR)
+    return lambda: tlog.setLevel(level)
+
+
+def _random_model(cfg, placement: Placement, seed: Optional[int]):
+    """Random weights, built on the meta device and materialised straight onto the planned devices."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(cfg, dtype=_torch_dtype(placement.dtype))
+    for name, dev in sorted(placement.device_map.items(), key=lambda kv: kv[0].count(".")):
+        (model.get_submodule(name) if name else model).to_empty(device=dev, recurse=True)
+    for t in list(model.parameters()) + list(model.buffers()):
+        if hasattr(t, "_is_hf_initialized"):
+            del t._is_hf_initialized
+    for m in model.modules():
+        m.__dict__.pop("_is_hf_initialized", None)
+    with torch.random.fork_rng(devices=[]):
+        if seed is not None:
+            torch.manual_seed(seed)
+        model.init_weights()
+    return _dispatch(model, placement)
+
+
+def _dispatch(model, placement: Placement):
+    if placement.kind == "multi-gpu":
+        from accelerate import dispatch_model
+
+        model = dispatch_model(model, device_map=placement.device_map)
+    return model.eval()
+
+
+def _device_bytes(model) -> dict[str, int]:
+    out: dict[str, int] = {}
+    seen = set()
+    for t in list(model.parameters()) + list(model.buffers()):
+        if id(t) in seen:
+            continue
+        seen.add(id(t))
+        out[str(t.device)] = out.get(str(t.device), 0) + t.numel() * t.element_size()
+    return out
+
+
+def _summary(devs: list[str]) -> str:
+    cuda = sorted(int(d.split(":")[1]) for d in devs if d.startswith("cuda:"))
+    if len(cuda) > 1:
+        return f"cuda:{cuda[0]}–{cuda[-1]} (sharded)"
+    return devs[0] if len(devs) == 1 else ", ".join(devs)
+
+
+def _build(request: ModelRequest, progress: Callable[[str], None]) -> LoadedModel:
+    from .configs import load_config
+    from .tokenizer import load_offline
+
+    t0 = time.perf_counter()
+    restore = _quiet()
+    try:
+        if request.mode == "pretrained":
+            return _pretrained(request, progress, t0)
+        if request.mode == "miniature":
+            if request.size not in MINIATURE_SIZES:
+                raise ArchLabError(f"unknown miniature size {request.size!r}; choose one of {', '.join(MINIATURE_SIZES)}")
+            src = miniature_config_dict(request.source, request.size)
+            spec = miniature_spec(request.source, request.size)
+            label = f"{configs.label(request.source)} (miniature, {request.size})"
+            seed = MINIATURE_SEED
+        else:
+            src, spec, seed = request.source, arch_spec(request.source), None
+            label = f"{configs.label(request.source)} (full size, random)"
+        placement = plan_placement(src, request.device, request.dtype)
+        progress(f"building {label} on {placement.kind} ({_gib(placement.need_bytes)} of {placement.dtype} weights)")
+        model = _random_model(load_config(src), placement, seed)
+        tokenizer = load_offline()
+        return _loaded(request, model, tokenizer, spec, label, placement, t0)
+    finally:
+        restore()
+
+
+def _pretrained(request: ModelRequest, progress, t0: float) -> LoadedModel:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = resolve_checkpoint(request.path)
+    d = check_checkpoint(folder)
+    spec = arch_spec(d)
+    placement = plan_placement(d, request.device, request.dtype)
+    label = f"{folder.name if folder.parent.name != 'snapshots' else request.path} (pretrained)"
+    progress(f"loading {label} on {placement.kind} ({_gib(placement.need_bytes)} of {placement.dtype} weights)")
+    dmap = placement.device_map if placement.kind == "multi-gpu" else placement.device_map[""]
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            str(folder), dtype=_torch_dtype(placement.dtype), device_map=dmap, local_files_only=True,
+            trust_remote_code=False, use_safetensors=True)
+        tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
+    except ArchLabError:
+        raise
+    except Exception as e:
+        raise ArchLabError(f"could not load {folder}: {type(e).__name__}: {str(e).splitlines()[0][:300]}") from None
+    return _loaded(request, model.eval(), tokenizer, spec, label, placement, t0)
+
+
+def _loaded(request, model, tokenizer, spec, label, placement: Placement, t0: float) -> LoadedModel:
+    per_dev = _device_bytes(model)
+    dmap = getattr(model, "hf_device_map", None) or placement.device_map
+    dmap = {k: (f"cuda:{v}" if isinstance(v, int) else str(v)) for k, v in dmap.items()}
+    params = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+    return LoadedModel(request, model, tokenizer, spec, label, params, _summary(list(per_dev)), dmap, per_dev,
+                       time.perf_counter() - t0, placement.dtype)
+
+
+# ----------------------------------------------------------------- cache
+
+_cache: dict[str, LoadedModel] = {}
+_locks: dict[str, threading.Lock] = {}
+_guard = threading.Lock()
+
+
+def _validate(request: ModelRequest) -> None:
+    if not isinstance(request, ModelRequest):
+        raise ArchLabError(f"expected a ModelRequest, got {type(request).__name__}")
+    if request.mode not in MODES:
+        raise ArchLabError(f"unknown mode {request.mode!r}; choose one of {', '.join(MODES)}")
+    if request.device not in DEVICES:
+        raise ArchLabError(f"unknown device {request.device!r}; choose one of {', '.join(DEVICES)}")
+    if request.dtype not in DTYPES:
+        raise ArchLabError(f"unknown dtype {request.dtype!r}; choose one of {', '.join(DTYPES)}")
+    if request.mode == "pretrained" and not request.path:
+        raise ArchLabError("pretrained mode needs a path: a local folder or a repo id in the Hugging Face cache")
+
+
+def load(request: ModelRequest, progress: Callable[[str], None] | None = None) -> LoadedModel:
+    """Build or load the model of a request (cached per request; concurrent calls build once)."""
+    _validate(request)
+    key = request.key()
+    with _guard:
+        if key in _cache:
+            return _cache[key]
+        lock = _locks.setdefault(key, threading.Lock())
+    with lock:
+        with _guard:
+            if key in _cache:
+                return _cache[key]
+        loaded = _build(request, progress or (lambda _msg: None))
+        with _guard:
+            _cache[key] = loaded
+        return loaded
+
+
+def is_loaded(request: ModelRequest) -> bool:
+    return request.key() in _cache
+
+
+def _free() -> None:
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:
+        pass
+
+
+def release(request: ModelRequest) -> None:
+    """Drop a cached model and free its memory."""
+    with _guard:
+        _cache.pop(request.key(), None)
+        _locks.pop(request.key(), None)
+    _free()
+
+
+def release_all() -> None:
+    """Drop every cached model."""
+    with _guard:
+        _cache.clear()
+        _locks.clear()
+    _free()
