@@ -1,0 +1,315 @@
+"""GPU benchmark, one device call: speed against the bandwidth floor, memory predicted vs measured.
+
+    python bench/gpu.py [--smoke] [--only llama3-8b,qwen3-30b-a3b] [--tokens 128] [--out DIR]
+
+Per model (random bf16 weights, batch 1): parameters, active parameters, bandwidth floor
+(2 bytes × active / measured copy bandwidth), HF ``generate`` tok/s, our fast path's tok/s with
+streaming (one host copy per token) and routing capture on, weights and KV cache predicted by
+``backend.memory`` vs measured with ``torch.cuda.memory_allocated``. Models too large for the GPU
+run "full width, fewer layers" at two depths; the per-layer cost is extrapolated to full depth.
+Also checks that a model split by a device map (GPU + CPU here, or several GPUs) generates the same
+greedy tokens as on one device. Results go to bench/results/gpu-<gpu>.json (and --out).
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from backend import catalog, configs, counting, memory  # noqa: E402
+from backend.fastdecode import GraphDecoder, pack_step, sample  # noqa: E402
+
+GiB = 1024 ** 3
+
+# key, depths (None = full depth), contexts for the KV check
+PLAN = [
+    ("llama3-8b", None),          # dense GQA: the issue's dense target
+    ("olmo2-7b", None),           # MHA
+    ("qwen3-30b-a3b", None),      # MoE, GQA: the issue's MoE target
+    ("gpt-oss-20b", None),        # MoE + sliding-window layers
+    ("deepseek-v3", (4, 5)),      # MLA + MoE, full width: 3 dense + 1 or 2 MoE layers
+]
+SMOKE = [("qwen3-0.6b", None), ("qwen3-30b-a3b", (4,)), ("deepseek-v3", (4,))]
+CONTEXTS = (2048, 16384)
+
+
+def log(*a) -> None:
+    print(*a, flush=True)
+
+
+def copy_bandwidth() -> float:
+    """Device-to-device copy bandwidth in bytes/s, counting bytes read plus written."""
+    n = 2 * GiB
+    a = torch.empty(n, dtype=torch.uint8, device="cuda")
+    b = torch.empty_like(a)
+    for _ in range(3):
+        b.copy_(a)
+    torch.cuda.synchronize()
+    s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    times = []
+    for _ in range(10):
+        s.record(); b.copy_(a); e.record(); torch.cuda.synchronize()
+        times.append(s.elapsed_time(e) / 1e3)
+    del a, b
+    torch.cuda.empty_cache()
+    return 2 * n / sorted(times)[len(times) // 2]
+
+
+def truncated(key: str, layers: int | None) -> dict:
+    d = catalog.raw_config(key)
+    if layers:
+        d["num_hidden_layers"] = layers
+        if isinstance(d.get("layer_types"), list):
+            d["layer_types"] = d["layer_types"][:layers]
+        d["_name_or_path"] = f"{key}[{layers} layers]"
+    return d
+
+
+def build(cfg_dict: dict):
+    from transformers import AutoModelForCausalLM
+
+    cfg = configs.load_config(cfg_dict)
+    with torch.device("cuda"):
+        model = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16)
+    return model.eval()
+
+
+def measure_kv(model, cfg_dict: dict, context: int) -> dict:
+    """Bytes a static cache of ``context`` tokens takes, measured vs predicted (HF stores MLA expanded)."""
+    from transformers import StaticCache
+
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    cache = StaticCache(config=model.config, max_cache_len=context)
+    ids = torch.randint(0, model.config.vocab_size, (1, 8), device="cuda")
+    with torch.inference_mode():
+        out = model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+    del out
+    torch.cuda.synchronize()
+    measured = torch.cuda.memory_allocated() - before
+    layout = "expanded"
+    predicted = memory.kv_cache(cfg_dict, context, 1, "bf16", mla_layout=layout).total_bytes
+    del cache
+    gc.collect(); torch.cuda.empty_cache()
+    return {"context": context, "predicted_bytes": predicted, "measured_bytes": int(measured),
+            "error_pct": 100 * (measured - predicted) / predicted}
+
+
+def hf_generate_speed(model, n: int) -> float:
+    ids = torch.randint(0, model.config.vocab_size, (1, 32), device="cuda")
+    with torch.inference_mode():
+        model.generate(ids, max_new_tokens=4, min_new_tokens=4, do_sample=False)
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        out = model.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False)
+        torch.cuda.synchronize()
+        dt = time.perf_counter() - t
+    return (out.shape[1] - ids.shape[1]) / dt
+
+
+def fast_speed(model, n: int, use_graph: bool = True, routing: bool = True) -> dict:
+    """Our streaming loop: one host copy per token (token + every layer's routing)."""
+    ids = torch.randint(0, model.config.vocab_size, (1, 32), device="cuda")
+    with torch.inference_mode():
+        dec = GraphDecoder(model, max_cache_len=32 + n + 1, capture_routing=routing, use_graph=use_graph)
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        out = dec.prefill(ids)
+        tok = sample(out.logits, 0.0, 1.0, None)
+        packed, unpack = pack_step(tok, out.routing)
+        first, _ = unpack(packed.cpu())
+        ttft = time.perf_counter() - t0
+        tokens, routed = [first], 0
+        t1 = time.perf_counter()
+        for _ in range(n - 1):
+            out = dec.step(tok)
+            tok = sample(out.logits, 0.0, 1.0, None)
+            packed, unpack = pack_step(tok, out.routing)
+            t, layers = unpack(packed.cpu())  # the one sync of the step
+            tokens.append(t)
+            routed += len(layers)
+        dt = time.perf_counter() - t1
+        graph_error = dec.graph_error
+        graphed = dec.graph is not None
+        dec.close()
+    return {"tok_s": (n - 1) / dt, "ttft_s": ttft, "graph": graphed, "graph_error": graph_error,
+            "routing_records": routed, "tokens": tokens}
+
+
+def eager_tokens(model, n: int) -> list[int]:
+    ids = torch.manual_seed(0) and torch.randint(0, model.config.vocab_size, (1, 16))
+    with torch.inference_mode():
+        out = model.generate(ids.to(next(model.parameters()).device), max_new_tokens=n, min_new_tokens=n,
+                             do_sample=False)
+    return out[0, 16:].tolist()
+
+
+def sharding_check(key: str = "qwen3-0.6b", n: int = 24) -> dict:
+    """Greedy tokens of one model on one device vs split by a device map over the devices present."""
+    from accelerate import dispatch_model, infer_auto_device_map
+    from transformers import AutoModelForCausalLM
+
+    from backend.spec import arch_spec
+
+    cfg = configs.load_config(key)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32).eval()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    ref = eager_tokens(model.to("cuda:0"), n)
+    model.to("cpu")
+    weights = counting.count_params(key).total * 4
+    ngpu = torch.cuda.device_count()
+    if ngpu >= 2:
+        max_memory = {i: int(weights / ngpu * 1.2) for i in range(ngpu)}
+    else:  # one GPU: put about half the layers on it, the rest on the CPU
+        max_memory = {0: int(weights * 0.55), "cpu": 64 * GiB}
+    dmap = infer_auto_device_map(model, max_memory=max_memory,
+                                 no_split_module_classes=[arch_spec(key).decoder_layer_class])
+    model.load_state_dict(state)
+    model = dispatch_model(model, device_map=dmap)
+    split = eager_tokens(model, n)
+    where = {}
+    for name, p in model.named_parameters():
+        where[str(p.device)] = where.get(str(p.device), 0) + p.numel() * p.element_size()
+    plan_devices = sorted({str(v) for v in dmap.values()})
+    del model
+    gc.collect(); torch.cuda.empty_cache()
+    return {"model": key, "devices": plan_devices, "bytes_by_device": where, "tokens_equal": ref == split,
+            "agree": sum(a == b for a, b in zip(ref, split)), "n": n}
+
+
+def run_model(key: str, depths, tokens: int, bw: float, skip_hf: bool) -> list[dict]:
+    rows = []
+    for layers in (depths or (None,)):
+        d = truncated(key, layers)
+        count = counting.count_params(d)
+        name = f"{key}" + (f" [{layers}/{catalog.raw_config(key)['num_hidden_layers']} layers]" if layers else "")
+        log(f"== {name}: {count.total / 1e9:.2f} B params, {count.active / 1e9:.2f} B active")
+        gc.collect(); torch.cuda.empty_cache(); torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        t = time.perf_counter()
+        model = build(d)
+        torch.cuda.synchronize()
+        build_s = time.perf_counter() - t
+        w_measured = torch.cuda.memory_allocated() - base
+        w_pred = memory.weight_bytes(d, "bf16")
+        row = {"model": name, "key": key, "layers": layers or count_layers(d), "params": count.total,
+               "active": count.active, "build_s": build_s,
+               "weights_predicted": w_pred, "weights_measured": int(w_measured),
+               "weights_error_pct": 100 * (w_measured - w_pred) / w_pred,
+               "floor_tok_s": bw / (2 * count.active)}
+        row["kv"] = [measure_kv(model, d, c) for c in CONTEXTS]
+        fast = fast_speed(model, tokens)
+        row.update({"fast_tok_s": fast["tok_s"], "fast_ttft_s": fast["ttft_s"], "graph": fast["graph"],
+                    "graph_error": fast["graph_error"], "routing_records": fast["routing_records"]})
+        eager = fast_speed(model, min(tokens, 32), use_graph=False)
+        row["eager_static_tok_s"] = eager["tok_s"]
+        row["graph_matches_eager"] = fast["tokens"][:len(eager["tokens"])] == eager["tokens"]
+        nor = fast_speed(model, tokens, routing=False)
+        row["fast_no_routing_tok_s"] = nor["tok_s"]
+        row["hf_tok_s"] = None if skip_hf else hf_generate_speed(model, min(tokens, 32))
+        row["peak_bytes"] = torch.cuda.max_memory_allocated() - base
+        log(json.dumps({k: v for k, v in row.items() if k != "kv"}, default=str))
+        for kv in row["kv"]:
+            log(f"   kv @ {kv['context']}: predicted {kv['predicted_bytes'] / GiB:.3f} GiB, "
+                f"measured {kv['measured_bytes'] / GiB:.3f} GiB ({kv['error_pct']:+.2f} %)")
+        rows.append(row)
+        del model
+        gc.collect(); torch.cuda.empty_cache()
+    return rows
+
+
+def count_layers(d: dict) -> int:
+    return int(d.get("num_hidden_layers") or d.get("n_layer"))
+
+
+def extrapolate(rows: list[dict], key: str) -> dict | None:
+    """Per-layer decode cost from two depths, extrapolated to the full model."""
+    r = sorted((x for x in rows if x["key"] == key and x["layers"]), key=lambda x: x["layers"])
+    if len(r) < 2:
+        return None
+    a, b = r[0], r[-1]
+    step_a, step_b = 1 / a["fast_tok_s"], 1 / b["fast_tok_s"]
+    per_layer = (step_b - step_a) / (b["layers"] - a["layers"])
+    full = count_layers(catalog.raw_config(key))
+    step_full = step_a + per_layer * (full - a["layers"])
+    full_count = counting.count_params(key)
+    return {"model": key, "per_moe_layer_ms": per_layer * 1e3, "full_layers": full,
+            "extrapolated_tok_s": 1 / step_full, "full_params": full_count.total, "full_active": full_count.active,
+            "note": f"measured at {a['layers']} and {b['layers']} layers, full width; layers past the first "
+                    f"{a['layers']} are MoE layers like the measured ones"}
+
+
+def table(rows: list[dict], extra: list[dict]) -> str:
+    head = (f"{'model':34s} {'params':>8s} {'active':>8s} {'floor':>7s} {'HF gen':>7s} {'ours':>7s} "
+            f"{'%floor':>6s} {'no-rt':>7s} {'w pred':>8s} {'w meas':>8s} {'kv err %':>16s}")
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        kv = "/".join(f"{k['error_pct']:+.1f}" for k in r["kv"])
+        hf = f"{r['hf_tok_s']:.1f}" if r["hf_tok_s"] else "—"
+        lines.append(f"{r['model']:34s} {r['params'] / 1e9:7.2f}B {r['active'] / 1e9:7.2f}B {r['floor_tok_s']:7.0f} "
+                     f"{hf:>7s} {r['fast_tok_s']:7.1f} {100 * r['fast_tok_s'] / r['floor_tok_s']:5.0f}% "
+                     f"{r['fast_no_routing_tok_s']:7.1f} {r['weights_predicted'] / GiB:7.2f}G "
+                     f"{r['weights_measured'] / GiB:7.2f}G {kv:>16s}")
+    for e in extra:
+        lines.append(f"{e['model']} extrapolated to {e['full_layers']} layers: {e['extrapolated_tok_s']:.1f} tok/s "
+                     f"({e['per_moe_layer_ms']:.3f} ms per MoE layer)")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--smoke", action="store_true", help="small shapes: check the fast path works")
+    ap.add_argument("--only", default="")
+    ap.add_argument("--tokens", type=int, default=128)
+    ap.add_argument("--skip-hf", action="store_true")
+    ap.add_argument("--no-shard", action="store_true")
+    ap.add_argument("--out", default=os.environ.get("OUT", ""))
+    a = ap.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("bench/gpu.py needs a CUDA GPU")
+    import transformers
+
+    gpu = torch.cuda.get_device_name(0)
+    bw = copy_bandwidth()
+    log(f"{gpu} x{torch.cuda.device_count()}, torch {torch.__version__}, transformers {transformers.__version__}, "
+        f"copy bandwidth {bw / 1e12:.2f} TB/s")
+    plan = SMOKE if a.smoke else PLAN
+    if a.only:
+        plan = [p for p in plan if p[0] in a.only.split(",")]
+    rows = []
+    for key, depths in plan:
+        try:
+            rows += run_model(key, depths, 32 if a.smoke else a.tokens, bw, a.skip_hf)
+        except torch.cuda.OutOfMemoryError as e:
+            log(f"!! {key}: out of memory: {str(e).splitlines()[0]}")
+            gc.collect(); torch.cuda.empty_cache()
+    extra = [e for e in (extrapolate(rows, k) for k, _ in plan) if e]
+    shard = None if a.no_shard else sharding_check()
+    result = {"gpu": gpu, "gpus": torch.cuda.device_count(), "torch": torch.__version__,
+              "transformers": transformers.__version__, "copy_bandwidth_Bps": bw, "rows": rows,
+              "extrapolated": extra, "sharding": shard, "tokens": a.tokens, "smoke": a.smoke}
+    for r in rows:
+        r.pop("tokens", None)
+    name = f"gpu-{'smoke-' if a.smoke else ''}{gpu.replace(' ', '_')}.json"
+    for folder in filter(None, [a.out, str(ROOT / "bench" / "results")]):
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        (Path(folder) / name).write_text(json.dumps(result, indent=2, default=str))
+    log("")
+    log(table(rows, extra))
+    if shard:
+        log(f"sharding {shard['model']} over {shard['devices']}: greedy tokens equal to one device: "
+            f"{shard['tokens_equal']} ({shard['agree']}/{shard['n']}); bytes by device {shard['bytes_by_device']}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,71 @@
+"""The static-cache decode path gives the same greedy tokens as transformers' generate."""
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from backend import catalog, configs
+from backend.fastdecode import GraphDecoder, can_use, pack_step, sample
+from backend.miniature import miniature_config_dict
+from backend.routers import router_modules
+
+
+def _tiny(key):
+    cfg = configs.load_config(miniature_config_dict(key, "tiny"))
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(cfg).eval()
+
+
+def _decode(model, ids, n, use_graph=False):
+    dec = GraphDecoder(model, ids.shape[1] + n + 1, use_graph=use_graph)
+    out = dec.prefill(ids)
+    tokens, routed = [], []
+    tok = sample(out.logits, 0.0, 1.0, None)
+    for i in range(n):
+        packed, unpack = pack_step(tok, out.routing)
+        t, layers = unpack(packed.cpu())
+        tokens.append(t)
+        routed.append(layers)
+        if i < n - 1:
+            out = dec.step(tok)
+            tok = sample(out.logits, 0.0, 1.0, None)
+    dec.close()
+    return tokens, routed
+
+
+@pytest.mark.parametrize("key", ["deepseek-v3", "llama4-scout", "gemma3-27b", "gpt-oss-20b", "qwen3-next-80b-a3b", "gpt2"])
+def test_static_decode_matches_generate(key):
+    model = _tiny(key)
+    ids = torch.randint(0, model.config.vocab_size, (1, 10), generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        ref = model.generate(ids, max_new_tokens=12, min_new_tokens=12, do_sample=False)[0, 10:].tolist()
+        tokens, routed = _decode(model, ids, 12)
+    assert tokens == ref
+    n_routers = len(router_modules(model))
+    # prefill routes every prompt token, each later step one token, in every MoE layer
+    assert len(routed[0]) == n_routers
+    if n_routers:
+        assert routed[0][0][1].shape[0] == 10 and all(r[0][1].shape[0] == 1 for r in routed[1:])
+
+
+def test_sampling_respects_top_p():
+    logits = torch.tensor([5.0, 4.9, -10.0, -10.0])
+    g = torch.Generator().manual_seed(0)
+    picks = {int(sample(logits, 1.0, 0.5, g)) for _ in range(50)}
+    assert picks <= {0, 1}
+    assert int(sample(logits, 0.0, 1.0, None)) == 0
+
+
+def test_fast_path_needs_a_gpu():
+    assert not can_use(_tiny("qwen3-0.6b"))
+
+
+@pytest.mark.gpu
+def test_graph_decode_matches_eager_on_gpu():
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    model = _tiny("qwen3-30b-a3b").to("cuda")
+    ids = torch.randint(0, model.config.vocab_size, (1, 10), device="cuda")
+    with torch.inference_mode():
+        eager, _ = _decode(model, ids, 16, use_graph=False)
+        graphed, _ = _decode(model, ids, 16, use_graph=True)
+    assert graphed == eager
