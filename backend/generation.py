@@ -1,0 +1,334 @@
+"""Streaming generation of several models at once: one worker thread per model, events in a queue.
+
+Each worker runs a manual decode loop over the model's own KV cache (created by the model on the
+first forward), so every token is timed exactly and a cancel takes effect before the next step.
+TTFT = prompt tokenization + prefill + first pick; tok/s = decode tokens / decode time (tokens after
+the first over the time after the first). One model failing emits ``Failed``; the others go on.
+"""
+from __future__ import annotations
+
+import contextlib
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Optional, Union
+
+from . import configs
+from .errors import ArchLabError
+from .routing import RoutingRecorder, RoutingTrace, StepRouting
+from .runtime import LoadedModel, ModelRequest, load
+
+MAX_NEW_TOKENS = 4096
+MAX_PROMPT_CHARS = 200_000
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    max_new_tokens: int = 48
+    temperature: float = 0.0      # 0 = greedy
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    seed: int = 0
+    capture_routing: bool = True
+    ignore_eos: bool = False      # keep going past EOS (benchmarks)
+
+    def validate(self) -> None:
+        """ArchLabError for out-of-range settings."""
+        n = self.max_new_tokens
+        if isinstance(n, bool) or not isinstance(n, int) or not 0 < n <= MAX_NEW_TOKENS:
+            raise ArchLabError(f"max_new_tokens must be an integer from 1 to {MAX_NEW_TOKENS}, got {n!r}")
+        if not isinstance(self.temperature, (int, float)) or not 0 <= self.temperature <= 10:
+            raise ArchLabError(f"temperature must be between 0 and 10, got {self.temperature!r}")
+        if not isinstance(self.top_p, (int, float)) or not 0 < self.top_p <= 1:
+            raise ArchLabError(f"top_p must be in (0, 1], got {self.top_p!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ArchLabError(f"seed must be an integer, got {self.seed!r}")
+        if not all(isinstance(s, str) and s for s in self.stop) or len(self.stop) > 16:
+            raise ArchLabError("stop must be up to 16 non-empty strings")
+
+
+# ----------------------------------------------------------------- events
+
+@dataclass
+class Loading:
+    slot: int
+    model: str
+    message: str
+
+
+@dataclass
+class Started:
+    slot: int
+    model: str
+    prompt_tokens: int
+    device: str
+
+
+@dataclass
+class Token:
+    slot: int
+    model: str
+    step: int
+    token_id: int
+    text: str          # new text this token completes (may be "" while a character is incomplete)
+    elapsed_s: float   # since the run of this model started (after loading)
+
+
+@dataclass
+class Routing:
+    slot: int
+    model: str
+    step: int
+    record: StepRouting
+
+
+@dataclass
+class Finished:
+    slot: int
+    model: str
+    new_tokens: int
+    ttft_s: float
+    tokens_per_s: float
+    total_s: float
+    reason: str        # "length" | "stop" | "eos" | "cancelled"
+
+
+@dataclass
+class Failed:
+    slot: int
+    model: str
+    message: str
+
+
+Event = Union[Loading, Started, Token, Routing, Finished, Failed]
+
+
+@dataclass
+class _Slot:
+    label: str
+    status: str = "waiting"       # waiting / loading / running / finished / failed
+    text: str = ""
+    new_tokens: int = 0
+    ttft_s: Optional[float] = None
+    tokens_per_s: Optional[float] = None
+    total_s: Optional[float] = None
+    device: str = ""
+    reason: str = ""
+    error: str = ""
+    trace: Optional[RoutingTrace] = None
+    token_ids: list = field(default_factory=list)
+
+
+def request_label(request: ModelRequest) -> str:
+    """A display name before the model is loaded."""
+    try:
+        base = request.path if request.mode == "pretrained" else configs.label(request.source)
+    except ArchLabError:
+        base = "model"
+    return f"{base} ({request.mode}{', ' + request.size if request.mode == 'miniature' else ''})"
+
+
+def _stop_hold(text: str, stops: tuple[str, ...]) -> int:
+    """Length of the longest tail of ``text`` that could start a stop string."""
+    hold = 0
+    for s in stops:
+        for n in range(min(len(s) - 1, len(text)), hold, -1):
+            if text.endswith(s[:n]):
+                hold = n
+                break
+    return hold
+
+
+def _pick(logits, settings: GenerationSettings, gen) -> int:
+    import torch
+
+    if settings.temperature == 0:
+        return int(torch.argmax(logits))
+    probs = torch.softmax(logits / settings.temperature, dim=-1)
+    if settings.top_p < 1:
+        p, order = torch.sort(probs, descending=True)
+        p[(torch.cumsum(p, -1) - p) >= settings.top_p] = 0  # keep the smallest set reaching top_p
+        return int(order[torch.multinomial(p, 1, generator=gen)])
+    return int(torch.multinomial(probs, 1, generator=gen))
+
+
+class GenerationRun:
+    """Prompt several models at once; drain events with ``poll``."""
+
+    def __init__(self, requests: list[ModelRequest], prompt: str, settings: GenerationSettings = GenerationSettings()):
+        if not requests:
+            raise ArchLabError("choose at least one model")
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise ArchLabError("the prompt is empty")
+        if len(prompt) > MAX_PROMPT_CHARS:
+            raise ArchLabError(f"the prompt has {len(prompt):,} characters; the limit is {MAX_PROMPT_CHARS:,}")
+        settings.validate()
+        self.requests, self.prompt, self.settings = list(requests), prompt, settings
+        self._queue: queue.Queue = queue.Queue()
+        self._cancel = threading.Event()
+        self._lock = threading.Lock()
+        self._slots = [_Slot(request_label(r)) for r in self.requests]
+        self._threads: list[threading.Thread] = []
+
+    # ----- public API
+    def start(self) -> "GenerationRun":
+        """Start one worker thread per model."""
+        if self._threads:
+            raise ArchLabError("this run has already started")
+        self._threads = [threading.Thread(target=self._work, args=(i, r), daemon=True, name=f"archlab-gen-{i}")
+                         for i, r in enumerate(self.requests)]
+        for t in self._threads:
+            t.start()
+        return self
+
+    def poll(self, timeout: float = 0.1) -> list[Event]:
+        """Events that arrived (waits up to ``timeout`` for the first one)."""
+        events = []
+        try:
+            events.append(self._queue.get(timeout=timeout) if timeout > 0 else self._queue.get_nowait())
+            while True:
+                events.append(self._queue.get_nowait())
+        except queue.Empty:
+            pass
+        return events
+
+    def cancel(self) -> None:
+        """Ask every worker to stop before its next step."""
+        self._cancel.set()
+
+    @property
+    def done(self) -> bool:
+        """All workers ended and every event was polled."""
+        return bool(self._threads) and not any(t.is_alive() for t in self._threads) and self._queue.empty()
+
+    def join(self, timeout: Optional[float] = None) -> None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for t in self._threads:
+            t.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+
+    def text(self, slot: int) -> str:
+        return self._slots[slot].text
+
+    def stats(self, slot: int) -> dict:
+        s = self._slots[slot]
+        return {"model": s.label, "ttft_s": s.ttft_s, "tokens_per_s": s.tokens_per_s, "new_tokens": s.new_tokens,
+                "total_s": s.total_s, "device": s.device, "status": s.status, "reason": s.reason, "error": s.error}
+
+    def routing(self, slot: int) -> Optional[RoutingTrace]:
+        return self._slots[slot].trace
+
+    def token_ids(self, slot: int) -> list[int]:
+        return list(self._slots[slot].token_ids)
+
+    # ----- worker
+    def _emit(self, event: Event) -> None:
+        self._queue.put(event)
+
+    def _work(self, slot: int, request: ModelRequest) -> None:
+        import torch
+
+        st = self._slots[slot]
+        try:
+            st.status = "loading"
+            self._emit(Loading(slot, st.label, "loading"))
+            lm = load(request, progress=lambda msg: self._emit(Loading(slot, st.label, msg)))
+            st.label, st.device, st.status = lm.label, lm.device_summary, "running"
+            with lm.lock, torch.inference_mode():  # inference mode is per thread: set it here
+                self._generate(slot, lm)
+            st.status = "finished"
+        except ArchLabError as e:
+            self._fail(slot, str(e))
+        except torch.OutOfMemoryError as e:
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            self._fail(slot, f"out of memory: {str(e).splitlines()[0][:200]}")
+        except Exception as e:  # one model's failure must not stop the others
+            self._fail(slot, f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:300]}")
+
+    def _fail(self, slot: int, message: str) -> None:
+        st = self._slots[slot]
+        st.status, st.error = "failed", message
+        self._emit(Failed(slot, st.label, message))
+
+    def _generate(self, slot: int, lm: LoadedModel) -> None:
+        import torch
+
+        st, s, tok, model = self._slots[slot], self.settings, lm.tokenizer, lm.model
+        t0 = time.perf_counter()
+        ids = tok(self.prompt, return_tensors="pt").input_ids
+        n_prompt = int(ids.shape[1])
+        if n_prompt == 0:
+            raise ArchLabError("the prompt encodes to no tokens")
+        if lm.spec.max_context and n_prompt >= lm.spec.max_context:
+            raise ArchLabError(f"the prompt has {n_prompt:,} tokens; {lm.label} takes at most {lm.spec.max_context:,}")
+        max_new = min(s.max_new_tokens, lm.spec.max_context - n_prompt) if lm.spec.max_context else s.max_new_tokens
+        eos = set() if s.ignore_eos else _eos_ids(lm)
+        dev = lm.input_device
+        self._emit(Started(slot, st.label, n_prompt, lm.device_summary))
+
+        capture = s.capture_routing and lm.spec.moe is not None
+        if capture:
+            st.trace = RoutingTrace.for_spec(lm.spec)
+        recorder = RoutingRecorder(model, lm.spec) if capture else contextlib.nullcontext()
+        gen = None
+        inputs, past, step, emitted, generated = ids.to(dev), None, 0, "", []
+        t_first = t_last = None
+        reason = "length"
+        with recorder:
+            while True:
+                if self._cancel.is_set():
+                    reason = "cancelled"
+                    break
+                out = model(input_ids=inputs, past_key_values=past, use_cache=True, logits_to_keep=1)
+                past = out.past_key_values
+                logits = out.logits[0, -1].float()
+                if gen is None and s.temperature > 0:
+                    gen = torch.Generator(device=logits.device).manual_seed(s.seed)
+                next_id = _pick(logits, s, gen)  # .item(): the one host sync of a step
+                now = time.perf_counter()
+                if t_first is None:
+                    t_first = now
+                    st.ttft_s = now - t0
+                t_last = now
+                if capture:
+                    record = recorder.collect(step, inputs[0].tolist())
+                    st.trace.add(record)
+                    self._emit(Routing(slot, st.label, step, record))
+                if next_id in eos:
+                    reason = "eos"
+                    break
+                generated.append(next_id)
+                st.token_ids.append(next_id)
+                full = tok.decode(generated, skip_special_tokens=True)
+                hit = min((p for p in (full.find(x) for x in s.stop) if p >= 0), default=-1)
+                last = hit >= 0 or len(generated) >= max_new
+                if hit >= 0:
+                    full, reason = full[:hit], "stop"
+                safe = full if last else full[: len(full) - _stop_hold(full, s.stop)]
+                if not last and safe.endswith("\ufffd"):
+                    safe = safe[:-1]  # wait for the rest of a multi-byte character
+                delta = safe[len(emitted):] if safe.startswith(emitted) else ""
+                emitted = safe if safe.startswith(emitted) else emitted
+                st.text, st.new_tokens = full, len(generated)
+                self._emit(Token(slot, st.label, step, next_id, delta, now - t0))
+                if last:
+                    break
+                inputs = torch.tensor([[next_id]], device=dev)
+                step += 1
+        total = time.perf_counter() - t0
+        n = len(generated)
+        decode_t = (t_last - t_first) if (t_first is not None and n > 1) else 0.0
+        st.tokens_per_s = (n - 1) / decode_t if decode_t > 0 else 0.0
+        st.total_s, st.reason, st.new_tokens = total, reason, n
+        self._emit(Finished(slot, st.label, n, st.ttft_s or 0.0, st.tokens_per_s, total, reason))
+
+
+def _eos_ids(lm: LoadedModel) -> set[int]:
+    ids = set()
+    for v in (lm.tokenizer.eos_token_id, getattr(getattr(lm.model, "generation_config", None), "eos_token_id", None)):
+        if isinstance(v, int):
+            ids.add(v)
+        elif isinstance(v, (list, tuple)):
+            ids.update(int(x) for x in v)
+    return ids
