@@ -165,3 +165,16 @@ def device_table(models: Models, gpu_gib: Sequence[float], dtype: str = "bf16") 
 DTYPES = tuple(DTYPE_BYTES)
 #: accelerate's names for what did not fit on the GPUs (the plan gives no CPU memory).
 OFFLOAD = {"disk": "does not fit (disk)", "cpu": "does not fit (CPU)"}
+
+
+def default_gpus() -> tuple[int, float]:
+    """(count, GiB each) of the CUDA GPUs on this machine, or (2, 80.0) when there are none."""
+    try:
+        import torch
+
+        if torch.cuda.is_available() and torch.cuda.device_count():
+            n = torch.cuda.device_count()
+            return n, round(min(torch.cuda.get_device_properties(i).total_memory for i in range(n)) / GiB, 1)
+    except Exception:  # a broken CUDA setup is the same as none for a default
+        pass
+    return 2, 80.0

@@ -1,0 +1,220 @@
+"""Shared sidebar state: the model picker, uploads, local checkpoint, and URL mirroring.
+
+Session-state keys (read these from any page):
+  "models"          list[str]  selected model ids, in order (the multiselect's key)
+  "custom_configs"  dict[str, dict]  id -> config dict for ids that are not catalog keys
+  "checkpoint_path" str  absolute path of a local checkpoint folder holding a config.json, or ""
+Model ids: a catalog key ("gpt2"), "custom:<file stem>" (uploaded config.json) or
+"local:<absolute folder path>" (config.json of a local checkpoint folder).
+Query params: "models" (comma-separated catalog keys); pages add their own through :func:`setting`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import streamlit as st
+from streamlit.errors import StreamlitAPIException
+
+from backend import catalog
+from backend.colors import model_colors
+from backend.configs import ModelSource, parse_config_text
+from backend.errors import ArchLabError
+from backend.spec import arch_spec
+
+DEFAULT_MODELS = ["gpt2", "deepseek-v3", "qwen3-30b-a3b"]
+MAX_MODELS = 6
+CUSTOM, LOCAL = "custom:", "local:"
+
+
+@dataclass(frozen=True)
+class Model:
+    id: str
+    label: str
+    source: ModelSource
+    color: str
+
+
+def _ss():
+    return st.session_state
+
+
+def label_of(model_id: str) -> str:
+    """Display name of a model id."""
+    if model_id.startswith(CUSTOM):
+        return f"{model_id[len(CUSTOM):]} (uploaded)"
+    if model_id.startswith(LOCAL):
+        return f"{Path(model_id[len(LOCAL):]).name} (local folder)"
+    try:
+        return catalog.get(model_id).name
+    except ArchLabError:
+        return model_id
+
+
+def _validate(config: dict) -> None:
+    arch_spec(config)  # builds on the meta device: a config transformers rejects fails here, with one line
+
+
+def add_config(model_id: str, data: str | bytes) -> str:
+    """Parse and validate a config.json, register it under ``model_id`` and select it.
+
+    Raises ArchLabError with a one-line message; the selection is unchanged then.
+    """
+    config = parse_config_text(data)
+    _validate(config)
+    ss = _ss()
+    ss.setdefault("custom_configs", {})[model_id] = config
+    selected = [m for m in ss.get("models", []) if m != model_id]
+    ss["models"] = (selected + [model_id])[-MAX_MODELS:]
+    return model_id
+
+
+def add_upload(name: str, data: bytes) -> str | None:
+    """Handle an uploaded file; on failure store the message in ``upload_error`` and return None."""
+    ss = _ss()
+    ss["upload_error"] = ""
+    try:
+        return add_config(CUSTOM + (Path(name).stem or "config"), data)
+    except ArchLabError as e:
+        ss["upload_error"] = f"{name}: {e}"
+        return None
+
+
+def use_checkpoint(path: str) -> str | None:
+    """Adopt a local checkpoint folder: store its path and add its config.json as a model."""
+    ss = _ss()
+    ss["checkpoint_error"] = ""
+    path = (path or "").strip()
+    if not path:
+        ss["checkpoint_path"] = ""
+        return None
+    folder = Path(path).expanduser()
+    config = folder / "config.json"
+    if not folder.is_dir():
+        ss["checkpoint_error"] = f"{path} is not a folder on this server."
+    elif not config.is_file():
+        ss["checkpoint_error"] = f"{path} has no config.json: point at the folder that holds config.json and the *.safetensors files."
+    else:
+        try:
+            model_id = add_config(LOCAL + str(folder.resolve()), config.read_bytes())
+        except ArchLabError as e:
+            ss["checkpoint_error"] = f"config.json in {path}: {e}"
+        else:
+            ss["checkpoint_path"] = str(folder.resolve())
+            return model_id
+    ss["checkpoint_path"] = ""
+    return None
+
+
+def _on_upload() -> None:
+    f = _ss().get("upload")
+    if f is not None:
+        add_upload(f.name, f.getvalue())
+
+
+def _on_checkpoint() -> None:
+    use_checkpoint(_ss().get("checkpoint_input", ""))
+
+
+def _restore_models() -> None:
+    """First run of a session: selection from ?models=..., unknown keys reported, not fatal."""
+    ss = _ss()
+    if "models" in ss:
+        return
+    raw = st.query_params.get("models")
+    if raw is None:
+        ss["models"] = list(DEFAULT_MODELS)
+        return
+    wanted = [k.strip() for k in raw.split(",") if k.strip()]
+    known = set(catalog.keys())
+    bad = [k for k in wanted if k not in known]
+    ss["models"] = list(dict.fromkeys(k for k in wanted if k in known))[:MAX_MODELS]
+    if bad:
+        ss["url_warning_for"] = list(ss["models"])
+        ss["url_warning"] = (f"Ignored unknown model key(s) in the URL: {', '.join(bad)}. "
+                             f"Valid keys are catalog keys such as {', '.join(DEFAULT_MODELS)}.")
+
+
+def sidebar() -> list[Model]:
+    """Draw the shared model picker in the sidebar; return the selected models."""
+    ss = _ss()
+    ss.setdefault("custom_configs", {})
+    ss.setdefault("checkpoint_path", "")
+    _restore_models()
+    options = catalog.keys() + list(ss["custom_configs"])
+    ss["models"] = [m for m in ss["models"] if m in options]
+    with st.sidebar:
+        st.multiselect("Models to compare", options, key="models", format_func=label_of,
+                       max_selections=MAX_MODELS, help="Catalog models use their published config.json. "
+                       "Up to six at once; the order here is the order on every page.")
+        if ss.get("url_warning") and ss.get("url_warning_for") == ss["models"]:
+            st.warning(ss["url_warning"])
+        with st.expander("Add your own model"):
+            st.file_uploader("Upload a config.json", type=["json"], key="upload", on_change=_on_upload,
+                             help="A Hugging Face transformers config.json; nothing is downloaded or run.")
+            if ss.get("upload_error"):
+                st.error(ss["upload_error"] + " The previous selection is kept.")
+            st.text_input("Local checkpoint folder", key="checkpoint_input", on_change=_on_checkpoint,
+                          placeholder="/path/to/model (holds config.json)",
+                          help="A folder on the server with config.json (+ safetensors for the Playground).")
+            if ss.get("checkpoint_error"):
+                st.error(ss["checkpoint_error"])
+            elif ss["checkpoint_path"]:
+                st.caption(f"Using checkpoint folder `{ss['checkpoint_path']}`")
+    _mirror_models()
+    return selected()
+
+
+def selected() -> list[Model]:
+    """The models selected now (sources resolved, colours fixed per id)."""
+    ss = _ss()
+    ids = [m for m in ss.get("models", []) if m in ss.get("custom_configs", {}) or m in catalog.keys()]
+    colors = model_colors(ids)
+    return [Model(m, label_of(m), ss["custom_configs"].get(m, m), colors[m]) for m in ids]
+
+
+def _mirror_models() -> None:
+    keys = [m for m in _ss().get("models", []) if not m.startswith((CUSTOM, LOCAL))]
+    st.query_params["models"] = ",".join(keys)
+
+
+def setting(name: str, default: Any, widget: Callable[..., Any], parse: Callable[[str], Any] = str,
+            **kwargs) -> Any:
+    """A page setting: restored from ?name= on first use, kept across pages, mirrored to the URL.
+
+    ``widget`` is a Streamlit input (st.number_input, st.selectbox, ...) called with ``kwargs``.
+    A value in the URL that ``parse`` rejects (or the widget refuses) falls back to ``default``.
+    """
+    ss = _ss()
+    wkey = f"_w_{name}"
+    if name not in ss:
+        ss[name] = default
+        raw = st.query_params.get(name)
+        if raw is not None:
+            try:
+                ss[name] = parse(raw)
+            except (TypeError, ValueError):
+                st.warning(f"Ignored ?{name}={raw} in the URL (not a valid value); using {default}.")
+    if wkey not in ss:  # Streamlit forgets a widget's state when its page is left
+        ss[wkey] = ss[name]
+    try:
+        value = widget(key=wkey, **kwargs)
+    except StreamlitAPIException:  # a URL value outside the widget's range or options
+        st.warning(f"Ignored ?{name}={ss[name]} in the URL (out of range); using {default}.")
+        ss[name] = ss[wkey] = default
+        st.rerun()
+    ss[name] = value
+    if value == default:
+        st.query_params.pop(name, None)
+    else:
+        st.query_params[name] = str(int(value) if isinstance(value, bool) else value)
+    return value
+
+
+def parse_bool(raw: str) -> bool:
+    if raw.lower() in ("1", "true", "yes", "on"):
+        return True
+    if raw.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(raw)
