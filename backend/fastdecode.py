@@ -23,6 +23,7 @@ from .routers import router_choice, router_modules
 class StepOutput:
     logits: torch.Tensor                                  # [vocab] float, on the model's device
     routing: list[tuple[int, torch.Tensor, torch.Tensor]]  # (layer, indices [T,k], weights [T,k]), on device
+    packed: Optional[torch.Tensor] = None                 # all of ``routing`` flattened into one float tensor
 
 
 class _Taps:
@@ -91,8 +92,17 @@ class GraphDecoder:
     ``use_graph=False`` runs the same static-cache step eagerly (also how it runs on CPU in tests).
     """
 
-    def __init__(self, model, max_cache_len: int, capture_routing: bool = True, use_graph: bool = True):
+    def __init__(self, model, max_cache_len: int, capture_routing: bool = True, use_graph: bool = True,
+                 compile: bool = False):
         self.model = model
+        self._call = model
+        self.compiled = False
+        if compile and use_graph:
+            try:
+                self._call = torch.compile(model, dynamic=False, fullgraph=False)
+                self.compiled = True
+            except Exception:
+                self._call = model
         self.device = next(model.parameters()).device
         self.cache = _static_cache(model, max_cache_len)
         if self.cache is None:
@@ -116,10 +126,12 @@ class GraphDecoder:
         _experts_impl(self.model, self._restore_impl)
 
     def _forward(self, ids: torch.Tensor, pos: torch.Tensor) -> StepOutput:
-        out = self.model(input_ids=ids, position_ids=pos.unsqueeze(0), cache_position=pos,
+        out = self._call(input_ids=ids, position_ids=pos.unsqueeze(0), cache_position=pos,
                          past_key_values=self.cache, use_cache=True, logits_to_keep=1)
         routing = self.taps.take() if self.taps is not None else []
-        return StepOutput(out.logits[0, -1], routing)
+        # Packed here so that, inside a graph, packing is part of the replay (no extra launches).
+        packed = torch.cat([t for _, i, w in routing for t in (i.reshape(-1).float(), w.reshape(-1))]) if routing else None
+        return StepOutput(out.logits[0, -1], routing, packed)
 
     def prefill(self, input_ids: torch.Tensor) -> StepOutput:
         """Run the prompt ``[1, T]``; returns the last position's logits and the prompt's routing."""
@@ -129,7 +141,11 @@ class GraphDecoder:
         pos = torch.arange(t, device=self.device)
         if self.device.type == "cuda":
             _experts_impl(self.model, "grouped_mm")
-        out = self._forward(input_ids.to(self.device), pos)
+        call, self._call = self._call, self.model
+        try:
+            out = self._forward(input_ids.to(self.device), pos)
+        finally:
+            self._call = call
         if self.device.type == "cuda":
             _experts_impl(self.model, "batched_mm")
         self.length = t
@@ -144,7 +160,7 @@ class GraphDecoder:
         if self.graph is not None:
             self.graph.replay()
             out = self._out
-        elif self.use_graph and self._steps >= 1 and self.graph_error is None:
+        elif self.use_graph and self._steps >= (2 if self.compiled else 1) and self.graph_error is None:
             out = self._capture_and_run()
         else:
             out = self._forward(self._ids, self._pos)
@@ -163,6 +179,7 @@ class GraphDecoder:
                 out = self._forward(self._ids, self._pos)
         except Exception as e:  # a host sync or dynamic shape inside the model: stay eager
             self.graph_error = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+            self._call = self.model
             torch.cuda.current_stream(self.device).wait_stream(stream)
             torch.cuda.synchronize(self.device)
             if self.taps is not None:
@@ -188,18 +205,14 @@ def sample(logits: torch.Tensor, temperature: float, top_p: float, generator: Op
     return torch.multinomial(probs, 1, generator=generator)
 
 
-def pack_step(token: torch.Tensor, routing: list[tuple[int, torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, Callable]:
-    """Flatten a step's token and routing into one float tensor for a single device→host copy.
+def pack_step(token: torch.Tensor, out: StepOutput) -> tuple[torch.Tensor, Callable]:
+    """The step's token and routing as one float tensor, for a single device→host copy.
 
     Returns the packed tensor and a function that unpacks the host copy into
     ``(token_id, [(layer, indices ndarray, weights ndarray), ...])``.
     """
-    parts = [token.view(-1).float()]
-    shapes = []
-    for layer, idx, w in routing:
-        parts += [idx.reshape(-1).float(), w.reshape(-1)]
-        shapes.append((layer, tuple(idx.shape)))
-    packed = torch.cat(parts)
+    shapes = [(layer, tuple(idx.shape)) for layer, idx, _ in out.routing]
+    packed = token.view(-1).float() if out.packed is None else torch.cat([token.view(-1).float(), out.packed])
 
     def unpack(host: torch.Tensor):
         arr = host.numpy()

@@ -96,7 +96,7 @@ def measure_kv(model, cfg_dict: dict, context: int) -> dict:
     del out
     torch.cuda.synchronize()
     measured = torch.cuda.memory_allocated() - before
-    layout = "expanded"
+    layout = "latent"  # transformers >= 5.2x caches MLA's compressed latent + RoPE key
     predicted = memory.kv_cache(cfg_dict, context, 1, "bf16", mla_layout=layout).total_bytes
     del cache
     gc.collect(); torch.cuda.empty_cache()
@@ -105,7 +105,7 @@ def measure_kv(model, cfg_dict: dict, context: int) -> dict:
 
 
 def hf_generate_speed(model, n: int) -> float:
-    ids = torch.randint(0, model.config.vocab_size, (1, 32), device="cuda")
+    ids = prompt(model)
     with torch.inference_mode():
         model.generate(ids, max_new_tokens=4, min_new_tokens=4, do_sample=False)
         torch.cuda.synchronize()
@@ -116,33 +116,49 @@ def hf_generate_speed(model, n: int) -> float:
     return (out.shape[1] - ids.shape[1]) / dt
 
 
-def fast_speed(model, n: int, use_graph: bool = True, routing: bool = True) -> dict:
-    """Our streaming loop: one host copy per token (token + every layer's routing)."""
-    ids = torch.randint(0, model.config.vocab_size, (1, 32), device="cuda")
+WARM = 4  # steps (warm-up, capture, compile) left out of the steady-state rate
+
+
+def prompt(model) -> torch.Tensor:
+    g = torch.Generator().manual_seed(1234)
+    return torch.randint(0, model.config.vocab_size, (1, 32), generator=g).to("cuda")
+
+
+def fast_speed(model, n: int, use_graph: bool = True, routing: bool = True, compile: bool = False) -> dict:
+    """Our streaming loop: one host copy per token (token + every layer's routing).
+
+    tok/s is the steady decode rate after WARM steps; TTFT and the first steps are reported apart.
+    """
+    ids = prompt(model)
     with torch.inference_mode():
-        dec = GraphDecoder(model, max_cache_len=32 + n + 1, capture_routing=routing, use_graph=use_graph)
+        t_init = time.perf_counter()
+        dec = GraphDecoder(model, max_cache_len=32 + n + 1, capture_routing=routing, use_graph=use_graph,
+                           compile=compile)
         torch.cuda.synchronize()
         t0 = time.perf_counter()
         out = dec.prefill(ids)
         tok = sample(out.logits, 0.0, 1.0, None)
-        packed, unpack = pack_step(tok, out.routing)
+        packed, unpack = pack_step(tok, out)
         first, _ = unpack(packed.cpu())
         ttft = time.perf_counter() - t0
         tokens, routed = [first], 0
         t1 = time.perf_counter()
-        for _ in range(n - 1):
+        for i in range(n - 1):
+            if i == WARM:
+                t_steady = time.perf_counter()
             out = dec.step(tok)
             tok = sample(out.logits, 0.0, 1.0, None)
-            packed, unpack = pack_step(tok, out.routing)
+            packed, unpack = pack_step(tok, out)
             t, layers = unpack(packed.cpu())  # the one sync of the step
             tokens.append(t)
             routed += len(layers)
-        dt = time.perf_counter() - t1
+        end = time.perf_counter()
         graph_error = dec.graph_error
         graphed = dec.graph is not None
         dec.close()
-    return {"tok_s": (n - 1) / dt, "ttft_s": ttft, "graph": graphed, "graph_error": graph_error,
-            "routing_records": routed, "tokens": tokens}
+    return {"tok_s": (n - 1 - WARM) / (end - t_steady), "ttft_s": ttft, "warm_s": t_steady - t1,
+            "setup_s": t0 - t_init, "graph": graphed, "graph_error": graph_error,
+            "compiled": dec.compiled, "routing_records": routed, "tokens": tokens}
 
 
 def eager_tokens(model, n: int) -> list[int]:
@@ -187,7 +203,7 @@ def sharding_check(key: str = "qwen3-0.6b", n: int = 24) -> dict:
             "agree": sum(a == b for a, b in zip(ref, split)), "n": n}
 
 
-def run_model(key: str, depths, tokens: int, bw: float, skip_hf: bool) -> list[dict]:
+def run_model(key: str, depths, tokens: int, bw: float, skip_hf: bool, compile_models=()) -> list[dict]:
     rows = []
     for layers in (depths or (None,)):
         d = truncated(key, layers)
@@ -202,20 +218,29 @@ def run_model(key: str, depths, tokens: int, bw: float, skip_hf: bool) -> list[d
         build_s = time.perf_counter() - t
         w_measured = torch.cuda.memory_allocated() - base
         w_pred = memory.weight_bytes(d, "bf16")
+        with torch.inference_mode():  # allocate cuBLAS workspaces once, outside the KV measurement
+            model(input_ids=prompt(model)[:, :4])
         row = {"model": name, "key": key, "layers": layers or count_layers(d), "params": count.total,
                "active": count.active, "build_s": build_s,
                "weights_predicted": w_pred, "weights_measured": int(w_measured),
                "weights_error_pct": 100 * (w_measured - w_pred) / w_pred,
                "floor_tok_s": bw / (2 * count.active)}
         row["kv"] = [measure_kv(model, d, c) for c in CONTEXTS]
+        fast_speed(model, 16)  # warm-up: kernels, allocator, capture path
         fast = fast_speed(model, tokens)
         row.update({"fast_tok_s": fast["tok_s"], "fast_ttft_s": fast["ttft_s"], "graph": fast["graph"],
                     "graph_error": fast["graph_error"], "routing_records": fast["routing_records"]})
-        eager = fast_speed(model, min(tokens, 32), use_graph=False)
-        row["eager_static_tok_s"] = eager["tok_s"]
-        row["graph_matches_eager"] = fast["tokens"][:len(eager["tokens"])] == eager["tokens"]
         nor = fast_speed(model, tokens, routing=False)
         row["fast_no_routing_tok_s"] = nor["tok_s"]
+        eager = fast_speed(model, 24, use_graph=False)
+        row["eager_static_tok_s"] = eager["tok_s"]
+        row["graph_matches_eager"] = fast["tokens"][:24] == eager["tokens"][:24]
+        row["graph_agree_24"] = sum(a == b for a, b in zip(fast["tokens"], eager["tokens"][:24]))
+        if compile_models and key in compile_models:
+            comp = fast_speed(model, tokens, compile=True)
+            row.update({"compiled_tok_s": comp["tok_s"], "compile_warm_s": comp["warm_s"],
+                        "compiled_graph_error": comp["graph_error"],
+                        "compiled_matches": comp["tokens"][:24] == eager["tokens"][:24]})
         row["hf_tok_s"] = None if skip_hf else hf_generate_speed(model, min(tokens, 32))
         row["peak_bytes"] = torch.cuda.max_memory_allocated() - base
         log(json.dumps({k: v for k, v in row.items() if k != "kv"}, default=str))
@@ -259,7 +284,8 @@ def table(rows: list[dict], extra: list[dict]) -> str:
         lines.append(f"{r['model']:34s} {r['params'] / 1e9:7.2f}B {r['active'] / 1e9:7.2f}B {r['floor_tok_s']:7.0f} "
                      f"{hf:>7s} {r['fast_tok_s']:7.1f} {100 * r['fast_tok_s'] / r['floor_tok_s']:5.0f}% "
                      f"{r['fast_no_routing_tok_s']:7.1f} {r['weights_predicted'] / GiB:7.2f}G "
-                     f"{r['weights_measured'] / GiB:7.2f}G {kv:>16s}")
+                     f"{r['weights_measured'] / GiB:7.2f}G {kv:>16s}"
+                     + (f"  compiled {r['compiled_tok_s']:.1f}" if r.get("compiled_tok_s") else ""))
     for e in extra:
         lines.append(f"{e['model']} extrapolated to {e['full_layers']} layers: {e['extrapolated_tok_s']:.1f} tok/s "
                      f"({e['per_moe_layer_ms']:.3f} ms per MoE layer)")
@@ -273,6 +299,7 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--skip-hf", action="store_true")
     ap.add_argument("--no-shard", action="store_true")
+    ap.add_argument("--compile", default="", help="models to also run with torch.compile inside the graph")
     ap.add_argument("--out", default=os.environ.get("OUT", ""))
     a = ap.parse_args()
     if not torch.cuda.is_available():
@@ -289,7 +316,8 @@ def main() -> None:
     rows = []
     for key, depths in plan:
         try:
-            rows += run_model(key, depths, 32 if a.smoke else a.tokens, bw, a.skip_hf)
+            rows += run_model(key, depths, 32 if a.smoke else a.tokens, bw, a.skip_hf,
+                              a.compile.split(",") if a.compile else ())
         except torch.cuda.OutOfMemoryError as e:
             log(f"!! {key}: out of memory: {str(e).splitlines()[0]}")
             gc.collect(); torch.cuda.empty_cache()

@@ -21,7 +21,7 @@ def _decode(model, ids, n, use_graph=False):
     tokens, routed = [], []
     tok = sample(out.logits, 0.0, 1.0, None)
     for i in range(n):
-        packed, unpack = pack_step(tok, out.routing)
+        packed, unpack = pack_step(tok, out)
         t, layers = unpack(packed.cpu())
         tokens.append(t)
         routed.append(layers)
