@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import shutil
+from html import escape
 import threading
 import warnings
 from typing import Optional
@@ -68,7 +69,7 @@ def figure_html(fig: go.Figure | dict, title: str = "ArchLab figure") -> bytes:
     """A standalone HTML page with plotly.js embedded, so it opens offline."""
     fig = go.Figure(fig) if isinstance(fig, dict) else fig
     html = pio.to_html(fig, include_plotlyjs=True, full_html=True, config={"displaylogo": False})
-    return html.replace("<head>", f"<head><meta charset=\"utf-8\"><title>{title}</title>", 1).encode("utf-8")
+    return html.replace("<head>", f"<head><title>{escape(title)}</title>", 1).encode("utf-8")
 
 
 def table_csv(df: pd.DataFrame) -> bytes:

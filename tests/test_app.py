@@ -1,0 +1,153 @@
+"""The dashboard through Streamlit's AppTest: pages render, the picker drives them, URLs restore state."""
+import json
+import time
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from backend import catalog
+
+TIMEOUT = 120
+
+
+def app(**query) -> AppTest:
+    at = AppTest.from_file("../app.py", default_timeout=TIMEOUT)
+    for k, v in query.items():
+        at.query_params[k] = v
+    return at.run()
+
+
+def no_errors(at: AppTest) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+
+
+def charts(at: AppTest) -> list[dict]:
+    return [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+
+
+def buttons(at: AppTest) -> list[str]:
+    return [b.proto.label for b in at.get("download_button")]
+
+
+def test_default_architectures_page():
+    at = app()
+    no_errors(at)
+    assert at.title[0].value == "Architectures"
+    assert at.sidebar.multiselect[0].value == ["gpt2", "deepseek-v3", "qwen3-30b-a3b"]
+    figs = charts(at)
+    assert len(figs) == 3
+    titles = [f["layout"]["title"]["text"] for f in figs]
+    assert any("GPT-2" in t for t in titles) and any("DeepSeek" in t for t in titles)
+    assert len({f["layout"]["height"] for f in figs}) == 1  # same scale
+    assert buttons(at).count("PNG") == 3 and buttons(at).count("HTML") == 3 and "CSV" in buttons(at)
+    matrix = at.dataframe[0].value
+    assert {"GPT-2 (124M)", "DeepSeek V3 / R1", "≠"} <= set(matrix.columns)
+    assert at.query_params["models"] == "gpt2,deepseek-v3,qwen3-30b-a3b"
+
+
+def test_selecting_models_changes_matrix_and_url():
+    at = app()
+    at.sidebar.multiselect[0].set_value(["gpt2", "gpt2-xl"]).run()
+    no_errors(at)
+    matrix = at.dataframe[0].value
+    assert list(matrix.columns)[1:] == ["GPT-2 (124M)", "GPT-2 XL (1.5B)"]
+    assert matrix.loc["Decoder layers", "≠"] == "≠" and matrix.loc["Norm type", "≠"] == ""
+    assert len(charts(at)) == 2
+    assert at.query_params["models"] == "gpt2,gpt2-xl"
+    at.toggle[0].set_value(True).run()  # only rows that differ
+    assert "Norm type" not in at.dataframe[0].value.index
+
+
+def test_no_model_selected_explains_what_to_do():
+    at = app()
+    at.sidebar.multiselect[0].set_value([]).run()
+    no_errors(at)
+    assert "Pick one or more models" in at.info[0].value
+
+
+def test_url_restores_selection_and_warns_on_unknown_keys():
+    at = app(models="olmo2-7b,nonsense,gemma3-27b")
+    assert not at.exception
+    assert at.sidebar.multiselect[0].value == ["olmo2-7b", "gemma3-27b"]
+    assert "nonsense" in at.sidebar.warning[0].value
+    assert len(charts(at)) == 2
+
+
+def test_bad_upload_shows_error_and_keeps_selection():
+    at = app()
+    at.sidebar.file_uploader[0].upload("broken.json", b"{not json", "application/json").run()
+    assert not at.exception
+    assert any("broken.json" in e.value and "not valid JSON" in e.value for e in at.sidebar.error)
+    assert at.sidebar.multiselect[0].value == ["gpt2", "deepseek-v3", "qwen3-30b-a3b"]
+    at.sidebar.file_uploader[0].upload("huge.json", json.dumps({"model_type": "llama", "hidden_size": 10**9}).encode(),
+                                       "application/json").run()
+    assert any("beyond any real model" in e.value for e in at.sidebar.error)
+
+
+def test_good_upload_adds_a_custom_model():
+    cfg = catalog.raw_config("qwen3-0.6b")
+    at = app()
+    at.sidebar.file_uploader[0].upload("my-qwen.json", json.dumps(cfg).encode(), "application/json").run()
+    no_errors(at)
+    assert at.sidebar.multiselect[0].value[-1] == "custom:my-qwen"
+    assert "my-qwen (uploaded)" in at.dataframe[0].value.columns
+    assert at.query_params["models"] == "gpt2,deepseek-v3,qwen3-30b-a3b"  # uploads are not in the URL
+
+
+def test_checkpoint_folder(tmp_path):
+    at = app()
+    at.sidebar.text_input[0].input(str(tmp_path)).run()
+    assert any("no config.json" in e.value for e in at.sidebar.error)
+    assert at.session_state["checkpoint_path"] == ""
+    (tmp_path / "config.json").write_text(json.dumps(catalog.raw_config("qwen3-0.6b")))
+    at.sidebar.text_input[0].input(str(tmp_path) + " ").run()
+    no_errors(at)
+    assert at.session_state["checkpoint_path"] == str(tmp_path.resolve())
+    assert at.sidebar.multiselect[0].value[-1] == f"local:{tmp_path.resolve()}"
+
+
+def test_parameters_page():
+    at = app(models="gpt2,gemma3-27b", ctx="4096")
+    at.switch_page("views/parameters.py").run()
+    no_errors(at)
+    assert at.title[0].value == "Parameters & Memory"
+    figs = charts(at)
+    assert len(figs) == 5
+    axes = " ".join(f["layout"].get("yaxis", {}).get("title", {}).get("text", "") for f in figs)
+    assert "GiB" in axes and "billions" in axes
+    kv = next(f for f in figs if "KV cache vs" in f["layout"]["title"]["text"])
+    assert kv["layout"]["xaxis"]["title"]["text"] == "context length (tokens)"
+    assert at.number_input(key="_w_ctx").value == 4096
+    kv_table = next(d.value for d in at.dataframe if "Total (GiB)" in d.value.columns)
+    assert kv_table.loc["GPT-2 (124M)", "Total (GiB)"] == pytest.approx(12 * 12 * 64 * 4 * 4096 / 2**30)
+    assert buttons(at).count("CSV") == 4 and buttons(at).count("SVG") == 5
+    at.number_input(key="_w_ctx").set_value(8192).run()
+    assert at.query_params["ctx"] == "8192"
+    at.number_input(key="_w_gpus").set_value(1).run()
+    at.number_input(key="_w_gpugib").set_value(40.0).run()
+    no_errors(at)
+    assert at.query_params["gpus"] == "1" and at.query_params["gpugib"] == "40.0"
+    plan = next(d.value for d in at.dataframe if "weights_gib" in d.value.columns)
+    gemma = plan[plan["model"] == "Gemma 3 27B (text)"]
+    assert set(gemma["device"]) == {"GPU 0", "does not fit (disk)"}  # 50 GiB of bf16 weights > 40 GiB
+    assert not gemma["fits_on_gpus"].any()
+
+
+def test_parameters_settings_from_url_and_bad_values():
+    at = AppTest.from_file("../app.py", default_timeout=TIMEOUT)
+    at.query_params.update({"models": "qwen3-30b-a3b", "ctx": "-5", "kvdtype": "fp8", "logx": "0"})
+    at.run()
+    at.switch_page("views/parameters.py").run()
+    assert not at.exception
+    assert at.number_input(key="_w_ctx").value == 32768  # default, with a warning
+    assert any("ctx=-5" in w.value for w in at.warning)
+    assert at.selectbox(key="_w_kvdtype").value == "fp8" and at.toggle(key="_w_logx").value is False
+
+
+def test_warm_rerun_is_fast():
+    at = app()
+    at.switch_page("views/parameters.py").run()
+    t = time.perf_counter()
+    at.run()
+    assert time.perf_counter() - t < 1.0
