@@ -61,12 +61,28 @@ def can_use(model) -> bool:
     return _static_cache(model, 2) is not None
 
 
+_LOCAL = ("sliding_attention", "chunked_attention")
+
+
 def _static_cache(model, max_len: int):
+    """A static cache whose attention layers all keep every position.
+
+    transformers' static sliding-window layer decides where to write, and the mask offset, from Python
+    integers that a replayed graph would freeze. With full-length layers everywhere the only moving
+    state is on the device; the window is still applied, by the mask, from absolute positions.
+    Sliding layers then hold ``max_len`` tokens instead of ``window`` (more memory, same result).
+    """
+    import copy
+
     from transformers import StaticCache
 
+    cfg = copy.deepcopy(model.config)
+    types = getattr(cfg, "layer_types", None)
+    if types:
+        cfg.layer_types = ["full_attention" if t in _LOCAL else t for t in types]
     try:
-        return StaticCache(config=model.config, max_cache_len=max_len)
-    except Exception:  # linear-attention hybrids and others without a static cache
+        return StaticCache(config=cfg, max_cache_len=max_len)
+    except Exception:  # models transformers cannot give a static cache
         return None
 
 

@@ -36,9 +36,11 @@ def _decode(model, ids, n, use_graph=False):
 def test_static_decode_matches_generate(key):
     model = _tiny(key)
     ids = torch.randint(0, model.config.vocab_size, (1, 10), generator=torch.Generator().manual_seed(1))
+    spec_window = getattr(model.config, "sliding_window", None) or getattr(model.config, "attention_chunk_size", None)
+    n = max(12, (spec_window or 0) + 8)  # run past any window so the windowing is exercised
     with torch.inference_mode():
-        ref = model.generate(ids, max_new_tokens=12, min_new_tokens=12, do_sample=False)[0, 10:].tolist()
-        tokens, routed = _decode(model, ids, 12)
+        ref = model.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False)[0, 10:].tolist()
+        tokens, routed = _decode(model, ids, n)
     assert tokens == ref
     n_routers = len(router_modules(model))
     # prefill routes every prompt token, each later step one token, in every MoE layer
