@@ -76,9 +76,10 @@ def chart(fig: go.Figure, name: str, caption: str = "") -> None:
     download_figure(fig, name)
 
 
-def frame(df: pd.DataFrame | "pd.io.formats.style.Styler", name: str, caption: str = "", **kwargs) -> None:
-    """A table, its caption and a CSV download button."""
-    data = df.data if hasattr(df, "data") and not isinstance(df, pd.DataFrame) else df
+def frame(df: pd.DataFrame | "pd.io.formats.style.Styler", name: str, caption: str = "",
+          csv: pd.DataFrame | None = None, **kwargs) -> None:
+    """A table, its caption and a CSV download button (of ``csv`` if given, else of the table shown)."""
+    data = csv if csv is not None else (df if isinstance(df, pd.DataFrame) else df.data)
     st.dataframe(df, **kwargs)
     if caption:
         st.caption(caption)

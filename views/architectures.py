@@ -53,7 +53,9 @@ def _matrix(models: list[_state.Model]) -> None:
     shown = view.drop(columns="differs")
     shown.insert(0, "≠", view["differs"].map({True: "≠", False: ""}))
     styled = shown.style.apply(lambda row: ["background-color: #fdebd0" if row["≠"] else "" for _ in row], axis=1)
-    _ui.frame(styled, "feature matrix", height=min(38 + 35 * len(shown), 950), width="stretch")
+    _ui.frame(styled, "feature matrix", csv=view, height=min(38 + 35 * len(shown), 950), width="stretch",
+              column_config={"_index": st.column_config.Column("Feature", width="large"),
+                             "≠": st.column_config.Column(width=40)})
 
 
 def _notes(models: list[_state.Model]) -> None:

@@ -41,13 +41,13 @@ def _params(models, colors) -> None:
     cols["Active share"] = st.column_config.NumberColumn(format="percent")
     _ui.frame(df, "parameters", caption="Counts are exact integers; *Stated* is what the authors published "
               "(rounded); the last column explains any gap.", column_config=cols, width="stretch")
+    share = st.toggle("Components as shares of each model (%) instead of billions", key="component_share")
     left, right = st.columns(2)
     with left:
         _ui.chart(charts.active_bar(df, colors), "total vs active parameters",
                   "Plain bars: all parameters stored; hatched: parameters used for each token. Log scale: "
                   "one step up is 10× more.")
     with right:
-        share = st.toggle("Show shares (%) instead of billions", key="component_share")
         _ui.chart(charts.components_bar(_ui.table("components_long", models), share=share),
                   "parameters by component",
                   "Where the parameters sit: embeddings and LM head (vocabulary × width), attention, dense "
@@ -59,11 +59,8 @@ def _weights(models, colors) -> None:
     st.caption("Memory to hold the weights alone: parameters × bytes per parameter (fp32 4, bf16/fp16 2, "
                "fp8 1, int4 ½ — int4 without quantization scales). 1 GiB = 2³⁰ bytes.")
     df = _ui.table("weights_by_dtype", models)
-    left, right = st.columns([2, 3])
-    with left:
-        _ui.frame(df, "weights by dtype", column_config={c: GIB for c in df.columns}, width="stretch")
-    with right:
-        _ui.chart(charts.weights_bar(df, colors), "weights by dtype", "Log scale; one bar per model and dtype.")
+    _ui.frame(df, "weights by dtype", column_config={c: GIB for c in df.columns}, width="stretch")
+    _ui.chart(charts.weights_bar(df, colors), "weights by dtype", "Log scale; one bar per model and dtype.")
 
 
 def _kv(models, colors) -> None:
@@ -121,15 +118,15 @@ def _devices(models, colors) -> None:
         dtype = setting("wdtype", "bf16", st.selectbox, _choice(("bf16", "fp16", "fp32", "fp8")),
                         label="Weights dtype", options=("bf16", "fp16", "fp32", "fp8"))
     df = _ui.table("device_table", models, gpu_gib=(float(gib),) * int(n), dtype=dtype)
-    left, right = st.columns([2, 3])
-    with left:
-        _ui.frame(df, "device plan", caption="One row per model and device: weights placed (GiB) and whole "
-                  "decoder layers. *does not fit* collects what would spill off the GPUs.",
-                  column_config={"weights_gib": st.column_config.NumberColumn("weights (GiB)", format="%,.2f")},
-                  width="stretch", hide_index=True)
-    with right:
-        _ui.chart(charts.device_bar(df, float(gib), colors), "weights per device",
-                  "Bars above the dashed line would not fit; the last bar gathers what spills over.")
+    _ui.frame(df, "device plan", caption="One row per model and device: weights placed (GiB) and whole "
+              "decoder layers. *does not fit* collects what would spill off the GPUs.",
+              column_config={"model": "Model", "device": "Device", "layers": "Decoder layers",
+                             "weights_gib": st.column_config.NumberColumn("Weights (GiB)", format="%,.2f"),
+                             "fits_on_gpus": "Whole model fits on the GPUs"},
+              width="stretch", hide_index=True)
+    _ui.chart(charts.device_bar(df, float(gib), colors), "weights per device",
+              "One bar per model and device; the dashed line is the memory of one GPU. Hover a bar for its "
+              "decoder layers.")
 
 
 st.title("Parameters & Memory")
