@@ -89,7 +89,7 @@ class RoutingRecorder:
 
         def hook(_module, _inputs, output):
             idx, w = _choice(output, top_k)
-            self._pending[layer] = (idx.detach().clone(), w.detach().clone())
+            self._pending[layer] = (idx.detach(), w.detach())  # fresh tensors: no copy needed
         return hook
 
     def __enter__(self) -> "RoutingRecorder":
