@@ -33,7 +33,7 @@ GAP = 2.6             # arrow between boxes
 ADD = 3.0             # residual-add node
 CELL_ROWS = 3         # pattern strip: attention type, positions, MLP kind
 CELL_H = 1.8
-X0, X1, XMID, XRES = 10.0, 86.0, 48.0, 92.0
+X0, X1, XMID, XRES = 6.0, 88.0, 47.0, 93.0
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,7 @@ class Element:
 
 
 def _of(n: int, total: int) -> str:
-    return f"{n} of {total} layers"
+    return f"{n}/{total} layers"
 
 
 def _attention(s: ArchSpec) -> Element:
@@ -64,13 +64,13 @@ def _attention(s: ArchSpec) -> Element:
     lines.append(("heads", f"{s.num_heads} query / {s.num_kv_heads} KV heads, {dims}"))
     if s.mla:
         q = f"q {s.mla.q_lora_rank} · " if s.mla.q_lora_rank else ""
-        lines.append(("mla", f"latent ranks: {q}kv {s.mla.kv_lora_rank} (+{s.mla.qk_rope_head_dim} RoPE key)"))
+        lines.append(("mla", f"latent {q}kv {s.mla.kv_lora_rank} (+{s.mla.qk_rope_head_dim} RoPE key)"))
     if s.local_layers:
         kind = "sliding window" if s.count("sliding") else "chunked"
-        lines.append(("window", f"{kind} {s.window:,} tok in {_of(s.local_layers, n)}"))
+        lines.append(("window", f"{kind} {s.window:,} tok, {_of(s.local_layers, n)}"))
     if s.linear:
         la = s.linear
-        lines.append(("linear", f"linear (DeltaNet) in {_of(s.count('linear'), n)}"))
+        lines.append(("linear", f"linear (DeltaNet): {_of(s.count('linear'), n)}"))
         lines.append(("linear_heads", f"  {la.num_key_heads} K / {la.num_value_heads} V heads, dim {la.key_head_dim}"))
     if s.qk_norm != "none":
         lines.append(("qk_norm", f"QK-Norm ({s.qk_norm})"))
@@ -78,7 +78,7 @@ def _attention(s: ArchSpec) -> Element:
         rope = "RoPE" + (f" on {s.rope_fraction:.0%} of each head" if s.rope_fraction < 1 else " on full head")
         lines.append(("rope", rope + (f", {s.rope_scaling}" if s.rope_scaling else "")))
         if s.nope_layers:
-            lines.append(("nope", f"NoPE (no rotation) in {_of(s.nope_layers, n)}"))
+            lines.append(("nope", f"NoPE (no rotation): {_of(s.nope_layers, n)}"))
     else:
         lines.append(("rope", "no rotary (absolute positions)"))
     extras = [x for x, on in (("QKV bias", s.qkv_bias), ("sinks", s.attention_sinks),
@@ -105,7 +105,7 @@ def _mlp(s: ArchSpec) -> Element:
         router += f", {m.topk_group}/{m.n_group} groups"
     lines.append(("router", router))
     if dense:
-        lines.append(("dense", f"dense MLP in {_of(len(dense), s.num_layers)}"))
+        lines.append(("dense", f"dense MLP: {_of(len(dense), s.num_layers)}"))
     return Element("mlp", "moe", "Mixture of experts", tuple(lines))
 
 
@@ -234,10 +234,10 @@ def block_figure(spec: ArchSpec, title: str = "", color: str = "#444444",
         if e.kind == "block":
             y_end = top.get("add_mlp", y0) + ADD + 1.5
             hit = eid in marked
-            shapes.append(dict(type="rect", x0=X0 - 6, x1=XRES + 4, y0=y0 - 1.2, y1=y_end, layer="below",
+            shapes.append(dict(type="rect", x0=X0 - 4, x1=XRES + 4, y0=y0 - 1.2, y1=y_end, layer="below",
                                line=dict(color=HIGHLIGHT if hit else "#999999", width=2.5 if hit else 1.2, dash="dash")))
             label = e.lines[0][1]
-            notes.append(dict(x=X0 - 5, y=y0 - 1.2, text=(f"<span style='color:{HIGHLIGHT}'><b>{label}</b></span>"
+            notes.append(dict(x=X0 - 3, y=y0 - 1.2, text=(f"<span style='color:{HIGHLIGHT}'><b>{label}</b></span>"
                                                           if hit else f"<b>{label}</b>"),
                               showarrow=False, xanchor="left", yanchor="bottom", font=dict(size=12)))
             continue

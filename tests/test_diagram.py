@@ -20,13 +20,13 @@ def test_elements_follow_norm_placement_and_positions():
 def test_attention_and_moe_text():
     ds = {e.id: dict(e.lines) for e in diagram.elements(arch_spec("deepseek-v3"))}
     assert "Multi-head latent" in ds["attention"]["kind"]
-    assert "kv 512" in ds["attention"]["mla"] and "33%" in ds["attention"]["rope"]
+    assert "kv 512" in ds["attention"]["mla"] and "q 1536" in ds["attention"]["mla"] and "33%" in ds["attention"]["rope"]
     assert ds["mlp"]["experts"] == "256 routed experts, top-8"
-    assert ds["mlp"]["dense"] == "dense MLP in 3 of 61 layers"
+    assert ds["mlp"]["dense"] == "dense MLP: 3/61 layers"
     gemma = {e.id: dict(e.lines) for e in diagram.elements(arch_spec("gemma3-27b"))}
-    assert gemma["attention"]["window"] == "sliding window 1,024 tok in 52 of 62 layers"
+    assert gemma["attention"]["window"] == "sliding window 1,024 tok, 52/62 layers"
     scout = {e.id: dict(e.lines) for e in diagram.elements(arch_spec("llama4-scout"))}
-    assert scout["attention"]["nope"] == "NoPE (no rotation) in 12 of 48 layers"
+    assert scout["attention"]["nope"] == "NoPE (no rotation): 12/48 layers"
     assert scout["lm_head"]["tied"] == "own weight matrix"
 
 
