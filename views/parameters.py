@@ -23,6 +23,15 @@ def _int_in(lo: int, hi: int):
     return parse
 
 
+def _float_in(lo: float, hi: float):
+    def parse(raw: str) -> float:
+        v = float(raw)
+        if not lo <= v <= hi:  # also refuses nan
+            raise ValueError(raw)
+        return v
+    return parse
+
+
 def _choice(options):
     def parse(raw: str) -> str:
         if raw not in options:
@@ -112,7 +121,7 @@ def _devices(models, colors) -> None:
         n = setting("gpus", n_default, st.number_input, _int_in(1, 64), label="GPUs", min_value=1,
                     max_value=64, step=1)
     with c2:
-        gib = setting("gpugib", gib_default, st.number_input, float, label="Memory per GPU (GiB)",
+        gib = setting("gpugib", gib_default, st.number_input, _float_in(1.0, 4096.0), label="Memory per GPU (GiB)",
                       min_value=1.0, max_value=4096.0, step=8.0)
     with c3:
         dtype = setting("wdtype", "bf16", st.selectbox, _choice(("bf16", "fp16", "fp32", "fp8")),
