@@ -135,6 +135,14 @@ class GraphDecoder:
         self.length = 0
         self._restore_impl = getattr(model.config, "_experts_implementation", None)
 
+    def reset(self) -> None:
+        """Empty the cache for a new prompt; a captured graph stays valid (same buffers)."""
+        self.cache.reset()
+        self._pos.zero_()
+        self.length = 0
+        if self.taps is not None:
+            self.taps.take()
+
     def close(self) -> None:
         if self.taps is not None:
             self.taps.remove()

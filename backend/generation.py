@@ -7,15 +7,15 @@ the first over the time after the first). One model failing emits ``Failed``; th
 """
 from __future__ import annotations
 
-import contextlib
 import queue
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Optional, Union
 
-from . import configs
+from . import configs, fastdecode
 from .errors import ArchLabError
+from .fastdecode import GraphDecoder, pack_step, sample
 from .routing import RoutingRecorder, RoutingTrace, StepRouting
 from .runtime import LoadedModel, ModelRequest, load
 
@@ -116,6 +116,7 @@ class _Slot:
     device: str = ""
     reason: str = ""
     error: str = ""
+    fast_path: bool = False       # GPU static cache + CUDA graph
     trace: Optional[RoutingTrace] = None
     token_ids: list = field(default_factory=list)
 
@@ -140,17 +141,74 @@ def _stop_hold(text: str, stops: tuple[str, ...]) -> int:
     return hold
 
 
-def _pick(logits, settings: GenerationSettings, gen) -> int:
-    import torch
+class _PlainStepper:
+    """transformers forward with a growing cache; routing read by forward hooks. Any device or map."""
 
-    if settings.temperature == 0:
-        return int(torch.argmax(logits))
-    probs = torch.softmax(logits / settings.temperature, dim=-1)
-    if settings.top_p < 1:
-        p, order = torch.sort(probs, descending=True)
-        p[(torch.cumsum(p, -1) - p) >= settings.top_p] = 0  # keep the smallest set reaching top_p
-        return int(order[torch.multinomial(p, 1, generator=gen)])
-    return int(torch.multinomial(probs, 1, generator=gen))
+    fast = False
+
+    def __init__(self, lm: LoadedModel, capture: bool):
+        self.model = lm.model
+        self.recorder = RoutingRecorder(lm.model, lm.spec) if capture else None
+        self.past = None
+
+    def __enter__(self):
+        if self.recorder is not None:
+            self.recorder.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if self.recorder is not None:
+            self.recorder.__exit__(*exc)
+
+    def advance(self, inputs, settings: GenerationSettings, gen):
+        """Run ``inputs`` [1,T]; return (next token id, {layer: (indices, weights)} or None)."""
+        out = self.model(input_ids=inputs, past_key_values=self.past, use_cache=True, logits_to_keep=1)
+        self.past = out.past_key_values
+        next_id = int(sample(out.logits[0, -1].float(), settings.temperature, settings.top_p, gen))  # the host sync
+        layers = self.recorder.collect(0, []).layers if self.recorder is not None else None
+        return next_id, layers
+
+
+class _GraphStepper:
+    """GPU fast path: static cache, decode step replayed as a CUDA graph, routing packed on device."""
+
+    fast = True
+
+    def __init__(self, lm: LoadedModel, capture: bool, needed: int):
+        if lm.decoder is None or lm.decoder.max_cache_len < needed or lm.decoder.taps is None and capture:
+            if lm.decoder is not None:
+                lm.decoder.close()
+            lm.decoder = GraphDecoder(lm.model, max(needed, FAST_CACHE_TOKENS), capture_routing=capture,
+                                      compile=lm.request.compile)
+        self.dec = lm.decoder
+        self.tok = None
+
+    def __enter__(self):
+        self.dec.reset()
+        return self
+
+    def __exit__(self, *exc):
+        pass
+
+    def advance(self, inputs, settings: GenerationSettings, gen):
+        out = self.dec.prefill(inputs) if self.tok is None else self.dec.step(self.tok)
+        self.tok = sample(out.logits, settings.temperature, settings.top_p, gen)
+        packed, unpack = pack_step(self.tok, out)
+        next_id, layers = unpack(packed.cpu())  # the one host copy of a step
+        return next_id, ({layer: (i, w) for layer, i, w in layers} if out.routing else None)
+
+
+#: static cache length the GPU fast path allocates (longer requests get a longer one)
+FAST_CACHE_TOKENS = 4096
+
+
+def _stepper(lm: LoadedModel, capture: bool, needed: int):
+    if fastdecode.can_use(lm.model):
+        try:
+            return _GraphStepper(lm, capture, needed)
+        except Exception:  # no static cache for this model: plain path
+            pass
+    return _PlainStepper(lm, capture)
 
 
 class GenerationRun:
@@ -213,7 +271,8 @@ class GenerationRun:
     def stats(self, slot: int) -> dict:
         s = self._slots[slot]
         return {"model": s.label, "ttft_s": s.ttft_s, "tokens_per_s": s.tokens_per_s, "new_tokens": s.new_tokens,
-                "total_s": s.total_s, "device": s.device, "status": s.status, "reason": s.reason, "error": s.error}
+                "total_s": s.total_s, "device": s.device, "status": s.status, "reason": s.reason, "error": s.error,
+                "fast_path": s.fast_path}
 
     def routing(self, slot: int) -> Optional[RoutingTrace]:
         return self._slots[slot].trace
@@ -270,29 +329,25 @@ class GenerationRun:
         capture = s.capture_routing and lm.spec.moe is not None
         if capture:
             st.trace = RoutingTrace.for_spec(lm.spec)
-        recorder = RoutingRecorder(model, lm.spec) if capture else contextlib.nullcontext()
-        gen = None
-        inputs, past, step, emitted, generated = ids.to(dev), None, 0, "", []
+        stepper = _stepper(lm, capture, n_prompt + max_new + 1)
+        st.fast_path = stepper.fast
+        gen = torch.Generator(device=dev).manual_seed(s.seed) if s.temperature > 0 else None
+        inputs, step, emitted, generated = ids.to(dev), 0, "", []
         t_first = t_last = None
         reason = "length"
-        with recorder:
+        with stepper:
             while True:
                 if self._cancel.is_set():
                     reason = "cancelled"
                     break
-                out = model(input_ids=inputs, past_key_values=past, use_cache=True, logits_to_keep=1)
-                past = out.past_key_values
-                logits = out.logits[0, -1].float()
-                if gen is None and s.temperature > 0:
-                    gen = torch.Generator(device=logits.device).manual_seed(s.seed)
-                next_id = _pick(logits, s, gen)  # .item(): the one host sync of a step
+                next_id, layers = stepper.advance(inputs, s, gen)
                 now = time.perf_counter()
                 if t_first is None:
                     t_first = now
                     st.ttft_s = now - t0
                 t_last = now
                 if capture:
-                    record = recorder.collect(step, inputs[0].tolist())
+                    record = StepRouting(step, inputs[0].tolist(), layers or {})
                     st.trace.add(record)
                     self._emit(Routing(slot, st.label, step, record))
                 if next_id in eos:

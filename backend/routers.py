@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from .errors import ArchLabError
 from .meta import decoder_layers
 
 _MLP_NAMES = ("mlp", "feed_forward", "block_sparse_moe")
@@ -39,12 +40,12 @@ def router_top_k(router: torch.nn.Module) -> int:
 
 def router_choice(router: torch.nn.Module, output) -> tuple[torch.Tensor, torch.Tensor]:
     """(indices [T,k] int64, weights [T,k]) the router chose, from its forward output; stays on device."""
-    if isinstance(output, tuple) and len(output) >= 3:
+    if isinstance(output, (tuple, list)) and len(output) >= 3 and not output[2].is_floating_point():
         weights, indices = output[1], output[2]
-    elif isinstance(output, tuple) and len(output) == 2:  # Llama 4: (scores [T,E], logits)
+    elif isinstance(output, (tuple, list)) and len(output) == 2:  # Llama 4: (scores [T,E], logits)
         scores = output[0]
         weights, indices = torch.topk(scores, router_top_k(router), dim=-1)
     else:
-        raise TypeError(f"unrecognised router output from {type(router).__name__}")
+        raise ArchLabError(f"cannot read the output of router {type(router).__name__}")
     k = indices.shape[-1]
     return indices.reshape(-1, k).long(), weights.reshape(-1, k)

@@ -14,11 +14,9 @@ from typing import Optional
 import numpy as np
 
 from .errors import ArchLabError
-from .meta import decoder_layers
+from .routers import router_choice, router_modules
 from .spec import ArchSpec
 
-_MLP_NAMES = ("mlp", "feed_forward", "block_sparse_moe")
-_ROUTER_NAMES = ("gate", "router")
 
 
 @dataclass
@@ -47,28 +45,7 @@ class RoutingTrace:
 
 def find_routers(model) -> dict[int, object]:
     """Decoder layer index -> router module, for every MoE block of the model."""
-    routers = {}
-    for i, layer in enumerate(decoder_layers(model)):
-        for name in _MLP_NAMES:
-            mlp = getattr(layer, name, None)
-            if mlp is not None and getattr(mlp, "experts", None) is not None:
-                router = next((getattr(mlp, r) for r in _ROUTER_NAMES if getattr(mlp, r, None) is not None), None)
-                if router is not None:
-                    routers[i] = router
-                break
-    return routers
-
-
-def _choice(output, top_k: int):
-    """(indices [T,k], weights [T,k]) from a router's output, on its device."""
-    import torch
-
-    if isinstance(output, (tuple, list)) and len(output) >= 3 and not output[2].is_floating_point():
-        return output[2], output[1]
-    if isinstance(output, (tuple, list)) and len(output) == 2:
-        weights, idx = torch.topk(output[0], top_k, dim=-1)
-        return idx, weights
-    raise ArchLabError(f"cannot read this router's output ({type(output).__name__})")
+    return dict(router_modules(model))
 
 
 class RoutingRecorder:
@@ -85,10 +62,8 @@ class RoutingRecorder:
         self._handles: list = []
 
     def _hook(self, layer: int):
-        top_k = self.top_k
-
-        def hook(_module, _inputs, output):
-            idx, w = _choice(output, top_k)
+        def hook(module, _inputs, output):
+            idx, w = router_choice(module, output)
             self._pending[layer] = (idx.detach(), w.detach())  # fresh tensors: no copy needed
         return hook
 

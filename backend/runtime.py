@@ -42,12 +42,13 @@ class ModelRequest:
     path: str | None = None     # pretrained: local folder, or a repo id in the HF hub cache
     device: str = "auto"        # "auto" | "cpu" | "cuda" | "multi-gpu"
     dtype: str = "auto"         # "auto" | "fp32" | "bf16" | "fp16"
+    compile: bool = False       # GPU fast path: also torch.compile the decode step (slow once, faster after)
 
     def key(self) -> str:
         """Hashable identity (the source may be a dict)."""
         src = configs.canonical(self.source) if self.mode != "pretrained" else repr(self.source)
         return json.dumps([src, self.mode, self.size if self.mode == "miniature" else "", self.path,
-                           self.device, self.dtype])
+                           self.device, self.dtype, self.compile])
 
 
 @dataclass
@@ -64,6 +65,7 @@ class LoadedModel:
     load_seconds: float
     dtype: str = "fp32"
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)  # one generation at a time
+    decoder: Any = field(default=None, repr=False)  # GPU fast path (fastdecode.GraphDecoder), made on first use
 
     @property
     def input_device(self):

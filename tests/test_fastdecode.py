@@ -71,3 +71,22 @@ def test_graph_decode_matches_eager_on_gpu():
         eager, _ = _decode(model, ids, 16, use_graph=False)
         graphed, _ = _decode(model, ids, 16, use_graph=True)
     assert graphed == eager
+
+
+def test_decoder_reuse_across_prompts_matches_fresh():
+    model = _tiny("qwen3-30b-a3b")
+    g = torch.Generator().manual_seed(3)
+    a, b = (torch.randint(0, model.config.vocab_size, (1, n), generator=g) for n in (9, 5))
+    with torch.inference_mode():
+        fresh_b, _ = _decode(model, b, 8)
+        dec = GraphDecoder(model, 64, use_graph=False)
+        for ids in (a, b):  # a, then b on the same (reset) decoder
+            dec.reset()
+            out = dec.prefill(ids)
+            toks = []
+            for _ in range(8):
+                tok = sample(out.logits, 0.0, 1.0, None)
+                toks.append(int(tok))
+                out = dec.step(tok)
+        dec.close()
+    assert toks == fresh_b
