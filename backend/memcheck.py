@@ -1,0 +1,57 @@
+"""Memory of a loaded model: what backend.memory predicts beside what the devices report.
+
+Predictions come from the model's own config (weights at its dtype, the fast path's static KV
+cache); measurements from the tensors themselves and, on GPUs, ``torch.cuda.memory_allocated``.
+"""
+from __future__ import annotations
+
+from .counting import count_params
+from .memory import DTYPE_BYTES, kv_cache, linear_state_elements
+from .spec import arch_spec
+
+_TORCH_DTYPE = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
+
+
+def _config_dict(model) -> dict:
+    d = model.config.to_dict()
+    for k in ("quantization_config", "auto_map"):
+        d.pop(k, None)
+    return d
+
+
+def static_cache_bytes(source, tokens: int, dtype: str) -> int:
+    """Bytes of the GPU fast path's static cache: every attention layer keeps ``tokens`` positions."""
+    kv = kv_cache(source, 1, 1, dtype)
+    spec = arch_spec(source)
+    linear = spec.count("linear") * linear_state_elements(spec) * DTYPE_BYTES[dtype]
+    return int(kv.per_token_bytes * tokens + linear)
+
+
+def memory_check(lm) -> list[dict]:
+    """Rows (device, predicted bytes, measured bytes, what) for a ``runtime.LoadedModel``."""
+    import torch
+
+    model = lm.model
+    src = _config_dict(model)
+    dtype = _TORCH_DTYPE.get(str(next(model.parameters()).dtype).replace("torch.", ""), "fp32")
+    predicted_weights = int(count_params(src).total * DTYPE_BYTES[dtype])
+    measured_weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    rows = [{"what": "weights (all devices)", "device": lm.device_summary, "predicted_bytes": predicted_weights,
+             "measured_bytes": measured_weights, "how measured": "sum of parameter tensors"}]
+    dec = getattr(lm, "decoder", None)
+    if dec is not None:
+        predicted = static_cache_bytes(src, dec.max_cache_len, dtype)
+        measured = sum(t.numel() * t.element_size() for layer in dec.cache.layers
+                       for t in (getattr(layer, "keys", None), getattr(layer, "values", None)) if t is not None
+                       and t.numel() > 0) if hasattr(dec.cache, "layers") else None
+        rows.append({"what": f"static KV cache ({dec.max_cache_len:,} tokens)", "device": lm.device_summary,
+                     "predicted_bytes": predicted, "measured_bytes": measured,
+                     "how measured": "cache tensors (allocated at first use)"})
+    if torch.cuda.is_available():
+        devices = sorted({p.device for p in model.parameters() if p.device.type == "cuda"}, key=str)
+        for d in devices:
+            on_d = sum(p.numel() * p.element_size() for p in model.parameters() if p.device == d)
+            rows.append({"what": "allocated on GPU (this process)", "device": str(d), "predicted_bytes": on_d,
+                         "measured_bytes": torch.cuda.memory_allocated(d),
+                         "how measured": "torch.cuda.memory_allocated (includes other loaded models)"})
+    return rows
