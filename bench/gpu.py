@@ -65,13 +65,7 @@ def copy_bandwidth() -> float:
 
 
 def truncated(key: str, layers: int | None) -> dict:
-    d = catalog.raw_config(key)
-    if layers:
-        d["num_hidden_layers"] = layers
-        if isinstance(d.get("layer_types"), list):
-            d["layer_types"] = d["layer_types"][:layers]
-        d["_name_or_path"] = f"{key}[{layers} layers]"
-    return d
+    return configs.with_layers(key, layers) if layers else catalog.raw_config(key)
 
 
 def build(cfg_dict: dict):

@@ -97,3 +97,21 @@ def test_bad_configs_are_refused(cfg, needle):
 def test_unknown_key():
     with pytest.raises(ArchLabError, match="unknown model"):
         arch_spec("gpt5")
+
+
+@pytest.mark.parametrize("key,k", [("deepseek-v3", 4), ("gemma3-27b", 7), ("llama4-maverick", 4), ("qwen3-next-80b-a3b", 5)])
+def test_full_width_fewer_layers(key, k):
+    from backend.configs import with_layers
+
+    full, cut = arch_spec(key), arch_spec(with_layers(key, k))
+    assert cut.num_layers == k and cut.hidden_size == full.hidden_size
+    assert cut.layers == full.layers[:k]  # same per-layer pattern, cut
+    assert "full width" in with_layers(key, k)["_name_or_path"]
+
+
+@pytest.mark.parametrize("k", [0, 62, "3", True])
+def test_fewer_layers_bad_input(k):
+    from backend.configs import with_layers
+
+    with pytest.raises(ArchLabError, match="layers must be"):
+        with_layers("deepseek-v3", k)
