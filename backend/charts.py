@@ -94,3 +94,162 @@ def device_bar(devices: pd.DataFrame, gpu_gib: float, colors: Mapping[str, str])
     return _layout(fig, "Weights per device", barmode="group", height=400,
                    yaxis=dict(title="weights placed (GiB)"),
                    xaxis=dict(title="device", categoryorder="array", categoryarray=order))
+
+
+# ----------------------------------------------------------------- routing (Routing page)
+
+def expert_colors(n: int) -> list[str]:
+    """One colour per expert: qualitative up to 26 experts, a cyclic scale beyond."""
+    from plotly.colors import qualitative, sample_colorscale
+
+    if n <= len(qualitative.Alphabet):
+        return list((qualitative.Light24 if n <= 24 else qualitative.Alphabet)[:n])
+    return sample_colorscale("Phase", [i / n for i in range(n)])
+
+
+def _expert_scale(n: int) -> list:
+    """A stepped colorscale for z = expert index in [-0.5, n - 0.5]."""
+    scale = []
+    for i, c in enumerate(expert_colors(n)):
+        scale += [[i / n, c], [(i + 1) / n, c]]
+    return scale
+
+
+def _expert_colorbar(n: int, title: str = "top-1 expert") -> dict:
+    bar = dict(title=dict(text=title, side="right"), thickness=14)
+    if n <= 32:
+        bar.update(tickvals=list(range(n)), ticktext=[str(i) for i in range(n)])
+    return bar
+
+
+def _token_ticks(labels: list[str], most: int = 48) -> dict:
+    every = max(1, -(-len(labels) // most))
+    vals = list(range(0, len(labels), every))
+    return dict(tickmode="array", tickvals=vals, ticktext=[labels[v] for v in vals], tickangle=-60)
+
+
+def _cells(experts: pd.DataFrame, layers: list[int], positions: int):
+    """z [layer, position] = top-1 expert; hover text listing every chosen expert with its weight."""
+    import numpy as np
+
+    z = np.full((len(layers), positions), np.nan)
+    hover = [[""] * positions for _ in layers]
+    row = {layer: r for r, layer in enumerate(layers)}
+    for (layer, pos), part in experts.sort_values("rank").groupby(["layer", "position"], sort=False):
+        if layer not in row or pos >= positions:
+            continue
+        z[row[layer], pos] = part["expert"].iloc[0]
+        hover[row[layer]][pos] = "<br>".join(f"expert {e}: weight {w:.3f}" for e, w in zip(part["expert"], part["weight"]))
+    return z, hover
+
+
+def routing_heatmap(experts: pd.DataFrame, tokens: list[str], layers: list[int], num_experts: int,
+                    prompt_tokens: int, title: str) -> go.Figure:
+    """Tokens (x, with their text) × MoE layers (y), coloured by the top-1 expert; hover lists all k."""
+    n = len(tokens)
+    z, hover = _cells(experts, layers, n)
+    fig = go.Figure(go.Heatmap(
+        z=z, x=list(range(n)), y=[f"layer {layer}" for layer in layers], customdata=hover,
+        text=[tokens for _ in layers],
+        zmin=-0.5, zmax=num_experts - 0.5, colorscale=_expert_scale(num_experts), xgap=1, ygap=1,
+        colorbar=_expert_colorbar(num_experts),
+        hovertemplate="position %{x}: %{text}<br>%{y}<br>%{customdata}<extra></extra>"))
+    if 0 < prompt_tokens < n:
+        fig.add_vline(x=prompt_tokens - 0.5, line_color="#333", line_width=2, line_dash="dot")
+        fig.add_annotation(x=prompt_tokens - 0.5, y=1, yref="paper", yanchor="bottom", xanchor="left",
+                           text=" generated →", showarrow=False, font=dict(size=11, color="#333"))
+    height = max(300, 170 + 34 * len(layers))
+    return _layout(fig, title, height=height, margin=dict(l=10, r=10, t=60, b=10), showlegend=False,
+                   xaxis=dict(title="token (position in prompt + generated text)", **_token_ticks(tokens)),
+                   yaxis=dict(title="MoE layer", autorange="reversed"))
+
+
+def expert_load_bar(load, layer: int, num_experts: int, title: str) -> go.Figure:
+    """How often each expert of one layer was chosen, with the perfectly balanced level as a line."""
+    counts = [int(c) for c in load]
+    fig = go.Figure(go.Bar(x=list(range(num_experts)), y=counts, marker_color=expert_colors(num_experts),
+                           hovertemplate="expert %{x}: chosen %{y:,} times<extra></extra>"))
+    if sum(counts):
+        mean = sum(counts) / num_experts
+        fig.add_hline(y=mean, line_dash="dash", line_color="#555",
+                      annotation_text=f"balanced: {mean:,.1f}", annotation_position="top right")
+    return _layout(fig, title, height=360, margin=dict(l=10, r=10, t=60, b=10), showlegend=False,
+                   xaxis=dict(title=f"expert (layer {layer})", dtick=1 if num_experts <= 32 else None),
+                   yaxis=dict(title="selections (token × top-k slots)"))
+
+
+BALANCE_METRICS = (("cv", "CV (std / mean)"), ("max_over_mean", "max / mean"),
+                   ("entropy", "normalized entropy (1 = uniform)"))
+
+
+def balance_lines(over_time: pd.DataFrame, title: str) -> go.Figure:
+    """CV, max/mean and normalized entropy of the cumulative expert load after each step, per layer."""
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=1, cols=3, subplot_titles=[t for _, t in BALANCE_METRICS], horizontal_spacing=0.07)
+    layers = list(dict.fromkeys(over_time["layer"]))
+    colours = expert_colors(max(len(layers), 1)) if len(layers) > 1 else ["#4c78a8"]
+    for n, layer in enumerate(layers):
+        part = over_time[over_time["layer"] == layer]
+        for col, (metric, label) in enumerate(BALANCE_METRICS, start=1):
+            fig.add_scatter(x=part["step"], y=part[metric], mode="lines", name=f"layer {layer}",
+                            legendgroup=str(layer), showlegend=col == 1, line=dict(color=colours[n], width=2),
+                            hovertemplate=f"layer {layer}<br>step %{{x}}: {label} %{{y:.3f}}<extra></extra>",
+                            row=1, col=col)
+    for col, (metric, label) in enumerate(BALANCE_METRICS, start=1):
+        fig.update_xaxes(title_text="step (0 = prompt)", row=1, col=col)
+        fig.update_yaxes(title_text=label, row=1, col=col, rangemode="tozero")
+    fig.update_annotations(font_size=12)
+    return _layout(fig, title, height=400, margin=dict(l=10, r=10, t=110, b=10),
+                   legend=dict(orientation="h", yanchor="bottom", y=1.12, xanchor="right", x=1))
+
+
+def token_expert_grid(experts: pd.DataFrame, tokens: list[str], layer: int, num_experts: int,
+                      prompt_tokens: int, title: str, per_row: int = 16) -> go.Figure:
+    """The text, token by token in rows of ``per_row``, each cell coloured by its top-1 expert in ``layer``."""
+    import numpy as np
+
+    n = len(tokens)
+    rows = max(1, -(-n // per_row))
+    z = np.full((rows, per_row), np.nan)
+    text = [[""] * per_row for _ in range(rows)]
+    hover = [[""] * per_row for _ in range(rows)]
+    cells, hov = _cells(experts[experts["layer"] == layer], [layer], n)
+    for p in range(n):
+        r, c = divmod(p, per_row)
+        z[r, c], text[r][c] = cells[0, p], tokens[p]
+        where = "prompt" if p < prompt_tokens else "generated"
+        hover[r][c] = f"position {p} ({where}): {tokens[p]}<br>{hov[0][p]}"
+    fig = go.Figure(go.Heatmap(z=z, text=text, texttemplate="%{text}", textfont=dict(size=11),
+                               customdata=hover, hovertemplate="%{customdata}<extra></extra>",
+                               zmin=-0.5, zmax=num_experts - 0.5, colorscale=_expert_scale(num_experts),
+                               xgap=2, ygap=2, colorbar=_expert_colorbar(num_experts)))
+    return _layout(fig, title, height=max(220, 120 + 32 * rows), margin=dict(l=10, r=10, t=60, b=10),
+                   xaxis=dict(title=f"token in the row (rows of {per_row})", showticklabels=False),
+                   yaxis=dict(title="row of text", autorange="reversed", showticklabels=False))
+
+
+def coselection_heatmap(co, layer: int, title: str) -> go.Figure:
+    """[E,E] how often two experts served the same token (diagonal: how often each was chosen)."""
+    n = len(co)
+    fig = go.Figure(go.Heatmap(z=co, x=list(range(n)), y=list(range(n)), colorscale="Blues",
+                               colorbar=dict(title=dict(text="tokens", side="right"), thickness=14),
+                               hovertemplate="experts %{y} and %{x}: %{z:,} tokens<extra></extra>"))
+    axis = dict(dtick=1 if n <= 32 else None, constrain="domain")
+    return _layout(fig, title, height=360, margin=dict(l=10, r=10, t=60, b=10),
+                   xaxis=dict(title=f"expert (layer {layer})", **axis),
+                   yaxis=dict(title=f"expert (layer {layer})", autorange="reversed", scaleanchor="x", **axis))
+
+
+def shared_routed_bar(shares: pd.DataFrame, colors: Mapping[str, str], title: str) -> go.Figure:
+    """Per model, % of per-token expert compute done by shared (always-on) vs routed experts."""
+    fig = go.Figure()
+    for col, pattern in (("shared experts (%)", ""), ("routed experts (%)", "/")):
+        fig.add_bar(y=shares["model"], x=shares[col], name=col.replace(" (%)", ""), orientation="h",
+                    marker_pattern_shape=pattern, marker_line_color="#333",
+                    marker_color=[colors.get(m, "#888") for m in shares["model"]],
+                    hovertemplate="%{y}<br>" + col.replace(" (%)", "") + ": %{x:.1f} %<extra></extra>")
+    return _layout(fig, title, barmode="stack", height=max(220, 150 + 40 * len(shares)),
+                   margin=dict(l=10, r=10, t=90, b=10),
+                   xaxis=dict(title="share of the per-token expert FFN width (%)", range=[0, 100]),
+                   yaxis=dict(title="", autorange="reversed"))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
+import weakref
 from dataclasses import dataclass, field
 from typing import Optional, Union
 
@@ -17,10 +18,13 @@ from . import configs, fastdecode
 from .errors import ArchLabError
 from .fastdecode import GraphDecoder, pack_step, sample
 from .routing import RoutingRecorder, RoutingTrace, StepRouting
-from .runtime import LoadedModel, ModelRequest, load
+from .runtime import LoadedModel, ModelRequest, load, release
 
 MAX_NEW_TOKENS = 4096
 MAX_PROMPT_CHARS = 200_000
+MAX_MODELS_PER_RUN = 16
+#: A run nobody polls (or joins) for this long cancels itself: the page that drained it has gone.
+IDLE_TIMEOUT_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -42,10 +46,11 @@ class GenerationSettings:
             raise ArchLabError(f"temperature must be between 0 and 10, got {self.temperature!r}")
         if not isinstance(self.top_p, (int, float)) or not 0 < self.top_p <= 1:
             raise ArchLabError(f"top_p must be in (0, 1], got {self.top_p!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise ArchLabError(f"seed must be an integer, got {self.seed!r}")
-        if not all(isinstance(s, str) and s for s in self.stop) or len(self.stop) > 16:
-            raise ArchLabError("stop must be up to 16 non-empty strings")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2 ** 63:
+            raise ArchLabError(f"seed must be an integer from 0 to 2**63-1, got {self.seed!r}")
+        if not isinstance(self.stop, (tuple, list)) or len(self.stop) > 16 or \
+                not all(isinstance(s, str) and 0 < len(s) <= 1000 for s in self.stop):
+            raise ArchLabError("stop must be a list of up to 16 non-empty strings (1,000 characters at most)")
 
 
 # ----------------------------------------------------------------- events
@@ -214,9 +219,17 @@ def _stepper(lm: LoadedModel, capture: bool, needed: int):
 class GenerationRun:
     """Prompt several models at once; drain events with ``poll``."""
 
-    def __init__(self, requests: list[ModelRequest], prompt: str, settings: GenerationSettings = GenerationSettings()):
+    def __init__(self, requests: list[ModelRequest], prompt: str, settings: GenerationSettings = GenerationSettings(),
+                 session_id: Optional[str] = None, idle_timeout_s: Optional[float] = IDLE_TIMEOUT_S):
+        """``session_id`` files the run under a browser session for :func:`cancel_session`;
+        ``idle_timeout_s``: the run cancels itself when nobody has polled or joined it for that long
+        (None: never)."""
         if not requests:
             raise ArchLabError("choose at least one model")
+        if len(requests) > MAX_MODELS_PER_RUN:
+            raise ArchLabError(f"{len(requests)} models asked for; a run takes at most {MAX_MODELS_PER_RUN}")
+        if not isinstance(settings, GenerationSettings):
+            raise ArchLabError(f"settings must be GenerationSettings, not {type(settings).__name__}")
         if not isinstance(prompt, str) or not prompt.strip():
             raise ArchLabError("the prompt is empty")
         if len(prompt) > MAX_PROMPT_CHARS:
@@ -228,12 +241,18 @@ class GenerationRun:
         self._lock = threading.Lock()
         self._slots = [_Slot(request_label(r)) for r in self.requests]
         self._threads: list[threading.Thread] = []
+        self.session_id, self.idle_timeout_s = session_id, idle_timeout_s
+        self._seen = time.monotonic()     # last poll/join: the page is still there
+        if session_id is not None:
+            _register(session_id, self)
 
     # ----- public API
     def start(self) -> "GenerationRun":
         """Start one worker thread per model."""
         if self._threads:
             raise ArchLabError("this run has already started")
+        # transformers' lazy first import is not thread-safe (workers got ImportError on AutoConfig): do it here
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast  # noqa: F401
         self._threads = [threading.Thread(target=self._work, args=(i, r), daemon=True, name=f"archlab-gen-{i}")
                          for i, r in enumerate(self.requests)]
         for t in self._threads:
@@ -242,6 +261,7 @@ class GenerationRun:
 
     def poll(self, timeout: float = 0.1) -> list[Event]:
         """Events that arrived (waits up to ``timeout`` for the first one)."""
+        self._seen = time.monotonic()
         events = []
         try:
             events.append(self._queue.get(timeout=timeout) if timeout > 0 else self._queue.get_nowait())
@@ -263,7 +283,9 @@ class GenerationRun:
     def join(self, timeout: Optional[float] = None) -> None:
         deadline = None if timeout is None else time.monotonic() + timeout
         for t in self._threads:
-            t.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+            while t.is_alive() and (deadline is None or time.monotonic() < deadline):
+                self._seen = time.monotonic()  # someone is waiting on the run: not idle
+                t.join(0.5 if deadline is None else max(0.0, min(0.5, deadline - time.monotonic())))
 
     def text(self, slot: int) -> str:
         return self._slots[slot].text
@@ -288,6 +310,7 @@ class GenerationRun:
         import torch
 
         st = self._slots[slot]
+        oom = None
         try:
             st.status = "loading"
             self._emit(Loading(slot, st.label, "loading"))
@@ -299,11 +322,15 @@ class GenerationRun:
         except ArchLabError as e:
             self._fail(slot, str(e))
         except torch.OutOfMemoryError as e:
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-            self._fail(slot, f"out of memory: {str(e).splitlines()[0][:200]}")
+            oom = (str(e).splitlines() or ["out of memory"])[0][:200]
         except Exception as e:  # one model's failure must not stop the others
             self._fail(slot, f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:300]}")
+        if oom is not None:
+            # Out of the except block, so the traceback's frames (activations, KV cache) are gone: drop the
+            # model from the cache and return its memory (runs still holding it free it when they end).
+            lm = None  # noqa: F841
+            release(request)
+            self._fail(slot, f"out of memory: {oom} (the model was unloaded to free its memory)")
 
     def _fail(self, slot: int, message: str) -> None:
         st = self._slots[slot]
@@ -337,7 +364,7 @@ class GenerationRun:
         reason = "length"
         with stepper:
             while True:
-                if self._cancel.is_set():
+                if self._cancel.is_set() or self._idle():
                     reason = "cancelled"
                     break
                 next_id, layers = stepper.advance(inputs, s, gen)
@@ -377,6 +404,45 @@ class GenerationRun:
         st.tokens_per_s = (n - 1) / decode_t if decode_t > 0 else 0.0
         st.total_s, st.reason, st.new_tokens = total, reason, n
         self._emit(Finished(slot, st.label, n, st.ttft_s or 0.0, st.tokens_per_s, total, reason))
+
+
+    def _idle(self) -> bool:
+        """True (and the run cancelled) once nobody has polled or joined it for ``idle_timeout_s``."""
+        if self.idle_timeout_s is not None and time.monotonic() - self._seen > self.idle_timeout_s:
+            self._cancel.set()
+        return self._cancel.is_set()
+
+
+# ----------------------------------------------------------------- sessions
+
+_sessions: dict[str, "weakref.WeakSet[GenerationRun]"] = {}
+_sessions_lock = threading.Lock()
+
+
+def _register(session_id: str, run: GenerationRun) -> None:
+    with _sessions_lock:
+        for sid in [k for k, runs in _sessions.items() if not runs]:
+            del _sessions[sid]
+        _sessions.setdefault(session_id, weakref.WeakSet()).add(run)
+
+
+def session_runs(session_id: str) -> list[GenerationRun]:
+    """The runs filed under a session that are still referenced (running or not)."""
+    with _sessions_lock:
+        return list(_sessions.get(session_id, ()))
+
+
+def cancel_session(session_id: str) -> int:
+    """Cancel every run of a browser session (the page calls this when it is left or the session ends).
+
+    Returns how many runs were still going. Each ends within one decode step with Finished("cancelled").
+    """
+    with _sessions_lock:
+        runs = list(_sessions.pop(session_id, ()))
+    going = [r for r in runs if any(t.is_alive() for t in r._threads)]
+    for r in runs:
+        r.cancel()
+    return len(going)
 
 
 def _eos_ids(lm: LoadedModel) -> set[int]:

@@ -180,8 +180,9 @@ def _mirror_models() -> None:
 
 
 def setting(name: str, default: Any, widget: Callable[..., Any], parse: Callable[[str], Any] = str,
-            **kwargs) -> Any:
-    """A page setting: restored from ?name= on first use, kept across pages, mirrored to the URL.
+            url: bool = True, **kwargs) -> Any:
+    """A page setting: restored from ?name= on first use, kept across pages, mirrored to the URL
+    (``url=False``: kept across pages and reruns only, e.g. a long prompt).
 
     ``widget`` is a Streamlit input (st.number_input, st.selectbox, ...) called with ``kwargs``.
     A value in the URL that ``parse`` rejects (or the widget refuses) falls back to ``default``.
@@ -190,7 +191,7 @@ def setting(name: str, default: Any, widget: Callable[..., Any], parse: Callable
     wkey = f"_w_{name}"
     if name not in ss:
         ss[name] = default
-        raw = st.query_params.get(name)
+        raw = st.query_params.get(name) if url else None
         if raw is not None:
             try:
                 ss[name] = parse(raw)
@@ -205,6 +206,8 @@ def setting(name: str, default: Any, widget: Callable[..., Any], parse: Callable
         ss[name] = ss[wkey] = default
         st.rerun()
     ss[name] = value
+    if not url:
+        return value
     if value == default:
         st.query_params.pop(name, None)
     else:
@@ -218,3 +221,32 @@ def parse_bool(raw: str) -> bool:
     if raw.lower() in ("0", "false", "no", "off"):
         return False
     raise ValueError(raw)
+
+
+def int_in(lo: int, hi: int) -> Callable[[str], int]:
+    """A URL parser for an integer in [lo, hi] (ValueError otherwise)."""
+    def parse(raw: str) -> int:
+        v = int(raw)
+        if not lo <= v <= hi:
+            raise ValueError(raw)
+        return v
+    return parse
+
+
+def float_in(lo: float, hi: float) -> Callable[[str], float]:
+    """A URL parser for a number in [lo, hi] (ValueError otherwise, nan included)."""
+    def parse(raw: str) -> float:
+        v = float(raw)
+        if not lo <= v <= hi:  # also refuses nan
+            raise ValueError(raw)
+        return v
+    return parse
+
+
+def choice(options) -> Callable[[str], str]:
+    """A URL parser for one of ``options``."""
+    def parse(raw: str) -> str:
+        if raw not in options:
+            raise ValueError(raw)
+        return raw
+    return parse

@@ -7,37 +7,11 @@ from backend import charts
 from backend.memory import MAX_BATCH, MAX_CONTEXT
 from backend.tables import DTYPES, default_gpus
 from views import _state, _ui
-from views._state import parse_bool, setting
+from views._state import choice as _choice, float_in as _float_in, int_in as _int_in, parse_bool, setting
 
 INT = st.column_config.NumberColumn(format="%,d")
 GIB = st.column_config.NumberColumn(format="%,.2f")
 KIB = st.column_config.NumberColumn(format="%,.1f")
-
-
-def _int_in(lo: int, hi: int):
-    def parse(raw: str) -> int:
-        v = int(raw)
-        if not lo <= v <= hi:
-            raise ValueError(raw)
-        return v
-    return parse
-
-
-def _float_in(lo: float, hi: float):
-    def parse(raw: str) -> float:
-        v = float(raw)
-        if not lo <= v <= hi:  # also refuses nan
-            raise ValueError(raw)
-        return v
-    return parse
-
-
-def _choice(options):
-    def parse(raw: str) -> str:
-        if raw not in options:
-            raise ValueError(raw)
-        return raw
-    return parse
 
 
 def _params(models, colors) -> None:

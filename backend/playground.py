@@ -1,0 +1,258 @@
+"""What the Playground and Routing pages show of a generation run: options, requests, tables, views.
+
+``LiveRun`` wraps a :class:`generation.GenerationRun` with the page-side facts it lacks (which
+selected model each slot is, its colour, the last loading message) so either page can drain it.
+Everything here is plain data in, plain data out; no Streamlit.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+import pandas as pd
+
+from . import memcheck, routing, runtime
+from .configs import ModelSource
+from .errors import ArchLabError
+from .generation import Event, GenerationRun, GenerationSettings, Loading, Started
+from .generation import Routing as RoutingEvent
+from .miniature import MINIATURE_SIZES
+from .spec import arch_spec
+
+MAX_COLUMNS = 4
+MODES = {**{size: f"miniature · {size} (random weights)" for size in MINIATURE_SIZES},
+         "full": "full size (random weights)", "pretrained": "pretrained (checkpoint folder)"}
+DEVICE_LABELS = {"auto": "auto", "cpu": "CPU", "cuda": "one GPU (cuda)", "multi-gpu": "all GPUs (sharded)"}
+_ESCAPES = {"\\n": "\n", "\\t": "\t", "\\,": ","}
+
+
+@dataclass(frozen=True)
+class SlotModel:
+    """The selected model a slot of the run belongs to."""
+    id: str
+    label: str
+    color: str
+    moe: bool       # has mixture-of-experts layers (a router to trace)
+
+
+# ----------------------------------------------------------------- settings
+
+def mode_options(checkpoint: str) -> list[str]:
+    """Modes to offer: miniature sizes, full size, and pretrained when a checkpoint folder is set."""
+    return [m for m in MODES if m != "pretrained" or checkpoint]
+
+
+def device_options(hw: dict) -> list[str]:
+    """Devices ``runtime`` can use on this hardware (``hw`` as ``runtime.hardware()`` returns)."""
+    gpus = len(hw.get("gpus") or [])
+    return ["auto", "cpu"] + (["cuda"] if gpus else []) + (["multi-gpu"] if gpus > 1 else [])
+
+
+def parse_stop(text: str) -> tuple[str, ...]:
+    r"""Comma-separated stop strings; ``\n``, ``\t`` and ``\,`` are a newline, a tab and a comma."""
+    parts, buf, i = [], "", 0
+    while i < len(text):
+        two = text[i:i + 2]
+        if two in _ESCAPES:
+            buf, i = buf + _ESCAPES[two], i + 2
+        elif text[i] == ",":
+            parts, buf, i = parts + [buf], "", i + 1
+        else:
+            buf, i = buf + text[i], i + 1
+    parts.append(buf)
+    return tuple(p.strip(" ") for p in parts if p.strip(" "))
+
+
+def requests_for(models: Sequence[tuple[str, ModelSource]], mode: str, device: str, compile: bool = False,
+                 checkpoint: str = "") -> list[tuple[str, ModelSource, runtime.ModelRequest]]:
+    """(model id, its config source, request) for each model to run: the first ``MAX_COLUMNS`` selected
+    models, or in pretrained mode the sidebar's checkpoint folder alone (the others have no weights here)."""
+    if mode == "pretrained":
+        if not checkpoint:
+            raise ArchLabError("pretrained mode needs a checkpoint folder: set one in the sidebar "
+                               "(Add your own model → Local checkpoint folder)")
+        config = runtime.check_checkpoint(runtime.resolve_checkpoint(checkpoint))
+        request = runtime.ModelRequest(source=f"local:{checkpoint}", mode="pretrained", path=checkpoint,
+                                       device=device, compile=compile)
+        return [(f"local:{checkpoint}", config, request)]
+    if not models:
+        raise ArchLabError("choose at least one model in the sidebar")
+    if mode != "full" and mode not in MINIATURE_SIZES:
+        raise ArchLabError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+    kind = {"mode": "full"} if mode == "full" else {"mode": "miniature", "size": mode}
+    return [(i, src, runtime.ModelRequest(src, device=device, compile=compile, **kind)) for i, src in models[:MAX_COLUMNS]]
+
+
+# ----------------------------------------------------------------- the run
+
+@dataclass
+class LiveRun:
+    """A started run plus what the pages need to draw it."""
+    run: GenerationRun
+    slots: list[SlotModel]
+    loading: dict[int, str] = field(default_factory=dict)   # slot -> last loading message
+    prompt_tokens: dict[int, int] = field(default_factory=dict)
+    routing_steps: int = 0                                    # Routing events seen (live redraw trigger)
+
+    @classmethod
+    def start(cls, slots: Sequence[SlotModel], requests: Sequence[runtime.ModelRequest], prompt: str,
+              settings: GenerationSettings) -> "LiveRun":
+        """Validate and start a run (ArchLabError for a bad prompt or setting)."""
+        return cls(GenerationRun(list(requests), prompt, settings).start(), list(slots))
+
+    def pump(self, timeout: float = 0.1) -> list[Event]:
+        """Drain the events that arrived, keeping loading messages and prompt lengths."""
+        events = self.run.poll(timeout)
+        for e in events:
+            if isinstance(e, Loading):
+                self.loading[e.slot] = e.message
+            elif isinstance(e, Started):
+                self.prompt_tokens[e.slot] = e.prompt_tokens
+            elif isinstance(e, RoutingEvent):
+                self.routing_steps += 1
+        return events
+
+    @property
+    def done(self) -> bool:
+        return self.run.done
+
+    def cancel(self) -> None:
+        self.run.cancel()
+
+    def moe_slots(self) -> list[int]:
+        """Slots whose model routes tokens (a trace exists once the model has started)."""
+        return [i for i in range(len(self.slots)) if self.run.routing(i) is not None]
+
+
+@dataclass(frozen=True)
+class SlotView:
+    """What one column shows now."""
+    status: str                 # waiting / loading / running / finished / failed
+    progress: float             # 0..1
+    progress_text: str
+    text: str
+    summary: str                # "TTFT 12 ms · 505 tok/s · 8 tokens"
+    device: str
+    fast_path: bool
+    error: str
+
+
+def slot_view(live: LiveRun, slot: int) -> SlotView:
+    """The column of ``slot``: progress (loading stage, then tokens of the maximum), text, timings."""
+    s = live.run.stats(slot)
+    n, most = s["new_tokens"], live.run.settings.max_new_tokens
+    status = s["status"]
+    if status in ("waiting", "loading"):
+        progress, text = 0.0, f"loading: {live.loading.get(slot, 'queued')}"
+    elif status == "running":
+        progress, text = min(n / most, 1.0), f"generating: {n} / {most} tokens"
+    elif status == "finished":
+        progress, text = 1.0, f"done: {n} tokens ({s['reason']})"
+    else:
+        progress, text = 0.0, "failed"
+    return SlotView(status, progress, text, live.run.text(slot), _summary(s), s["device"], bool(s["fast_path"]),
+                    s["error"])
+
+
+def _summary(s: dict) -> str:
+    parts = []
+    if s["ttft_s"] is not None:
+        parts.append(f"TTFT **{s['ttft_s'] * 1e3:,.0f} ms**")
+    if s["tokens_per_s"] is not None:
+        parts.append(f"**{s['tokens_per_s']:,.0f} tok/s**")
+    if s["new_tokens"]:
+        parts.append(f"{s['new_tokens']} new tokens")
+    return " · ".join(parts)
+
+
+def stats_table(live: LiveRun) -> pd.DataFrame:
+    """One row per model: TTFT (ms), decode tok/s, new tokens, total (s), device, GPU fast path, reason."""
+    rows = []
+    for i, slot in enumerate(live.slots):
+        s = live.run.stats(i)
+        rows.append({"model": s["model"], "TTFT (ms)": None if s["ttft_s"] is None else s["ttft_s"] * 1e3,
+                     "tok/s": s["tokens_per_s"], "new tokens": s["new_tokens"],
+                     "total (s)": s["total_s"], "device": s["device"], "GPU fast path": s["fast_path"],
+                     "reason": s["reason"] or s["status"] + (f": {s['error']}" if s["error"] else "")})
+    return pd.DataFrame(rows)
+
+
+def memory_table(live: LiveRun) -> pd.DataFrame:
+    """memcheck rows (predicted vs measured bytes) of each model of the run that is loaded now."""
+    rows = []
+    for slot, request in zip(live.slots, live.run.requests):
+        if not runtime.is_loaded(request):
+            continue
+        lm = runtime.load(request)
+        for r in memcheck.memory_check(lm):
+            pred, meas = r["predicted_bytes"], r["measured_bytes"]
+            rows.append({"model": lm.label, "what": r["what"], "device": r["device"],
+                         "predicted (MiB)": pred / 2**20, "measured (MiB)": None if meas is None else meas / 2**20,
+                         "measured − predicted (MiB)": None if meas is None else (meas - pred) / 2**20,
+                         "how measured": r["how measured"], "predicted_bytes": pred, "measured_bytes": meas})
+    return pd.DataFrame(rows)
+
+
+# ----------------------------------------------------------------- routing
+
+@dataclass(frozen=True)
+class SlotRouting:
+    """Routing of one slot, ready for the charts."""
+    label: str
+    color: str
+    trace: routing.RoutingTrace
+    experts: pd.DataFrame       # routing.token_layer_experts
+    tokens: list[str]           # display text of each routed position
+    prompt_tokens: int
+
+
+def token_label(text: str, width: int = 12) -> str:
+    """A token's text made visible: spaces as ␣, newlines as ⏎, cut to ``width`` characters."""
+    shown = text.replace(" ", "␣").replace("\n", "⏎").replace("\t", "⇥") or "∅"
+    return shown if len(shown) <= width else shown[:width - 1] + "…"
+
+
+def _tokenizer(request: runtime.ModelRequest):
+    if runtime.is_loaded(request):
+        return runtime.load(request).tokenizer
+    if request.mode != "pretrained":
+        from .tokenizer import load_offline
+
+        return load_offline()
+    return None
+
+
+def slot_routing(live: LiveRun, slot: int) -> Optional[SlotRouting]:
+    """Routing data of ``slot`` so far, or None for a dense model (or one that has not started)."""
+    trace = live.run.routing(slot)
+    if trace is None:
+        return None
+    steps = list(trace.steps)  # the worker appends while we read: take a snapshot
+    snap = routing.RoutingTrace(trace.moe_layers, trace.num_experts, trace.top_k, steps)
+    experts = routing.token_layer_experts(snap)
+    ids = experts.drop_duplicates("position").sort_values("position")["token_id"].tolist()
+    request = live.run.requests[slot]
+    tok = _tokenizer(request)
+    texts = [tok.decode([i]) if tok is not None and i >= 0 else str(i) for i in ids]
+    prompt = live.prompt_tokens.get(slot, len(steps[0].token_ids) if steps else 0)
+    return SlotRouting(live.run.stats(slot)["model"], live.slots[slot].color, snap, experts, texts, prompt)
+
+
+def is_dense(source: ModelSource) -> bool:
+    """True when the architecture has no mixture-of-experts layer (so no router)."""
+    return arch_spec(source).moe is None
+
+
+def shared_table(live: LiveRun) -> pd.DataFrame:
+    """Per MoE model of the run that is loaded: % of per-token expert FFN width from shared
+    (always-on) vs routed experts, for the model that ran (a miniature keeps the full model's ratios)."""
+    rows = []
+    for i, request in enumerate(live.run.requests):
+        if not live.slots[i].moe or not runtime.is_loaded(request):
+            continue
+        spec = runtime.load(request).spec
+        shared = routing.shared_share(spec) * 100
+        rows.append({"model": live.run.stats(i)["model"], "shared experts (%)": shared,
+                     "routed experts (%)": 100 - shared, "shared experts": spec.moe.num_shared,
+                     "routed experts": spec.moe.num_experts, "top-k": spec.moe.top_k})
+    return pd.DataFrame(rows)

@@ -1,0 +1,154 @@
+"""Playground: one prompt, up to four models side by side, tokens streamed as they are generated."""
+from __future__ import annotations
+
+import streamlit as st
+
+from backend import playground, runtime
+from backend.colors import model_colors
+from backend.generation import MAX_NEW_TOKENS, GenerationSettings
+from backend.playground import LiveRun, SlotModel
+from views import _live, _state, _ui
+from views._state import choice, float_in, int_in, parse_bool, setting
+
+MS = st.column_config.NumberColumn(format="%,.1f")
+MIB = st.column_config.NumberColumn(format="%,.3f")
+
+
+@st.cache_data(ttl=60, show_spinner=False)
+def _hardware() -> dict:
+    return runtime.hardware()
+
+
+def _settings(hw: dict) -> dict:
+    """The settings widgets; returns their values."""
+    modes = playground.mode_options(st.session_state.get("checkpoint_path", ""))
+    devices = playground.device_options(hw)
+    c = st.columns(4)
+    with c[0]:
+        mode = setting("mode", "tiny", st.selectbox, choice(modes), label="Model size", options=modes,
+                       format_func=playground.MODES.get,
+                       help="Miniatures keep each architecture (attention kind, layer pattern, MoE shape) at a "
+                       "tiny width with random weights. Full size builds the real shape with random weights, where "
+                       "memory allows. Pretrained loads the sidebar's checkpoint folder (safetensors).")
+    with c[1]:
+        device = setting("device", "auto", st.selectbox, choice(devices), label="Device", options=devices,
+                         format_func=playground.DEVICE_LABELS.get,
+                         help="Only what this server has. auto: one GPU if the model fits, else all GPUs, else CPU.")
+    with c[2]:
+        max_new = setting("tokens", 48, st.number_input, int_in(1, MAX_NEW_TOKENS), label="Max new tokens",
+                          min_value=1, max_value=MAX_NEW_TOKENS, step=16)
+    with c[3]:
+        compile_ = False
+        if hw.get("gpus"):
+            compile_ = setting("compile", False, st.checkbox, parse_bool, label="Compile decode step",
+                               help="GPU fast path: torch.compile the decode step (slow first run, faster after).")
+    c = st.columns(4)
+    with c[0]:
+        temp = setting("temp", 0.0, st.number_input, float_in(0.0, 10.0), label="Temperature",
+                       min_value=0.0, max_value=10.0, step=0.1, help="0 = greedy (always the most likely token).")
+    with c[1]:
+        top_p = setting("topp", 1.0, st.number_input, float_in(0.01, 1.0), label="Top-p", min_value=0.01,
+                        max_value=1.0, step=0.05, help="Sample from the smallest set of tokens holding this "
+                        "probability mass (with temperature > 0).")
+    with c[2]:
+        seed = setting("seed", 0, st.number_input, int_in(0, 2**31 - 1), label="Seed", min_value=0,
+                       max_value=2**31 - 1, step=1, help="Seed of the sampler (temperature > 0).")
+    with c[3]:
+        stop = setting("stop", "", st.text_input, label="Stop strings", placeholder=r"e.g. \n, ###",
+                       help=r"Comma-separated; \n is a newline, \t a tab, \, a comma.")
+    return dict(mode=mode, device=device, max_new=max_new, temp=temp, top_p=top_p, seed=seed, stop=stop,
+                compile=compile_)
+
+
+def _start(models: list[_state.Model], prompt: str, s: dict) -> None:
+    """Validate the settings and start a run (errors shown by the caller's guard)."""
+    checkpoint = st.session_state.get("checkpoint_path", "")
+    runs = playground.requests_for([(m.id, m.source) for m in models], s["mode"], s["device"],
+                                   bool(s["compile"]), checkpoint)
+    colors = model_colors([m.id for m in models] + [i for i, _, _ in runs])
+    slots = [SlotModel(i, _state.label_of(i), colors[i], not playground.is_dense(src)) for i, src, _ in runs]
+    settings = GenerationSettings(max_new_tokens=int(s["max_new"]), temperature=float(s["temp"]),
+                                  top_p=float(s["top_p"]), stop=playground.parse_stop(s["stop"]), seed=int(s["seed"]))
+    _live.replace(LiveRun.start(slots, [r for _, _, r in runs], prompt, settings))
+
+
+def _column(live: LiveRun, slot: int) -> None:
+    """One model's column: name, progress, timings, device, streamed text."""
+    v = playground.slot_view(live, slot)
+    st.markdown(f"<span style='color:{live.slots[slot].color}'>■</span> **{live.run.stats(slot)['model']}**",
+                unsafe_allow_html=True)
+    if v.status == "failed":
+        st.error(v.error)
+        return
+    st.progress(v.progress, text=v.progress_text)
+    facts = " · ".join(p for p in (v.summary, f"on `{v.device}`" if v.device else "") if p)
+    if facts or v.fast_path:
+        with st.container(horizontal=True, gap="small"):
+            if facts:
+                st.markdown(facts)
+            if v.fast_path:
+                st.badge("GPU fast path", icon=":material/bolt:", color="green")
+    st.code(v.text or " ", language=None, wrap_lines=True, height=260)
+
+
+def _results(live: LiveRun) -> None:
+    st.subheader("Timings")
+    _ui.frame(playground.stats_table(live), "playground timings", hide_index=True, width="stretch",
+              caption="TTFT: prompt tokenization + prefill + first token. tok/s: decode speed after the first "
+              "token (tokens after the first ÷ time after the first). Reason: length (max tokens), stop "
+              "(a stop string), eos, cancelled — or why the model failed.",
+              column_config={"TTFT (ms)": MS, "tok/s": MS, "total (s)": st.column_config.NumberColumn(format="%.3f")})
+    mem = playground.memory_table(live)
+    if mem.empty:
+        return
+    st.subheader("Memory of the loaded models")
+    shown = mem.drop(columns=["predicted_bytes", "measured_bytes"])
+    _ui.frame(shown, "playground memory", csv=mem, hide_index=True, width="stretch",
+              column_config={c: MIB for c in shown.columns if "MiB" in c},
+              caption="Predicted from the config (parameters × bytes of the dtype; the GPU fast path's static KV "
+              "cache) beside what the tensors and the GPU allocator report. 1 MiB = 2²⁰ bytes; the CSV has bytes.")
+
+
+def _page() -> None:
+    hw = _hardware()
+    models = _state.selected()
+    prompt = setting("pg_prompt", "The quick brown fox", st.text_area, url=False, label="Prompt", height=100,
+                     help="Kept while you switch pages. Every model gets the same prompt.")
+    s = _settings(hw)
+    with st.container(horizontal=True, gap="small", vertical_alignment="center"):
+        generate = st.button("Generate", type="primary", icon=":material/play_arrow:")
+        live = _live.current()
+        stop = st.button("Stop", icon=":material/stop:", disabled=live is None or live.done)
+        st.page_link("views/routing.py", label="Watch the experts live on the Routing page",
+                     icon=":material/alt_route:")
+    if len(models) > playground.MAX_COLUMNS and s["mode"] != "pretrained":
+        st.caption(f"Runs the first {playground.MAX_COLUMNS} selected models.")
+    if stop and live is not None:
+        live.cancel()
+    if generate:
+        with _ui.guard("starting the run"):
+            _start(models, prompt, s)
+    live = _live.current()
+    if live is None:
+        st.info("Type a prompt and press **Generate**.")
+        return
+    holders = [col.empty() for col in st.columns(len(live.slots), border=True)]
+
+    def redraw() -> None:
+        for slot, holder in enumerate(holders):
+            with holder.container():
+                _column(live, slot)
+
+    redraw()
+    _live.follow(live, redraw)
+    _results(live)
+
+
+st.title("Playground")
+st.caption("One prompt, up to four models side by side, each streaming its own tokens. Miniatures and full-size "
+           "models have **random weights: their text is gibberish by design**. What they show is each "
+           "architecture's speed (time to first token, tokens per second) and, for mixture-of-experts models, "
+           "which experts every token goes to. Load a pretrained checkpoint folder (sidebar) for real text.")
+if _ui.need_models(_state.selected()) or st.session_state.get("checkpoint_path"):
+    with _ui.guard("the playground"):
+        _page()
