@@ -27,7 +27,25 @@ LIMITS = {
     "num_experts": 65_536,
     "head_dim": 65_536,
     "max_position_embeddings": 1 << 31,
+    # MLA, MoE routing, linear attention, windows: also multiply into tensor shapes or loops.
+    "kv_lora_rank": 65_536,
+    "q_lora_rank": 65_536,
+    "qk_rope_head_dim": 65_536,
+    "shared_expert_intermediate_size": 1_048_576,
+    "num_experts_per_tok": 65_536,
+    "n_shared_experts": 1_024,
+    "n_group": 65_536,
+    "topk_group": 65_536,
+    "linear_num_key_heads": 4_096,
+    "linear_num_value_heads": 4_096,
+    "linear_key_head_dim": 65_536,
+    "linear_value_head_dim": 65_536,
+    "linear_conv_kernel_dim": 1_024,
+    "sliding_window": 1 << 31,
+    "attention_chunk_size": 1 << 31,
 }
+#: Fields of LIMITS that may be 0 (0 experts = dense; 0 shared experts; 0 MoE width when dense).
+_ZERO_OK = ("moe_intermediate_size", "num_experts", "n_shared_experts", "shared_expert_intermediate_size")
 # Config field names that mean the same thing across model types.
 ALIASES = {
     "hidden_size": ("hidden_size", "n_embd", "d_model"),
@@ -40,6 +58,11 @@ ALIASES = {
     "num_experts": ("num_experts", "n_routed_experts", "num_local_experts"),
     "head_dim": ("head_dim", "qk_nope_head_dim", "v_head_dim"),
     "max_position_embeddings": ("max_position_embeddings", "n_positions"),
+    **{k: (k,) for k in ("kv_lora_rank", "q_lora_rank", "qk_rope_head_dim", "shared_expert_intermediate_size",
+                         "n_shared_experts", "n_group", "topk_group", "linear_num_key_heads",
+                         "linear_num_value_heads", "linear_key_head_dim", "linear_value_head_dim",
+                         "linear_conv_kernel_dim", "sliding_window", "attention_chunk_size")},
+    "num_experts_per_tok": ("num_experts_per_tok", "experts_per_token", "moe_top_k"),
 }
 # Fields dropped before building: they describe how weights are stored, not the architecture.
 _DROP = ("quantization_config",)
@@ -53,7 +76,7 @@ def _check_sizes(d: dict[str, Any]) -> None:
                 continue
             if isinstance(v, bool) or not isinstance(v, int):
                 raise ArchLabError(f"config field {name!r} must be an integer, got {v!r}")
-            if v < 0 or (v == 0 and canon not in ("moe_intermediate_size", "num_experts")):
+            if v < 0 or (v == 0 and canon not in _ZERO_OK):
                 raise ArchLabError(f"config field {name!r} must be positive, got {v}")
             if v > LIMITS[canon]:
                 raise ArchLabError(f"config field {name!r} = {v:,} is beyond any real model (limit {LIMITS[canon]:,})")
@@ -67,6 +90,8 @@ def parse_config_text(text: str | bytes) -> dict[str, Any]:
         d = json.loads(text)
     except (ValueError, UnicodeDecodeError) as e:
         raise ArchLabError(f"config.json is not valid JSON: {e}") from None
+    except RecursionError:
+        raise ArchLabError("config.json is nested too deeply") from None
     if not isinstance(d, dict):
         raise ArchLabError("config.json must hold a JSON object")
     return d
@@ -81,6 +106,8 @@ def canonical(source: ModelSource) -> str:
             return json.dumps(source, sort_keys=True)
         except (TypeError, ValueError) as e:
             raise ArchLabError(f"config is not JSON-serialisable: {e}") from None
+        except RecursionError:
+            raise ArchLabError("config is nested too deeply") from None
     raise ArchLabError(f"a model is a catalog key or a config dict, not {type(source).__name__}")
 
 
@@ -102,6 +129,8 @@ def _build(canon: str):
     model_type = d.get("model_type")
     if not model_type:
         raise ArchLabError("config.json has no 'model_type'")
+    if not isinstance(model_type, str):
+        raise ArchLabError(f"config field 'model_type' must be a string, got {type(model_type).__name__}")
     if model_type not in CONFIG_MAPPING:
         raise ArchLabError(f"unknown model_type {model_type!r}: this transformers version does not know it")
     _check_sizes(d)
@@ -110,9 +139,11 @@ def _build(canon: str):
     d.pop("model_type")
     try:
         cfg = AutoConfig.for_model(model_type, **d)
+        built = cfg.to_dict()
     except Exception as e:  # transformers raises many types for bad values
-        raise ArchLabError(f"transformers rejected this {model_type} config: {str(e).splitlines()[0][:300]}") from None
-    _check_sizes(cfg.to_dict())
+        raise ArchLabError(f"transformers rejected this {model_type} config: "
+                           f"{(str(e).splitlines() or [type(e).__name__])[0][:300]}") from None
+    _check_sizes(built)
     return cfg
 
 

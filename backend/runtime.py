@@ -8,17 +8,19 @@ from __future__ import annotations
 
 import gc
 import json
+import math
 import os
 import re
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 from . import configs
 from .errors import ArchLabError
-from .memory import GiB, device_plan, weight_bytes
+from .memory import GiB, device_plan, kv_cache, weight_bytes
 from .miniature import MINIATURE_SIZES, miniature_config_dict, miniature_spec
 from .spec import ArchSpec, arch_spec
 
@@ -29,6 +31,10 @@ DTYPES = ("auto", "fp32", "bf16", "fp16")
 HEADROOM = 0.15
 MINIATURE_SEED = 0
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+#: Tokens of KV cache (batch 1) a model must have room for besides its weights (the GPU fast path's cache).
+KV_ALLOWANCE_TOKENS = 4096
+#: Largest safetensors header read when checking a checkpoint's shapes.
+MAX_SAFETENSORS_HEADER = 100_000_000
 
 __all__ = ["ModelRequest", "LoadedModel", "Placement", "load", "release", "release_all", "hardware",
            "plan_placement", "resolve_checkpoint", "check_checkpoint", "MINIATURE_SIZES"]
@@ -77,7 +83,8 @@ class Placement:
     kind: str                     # "cpu" | "cuda" | "multi-gpu"
     dtype: str                    # resolved: fp32 / bf16 / fp16
     device_map: dict[str, str]    # module name -> "cpu" / "cuda:i" ("" = whole model)
-    need_bytes: int
+    need_bytes: int               # weights at ``dtype``
+    kv_bytes: int = 0             # KV allowance (KV_ALLOWANCE_TOKENS tokens, batch 1) checked on top
 
 
 # ----------------------------------------------------------------- hardware
@@ -92,6 +99,14 @@ def _meminfo() -> tuple[float, float]:
                 avail = int(line.split()[1]) * 1024 / GiB
     except OSError:
         pass
+    if not avail:
+        try:
+            import psutil
+
+            vm = psutil.virtual_memory()
+            total, avail = vm.total / GiB, vm.available / GiB
+        except ImportError:
+            pass
     return total, avail
 
 
@@ -135,31 +150,42 @@ def plan_placement(source: configs.ModelSource, device: str, dtype: str, hw: dic
     want_gpu = device in ("cuda", "multi-gpu") or (device == "auto" and gpus)
     dt = dtype if dtype != "auto" else ("bf16" if want_gpu else "fp32")
     need = need_bytes if need_bytes is not None else weight_bytes(source, dt)
+    kv = kv_allowance(source, dt)
+    total_need = need + kv
+    what = f"{_gib(total_need)} ({_gib(need)} of {dt} weights + {_gib(kv)} KV cache for {KV_ALLOWANCE_TOKENS:,} tokens)"
     best = max(gpus, key=lambda g: g["free_gib"]) if gpus else None
 
     def fits_one() -> bool:
-        return best is not None and need <= best["free_gib"] * GiB * (1 - HEADROOM)
+        return best is not None and total_need <= best["free_gib"] * GiB * (1 - HEADROOM)
 
     if device in ("cuda", "auto") and fits_one():
-        return Placement("cuda", dt, {"": f"cuda:{best['index']}"}, need)
+        return Placement("cuda", dt, {"": f"cuda:{best['index']}"}, need, kv)
     if device == "cuda":
-        raise ArchLabError(f"needs {_gib(need)} of {dt} weights (+{HEADROOM:.0%} headroom); the largest free GPU "
-                           f"has {best['free_gib']:,.1f} GiB: try multi-gpu or a smaller dtype")
+        raise ArchLabError(f"needs {what} (+{HEADROOM:.0%} headroom); the largest free GPU "
+                           f"has {best['free_gib']:,.1f} GiB free: try multi-gpu or a smaller dtype")
     total_free = sum(g["free_gib"] for g in gpus)
-    if device == "multi-gpu" or (device == "auto" and gpus and need <= total_free * GiB * (1 - HEADROOM)):
+    if device == "multi-gpu" or (device == "auto" and gpus and total_need <= total_free * GiB * (1 - HEADROOM)):
         sizes = [max(g["free_gib"] * (1 - HEADROOM), 0.01) for g in gpus]
-        plan = device_plan(source, sizes, dt if dt != "fp32" else "fp32")
+        plan = device_plan(source, sizes, dt if dt != "fp32" else "fp32", reserve_gib=kv / GiB / len(gpus))
         if not plan.fits:
-            raise ArchLabError(f"needs {_gib(need)} of {dt} weights; {len(gpus)} GPU(s) have {total_free:,.1f} GiB free "
+            raise ArchLabError(f"needs {what}; {len(gpus)} GPU(s) have {total_free:,.1f} GiB free "
                                f"in all (decoder layers are not split)")
         index = {g_i: g["index"] for g_i, g in enumerate(gpus)}
         dmap = {name: f"cuda:{index[d]}" for name, d in plan.device_map.items()}
-        return Placement("multi-gpu", dt, dmap, need)
+        return Placement("multi-gpu", dt, dmap, need, kv)
     avail = float(hw.get("ram_available_gib") or 0.0)
-    if need <= avail * GiB * (1 - HEADROOM):
-        return Placement("cpu", dt, {"": "cpu"}, need)
+    if total_need <= avail * GiB * (1 - HEADROOM):
+        return Placement("cpu", dt, {"": "cpu"}, need, kv)
     where = f"{len(gpus)} GPU(s) with {total_free:,.1f} GiB free and " if gpus else ""
-    raise ArchLabError(f"needs {_gib(need)} of {dt} weights; this machine has {where}{avail:,.1f} GiB of free RAM")
+    raise ArchLabError(f"needs {what} (+{HEADROOM:.0%} headroom); this machine has {where}{avail:,.1f} GiB of "
+                       f"free RAM")
+
+
+def kv_allowance(source: configs.ModelSource, dtype: str) -> int:
+    """KV-cache bytes a model must have room for: KV_ALLOWANCE_TOKENS tokens (or its context), batch 1."""
+    ctx = arch_spec(source).max_context
+    tokens = min(KV_ALLOWANCE_TOKENS, ctx) if ctx else KV_ALLOWANCE_TOKENS
+    return kv_cache(source, tokens, 1, dtype).total_bytes
 
 
 # ----------------------------------------------------------------- checkpoints
@@ -191,8 +217,11 @@ def check_checkpoint(folder: Path) -> dict:
     if "config.json" not in files:
         missing.append("config.json")
     if "model.safetensors.index.json" in files:
-        index = json.loads((folder / "model.safetensors.index.json").read_text())
-        shards = sorted(set(index.get("weight_map", {}).values()))
+        index = _read_json(folder / "model.safetensors.index.json", MAX_INDEX_BYTES)
+        weight_map = index.get("weight_map")
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise ArchLabError(f"{folder}/model.safetensors.index.json has no valid weight_map")
+        shards = sorted(set(weight_map.values()))
         missing += [s for s in shards if s not in files]
     elif "model.safetensors" not in files:
         pickles = sorted(f for f in files if f.endswith(PICKLE_SUFFIXES))
@@ -206,10 +235,72 @@ def check_checkpoint(folder: Path) -> dict:
         missing.append("tokenizer.json (or tokenizer_config.json with its vocabulary files)")
     if missing:
         raise ArchLabError(f"checkpoint {folder} is missing: {', '.join(missing)}")
-    d = configs.parse_config_text((folder / "config.json").read_text())
-    if d.get("auto_map"):
+    d = _read_json(folder / "config.json", configs.MAX_CONFIG_BYTES)
+    if d.get("auto_map") or d.get("trust_remote_code"):
         raise ArchLabError(f"{folder}/config.json asks for remote code (auto_map); ArchLab never runs code from a checkpoint")
     return d
+
+
+MAX_INDEX_BYTES = 64_000_000
+
+
+def _read_json(path: Path, limit: int) -> dict:
+    """A JSON object from a checkpoint file, refused (before reading) when larger than ``limit`` bytes."""
+    size = path.stat().st_size
+    if size > limit:
+        raise ArchLabError(f"{path} is {size:,} bytes; the limit is {limit:,}")
+    text = path.read_bytes()
+    if limit <= configs.MAX_CONFIG_BYTES:
+        return configs.parse_config_text(text)
+    try:
+        d = json.loads(text)
+    except (ValueError, RecursionError) as e:
+        raise ArchLabError(f"{path} is not valid JSON: {str(e)[:200]}") from None
+    if not isinstance(d, dict):
+        raise ArchLabError(f"{path} must hold a JSON object")
+    return d
+
+
+def _safetensors_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Tensor name -> shape from a safetensors header (8-byte length + JSON), reading nothing else."""
+    try:
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            if not 0 < n <= min(MAX_SAFETENSORS_HEADER, path.stat().st_size - 8):
+                raise ValueError(f"header length {n:,}")
+            header = json.loads(f.read(n))
+        header.pop("__metadata__", None)
+        return {str(k): tuple(int(x) for x in v["shape"]) for k, v in header.items()}
+    except (OSError, ValueError, TypeError, KeyError, AttributeError, RecursionError) as e:
+        raise ArchLabError(f"{path.name} is not a valid safetensors file ({type(e).__name__}: {str(e)[:120]})") from None
+
+
+def check_weights(folder: Path, config: dict) -> None:
+    """Compare a checkpoint's tensor shapes (safetensors headers only) with the model its config builds.
+
+    ArchLabError names the first tensors whose shape differs, or how many parameters are missing, so a
+    config that does not match its weights is refused before anything is allocated.
+    """
+    from .meta import meta_model
+
+    if config.get("quantization_config"):
+        return  # packed/quantized tensors have other names and shapes; transformers checks those
+    files = sorted(folder.glob("*.safetensors"))
+    shapes: dict[str, tuple[int, ...]] = {}
+    for f in files:
+        shapes.update(_safetensors_shapes(f))
+    model = meta_model(config)
+    expected = {n: tuple(t.shape) for n, t in model.named_parameters(remove_duplicate=False)}
+    bad = [f"{n}: config {tuple(expected[n])}, file {shape}" for n, shape in shapes.items()
+           if n in expected and expected[n] != shape]
+    if bad:
+        raise ArchLabError(f"checkpoint {folder.name} does not match its config.json ({len(bad)} tensor(s) differ, "
+                           f"e.g. {'; '.join(bad[:2])})")
+    need = sum(p.numel() for p in model.parameters())
+    have = sum(math.prod(s) for s in shapes.values())
+    if have < need:
+        raise ArchLabError(f"checkpoint {folder.name} holds {have:,} weights but its config.json needs {need:,}: "
+                           "weights are missing")
 
 
 # ----------------------------------------------------------------- building
@@ -295,9 +386,9 @@ def _build(request: ModelRequest, progress: Callable[[str], None]) -> LoadedMode
         else:
             src, spec, seed = request.source, arch_spec(request.source), None
             label = f"{configs.label(request.source)} (full size, random)"
-        placement = plan_placement(src, request.device, request.dtype)
-        progress(f"building {label} on {placement.kind} ({_gib(placement.need_bytes)} of {placement.dtype} weights)")
-        model = _random_model(load_config(src), placement, seed)
+        with _admitted(src, request.device, request.dtype) as placement:
+            progress(f"building {label} on {placement.kind} ({_gib(placement.need_bytes)} of {placement.dtype} weights)")
+            model = _random_model(load_config(src), placement, seed)
         tokenizer = load_offline()
         return _loaded(request, model, tokenizer, spec, label, placement, t0)
     finally:
@@ -310,19 +401,21 @@ def _pretrained(request: ModelRequest, progress, t0: float) -> LoadedModel:
     folder = resolve_checkpoint(request.path)
     d = check_checkpoint(folder)
     spec = arch_spec(d)
-    placement = plan_placement(d, request.device, request.dtype)
+    check_weights(folder, d)
     label = f"{folder.name if folder.parent.name != 'snapshots' else request.path} (pretrained)"
-    progress(f"loading {label} on {placement.kind} ({_gib(placement.need_bytes)} of {placement.dtype} weights)")
-    dmap = placement.device_map if placement.kind == "multi-gpu" else placement.device_map[""]
-    try:
-        model = AutoModelForCausalLM.from_pretrained(
-            str(folder), dtype=_torch_dtype(placement.dtype), device_map=dmap, local_files_only=True,
-            trust_remote_code=False, use_safetensors=True)
-        tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
-    except ArchLabError:
-        raise
-    except Exception as e:
-        raise ArchLabError(f"could not load {folder}: {type(e).__name__}: {str(e).splitlines()[0][:300]}") from None
+    with _admitted(d, request.device, request.dtype) as placement:
+        progress(f"loading {label} on {placement.kind} ({_gib(placement.need_bytes)} of {placement.dtype} weights)")
+        dmap = placement.device_map if placement.kind == "multi-gpu" else placement.device_map[""]
+        try:
+            model = AutoModelForCausalLM.from_pretrained(
+                str(folder), dtype=_torch_dtype(placement.dtype), device_map=dmap, local_files_only=True,
+                trust_remote_code=False, use_safetensors=True)
+            tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
+        except ArchLabError:
+            raise
+        except Exception as e:
+            raise ArchLabError(f"could not load {folder}: {type(e).__name__}: "
+                               f"{(str(e).splitlines() or [''])[0][:300]}") from None
     return _loaded(request, model.eval(), tokenizer, spec, label, placement, t0)
 
 
@@ -333,6 +426,41 @@ def _loaded(request, model, tokenizer, spec, label, placement: Placement, t0: fl
     params = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
     return LoadedModel(request, model, tokenizer, spec, label, params, _summary(list(per_dev)), dmap, per_dev,
                        time.perf_counter() - t0, placement.dtype)
+
+
+# ----------------------------------------------------------------- admission
+
+_reserved: dict[str, int] = {}   # device -> bytes promised to builds still in flight
+_admit = threading.Lock()
+
+
+def _budget() -> dict:
+    """``hardware()`` less the memory promised to builds in flight (their allocations are not seen yet)."""
+    hw = hardware()
+    for g in hw["gpus"]:
+        g["free_gib"] = max(0.0, g["free_gib"] - _reserved.get(f"cuda:{g['index']}", 0) / GiB)
+    hw["ram_available_gib"] = max(0.0, hw["ram_available_gib"] - _reserved.get("cpu", 0) / GiB)
+    return hw
+
+
+@contextmanager
+def _admitted(source: configs.ModelSource, device: str, dtype: str):
+    """Plan a placement against free memory and hold its bytes until the build ends.
+
+    Two sessions building different large models at once cannot both be admitted into the same free memory.
+    """
+    with _admit:
+        placement = plan_placement(source, device, dtype, _budget())
+        devs = sorted(set(placement.device_map.values()))
+        share = {d: (placement.need_bytes + placement.kv_bytes) // len(devs) for d in devs}
+        for d, b in share.items():
+            _reserved[d] = _reserved.get(d, 0) + b
+    try:
+        yield placement
+    finally:
+        with _admit:
+            for d, b in share.items():
+                _reserved[d] -= b
 
 
 # ----------------------------------------------------------------- cache

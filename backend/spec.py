@@ -223,6 +223,13 @@ def _moe(cfg, model_layers, hidden: int) -> Optional[MoESpec]:
     top_k = _get(cfg, "num_experts_per_tok", "experts_per_token", "moe_top_k", "top_k")
     if not top_k:
         raise ArchLabError("MoE config has no top-k (num_experts_per_tok)")
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or not 0 < top_k <= num:
+        raise ArchLabError(f"MoE top-k (num_experts_per_tok) must be an integer from 1 to the {num} experts, got {top_k!r}")
+    n_group, topk_group = _get(cfg, "n_group", default=1), _get(cfg, "topk_group", default=1)
+    if (any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in (n_group, topk_group))
+            or num % n_group or topk_group > n_group or top_k > topk_group * (num // n_group)):
+        raise ArchLabError(f"MoE groups do not fit: {num} experts in n_group={n_group!r} groups, "
+                           f"topk_group={topk_group!r}, top-k {top_k}")
     shared = _child(first, "shared_experts", "shared_expert", "shared_mlp")
     shared_width = _linear_out(_child(shared, "up_proj", "gate_proj", "w3")) if shared is not None else 0
     router = _child(first, "gate", "router")
@@ -248,6 +255,17 @@ def _moe(cfg, model_layers, hidden: int) -> Optional[MoESpec]:
 @lru_cache(maxsize=256)
 def _spec(canon: str) -> ArchSpec:
     cfg = _build(canon)
+    try:
+        return _read_spec(cfg, canon)
+    except ArchLabError:
+        raise
+    except (TypeError, ValueError, AttributeError, KeyError, IndexError, ZeroDivisionError) as e:
+        # A config transformers accepted but whose fields do not fit together (a user's upload).
+        raise ArchLabError(f"this {cfg.model_type} config is inconsistent: {type(e).__name__}: "
+                           f"{(str(e).splitlines() or [''])[0][:200]}") from None
+
+
+def _read_spec(cfg, canon: str) -> ArchSpec:
     model = _meta_model(canon)
     layers = decoder_layers(model)
     hidden = int(_get(cfg, "hidden_size", "n_embd", "d_model"))
@@ -284,6 +302,9 @@ def _spec(canon: str) -> ArchSpec:
     attn_layer = next((l for l, t in zip(layers, types) if t != "linear"), layers[0])
     attn = _child(attn_layer, "self_attn", "attn", "attention")
     ap = _params(attn)
+    module_head_dim = getattr(attn, "head_dim", None)
+    if mla is None and isinstance(module_head_dim, int) and module_head_dim != head_dim:
+        head_dim = v_head_dim = module_head_dim  # the module's width wins (GPT-2 ignores a config head_dim)
     qkv_bias = any(n.endswith("bias") and n.split(".")[0] in ("q_proj", "k_proj", "v_proj", "c_attn", "qkv_proj", "q_a_proj", "kv_a_proj_with_mqa") for n in ap)
     out_bias = any(n.split(".")[0] in ("o_proj", "c_proj", "out_proj") and n.endswith("bias") for n in ap)
     q_proj = _child(attn, "q_proj")
