@@ -2,10 +2,16 @@
 from __future__ import annotations
 
 import logging
+import threading
 from functools import lru_cache
 
 from .configs import ModelSource, _build, canonical
 from .errors import ArchLabError
+
+
+#: Held while transformers constructs a model: it switches torch's process-wide default dtype to the config's
+#: (bf16 for most) during construction, so a build in another thread would get tensors of the wrong dtype.
+BUILD_LOCK = threading.RLock()
 
 
 @lru_cache(maxsize=64)
@@ -20,7 +26,7 @@ def _meta_model(canon: str):
     tlog.setLevel(logging.ERROR)
     try:
         # Not accelerate.init_empty_weights: it allocates fused expert tensors and unties embeddings.
-        with torch.device("meta"):
+        with BUILD_LOCK, torch.device("meta"):
             model = AutoModelForCausalLM.from_config(cfg)
     except ValueError as e:
         raise ArchLabError(f"transformers has no causal-LM class for {cfg.model_type!r}: {str(e).splitlines()[0][:200]}") from None

@@ -13,6 +13,7 @@ import os
 import re
 import threading
 import time
+import contextlib
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -320,12 +321,18 @@ def _quiet():
     return lambda: tlog.setLevel(level)
 
 
+_seeded_init = threading.Lock()
+_no_lock = contextlib.nullcontext()
+
+
 def _random_model(cfg, placement: Placement, seed: Optional[int]):
     """Random weights, built on the meta device and materialised straight onto the planned devices."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    with torch.device("meta"):
+    from .meta import BUILD_LOCK
+
+    with BUILD_LOCK, torch.device("meta"):
         model = AutoModelForCausalLM.from_config(cfg, dtype=_torch_dtype(placement.dtype))
     for name, dev in sorted(placement.device_map.items(), key=lambda kv: kv[0].count(".")):
         (model.get_submodule(name) if name else model).to_empty(device=dev, recurse=True)
@@ -334,7 +341,9 @@ def _random_model(cfg, placement: Placement, seed: Optional[int]):
             del t._is_hf_initialized
     for m in model.modules():
         m.__dict__.pop("_is_hf_initialized", None)
-    with torch.random.fork_rng(devices=[]):
+    # The global RNG is shared by threads: seeded inits of two models built at once would interleave their
+    # draws and give other weights than a build alone, so seeded inits take turns.
+    with (_seeded_init if seed is not None else _no_lock), torch.random.fork_rng(devices=[]):
         if seed is not None:
             torch.manual_seed(seed)
         model.init_weights()
@@ -406,10 +415,13 @@ def _pretrained(request: ModelRequest, progress, t0: float) -> LoadedModel:
     with _admitted(d, request.device, request.dtype) as placement:
         progress(f"loading {label} on {placement.kind} ({_gib(placement.need_bytes)} of {placement.dtype} weights)")
         dmap = placement.device_map if placement.kind == "multi-gpu" else placement.device_map[""]
+        from .meta import BUILD_LOCK
+
         try:
-            model = AutoModelForCausalLM.from_pretrained(
-                str(folder), dtype=_torch_dtype(placement.dtype), device_map=dmap, local_files_only=True,
-                trust_remote_code=False, use_safetensors=True)
+            with BUILD_LOCK:  # default dtype switched while it builds (see meta.BUILD_LOCK)
+                model = AutoModelForCausalLM.from_pretrained(
+                    str(folder), dtype=_torch_dtype(placement.dtype), device_map=dmap, local_files_only=True,
+                    trust_remote_code=False, use_safetensors=True)
             tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
         except ArchLabError:
             raise
