@@ -102,8 +102,10 @@ def expert_colors(n: int) -> list[str]:
     """One colour per expert: qualitative up to 26 experts, a cyclic scale beyond."""
     from plotly.colors import qualitative, sample_colorscale
 
+    if n <= len(qualitative.D3):
+        return list(qualitative.D3[:n])
     if n <= len(qualitative.Alphabet):
-        return list((qualitative.Light24 if n <= 24 else qualitative.Alphabet)[:n])
+        return list(qualitative.Alphabet[:n])
     return sample_colorscale("Phase", [i / n for i in range(n)])
 
 
@@ -122,21 +124,23 @@ def _expert_colorbar(n: int, title: str = "top-1 expert") -> dict:
     return bar
 
 
-def _token_ticks(labels: list[str], most: int = 48) -> dict:
+def _token_ticks(labels: list[str], first: int, most: int = 64) -> dict:
     every = max(1, -(-len(labels) // most))
     vals = list(range(0, len(labels), every))
-    return dict(tickmode="array", tickvals=vals, ticktext=[labels[v] for v in vals], tickangle=-60)
+    return dict(tickmode="array", tickvals=[first + v for v in vals], ticktext=[labels[v] for v in vals],
+                tickangle=-60, tickfont=dict(size=10))
 
 
-def _cells(experts: pd.DataFrame, layers: list[int], positions: int):
-    """z [layer, position] = top-1 expert; hover text listing every chosen expert with its weight."""
+def _cells(experts: pd.DataFrame, layers: list[int], positions: int, first: int = 0):
+    """z [layer, position - first] = top-1 expert; hover text listing every chosen expert with its weight."""
     import numpy as np
 
     z = np.full((len(layers), positions), np.nan)
     hover = [[""] * positions for _ in layers]
     row = {layer: r for r, layer in enumerate(layers)}
     for (layer, pos), part in experts.sort_values("rank").groupby(["layer", "position"], sort=False):
-        if layer not in row or pos >= positions:
+        pos -= first
+        if layer not in row or not 0 <= pos < positions:
             continue
         z[row[layer], pos] = part["expert"].iloc[0]
         hover[row[layer]][pos] = "<br>".join(f"expert {e}: weight {w:.3f}" for e, w in zip(part["expert"], part["weight"]))
@@ -144,23 +148,24 @@ def _cells(experts: pd.DataFrame, layers: list[int], positions: int):
 
 
 def routing_heatmap(experts: pd.DataFrame, tokens: list[str], layers: list[int], num_experts: int,
-                    prompt_tokens: int, title: str) -> go.Figure:
-    """Tokens (x, with their text) × MoE layers (y), coloured by the top-1 expert; hover lists all k."""
+                    prompt_tokens: int, title: str, first: int = 0) -> go.Figure:
+    """Tokens (x, with their text; ``tokens[0]`` is position ``first``) × MoE layers (y), coloured by the
+    top-1 expert; hover lists all k chosen experts and their weights."""
     n = len(tokens)
-    z, hover = _cells(experts, layers, n)
+    z, hover = _cells(experts, layers, n, first)
     fig = go.Figure(go.Heatmap(
-        z=z, x=list(range(n)), y=[f"layer {layer}" for layer in layers], customdata=hover,
+        z=z, x=list(range(first, first + n)), y=[f"layer {layer}" for layer in layers], customdata=hover,
         text=[tokens for _ in layers],
         zmin=-0.5, zmax=num_experts - 0.5, colorscale=_expert_scale(num_experts), xgap=1, ygap=1,
         colorbar=_expert_colorbar(num_experts),
         hovertemplate="position %{x}: %{text}<br>%{y}<br>%{customdata}<extra></extra>"))
-    if 0 < prompt_tokens < n:
+    if first < prompt_tokens < first + n:
         fig.add_vline(x=prompt_tokens - 0.5, line_color="#333", line_width=2, line_dash="dot")
         fig.add_annotation(x=prompt_tokens - 0.5, y=1, yref="paper", yanchor="bottom", xanchor="left",
                            text=" generated →", showarrow=False, font=dict(size=11, color="#333"))
     height = max(300, 170 + 34 * len(layers))
     return _layout(fig, title, height=height, margin=dict(l=10, r=10, t=60, b=10), showlegend=False,
-                   xaxis=dict(title="token (position in prompt + generated text)", **_token_ticks(tokens)),
+                   xaxis=dict(title="token (position in prompt + generated text)", **_token_ticks(tokens, first)),
                    yaxis=dict(title="MoE layer", autorange="reversed"))
 
 
@@ -205,8 +210,9 @@ def balance_lines(over_time: pd.DataFrame, title: str) -> go.Figure:
 
 
 def token_expert_grid(experts: pd.DataFrame, tokens: list[str], layer: int, num_experts: int,
-                      prompt_tokens: int, title: str, per_row: int = 16) -> go.Figure:
-    """The text, token by token in rows of ``per_row``, each cell coloured by its top-1 expert in ``layer``."""
+                      prompt_tokens: int, title: str, per_row: int = 16, first: int = 0) -> go.Figure:
+    """The text, token by token in rows of ``per_row``, each cell coloured by its top-1 expert in ``layer``
+    (``tokens[0]`` is position ``first``)."""
     import numpy as np
 
     n = len(tokens)
@@ -214,13 +220,13 @@ def token_expert_grid(experts: pd.DataFrame, tokens: list[str], layer: int, num_
     z = np.full((rows, per_row), np.nan)
     text = [[""] * per_row for _ in range(rows)]
     hover = [[""] * per_row for _ in range(rows)]
-    cells, hov = _cells(experts[experts["layer"] == layer], [layer], n)
+    cells, hov = _cells(experts[experts["layer"] == layer], [layer], n, first)
     for p in range(n):
         r, c = divmod(p, per_row)
         z[r, c], text[r][c] = cells[0, p], tokens[p]
-        where = "prompt" if p < prompt_tokens else "generated"
-        hover[r][c] = f"position {p} ({where}): {tokens[p]}<br>{hov[0][p]}"
-    fig = go.Figure(go.Heatmap(z=z, text=text, texttemplate="%{text}", textfont=dict(size=11),
+        where = "prompt" if first + p < prompt_tokens else "generated"
+        hover[r][c] = f"position {first + p} ({where}): {tokens[p]}<br>{hov[0][p]}"
+    fig = go.Figure(go.Heatmap(z=z, text=text, texttemplate="%{text}", textfont=dict(size=11, color="white"),
                                customdata=hover, hovertemplate="%{customdata}<extra></extra>",
                                zmin=-0.5, zmax=num_experts - 0.5, colorscale=_expert_scale(num_experts),
                                xgap=2, ygap=2, colorbar=_expert_colorbar(num_experts)))

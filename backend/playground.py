@@ -20,8 +20,8 @@ from .miniature import MINIATURE_SIZES
 from .spec import arch_spec
 
 MAX_COLUMNS = 4
-MODES = {**{size: f"miniature · {size} (random weights)" for size in MINIATURE_SIZES},
-         "full": "full size (random weights)", "pretrained": "pretrained (checkpoint folder)"}
+MODES = {**{size: f"{size} miniature" for size in MINIATURE_SIZES},
+         "full": "full size, random", "pretrained": "pretrained checkpoint"}
 DEVICE_LABELS = {"auto": "auto", "cpu": "CPU", "cuda": "one GPU (cuda)", "multi-gpu": "all GPUs (sharded)"}
 _ESCAPES = {"\\n": "\n", "\\t": "\t", "\\,": ","}
 
@@ -96,9 +96,10 @@ class LiveRun:
 
     @classmethod
     def start(cls, slots: Sequence[SlotModel], requests: Sequence[runtime.ModelRequest], prompt: str,
-              settings: GenerationSettings) -> "LiveRun":
-        """Validate and start a run (ArchLabError for a bad prompt or setting)."""
-        return cls(GenerationRun(list(requests), prompt, settings).start(), list(slots))
+              settings: GenerationSettings, session_id: Optional[str] = None) -> "LiveRun":
+        """Validate and start a run (ArchLabError for a bad prompt or setting); ``session_id`` files it
+        for ``generation.cancel_session``."""
+        return cls(GenerationRun(list(requests), prompt, settings, session_id=session_id).start(), list(slots))
 
     def pump(self, timeout: float = 0.1) -> list[Event]:
         """Drain the events that arrived, keeping loading messages and prompt lengths."""
@@ -202,8 +203,9 @@ class SlotRouting:
     color: str
     trace: routing.RoutingTrace
     experts: pd.DataFrame       # routing.token_layer_experts
-    tokens: list[str]           # display text of each routed position
+    tokens: list[str]           # display text of each routed position (from ``first`` on)
     prompt_tokens: int
+    first: int = 0              # position of tokens[0]
 
 
 def token_label(text: str, width: int = 12) -> str:
@@ -233,9 +235,18 @@ def slot_routing(live: LiveRun, slot: int) -> Optional[SlotRouting]:
     ids = experts.drop_duplicates("position").sort_values("position")["token_id"].tolist()
     request = live.run.requests[slot]
     tok = _tokenizer(request)
-    texts = [tok.decode([i]) if tok is not None and i >= 0 else str(i) for i in ids]
+    texts = [token_label(tok.decode([i])) if tok is not None and i >= 0 else str(i) for i in ids]
     prompt = live.prompt_tokens.get(slot, len(steps[0].token_ids) if steps else 0)
     return SlotRouting(live.run.stats(slot)["model"], live.slots[slot].color, snap, experts, texts, prompt)
+
+
+def window(r: SlotRouting, last: int) -> SlotRouting:
+    """The same routing cut to its last ``last`` positions (``last`` <= 0: all); keeps true positions."""
+    first = max(0, len(r.tokens) - last) if last > 0 else 0
+    if first == 0:
+        return r
+    return SlotRouting(r.label, r.color, r.trace, r.experts[r.experts["position"] >= first], r.tokens[first:],
+                       r.prompt_tokens, first)
 
 
 def is_dense(source: ModelSource) -> bool:

@@ -9,10 +9,27 @@ import time
 from typing import Callable, Optional
 
 import streamlit as st
+from streamlit.runtime.scriptrunner import get_script_run_ctx
 
+from backend.generation import cancel_session
 from backend.playground import LiveRun
 
 KEY = "pg_live"
+#: url paths of the pages that follow a run; opening any other page cancels it
+WATCHERS = ("playground", "routing")
+
+
+def session_id() -> Optional[str]:
+    """Streamlit's id of this browser session (None outside a script run)."""
+    ctx = get_script_run_ctx()
+    return ctx.session_id if ctx is not None else None
+
+
+def leave(url_path: str) -> None:
+    """Cancel this session's runs when the page shown is not one that follows them."""
+    sid = session_id()
+    if url_path not in WATCHERS and sid is not None:
+        cancel_session(sid)
 
 
 def current() -> Optional[LiveRun]:

@@ -69,12 +69,11 @@ def _start(models: list[_state.Model], prompt: str, s: dict) -> None:
     slots = [SlotModel(i, _state.label_of(i), colors[i], not playground.is_dense(src)) for i, src, _ in runs]
     settings = GenerationSettings(max_new_tokens=int(s["max_new"]), temperature=float(s["temp"]),
                                   top_p=float(s["top_p"]), stop=playground.parse_stop(s["stop"]), seed=int(s["seed"]))
-    _live.replace(LiveRun.start(slots, [r for _, _, r in runs], prompt, settings))
+    _live.replace(LiveRun.start(slots, [r for _, _, r in runs], prompt, settings, _live.session_id()))
 
 
-def _column(live: LiveRun, slot: int) -> None:
+def _column(live: LiveRun, slot: int, v: playground.SlotView) -> None:
     """One model's column: name, progress, timings, device, streamed text."""
-    v = playground.slot_view(live, slot)
     st.markdown(f"<span style='color:{live.slots[slot].color}'>■</span> **{live.run.stats(slot)['model']}**",
                 unsafe_allow_html=True)
     if v.status == "failed":
@@ -96,7 +95,8 @@ def _results(live: LiveRun) -> None:
     _ui.frame(playground.stats_table(live), "playground timings", hide_index=True, width="stretch",
               caption="TTFT: prompt tokenization + prefill + first token. tok/s: decode speed after the first "
               "token (tokens after the first ÷ time after the first). Reason: length (max tokens), stop "
-              "(a stop string), eos, cancelled — or why the model failed.",
+              "(a stop string), eos, cancelled — or why the model failed. The models run at the same time and share "
+              "this server's cores, so each slows the others: run one model alone to time it.",
               column_config={"TTFT (ms)": MS, "tok/s": MS, "total (s)": st.column_config.NumberColumn(format="%.3f")})
     mem = playground.memory_table(live)
     if mem.empty:
@@ -117,30 +117,35 @@ def _page() -> None:
     s = _settings(hw)
     with st.container(horizontal=True, gap="small", vertical_alignment="center"):
         generate = st.button("Generate", type="primary", icon=":material/play_arrow:")
-        live = _live.current()
-        stop = st.button("Stop", icon=":material/stop:", disabled=live is None or live.done)
+        stop_slot = st.empty()  # drawn after a new run starts, so Stop is live during it
         st.page_link("views/routing.py", label="Watch the experts live on the Routing page",
                      icon=":material/alt_route:")
     if len(models) > playground.MAX_COLUMNS and s["mode"] != "pretrained":
         st.caption(f"Runs the first {playground.MAX_COLUMNS} selected models.")
-    if stop and live is not None:
-        live.cancel()
     if generate:
         with _ui.guard("starting the run"):
             _start(models, prompt, s)
+    live = _live.current()
+    if stop_slot.button("Stop", icon=":material/stop:", disabled=live is None or live.done) and live is not None:
+        live.cancel()
     live = _live.current()
     if live is None:
         st.info("Type a prompt and press **Generate**.")
         return
     holders = [col.empty() for col in st.columns(len(live.slots), border=True)]
 
-    def redraw() -> None:
+    drawn: dict[int, playground.SlotView] = {}
+
+    def redraw() -> None:  # only the columns that changed
         for slot, holder in enumerate(holders):
-            with holder.container():
-                _column(live, slot)
+            view = playground.slot_view(live, slot)
+            if drawn.get(slot) != view:
+                drawn[slot] = view
+                with holder.container():
+                    _column(live, slot, view)
 
     redraw()
-    _live.follow(live, redraw)
+    _live.follow(live, redraw, every_s=0.25)
     _results(live)
 
 

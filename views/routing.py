@@ -6,6 +6,9 @@ import streamlit as st
 from backend import charts, playground, routing
 from backend.playground import LiveRun, SlotRouting
 from views import _live, _state, _ui
+from views._state import setting
+
+LAST = (32, 64, 128, 256, 0)
 
 NO_ROUTER = ("**{label}** is a dense model: it has no router. Every token runs the same feed-forward "
              "block in every layer, so there is no expert choice to show.")
@@ -41,13 +44,13 @@ def _show(fig, name: str, caption: str, tick: int | None) -> None:
         st.caption(caption + " Download buttons appear when the run ends.")
 
 
-def _charts(r: SlotRouting, layer: int, tick: int | None) -> None:
-    """Every routing chart of one model, at one selected layer."""
-    t, E = r.trace, r.trace.num_experts
+def _charts(r: SlotRouting, layer: int, last: int, tick: int | None) -> None:
+    """Every routing chart of one model, at one selected layer; text charts show the ``last`` tokens."""
+    t, E, w = r.trace, r.trace.num_experts, playground.window(r, last)
     st.caption(f"{E} routed experts, top-{t.top_k} per token, MoE layers {', '.join(map(str, t.moe_layers))}; "
                f"{len(r.tokens)} tokens routed ({r.prompt_tokens} of the prompt).")
-    _show(charts.routing_heatmap(r.experts, r.tokens, t.moe_layers, E, r.prompt_tokens,
-                                 f"{r.label}: top-1 expert of every token in every MoE layer"),
+    _show(charts.routing_heatmap(w.experts, w.tokens, t.moe_layers, E, r.prompt_tokens,
+                                 f"{r.label}: top-1 expert of each token in each MoE layer", first=w.first),
           f"routing heatmap {r.label}",
           "Each cell is one token in one layer, coloured by the expert with the largest routing weight; hover "
           "for all chosen experts and their weights. The dotted line separates the prompt from generated tokens "
@@ -62,8 +65,8 @@ def _charts(r: SlotRouting, layer: int, tick: int | None) -> None:
         _show(charts.coselection_heatmap(routing.coselection(t, layer), layer, f"Experts chosen together, layer {layer}"),
               f"coselection {r.label}", "Tokens that picked both experts; the diagonal counts each expert's picks.",
               tick)
-    _show(charts.token_expert_grid(r.experts, r.tokens, layer, E, r.prompt_tokens,
-                                   f"The text coloured by its top-1 expert in layer {layer}"),
+    _show(charts.token_expert_grid(w.experts, w.tokens, layer, E, r.prompt_tokens,
+                                   f"The text coloured by its top-1 expert in layer {layer}", first=w.first),
           f"tokens by expert {r.label}", "Prompt and generated text, token by token (␣ is a space, ⏎ a newline); "
           "same colours as the heatmap.", tick)
     _show(charts.balance_lines(routing.balance_over_time(t), "Load balance of the tokens so far"),
@@ -106,24 +109,32 @@ def _page(live: LiveRun) -> None:
         st.warning("No routing was recorded for this model.")
         return
     layers = live.run.routing(slot).moe_layers
-    layer = _pick(layers, "rt_layer", label="Layer for the load, co-selection and text charts",
-                  format_func=lambda n: f"layer {n}")
+    left, right = st.columns([3, 1])
+    with left:
+        layer = _pick(layers, "rt_layer", label="Layer for the load, co-selection and text charts",
+                      format_func=lambda n: f"layer {n}")
+    with right:
+        last = setting("rtlast", 64, st.selectbox, _state.int_in(0, 256), label="Tokens in the heatmap and text",
+                       options=LAST, format_func=lambda n: f"last {n}" if n else "all",
+                       help="The heatmap and the coloured text show the most recent tokens; load, balance and "
+                       "co-selection always count every token.")
+    if not live.done:
+        st.caption(":material/sync: Live: following the run; charts refresh every second.")
     holder = st.empty()
     ticks = iter(range(1, 1 << 30))
 
     def redraw() -> None:
         with holder.container():
-            _charts(playground.slot_routing(live, slot), layer, next(ticks))
+            _charts(playground.slot_routing(live, slot), layer, last, next(ticks))
 
     if live.done:
         with holder.container():
-            _charts(playground.slot_routing(live, slot), layer, None)
+            _charts(playground.slot_routing(live, slot), layer, last, None)
         _table(live, slot)
         _shared(live)
         return
-    st.caption(":material/sync: Live: following the run; charts refresh twice a second.")
     redraw()
-    _live.follow(live, redraw, every_s=0.5)
+    _live.follow(live, redraw, every_s=1.0)
 
 
 def _table(live: LiveRun, slot: int) -> None:
