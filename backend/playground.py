@@ -148,7 +148,8 @@ def slot_view(live: LiveRun, slot: int) -> SlotView:
     elif status == "running":
         progress, text = min(n / most, 1.0), f"generating: {n} / {most} tokens"
     elif status == "finished":
-        progress, text = 1.0, f"done: {n} tokens ({s['reason']})"
+        progress = min(n / most, 1.0) if s["reason"] == "cancelled" else 1.0
+        text = f"done: {n} tokens ({s['reason']})"
     else:
         progress, text = 0.0, "failed"
     return SlotView(status, progress, text, live.run.text(slot), _summary(s), s["device"], bool(s["fast_path"]),
