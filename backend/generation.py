@@ -340,7 +340,7 @@ class GenerationRun:
     def _generate(self, slot: int, lm: LoadedModel) -> None:
         import torch
 
-        st, s, tok, model = self._slots[slot], self.settings, lm.tokenizer, lm.model
+        st, s, tok = self._slots[slot], self.settings, lm.tokenizer
         t0 = time.perf_counter()
         ids = tok(self.prompt, return_tensors="pt").input_ids
         n_prompt = int(ids.shape[1])

@@ -1,4 +1,11 @@
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
 import pytest
+
+CHROMIUM = "/usr/bin/chromium"
 
 
 def pytest_configure(config):
@@ -14,3 +21,21 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """Debian's chromium (browser test, kaleido PNG/SVG): installed with apt when missing and we are root,
+    else the test is skipped with the reason."""
+    if Path(CHROMIUM).exists():
+        return CHROMIUM
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        pytest.skip(f"{CHROMIUM} is missing and cannot be installed here (needs root and apt-get)")
+    try:
+        subprocess.run("apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium",
+                       shell=True, check=True, timeout=600, capture_output=True)
+    except (subprocess.SubprocessError, OSError) as e:
+        pytest.skip(f"could not install chromium: {type(e).__name__}")
+    if not Path(CHROMIUM).exists():
+        pytest.skip("apt-get installed no /usr/bin/chromium")
+    return CHROMIUM

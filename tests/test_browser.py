@@ -1,6 +1,4 @@
 """One end-to-end run in a real Chromium: two MoE models stream side by side, then the Routing heatmap."""
-import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -12,25 +10,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "artifacts"
-CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
         "--disable-sync", "--no-first-run"]
-
-
-def _chromium() -> str:
-    """Debian chromium, installed with apt when missing and we are root; else skip with the reason."""
-    if Path(CHROMIUM).exists():
-        return CHROMIUM
-    if os.geteuid() != 0 or not shutil.which("apt-get"):
-        pytest.skip(f"{CHROMIUM} is missing and cannot be installed here (needs root and apt-get)")
-    try:
-        subprocess.run("apt-get update && apt-get install -y chromium", shell=True, check=True, timeout=300,
-                       capture_output=True)
-    except (subprocess.SubprocessError, OSError) as e:
-        pytest.skip(f"could not install chromium: {type(e).__name__}")
-    if not Path(CHROMIUM).exists():
-        pytest.skip("apt-get installed no /usr/bin/chromium")
-    return CHROMIUM
 
 
 def _free_port() -> int:
@@ -58,9 +39,8 @@ def _texts(page) -> list[str]:
 
 
 @pytest.mark.browser
-def test_two_moe_models_stream_and_routing_renders():
+def test_two_moe_models_stream_and_routing_renders(chromium):
     sync_api = pytest.importorskip("playwright.sync_api")
-    chromium = _chromium()
     ARTIFACTS.mkdir(exist_ok=True)
     port = _free_port()
     server = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",

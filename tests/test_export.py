@@ -10,9 +10,8 @@ import pytest
 from backend import export
 from backend.errors import ArchLabError
 
-NO_CHROMIUM = export.browser_path() is None
-needs_chromium = pytest.mark.skipif(NO_CHROMIUM, reason="Chromium is not installed (apt-get install -y chromium); "
-                                    "PNG/SVG export needs it")
+# PNG/SVG go through kaleido, which drives Debian's chromium: the conftest fixture installs it if missing.
+needs_chromium = pytest.mark.usefixtures("chromium")
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from backend import catalog, configs
+from backend import configs
 from backend.fastdecode import GraphDecoder, can_use, pack_step, sample
 from backend.miniature import miniature_config_dict
 from backend.routers import router_modules

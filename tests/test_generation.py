@@ -1,12 +1,11 @@
 """Streaming generation: events, equality with HF generate, sampling, stop, cancel, failure isolation."""
-import threading
 import time
 
 import pytest
 import torch
 
 from backend.errors import ArchLabError
-from backend.generation import (Failed, Finished, GenerationRun, GenerationSettings, Routing, Started, Token,
+from backend.generation import (Failed, Finished, GenerationRun, GenerationSettings, Routing, Token,
                                 _stop_hold)
 from backend.runtime import ModelRequest, load
 

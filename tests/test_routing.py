@@ -1,6 +1,5 @@
 """Routing capture agrees with the routers' own math; statistics pinned on hand-made traces."""
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 
