@@ -15,6 +15,9 @@ from .configs import ModelSource, _build, canonical
 from .errors import ArchLabError
 from .meta import _meta_model, base_model, decoder_layers
 
+#: router classes that score experts with a sigmoid although their config does not say so
+SIGMOID_ROUTERS = frozenset({"Llama4Router"})
+
 LAYER_TYPES = {"full_attention": "full", "sliding_attention": "sliding", "chunked_attention": "chunked",
                "linear_attention": "linear"}
 
@@ -234,9 +237,10 @@ def _moe(cfg, model_layers, hidden: int) -> Optional[MoESpec]:
     shared_width = _linear_out(_child(shared, "up_proj", "gate_proj", "w3")) if shared is not None else 0
     router = _child(first, "gate", "router")
     bias_corrected = router is not None and any("correction_bias" in n for n, _ in router.named_buffers())
-    # Routers with a choice-only bias correction (DeepSeek V3, GLM-4.5) and Llama 4's score sigmoid.
+    # Configs rarely name the scoring function: routers with a choice-only bias correction use sigmoid
+    # scores, and so do the router classes listed in SIGMOID_ROUTERS; the rest use softmax.
     scoring = _get(cfg, "scoring_func", default=None) or (
-        "sigmoid" if bias_corrected or (router is not None and "llama4" in type(router).__name__.lower()) else "softmax")
+        "sigmoid" if bias_corrected or type(router).__name__ in SIGMOID_ROUTERS else "softmax")
     return MoESpec(
         num_experts=int(num), top_k=int(top_k), expert_width=int(width),
         num_shared=int(_get(cfg, "n_shared_experts", default=1)) if shared is not None else 0,
