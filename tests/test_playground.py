@@ -60,7 +60,7 @@ def test_playground_renders_with_default_selection():
     assert at.title[0].value == "Playground"
     assert labels(at, "button")[:2] == ["Generate", "Stop"]
     assert at.button[1].proto.disabled  # nothing to stop yet
-    assert at.selectbox(key="_w_mode").value == "tiny"
+    assert at.selectbox(key="_w_mode").value == "small"  # the runtime default preset
     assert at.selectbox(key="_w_device").options[:2] == ["auto", "CPU"]
     assert "gibberish by design" in at.caption[0].value
     assert "Generate" in at.info[0].value

@@ -25,7 +25,7 @@ def _settings(hw: dict) -> dict:
     devices = playground.device_options(hw)
     c = st.columns(4)
     with c[0]:
-        mode = setting("mode", "tiny", st.selectbox, choice(modes), label="Model size", options=modes,
+        mode = setting("mode", "small", st.selectbox, choice(modes), label="Model size", options=modes,
                        format_func=playground.MODES.get,
                        help="Miniatures keep each architecture (attention kind, layer pattern, MoE shape) at a "
                        "tiny width with random weights. Full size builds the real shape with random weights, where "
