@@ -86,7 +86,12 @@ class RoutingRecorder:
         for layer, (idx, w) in sorted(pending.items()):
             by_device.setdefault(idx.device, []).append((layer, idx, w))
         layers: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-        for items in by_device.values():
+        for device, items in by_device.items():
+            if device.type == "cpu":  # already on the host: view the tensors, no concatenation or copy
+                for layer, i, x in items:
+                    k = i.shape[-1]
+                    layers[layer] = (i.reshape(-1, k).numpy(), x.reshape(-1, k).float().numpy())
+                continue
             idx = torch.cat([i.reshape(-1, i.shape[-1]).to(torch.int64) for _, i, _ in items]).cpu().numpy()
             w = torch.cat([x.reshape(-1, x.shape[-1]).float() for _, _, x in items]).cpu().numpy()
             start = 0
