@@ -7,6 +7,7 @@ the first over the time after the first). One model failing emits ``Failed``; th
 """
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 import time
@@ -146,6 +147,12 @@ def _stop_hold(text: str, stops: tuple[str, ...]) -> int:
     return hold
 
 
+#: CPU decode steps of all runs take turns. Worker threads stepping tiny CPU models at once hand the GIL
+#: back and forth inside every op: four streams took 2.5x longer than one after another. Taking turns
+#: per step keeps the total rate of one stream (bench/generation.py); GPU steps still overlap.
+CPU_TURN = threading.Lock()
+
+
 class _PlainStepper:
     """transformers forward with a growing cache; routing read by forward hooks. Any device or map."""
 
@@ -155,6 +162,8 @@ class _PlainStepper:
         self.model = lm.model
         self.recorder = RoutingRecorder(lm.model, lm.spec) if capture else None
         self.past = None
+        on_cpu = lm.input_device.type == "cpu"
+        self.turn = CPU_TURN if on_cpu else contextlib.nullcontext()
 
     def __enter__(self):
         if self.recorder is not None:
@@ -167,10 +176,11 @@ class _PlainStepper:
 
     def advance(self, inputs, settings: GenerationSettings, gen):
         """Run ``inputs`` [1,T]; return (next token id, {layer: (indices, weights)} or None)."""
-        out = self.model(input_ids=inputs, past_key_values=self.past, use_cache=True, logits_to_keep=1)
-        self.past = out.past_key_values
-        next_id = int(sample(out.logits[0, -1].float(), settings.temperature, settings.top_p, gen))  # the host sync
-        layers = self.recorder.collect(0, []).layers if self.recorder is not None else None
+        with self.turn:
+            out = self.model(input_ids=inputs, past_key_values=self.past, use_cache=True, logits_to_keep=1)
+            self.past = out.past_key_values
+            next_id = int(sample(out.logits[0, -1].float(), settings.temperature, settings.top_p, gen))  # host sync
+            layers = self.recorder.collect(0, []).layers if self.recorder is not None else None
         return next_id, layers
 
 
