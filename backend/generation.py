@@ -180,7 +180,7 @@ class _PlainStepper:
             out = self.model(input_ids=inputs, past_key_values=self.past, use_cache=True, logits_to_keep=1)
             self.past = out.past_key_values
             next_id = int(sample(out.logits[0, -1].float(), settings.temperature, settings.top_p, gen))  # host sync
-            layers = self.recorder.collect(0, []).layers if self.recorder is not None else None
+            layers = self.recorder.take() if self.recorder is not None else None
         return next_id, layers
 
 

@@ -78,6 +78,10 @@ class RoutingRecorder:
         self._pending.clear()
 
     def collect(self, step: int, token_ids: list[int]) -> StepRouting:
+        """What the hooks saw since the last call, on the host, as one step's record."""
+        return StepRouting(step, list(token_ids), self.take())
+
+    def take(self) -> dict[int, tuple[np.ndarray, np.ndarray]]:
         """Move what the hooks saw since the last call to the host (one copy per device)."""
         import torch
 
@@ -99,7 +103,7 @@ class RoutingRecorder:
                 n = i.numel() // i.shape[-1]
                 layers[layer] = (idx[start:start + n], w[start:start + n])
                 start += n
-        return StepRouting(step, list(token_ids), layers)
+        return layers
 
 
 # ----------------------------------------------------------------- statistics
