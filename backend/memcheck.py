@@ -55,3 +55,45 @@ def memory_check(lm) -> list[dict]:
                          "measured_bytes": torch.cuda.memory_allocated(d),
                          "how measured": "torch.cuda.memory_allocated (includes other loaded models)"})
     return rows
+
+
+def _planned_device(name: str, device_map: dict[str, str]) -> str | None:
+    """The device ``device_map`` gives the parameter ``name`` (its longest matching module prefix)."""
+    best, where = -1, None
+    for module, dev in device_map.items():
+        if (module == "" or name == module or name.startswith(module + ".")) and len(module) > best:
+            best, where = len(module), dev
+    return where
+
+
+def placement_check(model, device_map: dict[str, str]) -> dict:
+    """Where a device map puts each parameter beside where it is: bytes per device planned and actual,
+    and the parameters found elsewhere (``misplaced``, at most 20 named; ``misplaced_count`` in all)."""
+    planned: dict[str, int] = {}
+    actual: dict[str, int] = {}
+    misplaced: list[str] = []
+    count = 0
+    seen = set()
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        size = p.numel() * p.element_size()
+        want = _planned_device(name, device_map)
+        want = f"cuda:{want}" if isinstance(want, int) else str(want)
+        planned[want] = planned.get(want, 0) + size
+        actual[str(p.device)] = actual.get(str(p.device), 0) + size
+        if str(p.device) != want:
+            count += 1
+            if len(misplaced) < 20:
+                misplaced.append(f"{name}: planned {want}, on {p.device}")
+    return {"planned_bytes": planned, "actual_bytes": actual, "misplaced": misplaced, "misplaced_count": count}
+
+
+def placement_rows(lm) -> list[dict]:
+    """One row per device of a ``runtime.LoadedModel``: bytes its device map puts there vs bytes there."""
+    check = placement_check(lm.model, lm.device_map)
+    devices = sorted(set(check["planned_bytes"]) | set(check["actual_bytes"]))
+    return [{"device": d, "planned_bytes": check["planned_bytes"].get(d, 0),
+             "actual_bytes": check["actual_bytes"].get(d, 0), "misplaced": check["misplaced_count"]}
+            for d in devices]

@@ -166,8 +166,7 @@ def plan_placement(source: configs.ModelSource, device: str, dtype: str, hw: dic
                            f"has {best['free_gib']:,.1f} GiB free: try multi-gpu or a smaller dtype")
     total_free = sum(g["free_gib"] for g in gpus)
     if device == "multi-gpu" or (device == "auto" and gpus and total_need <= total_free * GiB * (1 - HEADROOM)):
-        sizes = [max(g["free_gib"] * (1 - HEADROOM), 0.01) for g in gpus]
-        plan = device_plan(source, sizes, dt if dt != "fp32" else "fp32", reserve_gib=kv / GiB / len(gpus))
+        plan = _balanced_plan(source, [g["free_gib"] * (1 - HEADROOM) for g in gpus], dt, need, kv)
         if not plan.fits:
             raise ArchLabError(f"needs {what}; {len(gpus)} GPU(s) have {total_free:,.1f} GiB free "
                                f"in all (decoder layers are not split)")
@@ -180,6 +179,23 @@ def plan_placement(source: configs.ModelSource, device: str, dtype: str, hw: dic
     where = f"{len(gpus)} GPU(s) with {total_free:,.1f} GiB free and " if gpus else ""
     raise ArchLabError(f"needs {what} (+{HEADROOM:.0%} headroom); this machine has {where}{avail:,.1f} GiB of "
                        f"free RAM")
+
+
+def _balanced_plan(source: configs.ModelSource, free_gib: list[float], dtype: str, need: int, kv: int):
+    """A device plan that spreads the weights evenly over the GPUs.
+
+    ``infer_auto_device_map`` fills GPU 0 before GPU 1, so a model that fits on one GPU would land on
+    one GPU alone. Each GPU is first capped near an even share (the slack absorbs whole-layer
+    granularity and uneven layers, e.g. dense layers before MoE ones); free memory is the last cap.
+    """
+    n = len(free_gib)
+    reserve = kv / GiB / n
+    for slack in (1.05, 1.25, 1.6):
+        caps = [max(min(f, need / GiB / n * slack + reserve), 0.01) for f in free_gib]
+        plan = device_plan(source, caps, dtype, reserve_gib=reserve)
+        if plan.fits:
+            return plan
+    return device_plan(source, [max(f, 0.01) for f in free_gib], dtype, reserve_gib=reserve)
 
 
 def kv_allowance(source: configs.ModelSource, dtype: str) -> int:

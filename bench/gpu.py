@@ -1,14 +1,17 @@
 """GPU benchmark, one device call: speed against the bandwidth floor, memory predicted vs measured.
 
-    python bench/gpu.py [--smoke] [--only llama3-8b,qwen3-30b-a3b] [--tokens 128] [--out DIR]
+    python bench/gpu.py [--smoke] [--only llama3-8b,qwen3-30b-a3b] [--tokens 128] [--no-models] [--out DIR]
 
 Per model (random bf16 weights, batch 1): parameters, active parameters, bandwidth floor
 (2 bytes × active / measured copy bandwidth), HF ``generate`` tok/s, our fast path's tok/s with
 streaming (one host copy per token) and routing capture on, weights and KV cache predicted by
 ``backend.memory`` vs measured with ``torch.cuda.memory_allocated``. Models too large for the GPU
 run "full width, fewer layers" at two depths; the per-layer cost is extrapolated to full depth.
-Also checks that a model split by a device map (GPU + CPU here, or several GPUs) generates the same
-greedy tokens as on one device. Results go to bench/results/gpu-<gpu>.json (and --out).
+Sharding: a model split by a device map between the GPU and the CPU generates the same greedy tokens
+as on the GPU alone; with several GPUs, the app's loader shards a model over all of them (same
+weights as on one GPU) and the tokens, the device map vs where parameters are, and the speed (HF
+generate and our streaming path) are compared. ``--no-models`` runs only these checks.
+Results go to bench/results/gpu-<gpu>x<count>[-tag].json (and --out).
 """
 from __future__ import annotations
 
@@ -25,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from backend import catalog, configs, counting, memory  # noqa: E402
+from backend import catalog, configs, counting, depth, memory  # noqa: E402
 from backend.fastdecode import GraphDecoder, pack_step, sample  # noqa: E402
 
 GiB = 1024 ** 3
@@ -158,16 +161,19 @@ def fast_speed(model, n: int, use_graph: bool = True, routing: bool = True, comp
 def eager_tokens(model, n: int) -> list[int]:
     ids = torch.manual_seed(0) and torch.randint(0, model.config.vocab_size, (1, 16))
     with torch.inference_mode():
-        out = model.generate(ids.to(next(model.parameters()).device), max_new_tokens=n, min_new_tokens=n,
+        out = model.generate(ids.to(model.get_input_embeddings().weight.device), max_new_tokens=n, min_new_tokens=n,
                              do_sample=False)
     return out[0, 16:].tolist()
 
 
 def sharding_check(key: str = "qwen3-0.6b", n: int = 24) -> dict:
-    """Greedy tokens of one model on one device vs split by a device map over the devices present."""
+    """One GPU: greedy tokens of a model run whole on the GPU vs split by a device map between the GPU
+    and the CPU, each part executing where it sits (accelerate moves the hidden states across), and the
+    device map checked against where every parameter is."""
     from accelerate import dispatch_model, infer_auto_device_map
     from transformers import AutoModelForCausalLM
 
+    from backend.memcheck import placement_check
     from backend.spec import arch_spec
 
     cfg = configs.load_config(key)
@@ -177,24 +183,62 @@ def sharding_check(key: str = "qwen3-0.6b", n: int = 24) -> dict:
     ref = eager_tokens(model.to("cuda:0"), n)
     model.to("cpu")
     weights = counting.count_params(key).total * 4
-    ngpu = torch.cuda.device_count()
-    if ngpu >= 2:
-        max_memory = {i: int(weights / ngpu * 1.2) for i in range(ngpu)}
-    else:  # one GPU: put about half the layers on it, the rest on the CPU
-        max_memory = {0: int(weights * 0.55), "cpu": 64 * GiB}
-    dmap = infer_auto_device_map(model, max_memory=max_memory,
+    dmap = infer_auto_device_map(model, max_memory={0: int(weights * 0.55), "cpu": 64 * GiB},
                                  no_split_module_classes=[arch_spec(key).decoder_layer_class])
     model.load_state_dict(state)
-    model = dispatch_model(model, device_map=dmap)
+    # main_device="cpu": CPU layers run on the CPU (the default would offload them, running all on the GPU)
+    model = dispatch_model(model, device_map=dmap, main_device="cpu")
     split = eager_tokens(model, n)
-    where = {}
-    for name, p in model.named_parameters():
-        where[str(p.device)] = where.get(str(p.device), 0) + p.numel() * p.element_size()
-    plan_devices = sorted({str(v) for v in dmap.values()})
+    dmap = {k: (f"cuda:{v}" if isinstance(v, int) else v) for k, v in dmap.items()}
+    check = placement_check(model, dmap)
     del model
     gc.collect(); torch.cuda.empty_cache()
-    return {"model": key, "devices": plan_devices, "bytes_by_device": where, "tokens_equal": ref == split,
+    return {"model": key, "kind": "gpu+cpu", "devices": sorted(set(dmap.values())),
+            "bytes_by_device": check["actual_bytes"], "planned_bytes_by_device": check["planned_bytes"],
+            "misplaced": check["misplaced_count"], "tokens_equal": ref == split,
             "agree": sum(a == b for a, b in zip(ref, split)), "n": n}
+
+
+def _stream_speed(request, tokens: int) -> dict:
+    """Our streaming path (GenerationRun, routing on) on a loaded request: steady tok/s and path."""
+    from backend.generation import GenerationRun, GenerationSettings
+
+    speeds = []
+    for _ in range(2):  # the first run warms up (and captures the graph on one GPU)
+        run = GenerationRun([request], "The history of", GenerationSettings(max_new_tokens=tokens, ignore_eos=True))
+        run.start().join(300)
+        speeds.append(run.stats(0))
+    s = speeds[-1]
+    return {"tok_s": s["tokens_per_s"], "fast_path": s["fast_path"], "device": s["device"], "status": s["status"]}
+
+
+def multi_gpu_check(key: str = "llama3-8b", tokens: int = 64) -> dict:
+    """Several GPUs: the app's own loader on one GPU and sharded over all (same weights): greedy tokens,
+    device map vs where the parameters are, and speed (HF generate and our streaming path) on each."""
+    from backend import memcheck, runtime
+
+    one = runtime.ModelRequest(key, mode="full", device="cuda", dtype="bf16")
+    many = runtime.ModelRequest(key, mode="full", device="multi-gpu", dtype="bf16")
+    lm = runtime.load(one)
+    state = {k: v.to("cpu") for k, v in lm.model.state_dict().items()}
+    res = {"model": key, "kind": f"{torch.cuda.device_count()} GPUs", "tokens": tokens}
+    ref = eager_tokens(lm.model, 24)
+    res["one_gpu"] = {"hf_tok_s": hf_generate_speed(lm.model, 32), **_stream_speed(one, tokens)}
+    runtime.release(one)
+    lm = runtime.load(many)
+    lm.model.load_state_dict(state)
+    del state
+    check = memcheck.placement_check(lm.model, lm.device_map)
+    res["sharded"] = {"hf_tok_s": hf_generate_speed(lm.model, 32), **_stream_speed(many, tokens),
+                      "bytes_by_device": check["actual_bytes"], "planned_bytes_by_device": check["planned_bytes"],
+                      "misplaced": check["misplaced_count"]}
+    split = eager_tokens(lm.model, 24)
+    res.update(tokens_equal=ref == split, agree=sum(a == b for a, b in zip(ref, split)), n=24,
+               devices=sorted(check["actual_bytes"]))
+    for k in ("hf_tok_s", "tok_s"):
+        res[f"sharded_vs_one_{k}"] = res["sharded"][k] / res["one_gpu"][k]
+    runtime.release(many)
+    return res
 
 
 def run_model(key: str, depths, tokens: int, bw: float, skip_hf: bool, compile_models=()) -> list[dict]:
@@ -226,15 +270,17 @@ def run_model(key: str, depths, tokens: int, bw: float, skip_hf: bool, compile_m
                     "graph_error": fast["graph_error"], "routing_records": fast["routing_records"]})
         nor = fast_speed(model, tokens, routing=False)
         row["fast_no_routing_tok_s"] = nor["tok_s"]
-        eager = fast_speed(model, 24, use_graph=False)
+        window = getattr(model.config, "sliding_window", None) or getattr(model.config, "attention_chunk_size", None)
+        n_eager = tokens if window else 24  # past the window where there is one
+        eager = fast_speed(model, n_eager, use_graph=False)
         row["eager_static_tok_s"] = eager["tok_s"]
-        row["graph_matches_eager"] = fast["tokens"][:24] == eager["tokens"][:24]
-        row["graph_agree_24"] = sum(a == b for a, b in zip(fast["tokens"], eager["tokens"][:24]))
+        row["graph_matches_eager"] = fast["tokens"][:n_eager] == eager["tokens"]
+        row["graph_agree"] = f"{sum(a == b for a, b in zip(fast['tokens'], eager['tokens']))}/{n_eager}"
         if compile_models and key in compile_models:
             comp = fast_speed(model, tokens, compile=True)
             row.update({"compiled_tok_s": comp["tok_s"], "compile_warm_s": comp["warm_s"],
                         "compiled_graph_error": comp["graph_error"],
-                        "compiled_matches": comp["tokens"][:24] == eager["tokens"][:24]})
+                        "compiled_matches": comp["tokens"][:n_eager] == eager["tokens"]})
         row["hf_tok_s"] = None if skip_hf else hf_generate_speed(model, min(tokens, 32))
         row["peak_bytes"] = torch.cuda.max_memory_allocated() - base
         log(json.dumps({k: v for k, v in row.items() if k != "kv"}, default=str))
@@ -252,20 +298,22 @@ def count_layers(d: dict) -> int:
 
 
 def extrapolate(rows: list[dict], key: str) -> dict | None:
-    """Per-layer decode cost from two depths, extrapolated to the full model."""
+    """Full-depth tok/s from two depths (per-layer cost = slope), beside the Playground's one-run estimate
+    (tok/s × weight bytes read per token, variant / full) from each depth."""
     r = sorted((x for x in rows if x["key"] == key and x["layers"]), key=lambda x: x["layers"])
     if len(r) < 2:
         return None
     a, b = r[0], r[-1]
-    step_a, step_b = 1 / a["fast_tok_s"], 1 / b["fast_tok_s"]
-    per_layer = (step_b - step_a) / (b["layers"] - a["layers"])
     full = count_layers(catalog.raw_config(key))
-    step_full = step_a + per_layer * (full - a["layers"])
     full_count = counting.count_params(key)
-    return {"model": key, "per_moe_layer_ms": per_layer * 1e3, "full_layers": full,
-            "extrapolated_tok_s": 1 / step_full, "full_params": full_count.total, "full_active": full_count.active,
+    one_run = {x["layers"]: x["fast_tok_s"] * depth.variant(key, x["layers"]).scale for x in r}
+    step_a, step_b = 1 / a["fast_tok_s"], 1 / b["fast_tok_s"]
+    return {"model": key, "per_layer_ms": (step_b - step_a) / (b["layers"] - a["layers"]) * 1e3,
+            "full_layers": full, "extrapolated_tok_s": depth.two_depth_tok_s(a["layers"], a["fast_tok_s"],
+                                                                            b["layers"], b["fast_tok_s"], full),
+            "one_run_estimates_tok_s": one_run, "full_params": full_count.total, "full_active": full_count.active,
             "note": f"measured at {a['layers']} and {b['layers']} layers, full width; layers past the first "
-                    f"{a['layers']} are MoE layers like the measured ones"}
+                    f"{a['layers']} assumed to cost what the measured extra layers cost"}
 
 
 def table(rows: list[dict], extra: list[dict]) -> str:
@@ -281,8 +329,9 @@ def table(rows: list[dict], extra: list[dict]) -> str:
                      f"{r['weights_measured'] / GiB:7.2f}G {kv:>16s}"
                      + (f"  compiled {r['compiled_tok_s']:.1f}" if r.get("compiled_tok_s") else ""))
     for e in extra:
+        one = ", ".join(f"{v:.1f} from {k} layers" for k, v in e["one_run_estimates_tok_s"].items())
         lines.append(f"{e['model']} extrapolated to {e['full_layers']} layers: {e['extrapolated_tok_s']:.1f} tok/s "
-                     f"({e['per_moe_layer_ms']:.3f} ms per MoE layer)")
+                     f"({e['per_layer_ms']:.3f} ms per added layer); one-run byte-scaled estimates: {one}")
     return "\n".join(lines)
 
 
@@ -292,7 +341,9 @@ def main() -> None:
     ap.add_argument("--only", default="")
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--skip-hf", action="store_true")
-    ap.add_argument("--no-shard", action="store_true")
+    ap.add_argument("--no-shard", action="store_true", help="skip the sharding checks")
+    ap.add_argument("--no-models", action="store_true", help="only the sharding checks")
+    ap.add_argument("--tag", default="", help="suffix of the results file name")
     ap.add_argument("--compile", default="", help="models to also run with torch.compile inside the graph")
     ap.add_argument("--out", default=os.environ.get("OUT", ""))
     a = ap.parse_args()
@@ -307,6 +358,8 @@ def main() -> None:
     plan = SMOKE if a.smoke else PLAN
     if a.only:
         plan = [p for p in plan if p[0] in a.only.split(",")]
+    if a.no_models:
+        plan = []
     rows = []
     for key, depths in plan:
         try:
@@ -317,20 +370,32 @@ def main() -> None:
             gc.collect(); torch.cuda.empty_cache()
     extra = [e for e in (extrapolate(rows, k) for k, _ in plan) if e]
     shard = None if a.no_shard else sharding_check()
+    multi = multi_gpu_check() if torch.cuda.device_count() >= 2 and not a.no_shard else None
     result = {"gpu": gpu, "gpus": torch.cuda.device_count(), "torch": torch.__version__,
               "transformers": transformers.__version__, "copy_bandwidth_Bps": bw, "rows": rows,
-              "extrapolated": extra, "sharding": shard, "tokens": a.tokens, "smoke": a.smoke}
+              "extrapolated": extra, "sharding": shard, "multi_gpu": multi, "tokens": a.tokens, "smoke": a.smoke,
+              "command": " ".join(sys.argv)}
     for r in rows:
         r.pop("tokens", None)
-    name = f"gpu-{'smoke-' if a.smoke else ''}{gpu.replace(' ', '_')}.json"
+    tag = f"-{a.tag}" if a.tag else ""
+    name = f"gpu-{'smoke-' if a.smoke else ''}{gpu.replace(' ', '_')}x{torch.cuda.device_count()}{tag}.json"
     for folder in filter(None, [a.out, str(ROOT / "bench" / "results")]):
         Path(folder).mkdir(parents=True, exist_ok=True)
         (Path(folder) / name).write_text(json.dumps(result, indent=2, default=str))
     log("")
-    log(table(rows, extra))
+    if rows:
+        log(table(rows, extra))
     if shard:
-        log(f"sharding {shard['model']} over {shard['devices']}: greedy tokens equal to one device: "
-            f"{shard['tokens_equal']} ({shard['agree']}/{shard['n']}); bytes by device {shard['bytes_by_device']}")
+        log(f"split {shard['model']} over {shard['devices']} (each part runs where it sits): greedy tokens equal to "
+            f"one GPU: {shard['tokens_equal']} ({shard['agree']}/{shard['n']}); parameters off their planned device: "
+            f"{shard['misplaced']}; bytes by device {shard['bytes_by_device']}")
+    if multi:
+        o, m = multi["one_gpu"], multi["sharded"]
+        log(f"{multi['model']} sharded over {multi['devices']}: greedy tokens equal: {multi['tokens_equal']} "
+            f"({multi['agree']}/{multi['n']}); misplaced {m['misplaced']}; HF generate {o['hf_tok_s']:.1f} -> "
+            f"{m['hf_tok_s']:.1f} tok/s ({100 * multi['sharded_vs_one_hf_tok_s']:.0f} %); streaming "
+            f"{o['tok_s']:.1f} ({'fast path' if o['fast_path'] else 'plain'}) -> {m['tok_s']:.1f} "
+            f"({'fast path' if m['fast_path'] else 'plain'}; {100 * multi['sharded_vs_one_tok_s']:.0f} %)")
 
 
 if __name__ == "__main__":

@@ -62,15 +62,22 @@ def test_fast_path_needs_a_gpu():
 
 
 @pytest.mark.gpu
-def test_graph_decode_matches_eager_on_gpu():
+@pytest.mark.parametrize("key", ["qwen3-30b-a3b", "gpt-oss-20b", "deepseek-v3", "gemma3-27b", "llama4-scout"])
+def test_graph_decode_matches_eager_and_generate_on_gpu(key):
+    """CUDA graph replay = the same static path run eagerly = transformers' generate, past any window."""
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
-    model = _tiny("qwen3-30b-a3b").to("cuda")
-    ids = torch.randint(0, model.config.vocab_size, (1, 10), device="cuda")
+    model = _tiny(key).to("cuda")
+    window = getattr(model.config, "sliding_window", None) or getattr(model.config, "attention_chunk_size", None)
+    n = max(16, (window or 0) + 8)
+    ids = torch.randint(0, model.config.vocab_size, (1, 10), generator=torch.Generator().manual_seed(1)).to("cuda")
     with torch.inference_mode():
-        eager, _ = _decode(model, ids, 16, use_graph=False)
-        graphed, _ = _decode(model, ids, 16, use_graph=True)
-    assert graphed == eager
+        ref = model.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False)[0, 10:].tolist()
+        eager, eager_routes = _decode(model, ids, n, use_graph=False)
+        graphed, graph_routes = _decode(model, ids, n, use_graph=True)
+    assert graphed == eager == ref
+    for a, b in zip(graph_routes, eager_routes):  # the routing the graph wrote back is the eager routing
+        assert [(la, idx.tolist()) for la, idx, *_ in a] == [(la, idx.tolist()) for la, idx, *_ in b]
 
 
 def test_decoder_reuse_across_prompts_matches_fresh():

@@ -31,3 +31,19 @@ def test_gpu_static_cache_measured_matches_prediction():
     rows = memcheck.memory_check(runtime.load(req))
     kv = next(r for r in rows if r["what"].startswith("static KV"))
     assert abs(kv["measured_bytes"] - kv["predicted_bytes"]) <= 0.03 * kv["predicted_bytes"]
+
+
+def test_placement_check_finds_parameters_off_their_planned_device():
+    lm = runtime.load(runtime.ModelRequest("deepseek-v3", size="tiny"))
+    ok = memcheck.placement_check(lm.model, lm.device_map)
+    assert ok["misplaced_count"] == 0 and ok["planned_bytes"] == ok["actual_bytes"]
+    # a map that puts layer 1 elsewhere: every parameter of layer 1 (and of no other layer) is reported
+    wrong = memcheck.placement_check(lm.model, {"": "cpu", "model.layers.1": "cuda:1"})
+    layer1 = [n for n, _ in lm.model.named_parameters() if n.startswith("model.layers.1.")]
+    assert wrong["misplaced_count"] == len(layer1) > 0
+    assert all(m.startswith("model.layers.1.") for m in wrong["misplaced"])
+    assert wrong["planned_bytes"]["cuda:1"] == sum(p.numel() * p.element_size() for n, p in
+                                                   lm.model.named_parameters() if n.startswith("model.layers.1."))
+    rows = memcheck.placement_rows(lm)
+    assert rows == [{"device": "cpu", "planned_bytes": ok["actual_bytes"]["cpu"],
+                     "actual_bytes": ok["actual_bytes"]["cpu"], "misplaced": 0}]
