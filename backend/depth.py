@@ -1,57 +1,142 @@
 """Full width, fewer layers: speed of a model too large for the hardware, extrapolated to full depth.
 
 A variant keeps every tensor shape of the real model but only its first ``k`` decoder layers
-(:func:`backend.configs.with_layers`). At batch 1 a decode step reads every active weight once, so
-its time scales with the bytes it reads: one run at ``k`` layers extrapolates by the ratio of
-weight bytes read per token (:func:`full_depth_scale`). Two runs at different depths measure the
-per-layer cost directly (:func:`two_depth_tok_s`); ``bench/gpu.py`` reports both so the one-run
-estimate the Playground shows is checked against the two-run one.
+(:func:`backend.configs.with_layers`). The cost of one more layer is measured, not assumed: the
+decode step is timed on the loaded ``k``-layer model and on a ``k - 1``-layer view of it that
+shares its weights (no extra weight memory), the same way the Playground decodes (CUDA graph on a
+GPU). Full depth then costs ``step(k) + (n - k) × per-layer``, assuming the layers past ``k`` cost
+what layer ``k`` costs (true when they are of one kind, e.g. DeepSeek-V3's MoE layers after its
+three dense ones; pick ``k`` past such a prefix).
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
-from .configs import ModelSource, with_layers
-from .counting import count_params
+from .configs import load_config, with_layers
 from .errors import ArchLabError
-from .spec import arch_spec
+
+#: Decode steps timed per depth (after warm-up), and the prompt length they decode after.
+STEPS, WARM, PROMPT, ROUNDS = 32, 4, 8, 2
 
 
 @dataclass(frozen=True)
-class DepthVariant:
-    """A "full width, k of n layers" variant of a model and how its speed scales to full depth."""
-    source: dict            # the variant's config
+class DepthEstimate:
+    """Per-layer decode cost measured at ``layers`` and ``layers - 1``, extrapolated to ``full_layers``."""
     layers: int
     full_layers: int
-    scale: float            # weight bytes read per token, variant / full model (tok/s at full ≈ tok/s × scale)
+    step_s: float            # decode step at ``layers``
+    shallower_step_s: float  # decode step at ``layers - 1``
+    graph: bool              # timed as CUDA graph replays (else eager static-cache steps)
 
+    @property
+    def per_layer_s(self) -> float:
+        return self.step_s - self.shallower_step_s
 
-def decode_read_params(source: ModelSource) -> int:
-    """Parameters a batch-1 decode step reads: the active ones, less the input embedding (one row is
-    gathered), plus the embedding again when the LM head is tied to it."""
-    c = count_params(source)
-    emb = c.components.get("embeddings", 0)
-    tied = arch_spec(source).tied_embeddings
-    return c.active - emb + (emb if tied else 0)
+    @property
+    def measurable(self) -> bool:
+        """The extra layer costs more than the timing noise (it can come out ≤ 0 on a busy CPU)."""
+        return self.per_layer_s > 0
 
+    @property
+    def full_step_s(self) -> float:
+        return self.step_s + self.per_layer_s * (self.full_layers - self.layers) if self.measurable else float("nan")
 
-def variant(source: ModelSource, layers: int) -> DepthVariant:
-    """The first ``layers`` decoder layers of ``source`` at full width, with its full-depth scale."""
-    full = arch_spec(source).num_layers
-    if not isinstance(layers, int) or isinstance(layers, bool) or layers < 1:
-        raise ArchLabError(f"layers must be a whole number from 1 to {full}, got {layers!r}")
-    d = with_layers(source, min(layers, full))
-    return DepthVariant(d, min(layers, full), full, decode_read_params(d) / decode_read_params(source))
+    @property
+    def full_tok_s(self) -> float:
+        return 1.0 / self.full_step_s if self.measurable else float("nan")
+
+    @property
+    def note(self) -> str:
+        if not self.measurable:
+            return (f"the step at {self.layers} layers was not slower than at {self.layers - 1} "
+                    "(timing noise): no extrapolation; run again on an idle machine")
+        return (f"decode step timed at {self.layers} and {self.layers - 1} layers "
+                f"({'CUDA graph' if self.graph else 'eager'}); layers {self.layers + 1}–{self.full_layers} "
+                f"assumed to cost what layer {self.layers} costs")
 
 
 def two_depth_tok_s(a_layers: int, a_tok_s: float, b_layers: int, b_tok_s: float, full_layers: int) -> float:
-    """tok/s at ``full_layers`` from step times measured at two depths (per-layer cost = their slope).
-
-    Assumes the layers past ``a_layers`` cost what the measured extra layers cost (true when they
-    are of one kind, e.g. DeepSeek-V3's MoE layers after its 3 dense ones).
-    """
+    """tok/s at ``full_layers`` from decode speeds measured at two depths (per-layer cost = the slope)."""
     if a_layers == b_layers or min(a_tok_s, b_tok_s) <= 0:
         raise ArchLabError("need two different depths with positive speeds")
     step_a, step_b = 1 / a_tok_s, 1 / b_tok_s
     per_layer = (step_b - step_a) / (b_layers - a_layers)
     return 1 / (step_a + per_layer * (full_layers - a_layers))
+
+
+def num_layers(model) -> int:
+    cfg = model.config
+    return int(getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "n_layer"))
+
+
+def shallower(model, layers: int):
+    """A view of ``model`` with only its first ``layers`` decoder layers, sharing its weight tensors."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from .meta import BUILD_LOCK
+
+    d = model.config.to_dict()
+    d.pop("quantization_config", None)
+    cfg = load_config(with_layers(d, layers))
+    with BUILD_LOCK, torch.device("meta"):
+        view = AutoModelForCausalLM.from_config(cfg, dtype=next(model.parameters()).dtype)
+    state = model.state_dict()
+    missing = [k for k in view.state_dict() if k not in state]
+    if missing:
+        raise ArchLabError(f"cannot make a {layers}-layer view: {missing[0]} has no counterpart")
+    view.load_state_dict({k: state[k] for k in view.state_dict()}, assign=True, strict=True)
+    for name, _ in list(view.named_buffers()):  # non-persistent buffers (rotary frequencies) are not in state
+        module, _, attr = name.rpartition(".")
+        source = model.get_submodule(module) if module else model
+        (view.get_submodule(module) if module else view)._buffers[attr] = source._buffers[attr]
+    view.tie_weights()
+    return view.eval()
+
+
+def _step_seconds(model, steps: int = STEPS) -> tuple[float, bool]:
+    """Median decode-step time of ``model`` the way the Playground decodes, and whether as a graph."""
+    import torch
+
+    from .fastdecode import GraphDecoder, can_use, pack_step, sample
+
+    graph = can_use(model)
+    device = next(model.parameters()).device
+    dec = GraphDecoder(model, PROMPT + WARM + steps + 2, use_graph=graph)
+    try:
+        with torch.inference_mode():
+            ids = torch.arange(PROMPT, device=device).unsqueeze(0) % model.config.vocab_size
+            out = dec.prefill(ids)
+            tok = sample(out.logits, 0.0, 1.0, None)
+            times = []
+            for i in range(WARM + steps):
+                t = time.perf_counter()
+                out = dec.step(tok)
+                tok = sample(out.logits, 0.0, 1.0, None)
+                packed, _ = pack_step(tok, out)
+                packed.cpu()  # the step's one host copy, as when streaming
+                if i >= WARM:
+                    times.append(time.perf_counter() - t)
+        return sorted(times)[len(times) // 2], dec.graph is not None
+    finally:
+        dec.close()
+
+
+def estimate(model, full_layers: int) -> DepthEstimate:
+    """Time the decode step of a fewer-layer ``model`` at its depth and one layer less; extrapolate."""
+    k = num_layers(model)
+    if k < 2:
+        raise ArchLabError("the per-layer cost needs a variant of at least 2 layers")
+    if full_layers < k:
+        raise ArchLabError(f"full depth {full_layers} is less than the {k} layers run")
+    view = shallower(model, k - 1)
+    shallow, step = [], []
+    try:
+        for _ in range(ROUNDS):  # interleaved, best of each: drift and stray load hit both alike
+            shallow.append(_step_seconds(view)[0])
+            t, graph = _step_seconds(model)
+            step.append(t)
+    finally:
+        del view
+    return DepthEstimate(k, full_layers, min(step), min(shallow), graph)

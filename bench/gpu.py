@@ -281,6 +281,10 @@ def run_model(key: str, depths, tokens: int, bw: float, skip_hf: bool, compile_m
             row.update({"compiled_tok_s": comp["tok_s"], "compile_warm_s": comp["warm_s"],
                         "compiled_graph_error": comp["graph_error"],
                         "compiled_matches": comp["tokens"][:n_eager] == eager["tokens"]})
+        if layers:  # the Playground's in-model estimate: step at k vs a (k-1)-layer view sharing the weights
+            est = depth.estimate(model, count_layers(catalog.raw_config(key)))
+            row["in_model_estimate"] = {"per_layer_ms": est.per_layer_s * 1e3, "full_tok_s": est.full_tok_s,
+                                        "step_ms": est.step_s * 1e3, "shallower_step_ms": est.shallower_step_s * 1e3}
         row["hf_tok_s"] = None if skip_hf else hf_generate_speed(model, min(tokens, 32))
         row["peak_bytes"] = torch.cuda.max_memory_allocated() - base
         log(json.dumps({k: v for k, v in row.items() if k != "kv"}, default=str))
@@ -298,20 +302,20 @@ def count_layers(d: dict) -> int:
 
 
 def extrapolate(rows: list[dict], key: str) -> dict | None:
-    """Full-depth tok/s from two depths (per-layer cost = slope), beside the Playground's one-run estimate
-    (tok/s × weight bytes read per token, variant / full) from each depth."""
+    """Full-depth tok/s from two separately built depths (per-layer cost = slope), beside the Playground's
+    in-model estimate (one loaded model, timed at k and at a (k-1)-layer view of it) from each depth."""
     r = sorted((x for x in rows if x["key"] == key and x["layers"]), key=lambda x: x["layers"])
     if len(r) < 2:
         return None
     a, b = r[0], r[-1]
     full = count_layers(catalog.raw_config(key))
     full_count = counting.count_params(key)
-    one_run = {x["layers"]: x["fast_tok_s"] * depth.variant(key, x["layers"]).scale for x in r}
     step_a, step_b = 1 / a["fast_tok_s"], 1 / b["fast_tok_s"]
     return {"model": key, "per_layer_ms": (step_b - step_a) / (b["layers"] - a["layers"]) * 1e3,
             "full_layers": full, "extrapolated_tok_s": depth.two_depth_tok_s(a["layers"], a["fast_tok_s"],
                                                                             b["layers"], b["fast_tok_s"], full),
-            "one_run_estimates_tok_s": one_run, "full_params": full_count.total, "full_active": full_count.active,
+            "in_model_estimates": {x["layers"]: x.get("in_model_estimate") for x in r},
+            "full_params": full_count.total, "full_active": full_count.active,
             "note": f"measured at {a['layers']} and {b['layers']} layers, full width; layers past the first "
                     f"{a['layers']} assumed to cost what the measured extra layers cost"}
 
@@ -329,9 +333,10 @@ def table(rows: list[dict], extra: list[dict]) -> str:
                      f"{r['weights_measured'] / GiB:7.2f}G {kv:>16s}"
                      + (f"  compiled {r['compiled_tok_s']:.1f}" if r.get("compiled_tok_s") else ""))
     for e in extra:
-        one = ", ".join(f"{v:.1f} from {k} layers" for k, v in e["one_run_estimates_tok_s"].items())
+        one = ", ".join(f"{v['full_tok_s']:.1f} tok/s ({v['per_layer_ms']:.3f} ms/layer) at {k} layers"
+                        for k, v in e["in_model_estimates"].items() if v)
         lines.append(f"{e['model']} extrapolated to {e['full_layers']} layers: {e['extrapolated_tok_s']:.1f} tok/s "
-                     f"({e['per_layer_ms']:.3f} ms per added layer); one-run byte-scaled estimates: {one}")
+                     f"({e['per_layer_ms']:.3f} ms per added layer); in-model estimates: {one}")
     return "\n".join(lines)
 
 
