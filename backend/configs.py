@@ -173,5 +173,5 @@ def with_layers(source: ModelSource, layers: int) -> dict[str, Any]:
             d[k] = v[:layers]
         elif isinstance(v, list) and k in ("moe_layers", "mlp_only_layers"):
             d[k] = [i for i in v if isinstance(i, int) and i < layers]
-    d["_name_or_path"] = f"{label(source)} [{layers}/{full} layers, full width]"
+    d["_name_or_path"] = f"{label(source)} [{layers} of {full} layers]" if layers < full else label(source)
     return d

@@ -12,7 +12,8 @@ from typing import Optional, Sequence
 import pandas as pd
 
 from . import memcheck, routing, runtime
-from .configs import ModelSource
+from .configs import ModelSource, with_layers
+from .depth import DepthEstimate, estimate
 from .errors import ArchLabError
 from .generation import Event, GenerationRun, GenerationSettings, Loading, Started
 from .generation import Routing as RoutingEvent
@@ -21,7 +22,9 @@ from .spec import arch_spec
 
 MAX_COLUMNS = 4
 MODES = {**{size: f"{size} miniature" for size in MINIATURE_SIZES},
-         "full": "full size, random", "pretrained": "pretrained checkpoint"}
+         "full": "full size, random", "layers": "full width, fewer layers", "pretrained": "pretrained checkpoint"}
+#: "full width, fewer layers": default depth k (the per-layer cost is timed at k and k - 1)
+DEFAULT_LAYERS = 4
 DEVICE_LABELS = {"auto": "auto", "cpu": "CPU", "cuda": "one GPU (cuda)", "multi-gpu": "all GPUs (sharded)"}
 _ESCAPES = {"\\n": "\n", "\\t": "\t", "\\,": ","}
 
@@ -33,6 +36,7 @@ class SlotModel:
     label: str
     color: str
     moe: bool       # has mixture-of-experts layers (a router to trace)
+    full_layers: Optional[int] = None  # "full width, fewer layers": the real model's depth
 
 
 # ----------------------------------------------------------------- settings
@@ -64,9 +68,11 @@ def parse_stop(text: str) -> tuple[str, ...]:
 
 
 def requests_for(models: Sequence[tuple[str, ModelSource]], mode: str, device: str, compile: bool = False,
-                 checkpoint: str = "") -> list[tuple[str, ModelSource, runtime.ModelRequest]]:
+                 checkpoint: str = "", layers: int = DEFAULT_LAYERS) -> list[tuple[str, ModelSource, runtime.ModelRequest]]:
     """(model id, its config source, request) for each model to run: the first ``MAX_COLUMNS`` selected
-    models, or in pretrained mode the sidebar's checkpoint folder alone (the others have no weights here)."""
+    models, or in pretrained mode the sidebar's checkpoint folder alone (the others have no weights here).
+    Mode "layers" runs each model at full width with its first ``layers`` decoder layers (all of them
+    when it has no more)."""
     if mode == "pretrained":
         if not checkpoint:
             raise ArchLabError("pretrained mode needs a checkpoint folder: set one in the sidebar "
@@ -77,10 +83,21 @@ def requests_for(models: Sequence[tuple[str, ModelSource]], mode: str, device: s
         return [(f"local:{checkpoint}", config, request)]
     if not models:
         raise ArchLabError("choose at least one model in the sidebar")
-    if mode != "full" and mode not in MINIATURE_SIZES:
+    if mode not in ("full", "layers") and mode not in MINIATURE_SIZES:
         raise ArchLabError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+    if mode == "layers":
+        if isinstance(layers, bool) or not isinstance(layers, int) or layers < 2:
+            raise ArchLabError(f"fewer layers needs at least 2 layers (the per-layer cost is timed at k and k − 1), "
+                               f"got {layers!r}")
+        return [(i, src, runtime.ModelRequest(with_layers(src, min(layers, full_depth(src))), mode="full",
+                                              device=device, compile=compile)) for i, src in models[:MAX_COLUMNS]]
     kind = {"mode": "full"} if mode == "full" else {"mode": "miniature", "size": mode}
     return [(i, src, runtime.ModelRequest(src, device=device, compile=compile, **kind)) for i, src in models[:MAX_COLUMNS]]
+
+
+def full_depth(source: ModelSource) -> int:
+    """Decoder layers of the real model."""
+    return arch_spec(source).num_layers
 
 
 # ----------------------------------------------------------------- the run
@@ -93,6 +110,7 @@ class LiveRun:
     loading: dict[int, str] = field(default_factory=dict)   # slot -> last loading message
     prompt_tokens: dict[int, int] = field(default_factory=dict)
     routing_steps: int = 0                                    # Routing events seen (live redraw trigger)
+    depth: dict[int, "DepthEstimate | str"] = field(default_factory=dict)  # slot -> full-depth estimate or why not
 
     @classmethod
     def start(cls, slots: Sequence[SlotModel], requests: Sequence[runtime.ModelRequest], prompt: str,
@@ -152,7 +170,11 @@ def slot_view(live: LiveRun, slot: int) -> SlotView:
         text = f"done: {n} tokens ({s['reason']})"
     else:
         progress, text = 0.0, "failed"
-    return SlotView(status, progress, text, live.run.text(slot), _summary(s), s["device"], bool(s["fast_path"]),
+    summary = _summary(s)
+    e = live.depth.get(slot)
+    if isinstance(e, DepthEstimate) and e.measurable:
+        summary += f" · ≈ **{e.full_tok_s:,.1f} tok/s at {e.full_layers} layers** (extrapolated)"
+    return SlotView(status, progress, text, live.run.text(slot), summary, s["device"], bool(s["fast_path"]),
                     s["error"])
 
 
@@ -165,6 +187,50 @@ def _summary(s: dict) -> str:
     if s["new_tokens"]:
         parts.append(f"{s['new_tokens']} new tokens")
     return " · ".join(parts)
+
+
+def depth_pending(live: LiveRun) -> list[int]:
+    """Fewer-layer slots that finished and have no full-depth estimate yet."""
+    return [i for i, slot in enumerate(live.slots) if slot.full_layers and i not in live.depth
+            and live.run.stats(i)["status"] == "finished"]
+
+
+def measure_depth(live: LiveRun) -> None:
+    """Time the decode step of each finished fewer-layer model at k and k − 1 layers (a few seconds each,
+    once per run; the model's lock is held, so another session's generation on it waits)."""
+    for i in depth_pending(live):
+        request = live.run.requests[i]
+        if not runtime.is_loaded(request):
+            live.depth[i] = "the model was released before its layers could be timed"
+            continue
+        lm = runtime.load(request)
+        try:
+            with lm.lock:
+                live.depth[i] = estimate(lm.model, live.slots[i].full_layers)
+        except ArchLabError as e:
+            live.depth[i] = str(e)
+        except (RuntimeError, ValueError) as e:  # e.g. out of memory for the second cache
+            live.depth[i] = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}"
+
+
+def depth_table(live: LiveRun) -> pd.DataFrame:
+    """One row per fewer-layer model: layers run, streamed tok/s, step at k and k − 1, per-layer cost,
+    tok/s extrapolated to full depth, and how (or why there is no estimate)."""
+    rows = []
+    for i, slot in enumerate(live.slots):
+        if not slot.full_layers or i not in live.depth:
+            continue
+        e, s = live.depth[i], live.run.stats(i)
+        row = {"model": s["model"], "layers run": None, "of": slot.full_layers, "streamed tok/s": s["tokens_per_s"],
+               "step at k (ms)": None, "step at k − 1 (ms)": None, "per layer (ms)": None,
+               "tok/s at full depth (extrapolated)": None, "how": e}
+        if isinstance(e, DepthEstimate):
+            row.update({"layers run": e.layers, "step at k (ms)": e.step_s * 1e3,
+                        "step at k − 1 (ms)": e.shallower_step_s * 1e3, "per layer (ms)": e.per_layer_s * 1e3,
+                        "tok/s at full depth (extrapolated)": e.full_tok_s if e.measurable else None,
+                        "how": e.note})
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def stats_table(live: LiveRun) -> pd.DataFrame:

@@ -410,7 +410,7 @@ def _build(request: ModelRequest, progress: Callable[[str], None]) -> LoadedMode
             seed = MINIATURE_SEED
         else:
             src, spec, seed = request.source, arch_spec(request.source), None
-            label = f"{configs.label(request.source)} (full size, random)"
+            label = f"{configs.label(request.source)} (full width, random)"
         with _admitted(src, request.device, request.dtype) as placement:
             progress(f"building {label} on {placement.kind} ({_gib(placement.need_bytes)} of {placement.dtype} weights)")
             model = _random_model(load_config(src), placement, seed)

@@ -162,3 +162,38 @@ def test_token_label_makes_whitespace_visible():
     assert playground.token_label(" the") == "␣the"
     assert playground.token_label("\n") == "⏎"
     assert playground.token_label("x" * 20, width=5) == "xxxx…"
+
+
+def test_fewer_layers_requests():
+    runs = playground.requests_for([("deepseek-v3", "deepseek-v3"), ("gpt2", "gpt2")], "layers", "cpu", layers=5)
+    (_, _, ds), (_, _, g2) = runs
+    assert ds.mode == g2.mode == "full" and ds.source["num_hidden_layers"] == 5 and g2.source["n_layer"] == 5
+    assert ds.source["_name_or_path"] == "DeepSeek V3 / R1 [5 of 61 layers]"
+    whole = playground.requests_for([("gpt2", "gpt2")], "layers", "cpu", layers=500)[0][2]
+    assert whole.source["n_layer"] == 12 and playground.full_depth("deepseek-v3") == 61
+    for bad in (1, 0, True, "4"):
+        with pytest.raises(ArchLabError, match="at least 2 layers"):
+            playground.requests_for([("gpt2", "gpt2")], "layers", "cpu", layers=bad)
+
+
+def test_fewer_layers_mode_extrapolates_to_full_depth():
+    at = page("views/playground.py", models="gpt2,qwen3-0.6b", mode="layers", layers="3", device="cpu", tokens="4")
+    assert at.number_input(key="_w_layers").value == 3
+    generate(at)
+    no_errors(at)
+    stats = next(d.value for d in at.dataframe if "TTFT (ms)" in d.value.columns)
+    assert list(stats["model"]) == ["GPT-2 (124M) [3 of 12 layers] (full width, random)",
+                                    "Qwen3 0.6B [3 of 28 layers] (full width, random)"]
+    depth = next(d.value for d in at.dataframe if "per layer (ms)" in d.value.columns)
+    assert list(depth["layers run"]) == [3, 3] and list(depth["of"]) == [12, 28]
+    assert (depth["step at k (ms)"] > 0).all() and (depth["step at k − 1 (ms)"] > 0).all()
+    for _, row in depth.iterrows():  # an extrapolation, or the reason there is none (timing noise)
+        extrapolated = row["tok/s at full depth (extrapolated)"]
+        if row["per layer (ms)"] > 0:
+            step_ms, per_ms, k, n = row["step at k (ms)"], row["per layer (ms)"], row["layers run"], row["of"]
+            assert extrapolated == pytest.approx(1000 / (step_ms + (n - k) * per_ms)) and "assumed" in row["how"]
+        else:
+            assert pd.isna(extrapolated) and "noise" in row["how"]
+    shown = " ".join(m.value for m in at.markdown)
+    if (depth["per layer (ms)"] > 0).any():
+        assert "(extrapolated)" in shown

@@ -29,7 +29,17 @@ def _settings(hw: dict) -> dict:
                        format_func=playground.MODES.get,
                        help="Miniatures keep each architecture (attention kind, layer pattern, MoE shape) at a "
                        "tiny width with random weights. Full size builds the real shape with random weights, where "
-                       "memory allows. Pretrained loads the sidebar's checkpoint folder (safetensors).")
+                       "memory allows. Full width, fewer layers builds the real shape with only its first k decoder "
+                       "layers, for models too large for this machine: the decode step is then timed at k and k − 1 "
+                       "layers and extrapolated to full depth. Pretrained loads the sidebar's checkpoint folder "
+                       "(safetensors).")
+        layers = playground.DEFAULT_LAYERS
+        if mode == "layers":
+            layers = setting("layers", playground.DEFAULT_LAYERS, st.number_input, int_in(2, 1000),
+                             label="Layers run (k)", min_value=2, max_value=1000, step=1,
+                             help="The first k decoder layers at full width (a model with fewer runs whole). "
+                             "Pick k past any prefix of special layers (DeepSeek-V3 and Kimi K2: 3 and 1 dense "
+                             "layers first), so that layer k is like the layers it stands for.")
     with c[1]:
         device = setting("device", "auto", st.selectbox, choice(devices), label="Device", options=devices,
                          format_func=playground.DEVICE_LABELS.get,
@@ -57,16 +67,17 @@ def _settings(hw: dict) -> dict:
         stop = setting("stop", "", st.text_input, label="Stop strings", placeholder=r"e.g. \n, ###",
                        help=r"Comma-separated; \n is a newline, \t a tab, \, a comma.")
     return dict(mode=mode, device=device, max_new=max_new, temp=temp, top_p=top_p, seed=seed, stop=stop,
-                compile=compile_)
+                compile=compile_, layers=int(layers))
 
 
 def _start(models: list[_state.Model], prompt: str, s: dict) -> None:
     """Validate the settings and start a run (errors shown by the caller's guard)."""
     checkpoint = st.session_state.get("checkpoint_path", "")
     runs = playground.requests_for([(m.id, m.source) for m in models], s["mode"], s["device"],
-                                   bool(s["compile"]), checkpoint)
+                                   bool(s["compile"]), checkpoint, s["layers"])
     colors = model_colors([m.id for m in models] + [i for i, _, _ in runs])
-    slots = [SlotModel(i, _state.label_of(i), colors[i], not playground.is_dense(src)) for i, src, _ in runs]
+    slots = [SlotModel(i, _state.label_of(i), colors[i], not playground.is_dense(src),
+                       playground.full_depth(src) if s["mode"] == "layers" else None) for i, src, _ in runs]
     settings = GenerationSettings(max_new_tokens=int(s["max_new"]), temperature=float(s["temp"]),
                                   top_p=float(s["top_p"]), stop=playground.parse_stop(s["stop"]), seed=int(s["seed"]))
     _live.replace(LiveRun.start(slots, [r for _, _, r in runs], prompt, settings, _live.session_id()))
@@ -90,7 +101,27 @@ def _column(live: LiveRun, slot: int, v: playground.SlotView) -> None:
     st.code(v.text or " ", language=None, wrap_lines=True, height=260)
 
 
+def _depth(live: LiveRun) -> None:
+    """Full width, fewer layers: time one layer more and one less, show the extrapolation."""
+    if playground.depth_pending(live):
+        with st.spinner("Timing the decode step at k and k − 1 layers…"):
+            playground.measure_depth(live)
+        st.rerun()  # the columns show the extrapolated speed too
+    table = playground.depth_table(live)
+    if table.empty:
+        return
+    st.subheader("Extrapolated to full depth")
+    _ui.frame(table, "playground depth extrapolation", hide_index=True, width="stretch",
+              column_config={c: MS for c in table.columns if "(ms)" in c or "tok/s" in c},
+              caption="Each model ran at full width with its first k decoder layers (random weights). Its decode "
+              "step was then timed alone at k layers and at k − 1 (a view sharing the same weights), as it "
+              "decodes here (CUDA graph on a GPU). Full depth ≈ step(k) + (layers − k) × (step(k) − step(k − 1)). "
+              "An estimate, not a measurement: it holds when the layers past k are like layer k.")
+
+
 def _results(live: LiveRun) -> None:
+    if live.done:
+        _depth(live)
     st.subheader("Timings")
     _ui.frame(playground.stats_table(live), "playground timings", hide_index=True, width="stretch",
               caption="TTFT: prompt tokenization + prefill + first token. tok/s: decode speed after the first "
