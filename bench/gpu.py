@@ -258,7 +258,8 @@ def run_model(key: str, depths, tokens: int, bw: float, skip_hf: bool, compile_m
         w_pred = memory.weight_bytes(d, "bf16")
         with torch.inference_mode():  # allocate cuBLAS workspaces once, outside the KV measurement
             model(input_ids=prompt(model)[:, :4])
-        row = {"model": name, "key": key, "layers": layers or count_layers(d), "params": count.total,
+        row = {"model": name, "key": key, "layers": layers or count_layers(d), "variant": bool(layers),
+               "params": count.total,
                "active": count.active, "build_s": build_s,
                "weights_predicted": w_pred, "weights_measured": int(w_measured),
                "weights_error_pct": 100 * (w_measured - w_pred) / w_pred,
@@ -304,9 +305,10 @@ def count_layers(d: dict) -> int:
 def extrapolate(rows: list[dict], key: str) -> dict | None:
     """Full-depth tok/s from two separately built depths (per-layer cost = slope), beside the Playground's
     in-model estimate (one loaded model, timed at k and at a (k-1)-layer view of it) from each depth."""
-    r = sorted((x for x in rows if x["key"] == key and x["layers"]), key=lambda x: x["layers"])
+    r = sorted((x for x in rows if x["key"] == key and x["variant"]), key=lambda x: x["layers"])
     if len(r) < 2:
         return None
+    whole = next((x for x in rows if x["key"] == key and not x["variant"]), None)
     a, b = r[0], r[-1]
     full = count_layers(catalog.raw_config(key))
     full_count = counting.count_params(key)
@@ -315,6 +317,7 @@ def extrapolate(rows: list[dict], key: str) -> dict | None:
             "full_layers": full, "extrapolated_tok_s": depth.two_depth_tok_s(a["layers"], a["fast_tok_s"],
                                                                             b["layers"], b["fast_tok_s"], full),
             "in_model_estimates": {x["layers"]: x.get("in_model_estimate") for x in r},
+            "measured_full_tok_s": whole["fast_tok_s"] if whole else None,
             "full_params": full_count.total, "full_active": full_count.active,
             "note": f"measured at {a['layers']} and {b['layers']} layers, full width; layers past the first "
                     f"{a['layers']} assumed to cost what the measured extra layers cost"}
@@ -336,7 +339,9 @@ def table(rows: list[dict], extra: list[dict]) -> str:
         one = ", ".join(f"{v['full_tok_s']:.1f} tok/s ({v['per_layer_ms']:.3f} ms/layer) at {k} layers"
                         for k, v in e["in_model_estimates"].items() if v)
         lines.append(f"{e['model']} extrapolated to {e['full_layers']} layers: {e['extrapolated_tok_s']:.1f} tok/s "
-                     f"({e['per_layer_ms']:.3f} ms per added layer); in-model estimates: {one}")
+                     f"({e['per_layer_ms']:.3f} ms per added layer); in-model estimates: {one}"
+                     + (f"; measured at full depth: {e['measured_full_tok_s']:.1f} tok/s"
+                        if e["measured_full_tok_s"] else ""))
     return "\n".join(lines)
 
 
@@ -349,6 +354,8 @@ def main() -> None:
     ap.add_argument("--no-shard", action="store_true", help="skip the sharding checks")
     ap.add_argument("--no-models", action="store_true", help="only the sharding checks")
     ap.add_argument("--tag", default="", help="suffix of the results file name")
+    ap.add_argument("--depths", default="", help="also run fewer-layer variants, e.g. qwen3-30b-a3b=4,5 "
+                    "(with the full model in the plan too, the extrapolation is checked against it)")
     ap.add_argument("--compile", default="", help="models to also run with torch.compile inside the graph")
     ap.add_argument("--out", default=os.environ.get("OUT", ""))
     a = ap.parse_args()
@@ -363,6 +370,9 @@ def main() -> None:
     plan = SMOKE if a.smoke else PLAN
     if a.only:
         plan = [p for p in plan if p[0] in a.only.split(",")]
+    for item in filter(None, a.depths.split(";")):
+        key, _, ks = item.partition("=")
+        plan.append((key, tuple(int(k) for k in ks.split(","))))
     if a.no_models:
         plan = []
     rows = []
@@ -373,7 +383,7 @@ def main() -> None:
         except torch.cuda.OutOfMemoryError as e:
             log(f"!! {key}: out of memory: {str(e).splitlines()[0]}")
             gc.collect(); torch.cuda.empty_cache()
-    extra = [e for e in (extrapolate(rows, k) for k, _ in plan) if e]
+    extra = [e for e in (extrapolate(rows, k) for k in dict.fromkeys(k for k, _ in plan)) if e]
     shard = None if a.no_shard else sharding_check()
     multi = multi_gpu_check() if torch.cuda.device_count() >= 2 and not a.no_shard else None
     result = {"gpu": gpu, "gpus": torch.cuda.device_count(), "torch": torch.__version__,

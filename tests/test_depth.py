@@ -58,3 +58,23 @@ def test_extrapolation_arithmetic():
     assert not noisy.measurable and math.isnan(noisy.full_tok_s) and "noise" in noisy.note
     with pytest.raises(ArchLabError):
         depth.two_depth_tok_s(4, 200.0, 4, 160.0, 61)
+
+
+@pytest.mark.gpu
+def test_fewer_layers_on_gpu_through_the_playground_path():
+    """The Playground's flow on a GPU: a full-width 3-layer Qwen3-30B-A3B streams on the fast path, then
+    its per-layer cost is timed as CUDA graph replays and extrapolated."""
+    from backend import playground, runtime
+    from backend.generation import GenerationSettings
+
+    (_, src, request), = playground.requests_for([("qwen3-30b-a3b", "qwen3-30b-a3b")], "layers", "cuda", layers=3)
+    slot = playground.SlotModel("qwen3-30b-a3b", "Qwen3", "#000", True, playground.full_depth(src))
+    live = playground.LiveRun.start([slot], [request], "Hello", GenerationSettings(max_new_tokens=16))
+    live.run.join(300)
+    assert live.run.stats(0)["status"] == "finished" and live.run.stats(0)["fast_path"]
+    playground.measure_depth(live)
+    e = live.depth[0]
+    assert isinstance(e, depth.DepthEstimate), e
+    assert e.graph and e.measurable and e.layers == 3 and e.full_layers == 48
+    assert 0 < e.full_tok_s < 1 / e.step_s
+    runtime.release(request)
