@@ -353,6 +353,8 @@ def main() -> None:
     ap.add_argument("--skip-hf", action="store_true")
     ap.add_argument("--no-shard", action="store_true", help="skip the sharding checks")
     ap.add_argument("--no-models", action="store_true", help="only the sharding checks")
+    ap.add_argument("--multi", action="store_true", help="run the several-GPU check on one GPU too (a smoke "
+                    "test of its code: the 'sharded' model then sits on that one GPU)")
     ap.add_argument("--tag", default="", help="suffix of the results file name")
     ap.add_argument("--depths", default="", help="also run fewer-layer variants, e.g. qwen3-30b-a3b=4,5 "
                     "(with the full model in the plan too, the extrapolation is checked against it)")
@@ -385,7 +387,7 @@ def main() -> None:
             gc.collect(); torch.cuda.empty_cache()
     extra = [e for e in (extrapolate(rows, k) for k in dict.fromkeys(k for k, _ in plan)) if e]
     shard = None if a.no_shard else sharding_check()
-    multi = multi_gpu_check() if torch.cuda.device_count() >= 2 and not a.no_shard else None
+    multi = multi_gpu_check() if (torch.cuda.device_count() >= 2 or a.multi) and not a.no_shard else None
     result = {"gpu": gpu, "gpus": torch.cuda.device_count(), "torch": torch.__version__,
               "transformers": transformers.__version__, "copy_bandwidth_Bps": bw, "rows": rows,
               "extrapolated": extra, "sharding": shard, "multi_gpu": multi, "tokens": a.tokens, "smoke": a.smoke,
