@@ -190,11 +190,12 @@ class _GraphStepper:
     fast = True
 
     def __init__(self, lm: LoadedModel, capture: bool, needed: int):
-        if lm.decoder is None or lm.decoder.max_cache_len < needed or lm.decoder.taps is None and capture:
+        size = cache_bucket(needed)
+        if lm.decoder is None or lm.decoder.max_cache_len != size or lm.decoder.taps is None and capture:
             if lm.decoder is not None:
                 lm.decoder.close()
-            lm.decoder = GraphDecoder(lm.model, max(needed, FAST_CACHE_TOKENS), capture_routing=capture,
-                                      compile=lm.request.compile)
+                lm.decoder = None  # its cache and graph pool are freed before the next is allocated
+            lm.decoder = GraphDecoder(lm.model, size, capture_routing=capture, compile=lm.request.compile)
         self.dec = lm.decoder
         self.tok = None
 
@@ -213,8 +214,15 @@ class _GraphStepper:
         return next_id, ({layer: (i, w) for layer, i, w in layers} if out.routing else None)
 
 
-#: static cache length the GPU fast path allocates (longer requests get a longer one)
-FAST_CACHE_TOKENS = 4096
+#: shortest static cache of the GPU fast path; longer requests get the next power of two
+MIN_CACHE_TOKENS = 256
+
+
+def cache_bucket(needed: int) -> int:
+    """Static cache length for a request of ``needed`` positions: the next power of two, at least
+    ``MIN_CACHE_TOKENS``. Every decode step attends over the whole static cache (masked), so a cache
+    far longer than the request slows each step; buckets keep re-captures rare."""
+    return max(MIN_CACHE_TOKENS, 1 << max(needed - 1, 1).bit_length())
 
 
 def _stepper(lm: LoadedModel, capture: bool, needed: int):

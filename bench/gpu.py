@@ -5,7 +5,8 @@
 Per model (random bf16 weights, batch 1): parameters, active parameters, bandwidth floor
 (2 bytes × active / measured copy bandwidth), HF ``generate`` tok/s, our fast path's tok/s with
 streaming (one host copy per token) and routing capture on, weights and KV cache predicted by
-``backend.memory`` vs measured with ``torch.cuda.memory_allocated``. Models too large for the GPU
+``backend.memory`` vs measured with ``torch.cuda.memory_allocated``, and the Playground's own
+path end to end ("app": ``GenerationRun`` in a worker thread, detokenizing and emitting events). Models too large for the GPU
 run "full width, fewer layers" at two depths; the per-layer cost is extrapolated to full depth.
 Sharding: a model split by a device map between the GPU and the CPU generates the same greedy tokens
 as on the GPU alone; with several GPUs, the app's loader shards a model over all of them (same
@@ -72,12 +73,11 @@ def truncated(key: str, layers: int | None) -> dict:
 
 
 def build(cfg_dict: dict):
-    from transformers import AutoModelForCausalLM
+    """The app's own loader: random bf16 weights on one GPU (``runtime.load``, with its memory guard)."""
+    from backend import runtime
 
-    cfg = configs.load_config(cfg_dict)
-    with torch.device("cuda"):
-        model = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16)
-    return model.eval()
+    request = runtime.ModelRequest(cfg_dict, mode="full", device="cuda", dtype="bf16")
+    return request, runtime.load(request).model
 
 
 def measure_kv(model, cfg_dict: dict, context: int) -> dict:
@@ -251,7 +251,7 @@ def run_model(key: str, depths, tokens: int, bw: float, skip_hf: bool, compile_m
         gc.collect(); torch.cuda.empty_cache(); torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
         t = time.perf_counter()
-        model = build(d)
+        request, model = build(d)
         torch.cuda.synchronize()
         build_s = time.perf_counter() - t
         w_measured = torch.cuda.memory_allocated() - base
@@ -287,6 +287,8 @@ def run_model(key: str, depths, tokens: int, bw: float, skip_hf: bool, compile_m
             row["in_model_estimate"] = {"per_layer_ms": est.per_layer_s * 1e3, "full_tok_s": est.full_tok_s,
                                         "step_ms": est.step_s * 1e3, "shallower_step_ms": est.shallower_step_s * 1e3}
         row["hf_tok_s"] = None if skip_hf else hf_generate_speed(model, min(tokens, 32))
+        app = _stream_speed(request, tokens)  # the Playground's path: worker thread, detokenizing, events
+        row.update(app_stream_tok_s=app["tok_s"], app_fast_path=app["fast_path"])
         row["peak_bytes"] = torch.cuda.max_memory_allocated() - base
         log(json.dumps({k: v for k, v in row.items() if k != "kv"}, default=str))
         for kv in row["kv"]:
@@ -294,7 +296,9 @@ def run_model(key: str, depths, tokens: int, bw: float, skip_hf: bool, compile_m
                 f"measured {kv['measured_bytes'] / GiB:.3f} GiB ({kv['error_pct']:+.2f} %)")
         rows.append(row)
         del model
-        gc.collect(); torch.cuda.empty_cache()
+        from backend import runtime
+
+        runtime.release(request)
     return rows
 
 
@@ -325,14 +329,14 @@ def extrapolate(rows: list[dict], key: str) -> dict | None:
 
 def table(rows: list[dict], extra: list[dict]) -> str:
     head = (f"{'model':34s} {'params':>8s} {'active':>8s} {'floor':>7s} {'HF gen':>7s} {'ours':>7s} "
-            f"{'%floor':>6s} {'no-rt':>7s} {'w pred':>8s} {'w meas':>8s} {'kv err %':>16s}")
+            f"{'%floor':>6s} {'no-rt':>7s} {'app':>7s} {'w pred':>8s} {'w meas':>8s} {'kv err %':>16s}")
     lines = [head, "-" * len(head)]
     for r in rows:
         kv = "/".join(f"{k['error_pct']:+.1f}" for k in r["kv"])
         hf = f"{r['hf_tok_s']:.1f}" if r["hf_tok_s"] else "—"
         lines.append(f"{r['model']:34s} {r['params'] / 1e9:7.2f}B {r['active'] / 1e9:7.2f}B {r['floor_tok_s']:7.0f} "
                      f"{hf:>7s} {r['fast_tok_s']:7.1f} {100 * r['fast_tok_s'] / r['floor_tok_s']:5.0f}% "
-                     f"{r['fast_no_routing_tok_s']:7.1f} {r['weights_predicted'] / GiB:7.2f}G "
+                     f"{r['fast_no_routing_tok_s']:7.1f} {r['app_stream_tok_s']:7.1f} {r['weights_predicted'] / GiB:7.2f}G "
                      f"{r['weights_measured'] / GiB:7.2f}G {kv:>16s}"
                      + (f"  compiled {r['compiled_tok_s']:.1f}" if r.get("compiled_tok_s") else ""))
     for e in extra:
