@@ -162,7 +162,8 @@ class _PlainStepper:
         self.model = lm.model
         self.recorder = RoutingRecorder(lm.model, lm.spec) if capture else None
         self.past = None
-        on_cpu = lm.input_device.type == "cpu"
+        self.device = lm.input_device
+        on_cpu = self.device.type == "cpu"
         self.turn = CPU_TURN if on_cpu else contextlib.nullcontext()
 
     def __enter__(self):
@@ -174,8 +175,11 @@ class _PlainStepper:
         if self.recorder is not None:
             self.recorder.__exit__(*exc)
 
-    def advance(self, inputs, settings: GenerationSettings, gen):
-        """Run ``inputs`` [1,T]; return (next token id, {layer: (indices, weights)} or None)."""
+    def advance(self, ids: list[int], settings: GenerationSettings, gen):
+        """Run the token ids ``ids``; return (next token id, {layer: (indices, weights)} or None)."""
+        import torch
+
+        inputs = torch.tensor([ids], device=self.device)
         with self.turn:
             out = self.model(input_ids=inputs, past_key_values=self.past, use_cache=True, logits_to_keep=1)
             self.past = out.past_key_values
@@ -206,8 +210,11 @@ class _GraphStepper:
     def __exit__(self, *exc):
         pass
 
-    def advance(self, inputs, settings: GenerationSettings, gen):
-        out = self.dec.prefill(inputs) if self.tok is None else self.dec.step(self.tok)
+    def advance(self, ids: list[int], settings: GenerationSettings, gen):
+        """The prompt ``ids`` first, then the token sampled on the device last time (``ids`` unused)."""
+        import torch
+
+        out = self.dec.prefill(torch.tensor([ids])) if self.tok is None else self.dec.step(self.tok)
         self.tok = sample(out.logits, settings.temperature, settings.top_p, gen)
         packed, unpack = pack_step(self.tok, out)
         next_id, layers = unpack(packed.cpu())  # the one host copy of a step
@@ -377,7 +384,7 @@ class GenerationRun:
         stepper = _stepper(lm, capture, n_prompt + max_new + 1)
         st.fast_path = stepper.fast
         gen = torch.Generator(device=dev).manual_seed(s.seed) if s.temperature > 0 else None
-        inputs, step, emitted, generated = ids.to(dev), 0, "", []
+        inputs, step, emitted, generated = ids[0].tolist(), 0, "", []  # host ids: no device round trip
         t_first = t_last = None
         reason = "length"
         with stepper:
@@ -392,7 +399,7 @@ class GenerationRun:
                     st.ttft_s = now - t0
                 t_last = now
                 if capture:
-                    record = StepRouting(step, inputs[0].tolist(), layers or {})
+                    record = StepRouting(step, inputs, layers or {})
                     st.trace.add(record)
                     self._emit(Routing(slot, st.label, step, record))
                 if next_id in eos:
@@ -414,7 +421,7 @@ class GenerationRun:
                 self._emit(Token(slot, st.label, step, next_id, delta, now - t0))
                 if last:
                     break
-                inputs = torch.tensor([[next_id]], device=dev)
+                inputs = [next_id]
                 step += 1
         total = time.perf_counter() - t0
         n = len(generated)
