@@ -106,7 +106,7 @@ def test_full_width_fewer_layers(key, k):
     full, cut = arch_spec(key), arch_spec(with_layers(key, k))
     assert cut.num_layers == k and cut.hidden_size == full.hidden_size
     assert cut.layers == full.layers[:k]  # same per-layer pattern, cut
-    assert "full width" in with_layers(key, k)["_name_or_path"]
+    assert with_layers(key, k)["_name_or_path"].endswith(f"[{k} of {full.num_layers} layers]")
 
 
 @pytest.mark.parametrize("k", [0, 62, "3", True])
