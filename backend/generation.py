@@ -153,6 +153,41 @@ def _stop_hold(text: str, stops: tuple[str, ...]) -> int:
 CPU_TURN = threading.Lock()
 
 
+class IncrementalText:
+    """The text of a growing list of generated tokens, decoding only the last few tokens per step.
+
+    Decoding the whole list at every step is quadratic over a run. As in vLLM's incremental
+    detokenizer, the tokens from ``prefix`` on are decoded with and without the newest ones and the
+    difference is the new text; offsets move on once it ends in a whole character. Decoding from
+    the same offset both times keeps tokenizers that treat a sequence's first token specially
+    (SentencePiece's leading space) consistent.
+    """
+
+    def __init__(self, tokenizer):
+        self.tokenizer, self.ids, self.text = tokenizer, [], ""
+        self.prefix = self.read = 0
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def _pending(self) -> str:
+        before = self._decode(self.ids[self.prefix:self.read])
+        return self._decode(self.ids[self.prefix:])[len(before):]
+
+    def add(self, token_id: int) -> str:
+        """Append a token; returns the text so far (an unfinished multi-byte character held back)."""
+        self.ids.append(token_id)
+        new = self._pending()
+        if new and not new.endswith("\ufffd"):
+            self.text += new
+            self.prefix, self.read = self.read, len(self.ids)
+        return self.text
+
+    def flush(self) -> str:
+        """The text with whatever is still held back (the end of the run)."""
+        return self.text + self._pending()
+
+
 class _PlainStepper:
     """transformers forward with a growing cache; routing read by forward hooks. Any device or map."""
 
@@ -385,6 +420,7 @@ class GenerationRun:
         st.fast_path = stepper.fast
         gen = torch.Generator(device=dev).manual_seed(s.seed) if s.temperature > 0 else None
         inputs, step, emitted, generated = ids[0].tolist(), 0, "", []  # host ids: no device round trip
+        text, longest_stop = IncrementalText(tok), max((len(x) for x in s.stop), default=1)
         t_first = t_last = None
         reason = "length"
         with stepper:
@@ -407,9 +443,14 @@ class GenerationRun:
                     break
                 generated.append(next_id)
                 st.token_ids.append(next_id)
-                full = tok.decode(generated, skip_special_tokens=True)
-                hit = min((p for p in (full.find(x) for x in s.stop) if p >= 0), default=-1)
+                seen = len(text.text)
+                full = text.add(next_id)
+                # a stop string can only end in the new text: search from just before it
+                since = max(0, seen - longest_stop + 1)
+                hit = min((p for p in (full.find(x, since) for x in s.stop) if p >= 0), default=-1)
                 last = hit >= 0 or len(generated) >= max_new
+                if last and hit < 0:
+                    full = text.flush()  # the bytes of an unfinished character, if any
                 if hit >= 0:
                     full, reason = full[:hit], "stop"
                 safe = full if last else full[: len(full) - _stop_hold(full, s.stop)]

@@ -159,3 +159,35 @@ def test_prompt_validated():
         GenerationRun([], PROMPT, GenerationSettings())
     run, events = _run([ModelRequest("gpt2", size="tiny")], prompt="word " * 1100)  # GPT-2 takes 1,024 positions
     assert isinstance(events[-1], Failed) and "at most 1,024" in events[-1].message
+
+
+def _metaspace_tokenizer():
+    """A SentencePiece-style tokenizer (▁ for spaces, the first token's leading space dropped when decoding)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {w: i for i, w in enumerate(["<unk>", "▁Hello", "▁world", "!", "▁a", "b", "▁", "é"])}
+    t = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    t.pre_tokenizer = pre_tokenizers.Metaspace()
+    t.decoder = decoders.Metaspace()
+    return PreTrainedTokenizerFast(tokenizer_object=t, unk_token="<unk>")
+
+
+@pytest.mark.parametrize("which", ["offline", "metaspace"])
+def test_incremental_text_equals_decoding_everything(which):
+    import random
+
+    from backend.generation import IncrementalText
+    from backend.tokenizer import load_offline
+
+    tok = load_offline() if which == "offline" else _metaspace_tokenizer()
+    rng = random.Random(0)
+    for trial in range(20):
+        ids = [rng.randrange(len(tok)) for _ in range(rng.randrange(1, 120))]
+        text, shown = IncrementalText(tok), []
+        for i, t in enumerate(ids):
+            shown.append(text.add(t))
+            full = tok.decode(ids[:i + 1], skip_special_tokens=True)
+            assert full.startswith(shown[-1].rstrip("\ufffd"))  # never ahead of, never different from, the truth
+        assert text.flush() == tok.decode(ids, skip_special_tokens=True)
+        assert all(b.startswith(a) for a, b in zip(shown, shown[1:]))  # text only grows
