@@ -261,6 +261,21 @@ def memory_table(live: LiveRun) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def placement_table(live: LiveRun) -> pd.DataFrame:
+    """Per loaded model and device: weight bytes its device map puts there beside the bytes there, and
+    parameters found off their planned device (0 when the map shown is where the model really is)."""
+    rows = []
+    for request in live.run.requests:
+        if not runtime.is_loaded(request):
+            continue
+        lm = runtime.load(request)
+        for r in memcheck.placement_rows(lm):
+            rows.append({"model": lm.label, "device": r["device"], "device map (MiB)": r["planned_bytes"] / 2**20,
+                         "parameters there (MiB)": r["actual_bytes"] / 2**20, "misplaced parameters": r["misplaced"],
+                         "planned_bytes": r["planned_bytes"], "actual_bytes": r["actual_bytes"]})
+    return pd.DataFrame(rows)
+
+
 # ----------------------------------------------------------------- routing
 
 @dataclass(frozen=True)

@@ -77,7 +77,10 @@ def test_generate_streams_both_models_and_lists_stats(moe_run):
     assert (stats["TTFT (ms)"] > 0).all() and (stats["tok/s"] > 0).all()
     mem = next(d.value for d in at.dataframe if "predicted (MiB)" in d.value.columns)
     assert len(mem) == 2 and (mem["measured (MiB)"] == mem["predicted (MiB)"]).all()
-    assert labels(at, "download_button").count("CSV") == 2
+    place = next(d.value for d in at.dataframe if "misplaced parameters" in d.value.columns)
+    assert list(place["device"]) == ["cpu", "cpu"] and (place["misplaced parameters"] == 0).all()
+    assert (place["device map (MiB)"] == place["parameters there (MiB)"]).all()
+    assert labels(at, "download_button").count("CSV") == 3
     assert at.text_area(key="_w_pg_prompt").value == "Hello there, experts"
     at.switch_page("views/architectures.py").run()
     at.switch_page("views/playground.py").run()  # the prompt and the finished run survive a page switch

@@ -138,6 +138,15 @@ def _results(live: LiveRun) -> None:
               column_config={c: MIB for c in shown.columns if "MiB" in c},
               caption="Predicted from the config (parameters × bytes of the dtype; the GPU fast path's static KV "
               "cache) beside what the tensors and the GPU allocator report. 1 MiB = 2²⁰ bytes; the CSV has bytes.")
+    place = playground.placement_table(live)
+    if not place.empty:
+        st.subheader("Device map vs where the weights are")
+        shown = place.drop(columns=["planned_bytes", "actual_bytes"])
+        _ui.frame(shown, "playground placement", csv=place, hide_index=True, width="stretch",
+                  column_config={c: MIB for c in shown.columns if "MiB" in c},
+                  caption="The device map the model was loaded with (one device, or accelerate's split over all "
+                  "GPUs) beside the bytes of the parameters actually on each device. Misplaced: parameters found "
+                  "on another device than their module's entry in the map.")
 
 
 def _page() -> None:
