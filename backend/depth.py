@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Optional
 
 from .configs import load_config, with_layers
 from .errors import ArchLabError
@@ -22,16 +23,22 @@ STEPS, WARM, PROMPT, ROUNDS = 32, 4, 8, 2
 
 @dataclass(frozen=True)
 class DepthEstimate:
-    """Per-layer decode cost measured at ``layers`` and ``layers - 1``, extrapolated to ``full_layers``."""
+    """Per-layer decode cost measured at ``layers`` and ``shallower_layers``, extrapolated to ``full_layers``."""
     layers: int
     full_layers: int
     step_s: float            # decode step at ``layers``
-    shallower_step_s: float  # decode step at ``layers - 1``
+    shallower_step_s: float  # decode step at ``shallower_layers``
     graph: bool              # timed as CUDA graph replays (else eager static-cache steps)
+    shallower_layers: Optional[int] = None  # default ``layers - 1``
+
+    @property
+    def below(self) -> int:
+        """The shallower depth timed."""
+        return self.layers - 1 if self.shallower_layers is None else self.shallower_layers
 
     @property
     def per_layer_s(self) -> float:
-        return self.step_s - self.shallower_step_s
+        return (self.step_s - self.shallower_step_s) / (self.layers - self.below)
 
     @property
     def measurable(self) -> bool:
@@ -49,9 +56,9 @@ class DepthEstimate:
     @property
     def note(self) -> str:
         if not self.measurable:
-            return (f"the step at {self.layers} layers was not slower than at {self.layers - 1} "
+            return (f"the step at {self.layers} layers was not slower than at {self.below} "
                     "(timing noise): no extrapolation; run again on an idle machine")
-        return (f"decode step timed at {self.layers} and {self.layers - 1} layers "
+        return (f"decode step timed at {self.layers} and {self.below} layers "
                 f"({'CUDA graph' if self.graph else 'eager'}); layers {self.layers + 1}–{self.full_layers} "
                 f"assumed to cost what layer {self.layers} costs")
 
@@ -60,9 +67,8 @@ def two_depth_tok_s(a_layers: int, a_tok_s: float, b_layers: int, b_tok_s: float
     """tok/s at ``full_layers`` from decode speeds measured at two depths (per-layer cost = the slope)."""
     if a_layers == b_layers or min(a_tok_s, b_tok_s) <= 0:
         raise ArchLabError("need two different depths with positive speeds")
-    step_a, step_b = 1 / a_tok_s, 1 / b_tok_s
-    per_layer = (step_b - step_a) / (b_layers - a_layers)
-    return 1 / (step_a + per_layer * (full_layers - a_layers))
+    (lo, lo_tok_s), (hi, hi_tok_s) = sorted([(a_layers, a_tok_s), (b_layers, b_tok_s)])
+    return DepthEstimate(hi, full_layers, 1 / hi_tok_s, 1 / lo_tok_s, True, lo).full_tok_s
 
 
 def num_layers(model) -> int:

@@ -79,8 +79,7 @@ def placement_check(model, device_map: dict[str, str]) -> dict:
             continue
         seen.add(id(p))
         size = p.numel() * p.element_size()
-        want = _planned_device(name, device_map)
-        want = f"cuda:{want}" if isinstance(want, int) else str(want)
+        want = str(_planned_device(name, device_map))
         planned[want] = planned.get(want, 0) + size
         actual[str(p.device)] = actual.get(str(p.device), 0) + size
         if str(p.device) != want:

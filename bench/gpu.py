@@ -316,10 +316,9 @@ def extrapolate(rows: list[dict], key: str) -> dict | None:
     a, b = r[0], r[-1]
     full = count_layers(catalog.raw_config(key))
     full_count = counting.count_params(key)
-    step_a, step_b = 1 / a["fast_tok_s"], 1 / b["fast_tok_s"]
-    return {"model": key, "per_layer_ms": (step_b - step_a) / (b["layers"] - a["layers"]) * 1e3,
-            "full_layers": full, "extrapolated_tok_s": depth.two_depth_tok_s(a["layers"], a["fast_tok_s"],
-                                                                            b["layers"], b["fast_tok_s"], full),
+    est = depth.DepthEstimate(b["layers"], full, 1 / b["fast_tok_s"], 1 / a["fast_tok_s"], True, a["layers"])
+    return {"model": key, "per_layer_ms": est.per_layer_s * 1e3, "full_layers": full,
+            "extrapolated_tok_s": est.full_tok_s,
             "in_model_estimates": {x["layers"]: x.get("in_model_estimate") for x in r},
             "measured_full_tok_s": whole["fast_tok_s"] if whole else None,
             "full_params": full_count.total, "full_active": full_count.active,
