@@ -14,9 +14,9 @@ import json
 import sys
 from pathlib import Path
 
-from . import catalog
-from .configs import ModelSource, label, parse_config_text
-from .errors import ArchLabError
+from .arch import catalog
+from .arch.configs import ModelSource, label, parse_config_text
+from .arch.errors import ArchLabError
 
 GB = 1e9
 GiB = 1024 ** 3
@@ -40,7 +40,7 @@ def list_rows() -> list[dict]:
 
 
 def params_rows(keys: list[str]) -> list[dict]:
-    from .counting import COMPONENTS, count_params
+    from .arch.counting import COMPONENTS, count_params
 
     rows = []
     for key in keys:
@@ -53,7 +53,7 @@ def params_rows(keys: list[str]) -> list[dict]:
 
 
 def memory_rows(keys: list[str], context: int, dtype: str, batch: int, kv_dtype: str | None) -> list[dict]:
-    from .memory import kv_cache, weight_bytes
+    from .arch.memory import kv_cache, weight_bytes
 
     rows = []
     for key in keys:
@@ -67,7 +67,7 @@ def memory_rows(keys: list[str], context: int, dtype: str, batch: int, kv_dtype:
 
 
 def plan_rows(keys: list[str], gpus: int, gpu_gib: float, dtype: str) -> list[dict]:
-    from .memory import device_plan
+    from .arch.memory import device_plan
 
     rows = []
     for key in keys:

@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CHILD = r"""
 import json, sys, time
 t0 = time.perf_counter()
-from backend import catalog, counting, memory
+from backend.arch import catalog, counting, memory
 def table():
     rows = []
     for key in catalog.keys():

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import torch
 
-from backend import catalog
-from backend.generation import Failed, GenerationRun, GenerationSettings
-from backend.runtime import ModelRequest, hardware, load, release
+from backend.arch import catalog
+from backend.live.generation import Failed, GenerationRun, GenerationSettings
+from backend.live.runtime import ModelRequest, hardware, load, release
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PROMPT = "Mixture-of-experts layers route each token to a few experts, so that"

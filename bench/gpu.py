@@ -5,7 +5,7 @@
 Per model (random bf16 weights, batch 1): parameters, active parameters, bandwidth floor
 (2 bytes × active / measured copy bandwidth), HF ``generate`` tok/s, our fast path's tok/s with
 streaming (one host copy per token) and routing capture on, weights and KV cache predicted by
-``backend.memory`` vs measured with ``torch.cuda.memory_allocated``, and the Playground's own
+``backend.arch.memory`` vs measured with ``torch.cuda.memory_allocated``, and the Playground's own
 path end to end ("app": ``GenerationRun`` in a worker thread, detokenizing and emitting events). Models too large for the GPU
 run "full width, fewer layers" at two depths; the per-layer cost is extrapolated to full depth.
 Sharding: a model split by a device map between the GPU and the CPU generates the same greedy tokens
@@ -29,8 +29,9 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from backend import catalog, configs, counting, depth, memory  # noqa: E402
-from backend.fastdecode import GraphDecoder, pack_step, sample  # noqa: E402
+from backend.arch import catalog, configs, counting, memory  # noqa: E402
+from backend.live import depth  # noqa: E402
+from backend.live.fastdecode import GraphDecoder, pack_step, sample  # noqa: E402
 
 GiB = 1024 ** 3
 
@@ -74,7 +75,7 @@ def truncated(key: str, layers: int | None) -> dict:
 
 def build(cfg_dict: dict):
     """The app's own loader: random bf16 weights on one GPU (``runtime.load``, with its memory guard)."""
-    from backend import runtime
+    from backend.live import runtime
 
     request = runtime.ModelRequest(cfg_dict, mode="full", device="cuda", dtype="bf16")
     return request, runtime.load(request).model
@@ -173,8 +174,8 @@ def sharding_check(key: str = "qwen3-0.6b", n: int = 24) -> dict:
     from accelerate import dispatch_model, infer_auto_device_map
     from transformers import AutoModelForCausalLM
 
-    from backend.memcheck import placement_check
-    from backend.spec import arch_spec
+    from backend.live.memcheck import placement_check
+    from backend.arch.spec import arch_spec
 
     cfg = configs.load_config(key)
     torch.manual_seed(0)
@@ -201,7 +202,7 @@ def sharding_check(key: str = "qwen3-0.6b", n: int = 24) -> dict:
 
 def _stream_speed(request, tokens: int) -> dict:
     """Our streaming path (GenerationRun, routing on) on a loaded request: steady tok/s and path."""
-    from backend.generation import GenerationRun, GenerationSettings
+    from backend.live.generation import GenerationRun, GenerationSettings
 
     speeds = []
     for _ in range(2):  # the first run warms up (and captures the graph on one GPU)
@@ -215,7 +216,7 @@ def _stream_speed(request, tokens: int) -> dict:
 def multi_gpu_check(key: str = "llama3-8b", tokens: int = 64) -> dict:
     """Several GPUs: the app's own loader on one GPU and sharded over all (same weights): greedy tokens,
     device map vs where the parameters are, and speed (HF generate and our streaming path) on each."""
-    from backend import memcheck, runtime
+    from backend.live import memcheck, runtime
 
     one = runtime.ModelRequest(key, mode="full", device="cuda", dtype="bf16")
     many = runtime.ModelRequest(key, mode="full", device="multi-gpu", dtype="bf16")
@@ -296,7 +297,7 @@ def run_model(key: str, depths, tokens: int, bw: float, skip_hf: bool, compile_m
                 f"measured {kv['measured_bytes'] / GiB:.3f} GiB ({kv['error_pct']:+.2f} %)")
         rows.append(row)
         del model
-        from backend import runtime
+        from backend.live import runtime
 
         runtime.release(request)
     return rows

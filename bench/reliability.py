@@ -21,10 +21,10 @@ import pytest
 import torch
 from hypothesis import HealthCheck, Phase, given, settings
 
-from backend import configs
-from backend.errors import ArchLabError
-from backend.generation import GenerationRun, GenerationSettings
-from backend.runtime import ModelRequest, load, release
+from backend.arch import configs
+from backend.arch.errors import ArchLabError
+from backend.live.generation import GenerationRun, GenerationSettings
+from backend.live.runtime import ModelRequest, load, release
 from tests import test_reliability as T
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -5,7 +5,7 @@ import time
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from backend import catalog
+from backend.arch import catalog
 
 TIMEOUT = 120
 

@@ -6,9 +6,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from backend import configs, depth
-from backend.errors import ArchLabError
-from backend.miniature import miniature_config_dict
+from backend.arch import configs
+from backend.live import depth
+from backend.arch.errors import ArchLabError
+from backend.live.miniature import miniature_config_dict
 
 
 def _model(src):
@@ -64,8 +65,9 @@ def test_extrapolation_arithmetic():
 def test_fewer_layers_on_gpu_through_the_playground_path():
     """The Playground's flow on a GPU: a full-width 3-layer Qwen3-30B-A3B streams on the fast path, then
     its per-layer cost is timed as CUDA graph replays and extrapolated."""
-    from backend import playground, runtime
-    from backend.generation import GenerationSettings
+    from backend.present import playground
+    from backend.live import runtime
+    from backend.live.generation import GenerationSettings
 
     (_, src, request), = playground.requests_for([("qwen3-30b-a3b", "qwen3-30b-a3b")], "layers", "cuda", layers=3)
     slot = playground.SlotModel("qwen3-30b-a3b", "Qwen3", "#000", True, playground.full_depth(src))

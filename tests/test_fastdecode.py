@@ -3,10 +3,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from backend import configs
-from backend.fastdecode import GraphDecoder, can_use, pack_step, sample
-from backend.miniature import miniature_config_dict
-from backend.routers import router_modules
+from backend.arch import configs
+from backend.live.fastdecode import GraphDecoder, can_use, pack_step, sample
+from backend.live.miniature import miniature_config_dict
+from backend.live.routers import router_modules
 
 
 def _tiny(key):

@@ -4,10 +4,10 @@ import time
 import pytest
 import torch
 
-from backend.errors import ArchLabError
-from backend.generation import (Failed, Finished, GenerationRun, GenerationSettings, Routing, Token,
+from backend.arch.errors import ArchLabError
+from backend.live.generation import (Failed, Finished, GenerationRun, GenerationSettings, Routing, Token,
                                 _stop_hold)
-from backend.runtime import ModelRequest, load
+from backend.live.runtime import ModelRequest, load
 
 PROMPT = "def add(a, b):"
 QWEN = ModelRequest("qwen3-4b", size="tiny")
@@ -82,7 +82,7 @@ def test_eos_stops(monkeypatch):
     first = greedy.token_ids(0)[0] if greedy.token_ids(0) else None
     if first is None:
         pytest.skip("model emitted EOS at once")
-    import backend.generation as g
+    import backend.live.generation as g
 
     assert g._eos_ids(lm) == {lm.tokenizer.eos_token_id}
     monkeypatch.setattr(g, "_eos_ids", lambda _lm: {first})
@@ -177,8 +177,8 @@ def _metaspace_tokenizer():
 def test_incremental_text_equals_decoding_everything(which):
     import random
 
-    from backend.generation import IncrementalText
-    from backend.tokenizer import load_offline
+    from backend.live.generation import IncrementalText
+    from backend.live.tokenizer import load_offline
 
     tok = load_offline() if which == "offline" else _metaspace_tokenizer()
     rng = random.Random(0)

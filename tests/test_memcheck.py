@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from backend import memcheck, runtime
-from backend.generation import GenerationRun, GenerationSettings
+from backend.live import memcheck, runtime
+from backend.live.generation import GenerationRun, GenerationSettings
 
 
 @pytest.mark.parametrize("key", ["deepseek-v3", "gemma3-27b", "gpt2"])

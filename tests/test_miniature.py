@@ -4,11 +4,11 @@ from collections import Counter
 import pytest
 import torch
 
-from backend import catalog
-from backend.errors import ArchLabError
-from backend.miniature import MINIATURE_SIZES, miniature_config_dict, miniature_spec
-from backend.spec import arch_spec
-from backend.tokenizer import load_offline
+from backend.arch import catalog
+from backend.arch.errors import ArchLabError
+from backend.live.miniature import MINIATURE_SIZES, miniature_config_dict, miniature_spec
+from backend.arch.spec import arch_spec
+from backend.live.tokenizer import load_offline
 
 KEYS = catalog.keys()
 
@@ -92,7 +92,7 @@ def test_custom_config_dict():
 def test_miniature_builds_fast_and_generates(key):
     import time
 
-    from backend.runtime import ModelRequest, load, release
+    from backend.live.runtime import ModelRequest, load, release
 
     req = ModelRequest(key, size="tiny")
     t = time.perf_counter()

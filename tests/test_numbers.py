@@ -1,8 +1,8 @@
 """Numbers pinned to independent figures: official counts, hand-computed formulas."""
 import pytest
 
-from backend import catalog, counting, memory
-from backend.spec import arch_spec
+from backend.arch import catalog, counting, memory
+from backend.arch.spec import arch_spec
 
 KEYS = catalog.keys()
 

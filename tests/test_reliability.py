@@ -19,12 +19,12 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from backend import catalog, configs
-from backend.configs import LIMITS, load_config, parse_config_text
-from backend.counting import count_params, formula_params
-from backend.errors import ArchLabError
-from backend.memory import kv_cache
-from backend.spec import ArchSpec, arch_spec
+from backend.arch import catalog, configs
+from backend.arch.configs import LIMITS, load_config, parse_config_text
+from backend.arch.counting import count_params, formula_params
+from backend.arch.errors import ArchLabError
+from backend.arch.memory import kv_cache
+from backend.arch.spec import ArchSpec, arch_spec
 
 # ----------------------------------------------------------------- config mutations
 
@@ -175,10 +175,10 @@ def test_bad_configs_named(d, match):
 
 # ----------------------------------------------------------------- generation input
 
-from backend import generation, runtime  # noqa: E402
-from backend.generation import (Failed, Finished, GenerationRun, GenerationSettings, Routing,  # noqa: E402
+from backend.live import generation, runtime  # noqa: E402
+from backend.live.generation import (Failed, Finished, GenerationRun, GenerationSettings, Routing,  # noqa: E402
                                 Token, cancel_session)
-from backend.runtime import ModelRequest, load, release  # noqa: E402
+from backend.live.runtime import ModelRequest, load, release  # noqa: E402
 
 QWEN = ModelRequest("qwen3-4b", size="tiny")
 MOE = ModelRequest("deepseek-v3", size="tiny")
@@ -308,7 +308,7 @@ def _fake_hw(ram_gib: float = 0.0, gpus=()):
 
 
 def test_weights_plus_kv_checked_against_free_memory():
-    from backend.memory import GiB, weight_bytes
+    from backend.arch.memory import GiB, weight_bytes
 
     w, kv = weight_bytes("qwen3-4b", "bf16"), runtime.kv_allowance("qwen3-4b", "bf16")
     assert kv == kv_cache("qwen3-4b", runtime.KV_ALLOWANCE_TOKENS, 1, "bf16").total_bytes > 0
@@ -332,7 +332,7 @@ def test_load_refused_before_building_when_memory_is_short(monkeypatch):
 
 def test_builds_in_flight_hold_their_memory(monkeypatch):
     """Two sessions building different models at once cannot both be admitted into the same free RAM."""
-    from backend.memory import GiB, weight_bytes
+    from backend.arch.memory import GiB, weight_bytes
 
     need = weight_bytes("gpt2", "fp32") + runtime.kv_allowance("gpt2", "fp32")
     monkeypatch.setattr(runtime, "hardware", lambda: _fake_hw(ram_gib=1.5 * need / GiB / (1 - runtime.HEADROOM)))

@@ -3,12 +3,12 @@ import numpy as np
 import pytest
 import torch
 
-from backend import catalog
-from backend.errors import ArchLabError
-from backend.routing import (RoutingRecorder, RoutingTrace, StepRouting, balance, balance_over_time, coselection,
+from backend.arch import catalog
+from backend.arch.errors import ArchLabError
+from backend.live.routing import (RoutingRecorder, RoutingTrace, StepRouting, balance, balance_over_time, coselection,
                              expert_load, find_routers, shared_share, token_layer_experts)
-from backend.runtime import ModelRequest, load, release
-from backend.spec import arch_spec
+from backend.live.runtime import ModelRequest, load, release
+from backend.arch.spec import arch_spec
 
 MOE_KEYS = [k for k in catalog.keys() if arch_spec(k).moe is not None]
 

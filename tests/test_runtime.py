@@ -4,11 +4,11 @@ import json
 import pytest
 import torch
 
-from backend import memcheck
-from backend.errors import ArchLabError
-from backend.generation import GenerationRun, GenerationSettings
-from backend.memory import GiB, weight_bytes
-from backend.runtime import (ModelRequest, Placement, _random_model, check_checkpoint, hardware, load,
+from backend.live import memcheck
+from backend.arch.errors import ArchLabError
+from backend.live.generation import GenerationRun, GenerationSettings
+from backend.arch.memory import GiB, weight_bytes
+from backend.live.runtime import (ModelRequest, Placement, _random_model, check_checkpoint, hardware, load,
                              plan_placement, release, resolve_checkpoint)
 
 
@@ -75,8 +75,8 @@ def test_materialise_over_a_device_map_matches_a_plain_build():
     """The sharded path (meta model, to_empty per module, init) gives the same buffers and a working model."""
     from transformers import AutoModelForCausalLM
 
-    from backend.configs import load_config
-    from backend.miniature import miniature_config_dict
+    from backend.arch.configs import load_config
+    from backend.live.miniature import miniature_config_dict
 
     cfg = load_config(miniature_config_dict("gemma3-27b", "tiny"))
     n = cfg.num_hidden_layers

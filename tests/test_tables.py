@@ -1,9 +1,10 @@
 """Tables hold backend numbers, checked here against hand formulas and pinned counts."""
 import pytest
 
-from backend import catalog, tables as T
-from backend.counting import count_params
-from backend.memory import GiB
+from backend.arch import catalog
+from backend.present import tables as T
+from backend.arch.counting import count_params
+from backend.arch.memory import GiB
 
 KiB = 1024
 

@@ -1,6 +1,6 @@
 """The Playground's run, shared by the Playground and Routing pages.
 
-Session-state key: "pg_live" -> backend.playground.LiveRun (the current or last run; kept after it
+Session-state key: "pg_live" -> backend.present.playground.LiveRun (the current or last run; kept after it
 ends so both pages can rebuild their final view from it).
 """
 from __future__ import annotations
@@ -11,8 +11,8 @@ from typing import Callable, Optional
 import streamlit as st
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 
-from backend.generation import cancel_session
-from backend.playground import LiveRun
+from backend.live.generation import cancel_session
+from backend.present.playground import LiveRun
 
 KEY = "pg_live"
 #: url paths of the pages that follow a run; opening any other page cancels it

@@ -17,11 +17,11 @@ from typing import Any, Callable
 import streamlit as st
 from streamlit.errors import StreamlitAPIException
 
-from backend import catalog
-from backend.colors import model_colors
-from backend.configs import ModelSource, parse_config_text
-from backend.errors import ArchLabError
-from backend.spec import arch_spec
+from backend.arch import catalog
+from backend.present.colors import model_colors
+from backend.arch.configs import ModelSource, parse_config_text
+from backend.arch.errors import ArchLabError
+from backend.arch.spec import arch_spec
 
 DEFAULT_MODELS = ["gpt2", "deepseek-v3", "qwen3-30b-a3b"]
 MAX_MODELS = 6

@@ -12,9 +12,9 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from backend import export, tables
-from backend.configs import ModelSource
-from backend.errors import ArchLabError
+from backend.present import export, tables
+from backend.arch.configs import ModelSource
+from backend.arch.errors import ArchLabError
 
 log = logging.getLogger("archlab.pages")
 PLOTLY_CONFIG = {"displaylogo": False, "toImageButtonOptions": {"format": "png", "scale": 2}}
@@ -35,7 +35,7 @@ def guard(what: str = "this section") -> Iterator[None]:
 
 @st.cache_data(show_spinner=False, max_entries=256)
 def table(name: str, models: Mapping[str, ModelSource], **kwargs) -> pd.DataFrame:
-    """A backend.tables function, cached by its arguments (model configs included)."""
+    """A backend.present.tables function, cached by its arguments (model configs included)."""
     return getattr(tables, name)(dict(models), **kwargs)
 
 

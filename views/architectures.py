@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import streamlit as st
 
-from backend import diagram
-from backend.colors import HIGHLIGHT
-from backend.spec import arch_spec
-from backend.tables import entry
+from backend.present import diagram
+from backend.present.colors import HIGHLIGHT
+from backend.arch.spec import arch_spec
+from backend.present.tables import entry
 from views import _state, _ui
 
 PER_ROW = 3

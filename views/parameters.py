@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import streamlit as st
 
-from backend import charts
-from backend.memory import MAX_BATCH, MAX_CONTEXT
-from backend.tables import DTYPES, default_gpus
+from backend.present import charts
+from backend.arch.memory import MAX_BATCH, MAX_CONTEXT
+from backend.present.tables import DTYPES, default_gpus
 from views import _state, _ui
 from views._state import choice as _choice, float_in as _float_in, int_in as _int_in, parse_bool, setting
 

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import streamlit as st
 
-from backend import charts, playground, routing
-from backend.playground import LiveRun, SlotRouting
+from backend.present import charts, playground
+from backend.live import routing
+from backend.present.playground import LiveRun, SlotRouting
 from views import _live, _state, _ui
 from views._state import setting
 

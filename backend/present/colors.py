@@ -4,7 +4,7 @@ from __future__ import annotations
 import zlib
 from typing import Iterable
 
-from . import catalog
+from ..arch import catalog
 
 #: 24 distinguishable colours (Plotly's Dark24); the catalog has fewer rows, so each catalog
 #: model keeps one fixed colour whatever else is selected.

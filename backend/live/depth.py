@@ -14,8 +14,8 @@ import time
 from dataclasses import dataclass
 from typing import Optional
 
-from .configs import load_config, with_layers
-from .errors import ArchLabError
+from ..arch.configs import load_config, with_layers
+from ..arch.errors import ArchLabError
 
 #: Decode steps timed per depth (after warm-up), and the prompt length they decode after.
 STEPS, WARM, PROMPT, ROUNDS = 32, 4, 8, 2
@@ -81,7 +81,7 @@ def shallower(model, layers: int):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from .meta import BUILD_LOCK
+    from ..arch.meta import BUILD_LOCK
 
     d = model.config.to_dict()
     d.pop("quantization_config", None)

@@ -12,9 +12,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .configs import ALIASES, ModelSource, load_config
-from .errors import ArchLabError
-from .spec import ArchSpec, arch_spec
+from ..arch.configs import ALIASES, ModelSource, load_config
+from ..arch.errors import ArchLabError
+from ..arch.spec import ArchSpec, arch_spec
 
 #: preset -> knobs. ``layers`` is a target: a layer pattern's period is never cut.
 MINIATURE_SIZES: dict[str, dict[str, int]] = {

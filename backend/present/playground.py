@@ -11,14 +11,14 @@ from typing import Optional, Sequence
 
 import pandas as pd
 
-from . import memcheck, routing, runtime
-from .configs import ModelSource, with_layers
-from .depth import DepthEstimate, estimate
-from .errors import ArchLabError
-from .generation import Event, GenerationRun, GenerationSettings, Loading, Started
-from .generation import Routing as RoutingEvent
-from .miniature import MINIATURE_SIZES
-from .spec import arch_spec
+from ..live import memcheck, routing, runtime
+from ..arch.configs import ModelSource, with_layers
+from ..live.depth import DepthEstimate, estimate
+from ..arch.errors import ArchLabError
+from ..live.generation import Event, GenerationRun, GenerationSettings, Loading, Started
+from ..live.generation import Routing as RoutingEvent
+from ..live.miniature import MINIATURE_SIZES
+from ..arch.spec import arch_spec
 
 MAX_COLUMNS = 4
 MODES = {**{size: f"{size} miniature" for size in MINIATURE_SIZES},
@@ -300,7 +300,7 @@ def _tokenizer(request: runtime.ModelRequest):
     if runtime.is_loaded(request):
         return runtime.load(request).tokenizer
     if request.mode != "pretrained":
-        from .tokenizer import load_offline
+        from ..live.tokenizer import load_offline
 
         return load_offline()
     return None

@@ -5,9 +5,9 @@ cache); measurements from the tensors themselves and, on GPUs, ``torch.cuda.memo
 """
 from __future__ import annotations
 
-from .counting import count_params
-from .memory import DTYPE_BYTES, kv_cache, linear_state_elements
-from .spec import arch_spec
+from ..arch.counting import count_params
+from ..arch.memory import DTYPE_BYTES, kv_cache, linear_state_elements
+from ..arch.spec import arch_spec
 
 _TORCH_DTYPE = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 

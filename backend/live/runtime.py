@@ -19,11 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from . import configs
-from .errors import ArchLabError
-from .memory import GiB, device_plan, kv_cache, weight_bytes
+from ..arch import configs
+from ..arch.errors import ArchLabError
+from ..arch.memory import GiB, device_plan, kv_cache, weight_bytes
 from .miniature import MINIATURE_SIZES, miniature_config_dict, miniature_spec
-from .spec import ArchSpec, arch_spec
+from ..arch.spec import ArchSpec, arch_spec
 
 MODES = ("miniature", "full", "pretrained")
 DEVICES = ("auto", "cpu", "cuda", "multi-gpu")
@@ -298,7 +298,7 @@ def check_weights(folder: Path, config: dict) -> None:
     ArchLabError names the first tensors whose shape differs, or how many parameters are missing, so a
     config that does not match its weights is refused before anything is allocated.
     """
-    from .meta import meta_model
+    from ..arch.meta import meta_model
 
     if config.get("quantization_config"):
         return  # packed/quantized tensors have other names and shapes; transformers checks those
@@ -346,7 +346,7 @@ def _random_model(cfg, placement: Placement, seed: Optional[int]):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from .meta import BUILD_LOCK
+    from ..arch.meta import BUILD_LOCK
 
     with BUILD_LOCK, torch.device("meta"):
         model = AutoModelForCausalLM.from_config(cfg, dtype=_torch_dtype(placement.dtype))
@@ -393,7 +393,7 @@ def _summary(devs: list[str]) -> str:
 
 
 def _build(request: ModelRequest, progress: Callable[[str], None]) -> LoadedModel:
-    from .configs import load_config
+    from ..arch.configs import load_config
     from .tokenizer import load_offline
 
     t0 = time.perf_counter()
@@ -431,7 +431,7 @@ def _pretrained(request: ModelRequest, progress, t0: float) -> LoadedModel:
     with _admitted(d, request.device, request.dtype) as placement:
         progress(f"loading {label} on {placement.kind} ({_gib(placement.need_bytes)} of {placement.dtype} weights)")
         dmap = placement.device_map if placement.kind == "multi-gpu" else placement.device_map[""]
-        from .meta import BUILD_LOCK
+        from ..arch.meta import BUILD_LOCK
 
         try:
             with BUILD_LOCK:  # default dtype switched while it builds (see meta.BUILD_LOCK)

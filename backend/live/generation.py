@@ -15,8 +15,9 @@ import weakref
 from dataclasses import dataclass, field
 from typing import Optional, Union
 
-from . import configs, fastdecode
-from .errors import ArchLabError
+from . import fastdecode
+from ..arch import configs
+from ..arch.errors import ArchLabError
 from .fastdecode import GraphDecoder, pack_step, sample
 from .routing import RoutingRecorder, RoutingTrace, StepRouting
 from .runtime import LoadedModel, ModelRequest, load, release

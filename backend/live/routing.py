@@ -13,9 +13,9 @@ from typing import Optional
 
 import numpy as np
 
-from .errors import ArchLabError
+from ..arch.errors import ArchLabError
 from .routers import router_choice, router_modules
-from .spec import ArchSpec
+from ..arch.spec import ArchSpec
 
 
 

@@ -11,7 +11,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import plotly.io as pio
 
-from .errors import ArchLabError
+from ..arch.errors import ArchLabError
 
 #: Browser names kaleido (choreographer) looks for on PATH; we never download one.
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")

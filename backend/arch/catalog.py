@@ -13,7 +13,7 @@ from typing import Any
 
 from .errors import ArchLabError
 
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
+ASSETS = Path(__file__).resolve().parents[2] / "assets"
 CONFIG_DIR = ASSETS / "configs"
 
 _SUFFIX = {"K": 1e3, "M": 1e6, "B": 1e9, "T": 1e12}

@@ -17,9 +17,9 @@ import sysconfig
 from functools import lru_cache
 from pathlib import Path
 
-from .errors import ArchLabError
+from ..arch.errors import ArchLabError
 
-TOKENIZER_DIR = Path(__file__).resolve().parent.parent / "assets" / "tokenizer"
+TOKENIZER_DIR = Path(__file__).resolve().parents[2] / "assets" / "tokenizer"
 VOCAB_SIZE = 4096
 EOS = "<|endoftext|>"
 PAD = "<|pad|>"

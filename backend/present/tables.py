@@ -9,11 +9,11 @@ from typing import Mapping, Sequence
 
 import pandas as pd
 
-from . import catalog
-from .configs import ModelSource
-from .counting import COMPONENT_LABELS, COMPONENTS, count_params
-from .memory import DTYPE_BYTES, GiB, device_plan, kv_cache, weights_table as _weights
-from .spec import ArchSpec, arch_spec
+from ..arch import catalog
+from ..arch.configs import ModelSource
+from ..arch.counting import COMPONENT_LABELS, COMPONENTS, count_params
+from ..arch.memory import DTYPE_BYTES, GiB, device_plan, kv_cache, weights_table as _weights
+from ..arch.spec import ArchSpec, arch_spec
 
 Models = Mapping[str, ModelSource]
 NONE = "—"

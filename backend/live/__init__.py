@@ -1,0 +1,5 @@
+"""The live runtime: miniatures, the offline tokenizer, model loading and placement, streaming generation,
+the GPU fast path, router hooks and routing statistics, memory and depth checks of loaded models.
+
+May import ``backend.arch``; never ``train`` or ``present``.
+"""
