@@ -15,14 +15,20 @@ import sys
 from pathlib import Path
 
 from .arch import catalog
-from .arch.configs import ModelSource, label, parse_config_text
+from .arch.architecture import Architecture, resolve
+from .arch.configs import parse_config_text
 from .arch.errors import ArchLabError
 
 GB = 1e9
 GiB = 1024 ** 3
 
 
-def _source(key: str) -> ModelSource:
+def _source(key: str) -> Architecture:
+    """A KEY of the command line (catalog key or config.json path), resolved once."""
+    return resolve(_loose(key))
+
+
+def _loose(key: str):
     if key.endswith(".json"):
         path = Path(key)
         if not path.is_file():
@@ -40,13 +46,13 @@ def list_rows() -> list[dict]:
 
 
 def params_rows(keys: list[str]) -> list[dict]:
-    from .arch.counting import COMPONENTS, count_params
+    from .arch.counting import COMPONENTS
 
     rows = []
     for key in keys:
         src = _source(key)
-        c = count_params(src)
-        row = {"model": key if isinstance(src, str) else label(src), "total": c.total, "active": c.active}
+        c = src.counts
+        row = {"model": src.key or src.label, "total": c.total, "active": c.active}
         row.update({name: c.components.get(name, 0) for name in COMPONENTS})
         rows.append(row)
     return rows
@@ -60,7 +66,7 @@ def memory_rows(keys: list[str], context: int, dtype: str, batch: int, kv_dtype:
         src = _source(key)
         kv = kv_cache(src, context, batch, kv_dtype or dtype)
         w = weight_bytes(src, dtype)
-        rows.append({"model": key if isinstance(src, str) else label(src), "dtype": dtype, "weights_bytes": w,
+        rows.append({"model": src.key or src.label, "dtype": dtype, "weights_bytes": w,
                      "kv_bytes_per_token": round(kv.per_token_bytes), "context": context, "batch": batch,
                      "kv_bytes": kv.total_bytes, "total_bytes": w + kv.total_bytes})
     return rows

@@ -29,7 +29,11 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from backend.arch import catalog, configs, counting, memory  # noqa: E402
+from backend.arch import (  # noqa: E402
+    architecture,  # noqa: E402
+    catalog,
+    memory,
+)
 from backend.live import depth  # noqa: E402
 from backend.live.fastdecode import GraphDecoder, pack_step, sample  # noqa: E402
 
@@ -70,7 +74,7 @@ def copy_bandwidth() -> float:
 
 
 def truncated(key: str, layers: int | None) -> dict:
-    return configs.with_layers(key, layers) if layers else catalog.raw_config(key)
+    return architecture.with_layers(key, layers) if layers else catalog.raw_config(key)
 
 
 def build(cfg_dict: dict):
@@ -174,16 +178,16 @@ def sharding_check(key: str = "qwen3-0.6b", n: int = 24) -> dict:
     from accelerate import dispatch_model, infer_auto_device_map
     from transformers import AutoModelForCausalLM
 
+    from backend.arch.architecture import arch_spec
     from backend.live.memcheck import placement_check
-    from backend.arch.spec import arch_spec
 
-    cfg = configs.load_config(key)
+    cfg = architecture.load_config(key)
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32).eval()
     state = {k: v.clone() for k, v in model.state_dict().items()}
     ref = eager_tokens(model.to("cuda:0"), n)
     model.to("cpu")
-    weights = counting.count_params(key).total * 4
+    weights = architecture.count_params(key).total * 4
     dmap = infer_auto_device_map(model, max_memory={0: int(weights * 0.55), "cpu": 64 * GiB},
                                  no_split_module_classes=[arch_spec(key).decoder_layer_class])
     model.load_state_dict(state)
@@ -246,7 +250,7 @@ def run_model(key: str, depths, tokens: int, bw: float, skip_hf: bool, compile_m
     rows = []
     for layers in (depths or (None,)):
         d = truncated(key, layers)
-        count = counting.count_params(d)
+        count = architecture.count_params(d)
         name = f"{key}" + (f" [{layers}/{catalog.raw_config(key)['num_hidden_layers']} layers]" if layers else "")
         log(f"== {name}: {count.total / 1e9:.2f} B params, {count.active / 1e9:.2f} B active")
         gc.collect(); torch.cuda.empty_cache(); torch.cuda.reset_peak_memory_stats()
@@ -316,7 +320,7 @@ def extrapolate(rows: list[dict], key: str) -> dict | None:
     whole = next((x for x in rows if x["key"] == key and not x["variant"]), None)
     a, b = r[0], r[-1]
     full = count_layers(catalog.raw_config(key))
-    full_count = counting.count_params(key)
+    full_count = architecture.count_params(key)
     est = depth.DepthEstimate(b["layers"], full, 1 / b["fast_tok_s"], 1 / a["fast_tok_s"], True, a["layers"])
     return {"model": key, "per_layer_ms": est.per_layer_s * 1e3, "full_layers": full,
             "extrapolated_tok_s": est.full_tok_s,

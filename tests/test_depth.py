@@ -6,20 +6,20 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from backend.arch import configs
-from backend.live import depth
+from backend.arch import architecture
 from backend.arch.errors import ArchLabError
+from backend.live import depth
 from backend.live.miniature import miniature_config_dict
 
 
 def _model(src):
     torch.manual_seed(0)
-    return AutoModelForCausalLM.from_config(configs.load_config(src)).eval()
+    return AutoModelForCausalLM.from_config(architecture.load_config(src)).eval()
 
 
 @pytest.mark.parametrize("key", ["gpt2", "deepseek-v3", "gpt-oss-20b", "gemma3-27b"])
 def test_shallower_view_shares_weights_and_equals_a_real_shallower_model(key):
-    src = configs.with_layers(miniature_config_dict(key, "small") if key != "gpt2" else "gpt2", 3)
+    src = architecture.with_layers(miniature_config_dict(key, "small") if key != "gpt2" else "gpt2", 3)
     model = _model(src)
     ids = torch.arange(3, 40).unsqueeze(0)
     with torch.inference_mode():
@@ -27,7 +27,7 @@ def test_shallower_view_shares_weights_and_equals_a_real_shallower_model(key):
     view = depth.shallower(model, 2)
     ptrs = {p.data_ptr() for p in model.parameters()}
     assert all(p.data_ptr() in ptrs for p in view.parameters())  # no weight copied
-    real = _model(configs.with_layers(src, 2))
+    real = _model(architecture.with_layers(src, 2))
     state = model.state_dict()
     real.load_state_dict({k: state[k] for k in real.state_dict()})
     with torch.inference_mode():
@@ -37,7 +37,7 @@ def test_shallower_view_shares_weights_and_equals_a_real_shallower_model(key):
 
 
 def test_estimate_times_both_depths_and_extrapolates():
-    model = _model(configs.with_layers("gpt2", 3))
+    model = _model(architecture.with_layers("gpt2", 3))
     e = depth.estimate(model, 12)
     assert e.layers == 3 and e.full_layers == 12 and not e.graph
     assert e.step_s > 0 and e.shallower_step_s > 0
@@ -47,7 +47,7 @@ def test_estimate_times_both_depths_and_extrapolates():
     with pytest.raises(ArchLabError, match="less than"):
         depth.estimate(model, 2)
     with pytest.raises(ArchLabError, match="at least 2"):
-        depth.estimate(_model(configs.with_layers("gpt2", 1)), 12)
+        depth.estimate(_model(architecture.with_layers("gpt2", 1)), 12)
 
 
 def test_extrapolation_arithmetic():
@@ -65,9 +65,9 @@ def test_extrapolation_arithmetic():
 def test_fewer_layers_on_gpu_through_the_playground_path():
     """The Playground's flow on a GPU: a full-width 3-layer Qwen3-30B-A3B streams on the fast path, then
     its per-layer cost is timed as CUDA graph replays and extrapolated."""
-    from backend.present import playground
     from backend.live import runtime
     from backend.live.generation import GenerationSettings
+    from backend.present import playground
 
     (_, src, request), = playground.requests_for([("qwen3-30b-a3b", "qwen3-30b-a3b")], "layers", "cuda", layers=3)
     slot = playground.SlotModel("qwen3-30b-a3b", "Qwen3", "#000", True, playground.full_depth(src))

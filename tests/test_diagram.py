@@ -1,7 +1,7 @@
 """Block diagrams: elements follow the spec, diff finds what differs, figures share one scale."""
+from backend.arch.architecture import arch_spec
 from backend.present import diagram
 from backend.present.colors import HIGHLIGHT, PALETTE, model_colors
-from backend.arch.spec import arch_spec
 
 
 def ids(key):

@@ -7,8 +7,8 @@ import pandas as pd
 import plotly.graph_objects as go
 import pytest
 
-from backend.present import export
 from backend.arch.errors import ArchLabError
+from backend.present import export
 
 # PNG/SVG go through kaleido, which drives Debian's chromium: the conftest fixture installs it if missing.
 needs_chromium = pytest.mark.usefixtures("chromium")
@@ -52,8 +52,8 @@ def test_svg(fig):
 def test_png_of_a_diagram_is_fast_once_started():
     import time
 
+    from backend.arch.architecture import arch_spec
     from backend.present import diagram
-    from backend.arch.spec import arch_spec
 
     export.figure_image(go.Figure(), "png")  # server started
     t = time.perf_counter()

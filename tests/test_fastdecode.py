@@ -3,14 +3,14 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from backend.arch import configs
+from backend.arch import architecture
 from backend.live.fastdecode import GraphDecoder, can_use, pack_step, sample
 from backend.live.miniature import miniature_config_dict
 from backend.live.routers import router_modules
 
 
 def _tiny(key):
-    cfg = configs.load_config(miniature_config_dict(key, "tiny"))
+    cfg = architecture.load_config(miniature_config_dict(key, "tiny"))
     torch.manual_seed(0)
     return AutoModelForCausalLM.from_config(cfg).eval()
 

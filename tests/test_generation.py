@@ -5,8 +5,15 @@ import pytest
 import torch
 
 from backend.arch.errors import ArchLabError
-from backend.live.generation import (Failed, Finished, GenerationRun, GenerationSettings, Routing, Token,
-                                _stop_hold)
+from backend.live.generation import (
+    Failed,
+    Finished,
+    GenerationRun,
+    GenerationSettings,
+    Routing,
+    Token,
+    _stop_hold,
+)
 from backend.live.runtime import ModelRequest, load
 
 PROMPT = "def add(a, b):"

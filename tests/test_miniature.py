@@ -5,9 +5,13 @@ import pytest
 import torch
 
 from backend.arch import catalog
+from backend.arch.architecture import arch_spec
 from backend.arch.errors import ArchLabError
-from backend.live.miniature import MINIATURE_SIZES, miniature_config_dict, miniature_spec
-from backend.arch.spec import arch_spec
+from backend.live.miniature import (
+    MINIATURE_SIZES,
+    miniature_config_dict,
+    miniature_spec,
+)
 from backend.live.tokenizer import load_offline
 
 KEYS = catalog.keys()

@@ -1,24 +1,24 @@
 """Numbers pinned to independent figures: official counts, hand-computed formulas."""
 import pytest
 
-from backend.arch import catalog, counting, memory
-from backend.arch.spec import arch_spec
+from backend.arch import architecture, catalog, memory
+from backend.arch.architecture import arch_spec
 
 KEYS = catalog.keys()
 
 
 def test_gpt2_exact():
-    assert counting.count_params("gpt2").total == 124_439_808  # OpenAI's released checkpoint
+    assert architecture.count_params("gpt2").total == 124_439_808  # OpenAI's released checkpoint
 
 
 def test_deepseek_v3_exact():
-    c = counting.count_params("deepseek-v3")
+    c = architecture.count_params("deepseek-v3")
     assert c.total == 671_026_404_352  # HF model without the MTP module (685B - 14B MTP)
     assert 37.4e9 < c.active < 37.6e9  # ≈37.5B: 37B as DeepSeek states
 
 
 def test_qwen3_30b_a3b_exact():
-    assert counting.count_params("qwen3-30b-a3b").total == 30_532_122_624
+    assert architecture.count_params("qwen3-30b-a3b").total == 30_532_122_624
 
 
 def _check_stated(count: float, stated: str, note: str) -> None:
@@ -33,7 +33,7 @@ def _check_stated(count: float, stated: str, note: str) -> None:
 @pytest.mark.parametrize("key", KEYS)
 def test_total_matches_stated(key):
     e = catalog.get(key)
-    c = counting.count_params(key)
+    c = architecture.count_params(key)
     _check_stated(c.total, e.stated_total, e.count_note)
     if abs(c.total - e.stated_total_value) > 0.015 * e.stated_total_value:
         assert e.count_note
@@ -42,20 +42,20 @@ def test_total_matches_stated(key):
 @pytest.mark.parametrize("key", KEYS)
 def test_active_matches_stated(key):
     e = catalog.get(key)
-    c = counting.count_params(key)
+    c = architecture.count_params(key)
     _check_stated(c.active_excluding(e.active_excludes), e.stated_active, e.count_note)
 
 
 @pytest.mark.parametrize("key", KEYS)
 def test_formula_agrees_with_meta_count_exactly(key):
-    meta, formula = counting.count_params(key), counting.formula_params(key)
+    meta, formula = architecture.count_params(key), architecture.formula_params(key)
     assert formula.components == meta.components
     assert formula.total == meta.total and formula.active == meta.active
 
 
 @pytest.mark.parametrize("key", KEYS)
 def test_components_sum_to_total(key):
-    c = counting.count_params(key)
+    c = architecture.count_params(key)
     assert "other" not in c.components, "a parameter was not classified"
     assert sum(c.components.values()) == c.total
     assert 0 < c.active <= c.total
@@ -63,13 +63,13 @@ def test_components_sum_to_total(key):
 
 def test_active_is_total_for_dense_models():
     for key in ("gpt2", "olmo2-7b", "qwen3-4b", "gemma3-27b"):
-        c = counting.count_params(key)
+        c = architecture.count_params(key)
         assert c.active == c.total
 
 
 def test_active_formula_moe_by_hand():
     # Qwen3-30B-A3B: 48 layers x 128 experts x 3 x 2048 x 768 routed weights, 8 of 128 active.
-    c = counting.count_params("qwen3-30b-a3b")
+    c = architecture.count_params("qwen3-30b-a3b")
     routed = 48 * 128 * 3 * 2048 * 768
     assert c.components["routed_experts"] == routed
     assert c.active == c.total - routed + routed * 8 // 128
@@ -112,7 +112,7 @@ def test_kv_hybrid_linear_attention_fixed_state():
 
 
 def test_weights_by_dtype():
-    total = counting.count_params("qwen3-0.6b").total
+    total = architecture.count_params("qwen3-0.6b").total
     t = memory.weights_table("qwen3-0.6b")
     assert t == {"fp32": 4 * total, "bf16": 2 * total, "fp16": 2 * total, "fp8": total, "int4": total // 2}
 
@@ -122,7 +122,7 @@ def test_device_plan_splits_over_gpus():
     assert plan.fits and set(plan.bytes_per_device) == {"GPU 0", "GPU 1"}
     assert sum(plan.layers_per_device.values()) == 48
     # bf16 weights plus small buffers (rotary inverse frequencies)
-    extra = sum(plan.bytes_per_device.values()) - 2 * counting.count_params("qwen3-30b-a3b").total
+    extra = sum(plan.bytes_per_device.values()) - 2 * architecture.count_params("qwen3-30b-a3b").total
     assert 0 <= extra < 4096
     small = memory.device_plan("deepseek-v3", [80] * 2)
     assert not small.fits and "disk" in small.bytes_per_device

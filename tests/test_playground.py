@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from backend.present import charts, playground
 from backend.arch.errors import ArchLabError
+from backend.present import charts, playground
 
 TIMEOUT = 120
 

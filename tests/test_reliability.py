@@ -20,11 +20,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from backend.arch import catalog, configs
-from backend.arch.configs import LIMITS, load_config, parse_config_text
-from backend.arch.counting import count_params, formula_params
+from backend.arch.architecture import (
+    arch_spec,
+    count_params,
+    formula_params,
+    load_config,
+)
+from backend.arch.configs import LIMITS, parse_config_text
 from backend.arch.errors import ArchLabError
 from backend.arch.memory import kv_cache
-from backend.arch.spec import ArchSpec, arch_spec
+from backend.arch.spec import ArchSpec
 
 # ----------------------------------------------------------------- config mutations
 
@@ -176,8 +181,15 @@ def test_bad_configs_named(d, match):
 # ----------------------------------------------------------------- generation input
 
 from backend.live import generation, runtime  # noqa: E402
-from backend.live.generation import (Failed, Finished, GenerationRun, GenerationSettings, Routing,  # noqa: E402
-                                Token, cancel_session)
+from backend.live.generation import (  # noqa: E402
+    Failed,
+    Finished,
+    GenerationRun,
+    GenerationSettings,
+    Routing,
+    Token,
+    cancel_session,
+)
 from backend.live.runtime import ModelRequest, load, release  # noqa: E402
 
 QWEN = ModelRequest("qwen3-4b", size="tiny")
@@ -421,9 +433,9 @@ def concurrent_sessions(requests: list[ModelRequest], prompts: list[str], tokens
     builds = {}
     orig_build = runtime._build
 
-    def counting_build(request, progress):
+    def counting_build(request, arch, progress):
         builds[request.key()] = builds.get(request.key(), 0) + 1
-        return orig_build(request, progress)
+        return orig_build(request, arch, progress)
 
     runtime._build = counting_build
     runs, errors = [None] * len(prompts), []

@@ -4,11 +4,21 @@ import pytest
 import torch
 
 from backend.arch import catalog
+from backend.arch.architecture import arch_spec
 from backend.arch.errors import ArchLabError
-from backend.live.routing import (RoutingRecorder, RoutingTrace, StepRouting, balance, balance_over_time, coselection,
-                             expert_load, find_routers, shared_share, token_layer_experts)
+from backend.live.routing import (
+    RoutingRecorder,
+    RoutingTrace,
+    StepRouting,
+    balance,
+    balance_over_time,
+    coselection,
+    expert_load,
+    find_routers,
+    shared_share,
+    token_layer_experts,
+)
 from backend.live.runtime import ModelRequest, load, release
-from backend.arch.spec import arch_spec
 
 MOE_KEYS = [k for k in catalog.keys() if arch_spec(k).moe is not None]
 

@@ -4,12 +4,21 @@ import json
 import pytest
 import torch
 
-from backend.live import memcheck
 from backend.arch.errors import ArchLabError
-from backend.live.generation import GenerationRun, GenerationSettings
 from backend.arch.memory import GiB, weight_bytes
-from backend.live.runtime import (ModelRequest, Placement, _random_model, check_checkpoint, hardware, load,
-                             plan_placement, release, resolve_checkpoint)
+from backend.live import memcheck
+from backend.live.generation import GenerationRun, GenerationSettings
+from backend.live.runtime import (
+    ModelRequest,
+    Placement,
+    _random_model,
+    check_checkpoint,
+    hardware,
+    load,
+    plan_placement,
+    release,
+    resolve_checkpoint,
+)
 
 
 def _hw(gpus=(), ram=16.0):
@@ -75,7 +84,7 @@ def test_materialise_over_a_device_map_matches_a_plain_build():
     """The sharded path (meta model, to_empty per module, init) gives the same buffers and a working model."""
     from transformers import AutoModelForCausalLM
 
-    from backend.arch.configs import load_config
+    from backend.arch.architecture import load_config
     from backend.live.miniature import miniature_config_dict
 
     cfg = load_config(miniature_config_dict("gemma3-27b", "tiny"))

@@ -2,8 +2,8 @@
 import pytest
 
 from backend.arch import catalog
+from backend.arch.architecture import arch_spec
 from backend.arch.errors import ArchLabError
-from backend.arch.spec import arch_spec
 
 
 @pytest.mark.parametrize("key,kind,heads,kv", [
@@ -101,7 +101,7 @@ def test_unknown_key():
 
 @pytest.mark.parametrize("key,k", [("deepseek-v3", 4), ("gemma3-27b", 7), ("llama4-maverick", 4), ("qwen3-next-80b-a3b", 5)])
 def test_full_width_fewer_layers(key, k):
-    from backend.arch.configs import with_layers
+    from backend.arch.architecture import with_layers
 
     full, cut = arch_spec(key), arch_spec(with_layers(key, k))
     assert cut.num_layers == k and cut.hidden_size == full.hidden_size
@@ -111,7 +111,7 @@ def test_full_width_fewer_layers(key, k):
 
 @pytest.mark.parametrize("k", [0, 62, "3", True])
 def test_fewer_layers_bad_input(k):
-    from backend.arch.configs import with_layers
+    from backend.arch.architecture import with_layers
 
     with pytest.raises(ArchLabError, match="layers must be"):
         with_layers("deepseek-v3", k)

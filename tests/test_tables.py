@@ -2,9 +2,9 @@
 import pytest
 
 from backend.arch import catalog
-from backend.present import tables as T
-from backend.arch.counting import count_params
+from backend.arch.architecture import count_params
 from backend.arch.memory import GiB
+from backend.present import tables as T
 
 KiB = 1024
 

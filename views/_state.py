@@ -18,10 +18,10 @@ import streamlit as st
 from streamlit.errors import StreamlitAPIException
 
 from backend.arch import catalog
-from backend.present.colors import model_colors
+from backend.arch.architecture import arch_spec
 from backend.arch.configs import ModelSource, parse_config_text
 from backend.arch.errors import ArchLabError
-from backend.arch.spec import arch_spec
+from backend.present.colors import model_colors
 
 DEFAULT_MODELS = ["gpt2", "deepseek-v3", "qwen3-30b-a3b"]
 MAX_MODELS = 6

@@ -12,9 +12,9 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from backend.present import export, tables
 from backend.arch.configs import ModelSource
 from backend.arch.errors import ArchLabError
+from backend.present import export, tables
 
 log = logging.getLogger("archlab.pages")
 PLOTLY_CONFIG = {"displaylogo": False, "toImageButtonOptions": {"format": "png", "scale": 2}}

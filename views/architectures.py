@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import streamlit as st
 
+from backend.arch.architecture import arch_spec
 from backend.present import diagram
 from backend.present.colors import HIGHLIGHT
-from backend.arch.spec import arch_spec
 from backend.present.tables import entry
 from views import _state, _ui
 

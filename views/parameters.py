@@ -3,11 +3,14 @@ from __future__ import annotations
 
 import streamlit as st
 
-from backend.present import charts
 from backend.arch.memory import MAX_BATCH, MAX_CONTEXT
+from backend.present import charts
 from backend.present.tables import DTYPES, default_gpus
 from views import _state, _ui
-from views._state import choice as _choice, float_in as _float_in, int_in as _int_in, parse_bool, setting
+from views._state import choice as _choice
+from views._state import float_in as _float_in
+from views._state import int_in as _int_in
+from views._state import parse_bool, setting
 
 INT = st.column_config.NumberColumn(format="%,d")
 GIB = st.column_config.NumberColumn(format="%,.2f")

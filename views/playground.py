@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import streamlit as st
 
-from backend.present import playground
 from backend.live import runtime
-from backend.present.colors import model_colors
 from backend.live.generation import MAX_NEW_TOKENS, GenerationSettings
+from backend.present import playground
+from backend.present.colors import model_colors
 from backend.present.playground import LiveRun, SlotModel
 from views import _live, _state, _ui
 from views._state import choice, float_in, int_in, parse_bool, setting

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from backend.present import charts, playground
 from backend.live import routing
+from backend.present import charts, playground
 from backend.present.playground import LiveRun, SlotRouting
 from views import _live, _state, _ui
 from views._state import setting

@@ -5,7 +5,6 @@ Validation happens before anything is built, so absurd sizes are refused without
 from __future__ import annotations
 
 import json
-from functools import lru_cache
 from typing import Any, Union
 
 from . import catalog
@@ -119,9 +118,9 @@ def label(source: ModelSource) -> str:
     return str(name) if name else f"custom {source.get('model_type', '?')}"
 
 
-@lru_cache(maxsize=256)
-def _build(canon: str):
-    from transformers import AutoConfig, CONFIG_MAPPING
+def build_config(canon: str):
+    """Validate a canonical config text and build its ``PretrainedConfig`` (``Architecture`` keeps the result)."""
+    from transformers import CONFIG_MAPPING, AutoConfig
 
     d = json.loads(canon)
     if d.get("auto_map") or d.get("trust_remote_code"):
@@ -145,33 +144,3 @@ def _build(canon: str):
                            f"{(str(e).splitlines() or [type(e).__name__])[0][:300]}") from None
     _check_sizes(built)
     return cfg
-
-
-def load_config(source: ModelSource):
-    """The validated ``PretrainedConfig`` of a model source (cached; do not mutate)."""
-    return _build(canonical(source))
-
-
-#: per-layer config lists that must be cut with the stack
-_PER_LAYER_LISTS = ("layer_types", "no_rope_layers", "moe_layers", "mlp_only_layers")
-
-
-def with_layers(source: ModelSource, layers: int) -> dict[str, Any]:
-    """The same architecture at full width with only the first ``layers`` decoder layers.
-
-    For models too large for the hardware: per-layer cost measured on a few layers extrapolates to
-    full depth. Per-layer lists are cut to match (a config's layer_types is fixed when built).
-    """
-    d = catalog.raw_config(source) if isinstance(source, str) else json.loads(canonical(source))
-    full = d.get("num_hidden_layers") or d.get("n_layer")
-    if not isinstance(full, int) or isinstance(layers, bool) or not isinstance(layers, int) or not 1 <= layers <= full:
-        raise ArchLabError(f"layers must be an integer from 1 to {full}, got {layers!r}")
-    d["num_hidden_layers" if "num_hidden_layers" in d else "n_layer"] = layers
-    for k in _PER_LAYER_LISTS:
-        v = d.get(k)
-        if isinstance(v, list) and len(v) == full:
-            d[k] = v[:layers]
-        elif isinstance(v, list) and k in ("moe_layers", "mlp_only_layers"):
-            d[k] = [i for i in v if isinstance(i, int) and i < layers]
-    d["_name_or_path"] = f"{label(source)} [{layers} of {full} layers]" if layers < full else label(source)
-    return d

@@ -1,17 +1,15 @@
 """Exact parameter counts: from the meta-device model, by component, and by formula.
 
-Two independent paths: :func:`count_params` sums the tensors transformers builds;
-:func:`formula_params` computes the same components from the :class:`ArchSpec` alone.
+Two independent paths: :func:`count_tensors` sums the tensors transformers builds;
+:func:`count_formula` computes the same components from the :class:`ArchSpec` alone. An
+``Architecture`` keeps both (``.counts``, ``.formula_counts``).
 Tests hold them equal to the parameter for every catalog model.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import lru_cache
 
-from .configs import ModelSource, canonical
-from .meta import _meta_model
-from .spec import ArchSpec, _spec
+from .spec import ArchSpec
 
 COMPONENTS = ("embeddings", "attention", "dense_mlp", "routed_experts", "shared_experts", "router", "norms", "lm_head")
 COMPONENT_LABELS = {
@@ -68,21 +66,15 @@ def _active(spec: ArchSpec, components: dict[str, int]) -> int:
     return total - routed + routed * spec.moe.top_k // spec.moe.num_experts
 
 
-@lru_cache(maxsize=256)
-def _count(canon: str) -> ParamCount:
-    model = _meta_model(canon)
+def count_tensors(model, spec: ArchSpec) -> ParamCount:
+    """Exact total/active parameters and per-component breakdown from a (meta-device) model's tensors."""
     comps = dict.fromkeys(COMPONENTS, 0)
     for name, p in model.named_parameters():  # shared (tied) tensors are listed once
         c = component_of(name)
         comps[c] = comps.get(c, 0) + p.numel()
     if comps.get("other") == 0:
         comps.pop("other", None)
-    return ParamCount(sum(comps.values()), _active(_spec(canon), comps), comps)
-
-
-def count_params(source: ModelSource) -> ParamCount:
-    """Exact total/active parameters and per-component breakdown from the meta-device model (cached)."""
-    return _count(canonical(source))
+    return ParamCount(sum(comps.values()), _active(spec, comps), comps)
 
 
 # ----------------------------------------------------------------- formula path
@@ -129,9 +121,8 @@ def _mlp(H: int, width: int, gated: bool, bias: bool) -> int:
     return n
 
 
-@lru_cache(maxsize=256)
-def _formula(canon: str) -> ParamCount:
-    s = _spec(canon)
+def count_formula(s: ArchSpec) -> ParamCount:
+    """Total/active/components computed from the ArchSpec by formula (no tensors involved)."""
     H, V = s.hidden_size, s.vocab_size
     norm = H * (2 if s.norm_bias else 1)
     c = dict.fromkeys(COMPONENTS, 0)
@@ -151,8 +142,3 @@ def _formula(canon: str) -> ParamCount:
         if m.num_shared:
             c["shared_experts"] += _mlp(H, m.shared_width, s.gated_mlp, False) + (H if m.shared_gate else 0)
     return ParamCount(sum(c.values()), _active(s, c), c)
-
-
-def formula_params(source: ModelSource) -> ParamCount:
-    """Total/active/components computed from the ArchSpec by formula (no tensors involved)."""
-    return _formula(canonical(source))

@@ -2,12 +2,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 
-from .configs import ModelSource, canonical
-from .counting import _count
+from .architecture import Architecture, Source, resolve
 from .errors import ArchLabError
-from .spec import ArchSpec, _spec
+from .spec import ArchSpec
 
 #: Bytes per parameter (int4 counts the 4-bit payload only, without group scales).
 DTYPE_BYTES = {"fp32": 4.0, "bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "int4": 0.5}
@@ -23,14 +21,14 @@ def dtype_bytes(dtype: str) -> float:
         raise ArchLabError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPE_BYTES)}") from None
 
 
-def weight_bytes(source: ModelSource, dtype: str = "bf16") -> int:
+def weight_bytes(source: Source, dtype: str = "bf16") -> int:
     """Bytes of all weights stored at ``dtype``."""
-    return int(_count(canonical(source)).total * dtype_bytes(dtype))
+    return int((source if isinstance(source, Architecture) else resolve(source)).counts.total * dtype_bytes(dtype))
 
 
-def weights_table(source: ModelSource) -> dict[str, int]:
+def weights_table(source: Source) -> dict[str, int]:
     """Weight bytes for every dtype we know."""
-    total = _count(canonical(source)).total
+    total = (source if isinstance(source, Architecture) else resolve(source)).counts.total
     return {d: int(total * b) for d, b in DTYPE_BYTES.items()}
 
 
@@ -83,7 +81,7 @@ def _check_context(context: int, batch: int) -> None:
         raise ArchLabError(f"batch size must be an integer from 1 to {MAX_BATCH:,}, got {batch!r}")
 
 
-def kv_cache(source: ModelSource, context: int, batch: int = 1, dtype: str = "bf16",
+def kv_cache(source: Source, context: int, batch: int = 1, dtype: str = "bf16",
              mla_layout: str = "latent") -> KVCache:
     """KV-cache bytes for ``batch`` sequences of ``context`` tokens.
 
@@ -91,12 +89,12 @@ def kv_cache(source: ModelSource, context: int, batch: int = 1, dtype: str = "bf
     a fixed state whatever the length.
     """
     _check_context(context, batch)
-    return _kv(canonical(source), context, batch, dtype, mla_layout)
+    arch = (source if isinstance(source, Architecture) else resolve(source))
+    return arch.memo(("kv", context, batch, dtype, mla_layout),
+                     lambda: _kv(arch.spec, context, batch, dtype, mla_layout))
 
 
-@lru_cache(maxsize=4096)
-def _kv(canon: str, context: int, batch: int, dtype: str, mla_layout: str) -> KVCache:
-    spec = _spec(canon)
+def _kv(spec: ArchSpec, context: int, batch: int, dtype: str, mla_layout: str) -> KVCache:
     b = dtype_bytes(dtype)
     per_token = 0.0
     by_type: dict[str, float] = {}
@@ -113,7 +111,7 @@ def _kv(canon: str, context: int, batch: int, dtype: str, mla_layout: str) -> KV
                    {k: int(v) for k, v in by_type.items()})
 
 
-def kv_curve(source: ModelSource, contexts: list[int], batch: int = 1, dtype: str = "bf16",
+def kv_curve(source: Source, contexts: list[int], batch: int = 1, dtype: str = "bf16",
              mla_layout: str = "latent") -> list[int]:
     """Total KV bytes at each context length (for charts)."""
     return [kv_cache(source, c, batch, dtype, mla_layout).total_bytes for c in contexts]
@@ -143,7 +141,7 @@ def _parse_gib(v) -> float:
     return f
 
 
-def device_plan(source: ModelSource, gpu_gib: list[float], dtype: str = "bf16", cpu_gib: float = 0,
+def device_plan(source: Source, gpu_gib: list[float], dtype: str = "bf16", cpu_gib: float = 0,
                 reserve_gib: float = 0.0) -> DevicePlan:
     """Where ``accelerate.infer_auto_device_map`` would put each block over GPUs of the given sizes.
 
@@ -153,25 +151,23 @@ def device_plan(source: ModelSource, gpu_gib: list[float], dtype: str = "bf16", 
     if not gpu_gib or len(gpu_gib) > 64:
         raise ArchLabError("give between 1 and 64 GPUs")
     sizes = tuple(_parse_gib(g) for g in gpu_gib)
-    return _plan(canonical(source), sizes, dtype, float(cpu_gib), float(reserve_gib))
+    arch = (source if isinstance(source, Architecture) else resolve(source))
+    return arch.memo(("plan", sizes, dtype, float(cpu_gib), float(reserve_gib)),
+                     lambda: _plan(arch, sizes, dtype, float(cpu_gib), float(reserve_gib)))
 
 
-@lru_cache(maxsize=512)
-def _plan(canon: str, sizes: tuple, dtype: str, cpu_gib: float, reserve_gib: float) -> DevicePlan:
+def _plan(arch, sizes: tuple, dtype: str, cpu_gib: float, reserve_gib: float) -> DevicePlan:
     import warnings
 
     import torch
     from accelerate import infer_auto_device_map
     from accelerate.utils import compute_module_sizes
 
-    from .meta import _meta_model
-
     torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16,
                    "fp8": torch.float8_e4m3fn}.get(dtype)
     if torch_dtype is None:
         raise ArchLabError(f"device plans support fp32, bf16, fp16 and fp8, not {dtype!r}")
-    model = _meta_model(canon)
-    spec = _spec(canon)
+    model, spec = arch.meta_model, arch.spec
     max_memory = {i: int(max(g - reserve_gib, 0.01) * GiB) for i, g in enumerate(sizes)}
     max_memory["cpu"] = int(cpu_gib * GiB) if cpu_gib else 0
     import logging

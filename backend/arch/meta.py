@@ -3,23 +3,19 @@ from __future__ import annotations
 
 import logging
 import threading
-from functools import lru_cache
 
-from .configs import ModelSource, _build, canonical
 from .errors import ArchLabError
-
 
 #: Held while transformers constructs a model: it switches torch's process-wide default dtype to the config's
 #: (bf16 for most) during construction, so a build in another thread would get tensors of the wrong dtype.
 BUILD_LOCK = threading.RLock()
 
 
-@lru_cache(maxsize=64)
-def _meta_model(canon: str):
+def build_meta_model(cfg):
+    """The full-size model of a validated config on the meta device (``Architecture`` keeps it)."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    cfg = _build(canon)
     # Quiet transformers' config warnings (e.g. Llama 4's rope factors) while building.
     tlog = logging.getLogger("transformers")
     level = tlog.level
@@ -35,28 +31,4 @@ def _meta_model(canon: str):
     finally:
         tlog.setLevel(level)
     model.eval()
-    return model
-
-
-def meta_model(source: ModelSource):
-    """The full-size model of a source on the meta device (cached, shared: do not modify)."""
-    return _meta_model(canonical(source))
-
-
-def decoder_layers(model) -> list:
-    """The repeated decoder blocks of a causal LM, whatever the attribute is called."""
-    for base in (base_model(model), model):
-        for name in ("layers", "h", "blocks", "decoder_layers"):
-            layers = getattr(base, name, None)
-            if layers is not None:
-                return list(layers)
-    raise ArchLabError(f"cannot find the decoder layers of {type(model).__name__}")
-
-
-def base_model(model):
-    """The decoder stack under the LM head (``model.model``, ``model.transformer``, ...)."""
-    for name in (model.base_model_prefix, "model", "transformer"):
-        base = getattr(model, name, None)
-        if base is not None and base is not model:
-            return base
     return model

@@ -8,12 +8,9 @@ formulas and the runtime all read this spec, never a model name.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from functools import lru_cache
 from typing import Any, Optional
 
-from .configs import ModelSource, _build, canonical
 from .errors import ArchLabError
-from .meta import _meta_model, base_model, decoder_layers
 
 #: router classes that score experts with a sigmoid although their config does not say so
 SIGMOID_ROUTERS = frozenset({"Llama4Router"})
@@ -137,6 +134,25 @@ class ArchSpec:
         return d
 
 
+def decoder_layers(model) -> list:
+    """The repeated decoder blocks of a causal LM, whatever the attribute is called."""
+    for base in (base_model(model), model):
+        for name in ("layers", "h", "blocks", "decoder_layers"):
+            layers = getattr(base, name, None)
+            if layers is not None:
+                return list(layers)
+    raise ArchLabError(f"cannot find the decoder layers of {type(model).__name__}")
+
+
+def base_model(model):
+    """The decoder stack under the LM head (``model.model``, ``model.transformer``, ...)."""
+    for name in (model.base_model_prefix, "model", "transformer"):
+        base = getattr(model, name, None)
+        if base is not None and base is not model:
+            return base
+    return model
+
+
 def _pattern(tokens: list[str]) -> str:
     """Shortest repeating unit of a sequence, written with its repeat count."""
     n = len(tokens)
@@ -256,11 +272,10 @@ def _moe(cfg, model_layers, hidden: int) -> Optional[MoESpec]:
     )
 
 
-@lru_cache(maxsize=256)
-def _spec(canon: str) -> ArchSpec:
-    cfg = _build(canon)
+def read_spec(cfg, model) -> ArchSpec:
+    """The spec of a validated config and its meta-device model (``Architecture.spec`` keeps it)."""
     try:
-        return _read_spec(cfg, canon)
+        return _read_spec(cfg, model)
     except ArchLabError:
         raise
     except (TypeError, ValueError, AttributeError, KeyError, IndexError, ZeroDivisionError) as e:
@@ -269,8 +284,7 @@ def _spec(canon: str) -> ArchSpec:
                            f"{(str(e).splitlines() or [''])[0][:200]}") from None
 
 
-def _read_spec(cfg, canon: str) -> ArchSpec:
-    model = _meta_model(canon)
+def _read_spec(cfg, model) -> ArchSpec:
     layers = decoder_layers(model)
     hidden = int(_get(cfg, "hidden_size", "n_embd", "d_model"))
     n_layers = len(layers)
@@ -372,8 +386,3 @@ def _read_spec(cfg, canon: str) -> ArchSpec:
         activation=str(_get(cfg, "hidden_act", "hidden_activation", "activation_function", default="?")),
         gated_mlp=gated, mlp_bias=mlp_bias, moe=moe, layers=tuple(per_layer),
     )
-
-
-def arch_spec(source: ModelSource) -> ArchSpec:
-    """The normalized spec of a catalog key or a config dict (cached)."""
-    return _spec(canonical(source))

@@ -1,7 +1,7 @@
 """Full width, fewer layers: speed of a model too large for the hardware, extrapolated to full depth.
 
 A variant keeps every tensor shape of the real model but only its first ``k`` decoder layers
-(:func:`backend.configs.with_layers`). The cost of one more layer is measured, not assumed: the
+(:func:`backend.arch.architecture.with_layers`). The cost of one more layer is measured, not assumed: the
 decode step is timed on the loaded ``k``-layer model and on a ``k - 1``-layer view of it that
 shares its weights (no extra weight memory), the same way the Playground decodes (CUDA graph on a
 GPU). Full depth then costs ``step(k) + (n - k) × per-layer``, assuming the layers past ``k`` cost
@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Optional
 
-from ..arch.configs import load_config, with_layers
+from ..arch.architecture import resolve, with_layers
 from ..arch.errors import ArchLabError
 
 #: Decode steps timed per depth (after warm-up), and the prompt length they decode after.
@@ -85,7 +85,7 @@ def shallower(model, layers: int):
 
     d = model.config.to_dict()
     d.pop("quantization_config", None)
-    cfg = load_config(with_layers(d, layers))
+    cfg = resolve(with_layers(d, layers)).config
     with BUILD_LOCK, torch.device("meta"):
         view = AutoModelForCausalLM.from_config(cfg, dtype=next(model.parameters()).dtype)
     state = model.state_dict()

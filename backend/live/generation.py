@@ -15,9 +15,9 @@ import weakref
 from dataclasses import dataclass, field
 from typing import Optional, Union
 
-from . import fastdecode
-from ..arch import configs
+from ..arch.architecture import label
 from ..arch.errors import ArchLabError
+from . import fastdecode
 from .fastdecode import GraphDecoder, pack_step, sample
 from .routing import RoutingRecorder, RoutingTrace, StepRouting
 from .runtime import LoadedModel, ModelRequest, load, release
@@ -131,7 +131,7 @@ class _Slot:
 def request_label(request: ModelRequest) -> str:
     """A display name before the model is loaded."""
     try:
-        base = request.path if request.mode == "pretrained" else configs.label(request.source)
+        base = request.path if request.mode == "pretrained" else label(request.source)
     except ArchLabError:
         base = "model"
     return f"{base} ({request.mode}{', ' + request.size if request.mode == 'miniature' else ''})"
@@ -313,7 +313,12 @@ class GenerationRun:
         if self._threads:
             raise ArchLabError("this run has already started")
         # transformers' lazy first import is not thread-safe (workers got ImportError on AutoConfig): do it here
-        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast  # noqa: F401
+        from transformers import (  # noqa: F401
+            AutoConfig,
+            AutoModelForCausalLM,
+            AutoTokenizer,
+            PreTrainedTokenizerFast,
+        )
         self._threads = [threading.Thread(target=self._work, args=(i, r), daemon=True, name=f"archlab-gen-{i}")
                          for i, r in enumerate(self.requests)]
         for t in self._threads:

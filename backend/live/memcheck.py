@@ -5,9 +5,8 @@ cache); measurements from the tensors themselves and, on GPUs, ``torch.cuda.memo
 """
 from __future__ import annotations
 
-from ..arch.counting import count_params
+from ..arch.architecture import Architecture, Source, resolve
 from ..arch.memory import DTYPE_BYTES, kv_cache, linear_state_elements
-from ..arch.spec import arch_spec
 
 _TORCH_DTYPE = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 
@@ -19,10 +18,11 @@ def _config_dict(model) -> dict:
     return d
 
 
-def static_cache_bytes(source, tokens: int, dtype: str) -> int:
+def static_cache_bytes(source: Source, tokens: int, dtype: str) -> int:
     """Bytes of the GPU fast path's static cache: every attention layer keeps ``tokens`` positions."""
-    kv = kv_cache(source, 1, 1, dtype)
-    spec = arch_spec(source)
+    arch = (source if isinstance(source, Architecture) else resolve(source))
+    kv = kv_cache(arch, 1, 1, dtype)
+    spec = arch.spec
     linear = spec.count("linear") * linear_state_elements(spec) * DTYPE_BYTES[dtype]
     return int(kv.per_token_bytes * tokens + linear)
 
@@ -32,9 +32,10 @@ def memory_check(lm) -> list[dict]:
     import torch
 
     model = lm.model
-    src = _config_dict(model)
+    # Predicted from the config of the model as built (independently of the tensors measured below).
+    src = lm.arch if getattr(lm, "arch", None) is not None else resolve(_config_dict(model))
     dtype = _TORCH_DTYPE.get(str(next(model.parameters()).dtype).replace("torch.", ""), "fp32")
-    predicted_weights = int(count_params(src).total * DTYPE_BYTES[dtype])
+    predicted_weights = int(src.counts.total * DTYPE_BYTES[dtype])
     measured_weights = sum(p.numel() * p.element_size() for p in model.parameters())
     rows = [{"what": "weights (all devices)", "device": lm.device_summary, "predicted_bytes": predicted_weights,
              "measured_bytes": measured_weights, "how measured": "sum of parameter tensors"}]

@@ -12,9 +12,10 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ..arch.configs import ALIASES, ModelSource, load_config
+from ..arch.architecture import Architecture, Source, resolve
+from ..arch.configs import ALIASES
 from ..arch.errors import ArchLabError
-from ..arch.spec import ArchSpec, arch_spec
+from ..arch.spec import ArchSpec
 
 #: preset -> knobs. ``layers`` is a target: a layer pattern's period is never cut.
 MINIATURE_SIZES: dict[str, dict[str, int]] = {
@@ -113,14 +114,14 @@ def _offline_vocab() -> tuple[int, int, int]:
     return len(tok), tok.eos_token_id, tok.pad_token_id
 
 
-def miniature_config_dict(source: ModelSource, size: str = "small") -> dict[str, Any]:
+def miniature_config_dict(source: Source, size: str = "small") -> dict[str, Any]:
     """The config dict of a miniature of ``source`` (see module doc), sized for the offline tokenizer."""
     if size not in MINIATURE_SIZES:
         raise ArchLabError(f"unknown miniature size {size!r}; choose one of {', '.join(MINIATURE_SIZES)}")
     knobs = MINIATURE_SIZES[size]
-    cfg = load_config(source)
-    spec = arch_spec(source)
-    d = cfg.to_dict()
+    arch = (source if isinstance(source, Architecture) else resolve(source))
+    spec = arch.spec
+    d = arch.config.to_dict()
     for k in ("architectures", "transformers_version", "_name_or_path", "dtype", "torch_dtype", "auto_map"):
         d.pop(k, None)
     n_full = spec.num_layers
@@ -223,11 +224,20 @@ def check_miniature(full: ArchSpec, mini: ArchSpec, size: str = "small") -> list
     return lost
 
 
-def miniature_spec(source: ModelSource, size: str = "small") -> ArchSpec:
+def miniature(source: Source, size: str = "small") -> Architecture:
+    """The miniature of ``source`` as an Architecture (kept on the full one); ArchLabError if it would
+    lose part of the architecture."""
+    full = (source if isinstance(source, Architecture) else resolve(source))
+
+    def make() -> Architecture:
+        mini = resolve(miniature_config_dict(full, size))
+        lost = check_miniature(full.spec, mini.spec, size)
+        if lost:
+            raise ArchLabError(f"the {size} miniature cannot keep this architecture: lost {'; '.join(lost)}")
+        return mini
+    return full.memo(("miniature", size), make)
+
+
+def miniature_spec(source: Source, size: str = "small") -> ArchSpec:
     """ArchSpec of the miniature; ArchLabError if it would lose part of the architecture."""
-    d = miniature_config_dict(source, size)
-    mini = arch_spec(d)
-    lost = check_miniature(arch_spec(source), mini, size)
-    if lost:
-        raise ArchLabError(f"the {size} miniature cannot keep this architecture: lost {'; '.join(lost)}")
-    return mini
+    return miniature(source, size).spec

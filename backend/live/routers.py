@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from ..arch.errors import ArchLabError
-from ..arch.meta import decoder_layers
+from ..arch.spec import decoder_layers
 
 _MLP_NAMES = ("mlp", "feed_forward", "block_sparse_moe")
 _ROUTER_NAMES = ("gate", "router")

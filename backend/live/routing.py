@@ -14,9 +14,8 @@ from typing import Optional
 import numpy as np
 
 from ..arch.errors import ArchLabError
-from .routers import router_choice, router_modules
 from ..arch.spec import ArchSpec
-
+from .routers import router_choice, router_modules
 
 
 @dataclass

@@ -6,6 +6,7 @@ local folder or the Hugging Face cache only (never downloaded), as safetensors, 
 """
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import math
@@ -13,17 +14,17 @@ import os
 import re
 import threading
 import time
-import contextlib
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 from ..arch import configs
+from ..arch.architecture import Architecture, Source, resolve
 from ..arch.errors import ArchLabError
 from ..arch.memory import GiB, device_plan, kv_cache, weight_bytes
-from .miniature import MINIATURE_SIZES, miniature_config_dict, miniature_spec
-from ..arch.spec import ArchSpec, arch_spec
+from ..arch.spec import ArchSpec
+from .miniature import MINIATURE_SIZES, miniature
 
 MODES = ("miniature", "full", "pretrained")
 DEVICES = ("auto", "cpu", "cuda", "multi-gpu")
@@ -51,9 +52,16 @@ class ModelRequest:
     dtype: str = "auto"         # "auto" | "fp32" | "bf16" | "fp16"
     compile: bool = False       # GPU fast path: also torch.compile the decode step (slow once, faster after)
 
-    def key(self) -> str:
-        """Hashable identity (the source may be a dict)."""
-        src = configs.canonical(self.source) if self.mode != "pretrained" else repr(self.source)
+    def architecture(self) -> Optional[Architecture]:
+        """The source resolved (None in pretrained mode: the checkpoint's config decides)."""
+        return None if self.mode == "pretrained" else resolve(self.source)
+
+    def key(self, arch: Optional[Architecture] = None) -> str:
+        """Hashable identity (the source may be a dict); ``arch``: the source already resolved."""
+        if self.mode == "pretrained":
+            src = repr(self.source)
+        else:
+            src = (arch or resolve(self.source)).canon
         return json.dumps([src, self.mode, self.size if self.mode == "miniature" else "", self.path,
                            self.device, self.dtype, self.compile])
 
@@ -71,6 +79,7 @@ class LoadedModel:
     bytes_per_device: dict[str, int]
     load_seconds: float
     dtype: str = "fp32"
+    arch: Optional[Architecture] = None  # the config actually built (the miniature's, for miniatures)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)  # one generation at a time
     decoder: Any = field(default=None, repr=False)  # GPU fast path (fastdecode.GraphDecoder), made on first use
 
@@ -133,7 +142,7 @@ def _gib(n: float) -> str:
     return f"{n / GiB:,.1f} GiB"
 
 
-def plan_placement(source: configs.ModelSource, device: str, dtype: str, hw: dict | None = None,
+def plan_placement(source: Source, device: str, dtype: str, hw: dict | None = None,
                    need_bytes: int | None = None) -> Placement:
     """Where a model goes, given the hardware (``hw`` as ``hardware()`` returns; fake it in tests).
 
@@ -145,13 +154,14 @@ def plan_placement(source: configs.ModelSource, device: str, dtype: str, hw: dic
     if dtype not in DTYPES:
         raise ArchLabError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
     hw = hw if hw is not None else hardware()
+    arch = (source if isinstance(source, Architecture) else resolve(source))
     gpus = hw.get("gpus") or []
     if device in ("cuda", "multi-gpu") and not gpus:
         raise ArchLabError(f"device {device!r} asked for, but no CUDA GPU is visible")
     want_gpu = device in ("cuda", "multi-gpu") or (device == "auto" and gpus)
     dt = dtype if dtype != "auto" else ("bf16" if want_gpu else "fp32")
-    need = need_bytes if need_bytes is not None else weight_bytes(source, dt)
-    kv = kv_allowance(source, dt)
+    need = need_bytes if need_bytes is not None else weight_bytes(arch, dt)
+    kv = kv_allowance(arch, dt)
     total_need = need + kv
     what = f"{_gib(total_need)} ({_gib(need)} of {dt} weights + {_gib(kv)} KV cache for {KV_ALLOWANCE_TOKENS:,} tokens)"
     best = max(gpus, key=lambda g: g["free_gib"]) if gpus else None
@@ -166,7 +176,7 @@ def plan_placement(source: configs.ModelSource, device: str, dtype: str, hw: dic
                            f"has {best['free_gib']:,.1f} GiB free: try multi-gpu or a smaller dtype")
     total_free = sum(g["free_gib"] for g in gpus)
     if device == "multi-gpu" or (device == "auto" and gpus and total_need <= total_free * GiB * (1 - HEADROOM)):
-        plan = _balanced_plan(source, [g["free_gib"] * (1 - HEADROOM) for g in gpus], dt, need, kv)
+        plan = _balanced_plan(arch, [g["free_gib"] * (1 - HEADROOM) for g in gpus], dt, need, kv)
         if not plan.fits:
             raise ArchLabError(f"needs {what}; {len(gpus)} GPU(s) have {total_free:,.1f} GiB free "
                                f"in all (decoder layers are not split)")
@@ -181,7 +191,7 @@ def plan_placement(source: configs.ModelSource, device: str, dtype: str, hw: dic
                        f"free RAM")
 
 
-def _balanced_plan(source: configs.ModelSource, free_gib: list[float], dtype: str, need: int, kv: int):
+def _balanced_plan(arch: Architecture, free_gib: list[float], dtype: str, need: int, kv: int):
     """A device plan that spreads the weights evenly over the GPUs.
 
     ``infer_auto_device_map`` fills GPU 0 before GPU 1, so a model that fits on one GPU would land on
@@ -192,17 +202,18 @@ def _balanced_plan(source: configs.ModelSource, free_gib: list[float], dtype: st
     reserve = kv / GiB / n
     for slack in (1.05, 1.25, 1.6):
         caps = [max(min(f, need / GiB / n * slack + reserve), 0.01) for f in free_gib]
-        plan = device_plan(source, caps, dtype, reserve_gib=reserve)
+        plan = device_plan(arch, caps, dtype, reserve_gib=reserve)
         if plan.fits:
             return plan
-    return device_plan(source, [max(f, 0.01) for f in free_gib], dtype, reserve_gib=reserve)
+    return device_plan(arch, [max(f, 0.01) for f in free_gib], dtype, reserve_gib=reserve)
 
 
-def kv_allowance(source: configs.ModelSource, dtype: str) -> int:
+def kv_allowance(source: Source, dtype: str) -> int:
     """KV-cache bytes a model must have room for: KV_ALLOWANCE_TOKENS tokens (or its context), batch 1."""
-    ctx = arch_spec(source).max_context
+    arch = (source if isinstance(source, Architecture) else resolve(source))
+    ctx = arch.spec.max_context
     tokens = min(KV_ALLOWANCE_TOKENS, ctx) if ctx else KV_ALLOWANCE_TOKENS
-    return kv_cache(source, tokens, 1, dtype).total_bytes
+    return kv_cache(arch, tokens, 1, dtype).total_bytes
 
 
 # ----------------------------------------------------------------- checkpoints
@@ -292,21 +303,20 @@ def _safetensors_shapes(path: Path) -> dict[str, tuple[int, ...]]:
         raise ArchLabError(f"{path.name} is not a valid safetensors file ({type(e).__name__}: {str(e)[:120]})") from None
 
 
-def check_weights(folder: Path, config: dict) -> None:
+def check_weights(folder: Path, config: "dict | Architecture") -> None:
     """Compare a checkpoint's tensor shapes (safetensors headers only) with the model its config builds.
 
     ArchLabError names the first tensors whose shape differs, or how many parameters are missing, so a
     config that does not match its weights is refused before anything is allocated.
     """
-    from ..arch.meta import meta_model
-
-    if config.get("quantization_config"):
+    arch = resolve(config)
+    if arch.as_dict().get("quantization_config"):
         return  # packed/quantized tensors have other names and shapes; transformers checks those
     files = sorted(folder.glob("*.safetensors"))
     shapes: dict[str, tuple[int, ...]] = {}
     for f in files:
         shapes.update(_safetensors_shapes(f))
-    model = meta_model(config)
+    model = arch.meta_model
     expected = {n: tuple(t.shape) for n, t in model.named_parameters(remove_duplicate=False)}
     bad = [f"{n}: config {tuple(expected[n])}, file {shape}" for n, shape in shapes.items()
            if n in expected and expected[n] != shape]
@@ -392,8 +402,8 @@ def _summary(devs: list[str]) -> str:
     return devs[0] if len(devs) == 1 else ", ".join(devs)
 
 
-def _build(request: ModelRequest, progress: Callable[[str], None]) -> LoadedModel:
-    from ..arch.configs import load_config
+def _build(request: ModelRequest, arch: Optional[Architecture], progress: Callable[[str], None]) -> LoadedModel:
+    """Build a request whose source is resolved as ``arch`` (None in pretrained mode)."""
     from .tokenizer import load_offline
 
     t0 = time.perf_counter()
@@ -404,18 +414,18 @@ def _build(request: ModelRequest, progress: Callable[[str], None]) -> LoadedMode
         if request.mode == "miniature":
             if request.size not in MINIATURE_SIZES:
                 raise ArchLabError(f"unknown miniature size {request.size!r}; choose one of {', '.join(MINIATURE_SIZES)}")
-            src = miniature_config_dict(request.source, request.size)
-            spec = miniature_spec(request.source, request.size)
-            label = f"{configs.label(request.source)} (miniature, {request.size})"
+            full = arch
+            arch = miniature(full, request.size)
+            label = f"{full.label} (miniature, {request.size})"
             seed = MINIATURE_SEED
         else:
-            src, spec, seed = request.source, arch_spec(request.source), None
-            label = f"{configs.label(request.source)} (full width, random)"
-        with _admitted(src, request.device, request.dtype) as placement:
+            seed = None
+            label = f"{arch.label} (full width, random)"
+        with _admitted(arch, request.device, request.dtype) as placement:
             progress(f"building {label} on {placement.kind} ({_gib(placement.need_bytes)} of {placement.dtype} weights)")
-            model = _random_model(load_config(src), placement, seed)
+            model = _random_model(arch.config, placement, seed)
         tokenizer = load_offline()
-        return _loaded(request, model, tokenizer, spec, label, placement, t0)
+        return _loaded(request, model, tokenizer, arch, label, placement, t0)
     finally:
         restore()
 
@@ -424,11 +434,10 @@ def _pretrained(request: ModelRequest, progress, t0: float) -> LoadedModel:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder = resolve_checkpoint(request.path)
-    d = check_checkpoint(folder)
-    spec = arch_spec(d)
-    check_weights(folder, d)
+    arch = resolve(check_checkpoint(folder))
+    check_weights(folder, arch)
     label = f"{folder.name if folder.parent.name != 'snapshots' else request.path} (pretrained)"
-    with _admitted(d, request.device, request.dtype) as placement:
+    with _admitted(arch, request.device, request.dtype) as placement:
         progress(f"loading {label} on {placement.kind} ({_gib(placement.need_bytes)} of {placement.dtype} weights)")
         dmap = placement.device_map if placement.kind == "multi-gpu" else placement.device_map[""]
         from ..arch.meta import BUILD_LOCK
@@ -444,16 +453,16 @@ def _pretrained(request: ModelRequest, progress, t0: float) -> LoadedModel:
         except Exception as e:
             raise ArchLabError(f"could not load {folder}: {type(e).__name__}: "
                                f"{(str(e).splitlines() or [''])[0][:300]}") from None
-    return _loaded(request, model.eval(), tokenizer, spec, label, placement, t0)
+    return _loaded(request, model.eval(), tokenizer, arch, label, placement, t0)
 
 
-def _loaded(request, model, tokenizer, spec, label, placement: Placement, t0: float) -> LoadedModel:
+def _loaded(request, model, tokenizer, arch: Architecture, label, placement: Placement, t0: float) -> LoadedModel:
     per_dev = _device_bytes(model)
     dmap = getattr(model, "hf_device_map", None) or placement.device_map
     dmap = {k: (f"cuda:{v}" if isinstance(v, int) else str(v)) for k, v in dmap.items()}
     params = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
-    return LoadedModel(request, model, tokenizer, spec, label, params, _summary(list(per_dev)), dmap, per_dev,
-                       time.perf_counter() - t0, placement.dtype)
+    return LoadedModel(request, model, tokenizer, arch.spec, label, params, _summary(list(per_dev)), dmap, per_dev,
+                       time.perf_counter() - t0, placement.dtype, arch)
 
 
 # ----------------------------------------------------------------- admission
@@ -472,13 +481,13 @@ def _budget() -> dict:
 
 
 @contextmanager
-def _admitted(source: configs.ModelSource, device: str, dtype: str):
+def _admitted(arch: Architecture, device: str, dtype: str):
     """Plan a placement against free memory and hold its bytes until the build ends.
 
     Two sessions building different large models at once cannot both be admitted into the same free memory.
     """
     with _admit:
-        placement = plan_placement(source, device, dtype, _budget())
+        placement = plan_placement(arch, device, dtype, _budget())
         devs = sorted(set(placement.device_map.values()))
         share = {d: (placement.need_bytes + placement.kv_bytes) // len(devs) for d in devs}
         for d, b in share.items():
@@ -514,7 +523,8 @@ def _validate(request: ModelRequest) -> None:
 def load(request: ModelRequest, progress: Callable[[str], None] | None = None) -> LoadedModel:
     """Build or load the model of a request (cached per request; concurrent calls build once)."""
     _validate(request)
-    key = request.key()
+    arch = request.architecture()
+    key = request.key(arch)
     with _guard:
         if key in _cache:
             return _cache[key]
@@ -523,7 +533,7 @@ def load(request: ModelRequest, progress: Callable[[str], None] | None = None) -
         with _guard:
             if key in _cache:
                 return _cache[key]
-        loaded = _build(request, progress or (lambda _msg: None))
+        loaded = _build(request, arch, progress or (lambda _msg: None))
         with _guard:
             _cache[key] = loaded
         return loaded

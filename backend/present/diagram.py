@@ -11,8 +11,8 @@ from typing import Mapping, Optional, Sequence
 
 import plotly.graph_objects as go
 
-from .colors import COMPONENT_COLORS, HIGHLIGHT, LAYER_COLORS
 from ..arch.spec import ArchSpec
+from .colors import COMPONENT_COLORS, HIGHLIGHT, LAYER_COLORS
 
 ORDER = ("embedding", "pos_embedding", "block", "norm_attn_pre", "attention", "norm_attn_post", "add_attn",
          "norm_mlp_pre", "mlp", "norm_mlp_post", "add_mlp", "pattern", "final_norm", "lm_head")

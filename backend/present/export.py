@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import shutil
-from html import escape
 import threading
 import warnings
+from html import escape
 from typing import Optional
 
 import pandas as pd

@@ -11,14 +11,14 @@ from typing import Optional, Sequence
 
 import pandas as pd
 
-from ..live import memcheck, routing, runtime
-from ..arch.configs import ModelSource, with_layers
-from ..live.depth import DepthEstimate, estimate
+from ..arch.architecture import Architecture, Source as ModelSource
+from ..arch.architecture import resolve, with_layers
 from ..arch.errors import ArchLabError
+from ..live import memcheck, routing, runtime
+from ..live.depth import DepthEstimate, estimate
 from ..live.generation import Event, GenerationRun, GenerationSettings, Loading, Started
 from ..live.generation import Routing as RoutingEvent
 from ..live.miniature import MINIATURE_SIZES
-from ..arch.spec import arch_spec
 
 MAX_COLUMNS = 4
 MODES = {**{size: f"{size} miniature" for size in MINIATURE_SIZES},
@@ -97,7 +97,7 @@ def requests_for(models: Sequence[tuple[str, ModelSource]], mode: str, device: s
 
 def full_depth(source: ModelSource) -> int:
     """Decoder layers of the real model."""
-    return arch_spec(source).num_layers
+    return (source if isinstance(source, Architecture) else resolve(source)).spec.num_layers
 
 
 # ----------------------------------------------------------------- the run
@@ -333,7 +333,7 @@ def window(r: SlotRouting, last: int) -> SlotRouting:
 
 def is_dense(source: ModelSource) -> bool:
     """True when the architecture has no mixture-of-experts layer (so no router)."""
-    return arch_spec(source).moe is None
+    return (source if isinstance(source, Architecture) else resolve(source)).spec.moe is None
 
 
 def shared_table(live: LiveRun) -> pd.DataFrame:

@@ -10,20 +10,21 @@ from typing import Mapping, Sequence
 import pandas as pd
 
 from ..arch import catalog
-from ..arch.configs import ModelSource
-from ..arch.counting import COMPONENT_LABELS, COMPONENTS, count_params
-from ..arch.memory import DTYPE_BYTES, GiB, device_plan, kv_cache, weights_table as _weights
-from ..arch.spec import ArchSpec, arch_spec
+from ..arch.architecture import Architecture, Source, resolve
+from ..arch.counting import COMPONENT_LABELS, COMPONENTS
+from ..arch.memory import DTYPE_BYTES, GiB, device_plan, kv_cache
+from ..arch.memory import weights_table as _weights
+from ..arch.spec import ArchSpec
 
-Models = Mapping[str, ModelSource]
+Models = Mapping[str, Source]
 NONE = "—"
 LAYER_TYPE_LABELS = {"full": "Full attention", "sliding": "Sliding window", "chunked": "Chunked",
                      "linear": "Linear attention"}
 
 
-def entry(source: ModelSource) -> catalog.CatalogEntry | None:
+def entry(source: Source) -> catalog.CatalogEntry | None:
     """The catalog row of a source, or None for a custom config."""
-    return catalog.get(source) if isinstance(source, str) else None
+    return (source if isinstance(source, Architecture) else resolve(source)).entry
 
 
 def _of(n: int, total: int) -> str:
@@ -75,7 +76,7 @@ def _features(s: ArchSpec) -> dict[str, str]:
 
 def feature_matrix(models: Models) -> pd.DataFrame:
     """Rows = features, columns = models, plus a boolean ``differs`` column."""
-    cols = {label: _features(arch_spec(src)) for label, src in models.items()}
+    cols = {label: _features((src if isinstance(src, Architecture) else resolve(src)).spec) for label, src in models.items()}
     df = pd.DataFrame(cols)
     df.index.name = "Feature"
     df["differs"] = df.nunique(axis=1) > 1 if len(cols) > 1 else False
@@ -86,7 +87,8 @@ def params_table(models: Models) -> pd.DataFrame:
     """Exact total/active parameters, the authors' stated figures and every component (integers)."""
     rows = []
     for label, src in models.items():
-        c, e = count_params(src), entry(src)
+        arch = (src if isinstance(src, Architecture) else resolve(src))
+        c, e = arch.counts, arch.entry
         row = {"Model": label, "Total": c.total, "Active per token": c.active,
                "Active share": c.active_share,
                "Stated total": e.stated_total if e else NONE, "Stated active": e.stated_active if e else NONE}
@@ -99,7 +101,7 @@ def params_table(models: Models) -> pd.DataFrame:
 def components_long(models: Models) -> pd.DataFrame:
     """Long form (model, component, params) for stacked bars; zero components dropped."""
     rows = [{"model": label, "component": k, "component_label": COMPONENT_LABELS.get(k, k), "params": n}
-            for label, src in models.items() for k, n in count_params(src).components.items() if n]
+            for label, src in models.items() for k, n in (src if isinstance(src, Architecture) else resolve(src)).counts.components.items() if n]
     return pd.DataFrame(rows, columns=["model", "component", "component_label", "params"])
 
 
@@ -116,7 +118,8 @@ def kv_table(models: Models, context: int, batch: int = 1, dtype: str = "bf16",
     """KV cache of each model at ``context`` tokens × ``batch`` sequences."""
     rows = []
     for label, src in models.items():
-        s, kv = arch_spec(src), kv_cache(src, context, batch, dtype, mla_layout)
+        arch = (src if isinstance(src, Architecture) else resolve(src))
+        s, kv = arch.spec, kv_cache(arch, context, batch, dtype, mla_layout)
         row = {"Model": label,
                "Cache layout": (f"MLA {mla_layout}" if s.mla else "K and V per KV head")
                + (" + fixed linear state" if s.linear else ""),
@@ -144,9 +147,10 @@ def kv_curve(models: Models, contexts: Sequence[int] | None = None, batch: int =
     contexts = list(contexts or context_grid())
     rows = []
     for label, src in models.items():
-        limit = arch_spec(src).max_context or max(contexts)
+        arch = (src if isinstance(src, Architecture) else resolve(src))
+        limit = arch.spec.max_context or max(contexts)
         points = sorted({c for c in contexts if c <= limit} | ({limit} if limit <= max(contexts) else set()))
-        rows += [{"model": label, "context": c, "kv_gib": kv_cache(src, c, batch, dtype, mla_layout).total_bytes / GiB}
+        rows += [{"model": label, "context": c, "kv_gib": kv_cache(arch, c, batch, dtype, mla_layout).total_bytes / GiB}
                  for c in points]
     return pd.DataFrame(rows, columns=["model", "context", "kv_gib"])
 

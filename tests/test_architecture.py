@@ -1,0 +1,43 @@
+"""A source is resolved once into an Architecture, which every layer below is handed."""
+import threading
+
+from backend.arch import architecture, configs, spec
+from backend.arch.architecture import Architecture, resolve
+from backend.live import runtime
+
+
+def test_resolve_gives_one_object_per_config_and_passes_an_architecture_through():
+    a = resolve("qwen3-0.6b")
+    assert isinstance(a, Architecture) and resolve("qwen3-0.6b") is a and resolve(a) is a
+    assert a.label == a.entry.name
+    assert a.entry.key == "qwen3-0.6b" and resolve(a.as_dict()).entry is None
+    assert a.spec is a.spec and a.counts.total == a.formula_counts.total
+
+
+def test_lazy_parts_are_built_once_under_concurrency(monkeypatch):
+    calls = []
+    real = spec.read_spec
+    monkeypatch.setattr(spec, "read_spec", lambda cfg, model: calls.append(1) or real(cfg, model))
+    a = resolve({**configs.catalog.raw_config("gpt2"), "_name_or_path": "once-test"})
+    threads = [threading.Thread(target=lambda: a.spec) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1
+
+
+def test_a_load_resolves_its_source_once(monkeypatch):
+    """runtime.load validates each config (the model's and its miniature's) and reads its spec once."""
+    built, specs = [], []
+    real_build, real_spec = configs.build_config, spec.read_spec
+    monkeypatch.setattr(configs, "build_config", lambda canon: built.append(canon) or real_build(canon))
+    monkeypatch.setattr(spec, "read_spec", lambda cfg, model: specs.append(cfg) or real_spec(cfg, model))
+    source = {**configs.catalog.raw_config("qwen3-30b-a3b"), "_name_or_path": "resolve-once"}
+    request = runtime.ModelRequest(source, size="tiny", device="cpu")
+    try:
+        lm = runtime.load(request)
+        assert lm.arch is architecture.resolve(lm.arch) and lm.arch.spec is lm.spec
+        assert len(built) == 2 and len(specs) == 2  # the full config and its miniature, once each
+    finally:
+        runtime.release(request)
