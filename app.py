@@ -16,6 +16,7 @@ PAGES = (
     ("views/parameters.py", "Parameters & Memory", ":material/memory:", "parameters"),
     ("views/playground.py", "Playground", ":material/chat:", "playground"),
     ("views/routing.py", "Routing", ":material/alt_route:", "routing"),
+    ("views/experiments.py", "Experiments", ":material/science:", "experiments"),
 )
 
 st.set_page_config(page_title="ArchLab", page_icon=":material/account_tree:", layout="wide")
