@@ -10,7 +10,8 @@ nothing branches on a model name.
 from __future__ import annotations
 
 import math
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Optional
 
 from ..arch.architecture import Architecture, Source, resolve
 from ..arch.configs import ALIASES
@@ -114,42 +115,96 @@ def _offline_vocab() -> tuple[int, int, int]:
     return len(tok), tok.eos_token_id, tok.pad_token_id
 
 
+@dataclass(frozen=True)
+class Knobs:
+    """How to shrink a model. Presets (``MINIATURE_SIZES``) set the first five; training sizes them to a budget.
+
+    ``experts``: cap on routed experts (None keeps the real count). ``width_mult`` scales every MLP/expert
+    width beyond the hidden-size ratio (budget fine-tuning). ``gqa_ratio``: keep the real query/KV head ratio
+    exactly (heads raised to two KV groups if needed) instead of the nearest divisor. ``min_head_dim``: head
+    width floor when the config has its own ``head_dim``. ``vocab``/``eos``/``pad``: the tokenizer's (default:
+    the shipped one). ``max_positions``: learned absolute position tables cut to this length.
+    """
+    hidden: int
+    heads: int
+    layers: int
+    experts: Optional[int]
+    window: int
+    width_mult: float = 1.0
+    gqa_ratio: bool = False
+    min_head_dim: int = 0
+    vocab: Optional[int] = None
+    eos: Optional[int] = None
+    pad: Optional[int] = None
+    max_positions: Optional[int] = None
+    name: str = "miniature"
+
+    @classmethod
+    def preset(cls, size: str) -> "Knobs":
+        if size not in MINIATURE_SIZES:
+            raise ArchLabError(f"unknown miniature size {size!r}; choose one of {', '.join(MINIATURE_SIZES)}")
+        return cls(**MINIATURE_SIZES[size], name=f"miniature-{size}")
+
+
+def attention_heads(spec: ArchSpec, knobs: Knobs) -> tuple[int, int]:
+    """(query heads, KV heads) of the miniature."""
+    heads = min(knobs.heads, spec.num_heads)
+    if not knobs.gqa_ratio or spec.attention_kind != "GQA":
+        return heads, _heads(spec, heads)
+    group = spec.num_heads // spec.num_kv_heads
+    kv = max(2, heads // group)
+    return min(group * kv, spec.num_heads), min(kv, spec.num_kv_heads)
+
+
 def miniature_config_dict(source: Source, size: str = "small") -> dict[str, Any]:
-    """The config dict of a miniature of ``source`` (see module doc), sized for the offline tokenizer."""
-    if size not in MINIATURE_SIZES:
-        raise ArchLabError(f"unknown miniature size {size!r}; choose one of {', '.join(MINIATURE_SIZES)}")
-    knobs = MINIATURE_SIZES[size]
+    """The config dict of a preset miniature of ``source`` (see module doc), sized for the offline tokenizer."""
+    return shrink(source, Knobs.preset(size))
+
+
+def shrink(source: Source, knobs: Knobs) -> dict[str, Any]:
+    """The config dict of ``source`` shrunk by ``knobs``, keeping its architecture (see module doc)."""
     arch = (source if isinstance(source, Architecture) else resolve(source))
     spec = arch.spec
     d = arch.config.to_dict()
     for k in ("architectures", "transformers_version", "_name_or_path", "dtype", "torch_dtype", "auto_map"):
         d.pop(k, None)
     n_full = spec.num_layers
-    plan = layer_plan(spec, knobs["layers"])
+    plan = layer_plan(spec, knobs.layers)
     n = len(plan)
 
-    hidden, heads = knobs["hidden"], min(knobs["heads"], spec.num_heads)
+    hidden = knobs.hidden
+    heads, kv_heads = attention_heads(spec, knobs)
     scale = hidden / spec.hidden_size
     head_dim = hidden // heads
+    has_head_dim = "head_dim" in d and d["head_dim"]
+    if knobs.min_head_dim and spec.mla is None:
+        # Head width decoupled from hidden / heads (configs without a head_dim field mostly honour one;
+        # those that do not fall back to hidden / heads).
+        q_ratio = spec.num_heads * spec.head_dim / spec.hidden_size  # query width over hidden, as in the real model
+        head_dim = max(knobs.min_head_dim, _round8(q_ratio * hidden / heads))
+        has_head_dim = True
     _set(d, "hidden_size", hidden)
     _set(d, "num_attention_heads", heads)
     if any(name in d for name in ALIASES["num_key_value_heads"]):
-        _set(d, "num_key_value_heads", _heads(spec, heads))
+        _set(d, "num_key_value_heads", kv_heads)
     _set(d, "num_hidden_layers", n)
+    step, floor = (4, 4) if knobs.width_mult != 1.0 else (8, 16)
     for w in _WIDTHS:
         if isinstance(d.get(w), int) and d[w] > 0:
-            d[w] = _round8(d[w] * scale, 16)
+            d[w] = max(floor, int(round(d[w] * scale * knobs.width_mult / step)) * step)
 
     if spec.mla is not None:
         m, f = spec.mla, head_dim / spec.mla.v_head_dim
-        d["qk_nope_head_dim"], d["qk_rope_head_dim"] = _even(m.qk_nope_head_dim * f, 4), _even(m.qk_rope_head_dim * f, 4)
+        rope = _even(m.qk_rope_head_dim * f, 4)
+        # the rotated share of each head is part of the architecture: derive the unrotated width from it
+        d["qk_nope_head_dim"], d["qk_rope_head_dim"] = _even(rope * m.qk_nope_head_dim / m.qk_rope_head_dim, 4), rope
         d["v_head_dim"] = _even(m.v_head_dim * f, 4)
         d["kv_lora_rank"] = _round8(m.kv_lora_rank * scale, 16)
         if m.q_lora_rank:
             d["q_lora_rank"] = _round8(m.q_lora_rank * scale, 16)
         if "head_dim" in d:
             d["head_dim"] = d["qk_rope_head_dim"]
-    elif "head_dim" in d and d["head_dim"]:
+    elif has_head_dim:
         if d.get("query_pre_attn_scalar"):  # attention scale given in units of the head width
             d["query_pre_attn_scalar"] = max(1, round(d["query_pre_attn_scalar"] * head_dim / d["head_dim"]))
         d["head_dim"] = head_dim
@@ -162,9 +217,9 @@ def miniature_config_dict(source: Source, size: str = "small") -> dict[str, Any]
 
     for w in _WINDOWS:
         if isinstance(d.get(w), int) and d[w] > 0:
-            d[w] = min(d[w], knobs["window"])
+            d[w] = min(d[w], knobs.window)
     if spec.moe is not None:
-        _moe_fields(d, spec, knobs["experts"])
+        _moe_fields(d, spec, knobs.experts or spec.moe.num_experts)
 
     # Per-layer patterns: lists as long as the stack are resampled through the plan; lists of
     # layer indices are rebuilt from the plan's dense/MoE layers.
@@ -181,12 +236,15 @@ def miniature_config_dict(source: Source, size: str = "small") -> dict[str, Any]
         d["first_k_dense_replace"] = min(d["first_k_dense_replace"], 1)
     if isinstance(d.get("max_window_layers"), int):
         d["max_window_layers"] = min(d["max_window_layers"], n)
+    if knobs.max_positions and spec.position == "absolute":
+        _set(d, "max_position_embeddings", knobs.max_positions)
 
-    d["vocab_size"], eos, pad = _offline_vocab()
+    vocab, eos, pad = _offline_vocab() if knobs.vocab is None else (knobs.vocab, knobs.eos, knobs.pad)
+    d["vocab_size"] = vocab
     for key in list(d):
         if key.endswith("_token_id") and d[key] is not None:
             d[key] = pad if key.startswith("pad") else eos
-    d["_name_or_path"] = f"miniature-{size}"
+    d["_name_or_path"] = knobs.name
     return d
 
 

@@ -49,3 +49,14 @@ def router_choice(router: torch.nn.Module, output) -> tuple[torch.Tensor, torch.
         raise ArchLabError(f"cannot read the output of router {type(router).__name__}")
     k = indices.shape[-1]
     return indices.reshape(-1, k).long(), weights.reshape(-1, k)
+
+
+def router_logits(output) -> torch.Tensor:
+    """The raw router logits ``[T, E]`` from a router's forward output (keeps the autograd graph)."""
+    if isinstance(output, (tuple, list)) and len(output) >= 3:
+        logits = output[0]
+    elif isinstance(output, (tuple, list)) and len(output) == 2:  # Llama 4: (scores, logits)
+        logits = output[1]
+    else:
+        raise ArchLabError(f"cannot read router logits from a {type(output).__name__}")
+    return logits.reshape(-1, logits.shape[-1])

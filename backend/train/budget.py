@@ -1,0 +1,237 @@
+"""Miniatures sized to a matched budget: equal non-embedding active parameters (default), equal
+non-embedding total parameters, or equal training FLOPs per token, each within ``TOLERANCE`` of the target.
+
+A training miniature keeps what defines its architecture (see ``live.miniature.shrink``): attention kind
+and the exact query/KV head ratio, MLA with its rank ratios, routed experts (the real count unless a cap on
+total parameters forces fewer), top-k and shared experts, the dense/MoE and attention-layer patterns
+(windows scaled to the training context), norm placement, QK-Norm, tied or untied embeddings. Two knobs
+move it onto the budget: the hidden size (coarse) and a multiplier on every MLP/expert width (fine).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Optional
+
+from ..arch.architecture import Architecture, Source, resolve
+from ..arch.errors import ArchLabError
+from ..arch.spec import ArchSpec
+from ..live.miniature import Knobs, attention_heads, check_miniature, shrink
+
+METRICS = {"active": "non-embedding active parameters", "total": "non-embedding total parameters",
+           "flops": "training FLOPs per token"}
+TOLERANCE = 0.05
+#: hidden sizes tried, and the width multipliers the fine search may use
+HIDDEN_RANGE = (48, 4096)
+WIDTH_RANGE = (0.2, 5.0)
+#: training-miniature shape rules: heads before GQA grouping, the head-width floor
+BASE_HEADS, MIN_HEAD_DIM = 4, 16
+#: windows of sliding/chunked layers are scaled as window × seq_len / REFERENCE_CONTEXT, within [16, seq_len/2]
+REFERENCE_CONTEXT = 4096
+
+
+def non_embedding(counts, which: str) -> int:
+    """Active or total parameters without the token/position embeddings and the LM head."""
+    base = counts.active if which == "active" else counts.total
+    return base - counts.components.get("embeddings", 0) - counts.components.get("lm_head", 0)
+
+
+def _mean_context(seq_len: int, window: Optional[int]) -> float:
+    """Positions a causal query attends to, averaged over a sequence of ``seq_len`` (window-capped)."""
+    w = window or seq_len
+    return sum(min(t + 1, w) for t in range(seq_len)) / seq_len
+
+
+def flops_per_token(arch: Architecture, seq_len: int) -> float:
+    """Training FLOPs per token: 6 × (active non-embedding parameters + LM head) for the matrix products,
+    plus attention scores and values (3 × 2 × 2 × heads × head width × mean attended positions per layer;
+    windows cap the positions), plus linear-attention state updates (3 × 2 × 2 × value heads × key width ×
+    value width per layer)."""
+    s, c = arch.spec, arch.counts
+    vocab_head = c.components.get("lm_head", 0) or s.vocab_size * s.hidden_size  # tied head still multiplies
+    dense = 6.0 * (non_embedding(c, "active") + vocab_head)
+    attn = 0.0
+    for layer in s.layers:
+        if layer.attention == "linear":
+            la = s.linear
+            attn += 12.0 * la.num_value_heads * la.key_head_dim * la.value_head_dim
+        else:
+            window = s.window if layer.attention in ("sliding", "chunked") else None
+            attn += 6.0 * s.num_heads * (s.head_dim + s.v_head_dim) * _mean_context(seq_len, window)
+    return dense + attn
+
+
+def measure(arch: Architecture, metric: str, seq_len: int) -> float:
+    """The budget ``metric`` of a (miniature) architecture."""
+    if metric == "flops":
+        return flops_per_token(arch, seq_len)
+    return float(non_embedding(arch.counts, metric))
+
+
+def scaled_window(spec: ArchSpec, seq_len: int) -> int:
+    """The training window of sliding/chunked layers: the real window scaled to the training context."""
+    if not spec.window:
+        return seq_len
+    w = int(round(spec.window * seq_len / REFERENCE_CONTEXT / 8)) * 8
+    return max(16, min(w, seq_len // 2))
+
+
+@dataclass(frozen=True)
+class Sized:
+    """A miniature sized to a budget."""
+    source_label: str
+    config: dict
+    arch: Architecture
+    metric: str
+    target: float
+    value: float
+    total: int
+    active: int
+    experts: Optional[int] = None        # routed experts kept (None: dense)
+    real_experts: Optional[int] = None
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def deviation(self) -> float:
+        return self.value / self.target - 1.0
+
+
+def _knobs(spec: ArchSpec, hidden: int, width: float, experts: Optional[int], seq_len: int, vocab: int,
+           eos: int, pad: int, max_positions: int, name: str, layers: int) -> Knobs:
+    return Knobs(hidden=hidden, heads=BASE_HEADS, layers=layers, experts=experts, window=scaled_window(spec, seq_len),
+                 width_mult=width, gqa_ratio=True, min_head_dim=MIN_HEAD_DIM, vocab=vocab, eos=eos, pad=pad,
+                 max_positions=max_positions, name=name)
+
+
+def size_to_budget(source: Source, target: float, metric: str = "active", *, seq_len: int = 256, vocab: int,
+                   eos: int = 0, pad: int = 1, max_positions: int = 1024, max_total: Optional[int] = None,
+                   layers: int = 8) -> Sized:
+    """The miniature of ``source`` whose ``metric`` is within ``TOLERANCE`` of ``target``.
+
+    ``layers``: the target depth (whole periods of the layer pattern are kept, see ``layer_plan``).
+    ``max_total``: a cap on total parameters (embeddings included), e.g. for shipping checkpoints; routed
+    experts are then reduced (halved, keeping top-k and groups valid) until the miniature fits.
+    ArchLabError (one line) when no miniature of this architecture can meet the budget.
+    """
+    if metric not in METRICS:
+        raise ArchLabError(f"unknown budget {metric!r}; choose one of {', '.join(METRICS)}")
+    if not isinstance(target, (int, float)) or not math.isfinite(target) or target <= 0:
+        raise ArchLabError(f"the budget must be a positive number, got {target!r}")
+    full = source if isinstance(source, Architecture) else resolve(source)
+    spec = full.spec
+    real = spec.moe.num_experts if spec.moe else None
+    experts = real
+    notes: list[str] = []
+    shape = (seq_len, vocab, eos, pad, max_positions, layers)
+    while True:
+        found = _search(full, target, metric, experts, *shape)
+        too_big = found is not None and max_total is not None and found.counts.total > max_total
+        if found is not None and not too_big:
+            break
+        smaller = _fewer_experts(spec, experts)
+        if smaller is None:
+            if found is None:
+                raise ArchLabError(_why_not(full, target, metric, experts, shape))
+            raise ArchLabError(f"{full.label}: even with {experts} experts the miniature has "
+                               f"{found.counts.total:,} parameters, over the cap of {max_total:,}")
+        why = "the cap on total parameters" if too_big else "the budget"
+        notes.append(f"{experts} → {smaller} routed experts to fit {why}")
+        experts = smaller
+    mini = found
+    lost = check_miniature(spec, mini.spec, _plan_size(spec))
+    lost = [x for x in lost if not x.startswith("layer pattern")]  # depth differs from the presets by design
+    if lost:
+        raise ArchLabError(f"{full.label}: the sized miniature would lose {'; '.join(lost)}")
+    if experts != real:
+        notes.append(f"keeps top-{mini.spec.moe.top_k} of {experts} experts (the real model routes top-"
+                     f"{spec.moe.top_k} of {real})")
+    return Sized(full.label, mini.as_dict(), mini, metric, float(target), measure(mini, metric, seq_len),
+                 mini.counts.total, mini.counts.active, mini.spec.moe.num_experts if mini.spec.moe else None, real,
+                 tuple(notes))
+
+
+def _plan_size(spec: ArchSpec) -> str:
+    return "small"  # check_miniature's preset only matters for the layer pattern, which is skipped
+
+
+def _fmt(x: float) -> str:
+    return f"{x / 1e9:.3g}G" if x >= 1e9 else f"{x / 1e6:.3g}M" if x >= 1e6 else f"{x / 1e3:.3g}k"
+
+
+def _fewer_experts(spec: ArchSpec, experts: Optional[int]) -> Optional[int]:
+    """Half the routed experts, still at least 2 × top-k and divisible by the expert groups; None if impossible."""
+    if spec.moe is None or experts is None:
+        return None
+    m = spec.moe
+    n = experts // 2
+    while n >= max(2 * m.top_k, 2) and m.n_group > 1 and n % m.n_group:
+        n -= 1
+    return n if n >= max(2 * m.top_k, 2) else None
+
+
+def _build(full: Architecture, hidden: int, width: float, experts, seq_len, vocab, eos, pad, max_positions, layers):
+    d = shrink(full, _knobs(full.spec, hidden, width, experts, seq_len, vocab, eos, pad, max_positions,
+                            f"{full.label} (trained miniature)", layers))
+    try:
+        arch = resolve(d)
+        arch.counts
+        return arch
+    except ArchLabError:
+        return None
+
+
+def _why_not(full: Architecture, target: float, metric: str, experts, shape: tuple) -> str:
+    """Why no miniature meets the budget, in one line: the smallest is too large, or the largest too small."""
+    what = f"{_fmt(target)} {METRICS[metric]}"
+    for hidden, width, word in ((HIDDEN_RANGE[0], WIDTH_RANGE[0], "smallest"), (HIDDEN_RANGE[1], WIDTH_RANGE[1], "largest")):
+        arch = _build(full, hidden, width, experts, *shape)
+        if arch is None:
+            continue
+        v = measure(arch, metric, shape[0])
+        if (word == "smallest" and v > target * (1 + TOLERANCE)) or (word == "largest" and v < target * (1 - TOLERANCE)):
+            advice = "a larger budget or fewer layers" if word == "smallest" else "a smaller budget"
+            return f"{full.label}: the {word} miniature at {shape[5]} layers has {_fmt(v)} {METRICS[metric]}, " \
+                   f"so it cannot meet {what} within ±{TOLERANCE:.0%}; try {advice}"
+    return f"{full.label}: no miniature meets {what} within ±{TOLERANCE:.0%}"
+
+
+def _search(full: Architecture, target: float, metric: str, experts, seq_len, vocab, eos, pad, max_positions, layers):
+    """Hidden size by bisection (widths at the real ratio), then, if neither hidden size around the target is
+    within tolerance, the width multiplier by bisection at both; the candidate closest to the real width ratio
+    (then to the target) wins."""
+    def at(hidden: int, width: float):
+        arch = _build(full, hidden, width, experts, seq_len, vocab, eos, pad, max_positions, layers)
+        return arch, (measure(arch, metric, seq_len) if arch is not None else None)
+
+    heads, _ = attention_heads(full.spec, _knobs(full.spec, 64, 1.0, experts, seq_len, vocab, eos, pad,
+                                                 max_positions, "", layers))
+    step = math.lcm(4, heads)  # transformers validates hidden % heads for some model types
+    lo, hi = -(-HIDDEN_RANGE[0] // step), HIDDEN_RANGE[1] // step
+    while lo < hi:  # smallest hidden whose metric reaches the target
+        mid = (lo + hi) // 2
+        _, v = at(mid * step, 1.0)
+        if v is not None and v >= target:
+            hi = mid
+        else:
+            lo = mid + 1
+    hiddens = sorted({max(step, (lo - 1) * step), lo * step})
+    plain = [(abs(v / target - 1), arch) for arch, v in (at(h, 1.0) for h in hiddens) if v is not None]
+    ok = [c for c in plain if c[0] <= TOLERANCE]
+    if ok:
+        return min(ok, key=lambda c: c[0])[1]
+    best = None
+    for hidden in hiddens:
+        a, b = WIDTH_RANGE
+        arch = v = None
+        for _ in range(16):
+            width = math.sqrt(a * b)
+            arch, v = at(hidden, width)
+            if v is None or abs(v / target - 1) <= TOLERANCE / 2:
+                break
+            a, b = (width, b) if v < target else (a, width)
+        if v is None or abs(v / target - 1) > TOLERANCE:
+            continue
+        score = (abs(math.log(width)), abs(v / target - 1))
+        if best is None or score < best[0]:
+            best = (score, arch)
+    return best[1] if best else None
