@@ -4,6 +4,7 @@
     python -m backend params gpt2 deepseek-v3 [--json | --csv]
     python -m backend memory qwen3-30b-a3b --context 32768 --dtype bf16 [--batch 4]
     python -m backend plan deepseek-v3 --gpus 8 --gpu-gib 80
+    python -m backend speed llama3-8b deepseek-v3 --gpu h100 --batch 1 --context 2048 --prompt 512 --dtype bf16 [--json]
 
 A KEY may also be the path of a config.json. Errors print one line and exit with status 2.
 """
@@ -84,6 +85,49 @@ def plan_rows(keys: list[str], gpus: int, gpu_gib: float, dtype: str) -> list[di
     return rows
 
 
+def speed_rows(keys: list[str], gpu: str, batch: int, context: int, prompt: int, dtype: str,
+               kv_dtype: str | None, mla: str, custom: tuple | None = None, detail: bool = False) -> list[dict]:
+    """Roofline prefill time and decode speed per model (``detail``: components and the worked formulas)."""
+    from .arch import gpus as gpu_table
+    from .arch.roofline import COMPONENT_ORDER, estimate
+
+    g = gpu_table.custom(*custom) if gpu == gpu_table.CUSTOM else gpu_table.get(gpu)
+    rows = []
+    for key in keys:
+        src = _source(key)
+        e = estimate(src, g, batch, context, prompt, dtype, kv_dtype, mla)
+        row = {"model": src.key or src.label, "gpu": g.key, "batch": batch, "context": context, "prompt": prompt,
+               "dtype": dtype, "kv_dtype": e.kv_dtype, "mla": e.mla or "", "prefill_ms": e.prefill_s * 1e3,
+               "decode_step_ms": e.step_s * 1e3, "tok_s": e.tok_s, "batch_tok_s": e.total_tok_s,
+               "bound": e.decode.bound, "experts_touched": e.experts_touched}
+        times = {c.component: c.time_s for c in e.decode.components()}
+        row.update({f"{c}_ms": times.get(c, 0.0) * 1e3 for c in COMPONENT_ORDER})
+        if detail:
+            row["decode_components"] = [{"component": c.component, "bytes": c.bytes, "flops": c.flops,
+                                         "time_s": c.time_s, "bound": c.bound} for c in e.decode.components()]
+            row["prefill_components"] = [{"component": c.component, "bytes": c.bytes, "flops": c.flops,
+                                          "time_s": c.time_s, "bound": c.bound} for c in e.prefill.components()]
+            row["within_max_context"] = e.within_context
+            row["working"] = {"decode": e.decode.working.text(), "prefill": e.prefill.working.text()}
+        rows.append(row)
+    return rows
+
+
+def _speed_text(rows: list[dict]) -> list[dict]:
+    """Speed rows with numbers written for a terminal table."""
+    def cell(col, v):
+        if v is None or isinstance(v, str):
+            return v or "—"
+        if col.endswith("_ms"):
+            return f"{v:,.3f}"
+        if col.endswith("tok_s"):
+            return f"{v:,.1f}"
+        if col == "experts_touched":
+            return f"{v:,.2f}"
+        return f"{v:,}" if isinstance(v, int) else str(v)
+    return [{c: cell(c, v) for c, v in r.items()} for r in rows]
+
+
 def _human(col: str, v) -> str:
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         return str(v)
@@ -143,6 +187,18 @@ def main(argv: list[str] | None = None) -> int:
     sl.add_argument("--gpus", type=int, default=2)
     sl.add_argument("--gpu-gib", type=float, default=80.0)
     sl.add_argument("--dtype", default="bf16")
+    ss = sub.add_parser("speed", parents=[fmt], help="roofline prefill time and decode tok/s on a GPU")
+    ss.add_argument("keys", nargs="+")
+    ss.add_argument("--gpu", default="h100", help="h100, h200, a100, l40s, rtx4090, mi300x, or custom")
+    ss.add_argument("--batch", type=int, default=1)
+    ss.add_argument("--context", type=int, default=2048, help="tokens attended to in the decode step")
+    ss.add_argument("--prompt", type=int, default=512, help="prompt tokens of the prefill")
+    ss.add_argument("--dtype", default="bf16", help="weights: bf16, fp16, fp8, int4")
+    ss.add_argument("--kv-dtype", default=None, help="KV cache (default: as --dtype; bf16 for int4)")
+    ss.add_argument("--mla", default="engine", help="MLA as an engine runs it (engine) or as transformers does")
+    ss.add_argument("--bandwidth-tbs", type=float, default=None, help="custom GPU: memory bandwidth in TB/s")
+    ss.add_argument("--bf16-tflops", type=float, default=None, help="custom GPU: dense bf16 TFLOP/s")
+    ss.add_argument("--fp8-tflops", type=float, default=None, help="custom GPU: dense fp8 TFLOP/s")
     try:
         a = p.parse_args(argv)
         if a.cmd == "list":
@@ -151,6 +207,16 @@ def main(argv: list[str] | None = None) -> int:
             rows = params_rows(a.keys)
         elif a.cmd == "memory":
             rows = memory_rows(a.keys, a.context, a.dtype, a.batch, a.kv_dtype)
+        elif a.cmd == "speed":
+            custom = None
+            if a.gpu == "custom":
+                if a.bandwidth_tbs is None or a.bf16_tflops is None:
+                    raise ArchLabError("--gpu custom needs --bandwidth-tbs and --bf16-tflops (and --fp8-tflops for fp8)")
+                custom = (a.bandwidth_tbs, a.bf16_tflops, a.fp8_tflops)
+            rows = speed_rows(a.keys, a.gpu, a.batch, a.context, a.prompt, a.dtype, a.kv_dtype, a.mla, custom,
+                              detail=a.fmt == "json")
+            if a.fmt is None:
+                rows = _speed_text(rows)
         else:
             if not 1 <= a.gpus <= 64:
                 raise ArchLabError(f"--gpus must be between 1 and 64, got {a.gpus}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .spec import ArchSpec
+from .working import Working, num
 
 COMPONENTS = ("embeddings", "attention", "dense_mlp", "routed_experts", "shared_experts", "router", "norms", "lm_head")
 COMPONENT_LABELS = {
@@ -58,12 +59,22 @@ def component_of(name: str) -> str:
 
 
 def _active(spec: ArchSpec, components: dict[str, int]) -> int:
-    total = sum(components.values())
+    return int(active_working(spec, components).value("active"))
+
+
+def active_working(spec: ArchSpec, components: dict[str, int]) -> Working:
+    """Total and active parameters from the components, with the formula and this model's numbers."""
+    w = Working("Total and active parameters")
+    total = w.step("total", "Σ components", " + ".join(num(v) for v in components.values() if v), sum(components.values()))
     if spec.moe is None:
-        return total
+        w.step("active", "total (dense: every parameter runs for every token)", num(total), total)
+        return w
     routed = components["routed_experts"]
+    m = spec.moe
     # Every token runs top_k of the E routed experts in each MoE layer (all layers share E).
-    return total - routed + routed * spec.moe.top_k // spec.moe.num_experts
+    w.step("active", "total − routed + routed × k / E", f"{num(total)} − {num(routed)} + {num(routed)} × {m.top_k} / "
+           f"{m.num_experts}", total - routed + routed * m.top_k // m.num_experts)
+    return w
 
 
 def count_tensors(model, spec: ArchSpec) -> ParamCount:

@@ -1,11 +1,13 @@
 """Memory: weights by dtype, KV cache per token and at a context length, and a multi-GPU plan."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Optional
 
 from .architecture import Architecture, Source, resolve
 from .errors import ArchLabError
 from .spec import ArchSpec
+from .working import Working, num
 
 #: Bytes per parameter (int4 counts the 4-bit payload only, without group scales).
 DTYPE_BYTES = {"fp32": 4.0, "bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "int4": 0.5}
@@ -23,7 +25,18 @@ def dtype_bytes(dtype: str) -> float:
 
 def weight_bytes(source: Source, dtype: str = "bf16") -> int:
     """Bytes of all weights stored at ``dtype``."""
-    return int((source if isinstance(source, Architecture) else resolve(source)).counts.total * dtype_bytes(dtype))
+    return int(weights_working(source, dtype).value("weights"))
+
+
+def weights_working(source: Source, dtype: str = "bf16") -> Working:
+    """Weight bytes at ``dtype`` with the formula and this model's numbers (``weight_bytes`` reads it)."""
+    arch = source if isinstance(source, Architecture) else resolve(source)
+    b, total = dtype_bytes(dtype), arch.counts.total
+    w = Working(f"Weights of {arch.label} in {dtype}")
+    w.step("weights", "parameters × bytes per parameter", f"{num(total)} × {num(b)}", int(total * b), "B")
+    if dtype == "int4":
+        w.note("int4 counts the 4-bit payload only; quantization scales and zero points come on top.")
+    return w
 
 
 def weights_table(source: Source) -> dict[str, int]:
@@ -67,6 +80,7 @@ class KVCache:
     per_token_bytes: float        # the first token's cost over all layers (no window cap)
     total_bytes: int              # at ``context`` tokens and ``batch`` sequences
     by_layer_type: dict           # attention type -> bytes at this context and batch
+    working: Optional[Working] = field(default=None, compare=False, repr=False)  # the formula, with numbers
 
     @property
     def per_token_at_context(self) -> float:
@@ -98,6 +112,7 @@ def _kv(spec: ArchSpec, context: int, batch: int, dtype: str, mla_layout: str) -
     b = dtype_bytes(dtype)
     per_token = 0.0
     by_type: dict[str, float] = {}
+    layers: dict[str, int] = {}
     for layer in spec.layers:
         elems = layer_kv_elements_per_token(spec, layer.attention, mla_layout)
         per_token += elems * b
@@ -107,8 +122,41 @@ def _kv(spec: ArchSpec, context: int, batch: int, dtype: str, mla_layout: str) -
             tokens = min(context, spec.window) if layer.attention in ("sliding", "chunked") and spec.window else context
             n = elems * tokens * batch * b
         by_type[layer.attention] = by_type.get(layer.attention, 0) + n
-    return KVCache(context, batch, dtype, per_token, int(sum(by_type.values())),
-                   {k: int(v) for k, v in by_type.items()})
+        layers[layer.attention] = layers.get(layer.attention, 0) + 1
+    total = int(sum(by_type.values()))
+    return KVCache(context, batch, dtype, per_token, total, {k: int(v) for k, v in by_type.items()},
+                   _kv_working(spec, context, batch, dtype, mla_layout, layers, by_type, per_token, total))
+
+
+def _kv_working(spec: ArchSpec, context: int, batch: int, dtype: str, mla_layout: str, layers: dict,
+                by_type: dict, per_token: float, total: int) -> Working:
+    """The KV figures of ``_kv`` written out with this model's numbers."""
+    b = dtype_bytes(dtype)
+    w = Working(f"KV cache: {context:,} tokens × {batch} sequence(s) in {dtype}")
+    parts = []
+    for kind, n in layers.items():
+        elems = layer_kv_elements_per_token(spec, kind, mla_layout)
+        if kind == "linear":
+            state = linear_state_elements(spec)
+            w.step(f"{n} linear-attention layers, fixed state", "n × state elements × B × b",
+                   f"{n} × {num(state)} × {batch} × {num(b)}", by_type[kind], "B")
+            continue
+        if spec.mla is not None and mla_layout == "latent":
+            f, v = "r_kv + d_rope", f"{spec.mla.kv_lora_rank} + {spec.mla.qk_rope_head_dim}"
+        elif spec.mla is not None:
+            f, v = "heads × (d_qk + d_v)", f"{spec.num_heads} × ({spec.head_dim} + {spec.v_head_dim})"
+        else:
+            f, v = "kv_heads × (d_k + d_v)", f"{spec.num_kv_heads} × ({spec.head_dim} + {spec.v_head_dim})"
+        w.step(f"cached elements per token, one {kind} layer", f, v, elems)
+        parts.append(f"{n} × {num(elems)}")
+        capped = kind in ("sliding", "chunked") and spec.window
+        tokens = min(context, spec.window) if capped else context
+        w.step(f"{n} {kind} layers at this context", "n × elements × " + ("min(L, W)" if capped else "L") + " × B × b",
+               f"{n} × {num(elems)} × {num(tokens)} × {batch} × {num(b)}", by_type[kind], "B")
+    w.step("KV bytes per token, no window", "Σ n × elements × b", f"({' + '.join(parts) or '0'}) × {num(b)}",
+           per_token, "B")
+    w.step("KV cache total", "Σ over layer kinds", " + ".join(num(int(v)) for v in by_type.values()), total, "B")
+    return w
 
 
 def kv_curve(source: Source, contexts: list[int], batch: int = 1, dtype: str = "bf16",

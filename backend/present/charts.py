@@ -259,3 +259,81 @@ def shared_routed_bar(shares: pd.DataFrame, colors: Mapping[str, str], title: st
                    margin=dict(l=10, r=10, t=90, b=10),
                    xaxis=dict(title="share of the per-token expert FFN width (%)", range=[0, 100]),
                    yaxis=dict(title="", autorange="reversed"))
+
+
+# ----------------------------------------------------------------- estimates (Parameters & Memory)
+
+#: colours of the roofline components (attention's KV part a lighter shade of attention)
+SPEED_COLORS = {"attention": COMPONENT_COLORS["attention"], "attention_kv": "#9ecae9",
+                "dense_mlp": COMPONENT_COLORS["dense_mlp"], "experts": COMPONENT_COLORS["routed_experts"],
+                "lm_head": COMPONENT_COLORS["lm_head"], "other": COMPONENT_COLORS["other"]}
+TRAIN_COLORS = {"weights": "#4c78a8", "gradients": "#f58518", "master_weights": "#9ecae9",
+                "optimizer_states": "#e45756", "activations": "#54a24b", "loss": "#72b7b2", "gathered": "#b279a2"}
+
+
+def speed_components_bar(long: pd.DataFrame, phase: str = "decode step") -> go.Figure:
+    """Horizontal stacked bars: time of one phase per model split by component; hatched = compute-bound."""
+    part = long[long["phase"] == phase]
+    fig = go.Figure()
+    for comp, rows in part.groupby("component", sort=False):
+        fig.add_bar(y=rows["model"], x=rows["time_ms"], orientation="h", name=rows["component_label"].iloc[0],
+                    marker_color=SPEED_COLORS.get(comp, "#bab0ac"),
+                    marker_pattern_shape=["/" if b == "compute" else "" for b in rows["bound"]],
+                    customdata=list(zip(rows["bound"], rows["bytes"] / 2 ** 30, rows["flops"] / 1e9, rows["share"])),
+                    hovertemplate="%{y}<br>" + rows["component_label"].iloc[0] + ": %{x:,.3f} ms (%{customdata[0]}-bound)"
+                    "<br>%{customdata[1]:,.2f} GiB moved, %{customdata[2]:,.1f} GFLOP, %{customdata[3]:.0%} of the step"
+                    "<extra></extra>")
+    n = part["model"].nunique()
+    return _layout(fig, f"Roofline time of the {phase} by component (hatched: compute-bound)", barmode="stack",
+                   height=max(300, 140 + 48 * n), xaxis=dict(title=f"{phase} time (ms)"),
+                   yaxis=dict(title="", autorange="reversed"))
+
+
+def speed_gpu_bar(across: pd.DataFrame, colors: Mapping[str, str]) -> go.Figure:
+    """Grouped bars: decode tok/s per sequence of each model on each GPU of the table (log scale)."""
+    fig = go.Figure()
+    for model, rows in across.groupby("model", sort=False):
+        fig.add_bar(x=rows["gpu"], y=rows["tok_s"], name=str(model), marker_color=colors.get(model, "#888"),
+                    marker_pattern_shape=["" if f else "x" for f in rows["weights_fit"]],
+                    customdata=list(zip(rows["prefill_ms"], rows["weights_fit"])),
+                    hovertemplate=f"{model}<br>%{{x}}: %{{y:,.1f}} tok/s, prefill %{{customdata[0]:,.1f}} ms"
+                    "<br>weights fit in one GPU: %{customdata[1]}<extra></extra>")
+    return _layout(fig, "Decode speed on each GPU (roofline; crossed: weights do not fit in one GPU)",
+                   barmode="group", height=420, yaxis=dict(title="tokens/s per sequence (log)", **LOG_DECADES),
+                   xaxis=dict(title="GPU"))
+
+
+def estimate_vs_measured_bar(measured: pd.DataFrame) -> go.Figure:
+    """Per measured run: the roofline estimate beside ArchLab's measurement (tok/s), ratio in the hover."""
+    fig = go.Figure()
+    names = [f"{m}<br>{s}<br>{r}" for m, s, r in zip(measured["Model"], measured["Shape"], measured["Run"])]
+    fig.add_bar(x=names, y=measured["Estimate (tok/s)"], name="roofline estimate (published bandwidth)",
+                marker_color="#bbbbbb", hovertemplate="%{x}<br>estimate %{y:,.1f} tok/s<extra></extra>")
+    fig.add_bar(x=names, y=measured["Measured (tok/s)"], name="measured (ArchLab fast path)", marker_color="#e4572e",
+                customdata=measured["Measured / estimate"],
+                hovertemplate="%{x}<br>measured %{y:,.1f} tok/s = %{customdata:.0%} of the estimate<extra></extra>")
+    return _layout(fig, "Decode speed: roofline estimate vs measured (batch 1, bf16)", barmode="group", height=460,
+                   yaxis=dict(title="tokens/s"), xaxis=dict(title="", tickfont=dict(size=10)))
+
+
+def training_bar(long: pd.DataFrame, gpu_gib: float | None = None) -> go.Figure:
+    """Stacked bars: training memory per GPU by part (GiB), with one GPU's memory as a line."""
+    fig = go.Figure()
+    for part, rows in long.groupby("part", sort=False):
+        fig.add_bar(x=rows["model"], y=rows["gib"], name=rows["part_label"].iloc[0],
+                    marker_color=TRAIN_COLORS.get(part, "#bab0ac"),
+                    hovertemplate="%{x}<br>" + rows["part_label"].iloc[0] + ": %{y:,.2f} GiB<extra></extra>")
+    if gpu_gib:
+        fig.add_hline(y=gpu_gib, line_dash="dash", line_color="#c0392b",
+                      annotation_text=f"one GPU: {gpu_gib:g} GiB", annotation_position="top left")
+    return _layout(fig, "Training memory per GPU", barmode="stack", height=440,
+                   yaxis=dict(title="memory per GPU (GiB)"), xaxis=dict(title="model"))
+
+
+def checkpoint_bar(kinds: pd.DataFrame) -> go.Figure:
+    """Bars: bytes of a checkpoint by storage format of its tensors (GiB)."""
+    fig = go.Figure()
+    fig.add_bar(x=list(kinds.index), y=kinds["GiB"], marker_color="#4c78a8", customdata=kinds["Parameters"],
+                hovertemplate="%{x}: %{y:,.4f} GiB, %{customdata:,} parameters<extra></extra>")
+    return _layout(fig, "Checkpoint bytes by storage format", height=380, showlegend=False,
+                   yaxis=dict(title="GiB"), xaxis=dict(title="tensors stored as"))
