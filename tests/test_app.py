@@ -113,7 +113,7 @@ def test_parameters_page():
     no_errors(at)
     assert at.title[0].value == "Parameters & Memory"
     figs = charts(at)
-    assert len(figs) == 5
+    assert len(figs) == 9  # 5 + speed (decode, prefill, per GPU) + training; no measurement of these two models
     axes = " ".join(f["layout"].get("yaxis", {}).get("title", {}).get("text", "") for f in figs)
     assert "GiB" in axes and "billions" in axes
     kv = next(f for f in figs if "KV cache vs" in f["layout"]["title"]["text"])
@@ -121,7 +121,7 @@ def test_parameters_page():
     assert at.number_input(key="_w_ctx").value == 4096
     kv_table = next(d.value for d in at.dataframe if "Total (GiB)" in d.value.columns)
     assert kv_table.loc["GPT-2 (124M)", "Total (GiB)"] == pytest.approx(12 * 12 * 64 * 4 * 4096 / 2**30)
-    assert buttons(at).count("CSV") == 4 and buttons(at).count("SVG") == 5
+    assert buttons(at).count("CSV") == 7 and buttons(at).count("SVG") == 9  # + speed, GPU table, training
     at.number_input(key="_w_ctx").set_value(8192).run()
     assert at.query_params["ctx"] == "8192"
     at.number_input(key="_w_gpus").set_value(1).run()
