@@ -5,7 +5,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from views import _live, _state
+from views import _state
 
 ROOT = Path(__file__).resolve().parent
 #: (file, title, icon, url path); pages whose file does not exist yet are left out of the menu.
@@ -27,5 +27,4 @@ st.sidebar.title("ArchLab")
 st.sidebar.caption("Compare LLM architectures side by side: exact parameters, memory and block diagrams "
                    "from the published configs.")
 _state.sidebar()
-_live.leave(nav.url_path)  # leaving the Playground/Routing pages cancels a running generation
 nav.run()

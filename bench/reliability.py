@@ -1,15 +1,18 @@
-"""Reliability figures (issue 6): bad inputs tried by kind and crashes, concurrent sessions, cancel latency,
-memory returned after a simulated OOM. Prints them and writes bench/results/reliability.json.
+"""Reliability figures (issues 6 and 15): bad inputs tried by kind and crashes, concurrent sessions, cancel
+latency, memory returned after a simulated OOM; paths outside the allowed model folders, run ids, per-visitor
+quotas with 8 sessions, runs re-attached by id. Prints them and writes bench/results/reliability.json.
 
     .venv/bin/python -m bench.reliability [--examples 1000] [--tokens 16]
 
-Uses the helpers of tests/test_reliability.py, so the bench measures what the tests check.
+Uses the helpers of tests/test_reliability.py and tests/test_runs.py, so the bench measures what the tests check.
 """
 from __future__ import annotations
 
 import argparse
 import collections
 import json
+import math
+import os
 import platform
 import shutil
 import statistics
@@ -23,9 +26,12 @@ from hypothesis import HealthCheck, Phase, given, settings
 
 from backend.arch import configs
 from backend.arch.errors import ArchLabError
+from backend.live import roots, runs
 from backend.live.generation import GenerationRun, GenerationSettings
 from backend.live.runtime import ModelRequest, load, release
+from backend.present.playground import LiveRun, SlotModel
 from tests import test_reliability as T
+from tests import test_runs as R
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -112,6 +118,74 @@ def cancel_figures(repeats: int) -> dict:
             "workers_ended": not any(r["worker_alive"] for r in rows)}
 
 
+def root_figures() -> dict:
+    """Paths outside the allowed roots (absolute, relative, ``..``, symlinks out of a root, /proc, NUL) through
+    the two checks visitors meet; how many were refused and how many distinct messages they got."""
+    with tempfile.TemporaryDirectory() as tmp:
+        root, outside, dirs = R.make_tree(Path(tmp))
+        old = os.environ.get("ARCHLAB_MODEL_DIRS")
+        os.environ["ARCHLAB_MODEL_DIRS"] = dirs
+        try:
+            r = R.probe_roots(root, outside)
+            inside = str(roots.confine(str(root / "good"))) == str((root / "good").resolve())
+        finally:
+            if old is None:
+                os.environ.pop("ARCHLAB_MODEL_DIRS", None)
+            else:
+                os.environ["ARCHLAB_MODEL_DIRS"] = old
+    return {"paths": len(R._refused_paths(root, outside)), "checks": r["tried"], "refused": r["refused"],
+            "of_which_target_exists": r["exists"] * 2, "distinct_messages": len(r["messages"]),
+            "message_is_refused_line": r["messages"] == {roots.REFUSED}, "inside_accepted": inside}
+
+
+def id_figures(n: int) -> dict:
+    """``n`` fresh run ids: distinct, well-formed, and the per-position entropy estimated from them."""
+    ids = [runs.new_id() for _ in range(n)]
+    bits = 0.0
+    for pos in range(len(ids[0])):
+        counts = collections.Counter(i[pos] for i in ids)
+        bits += -sum(c / n * math.log2(c / n) for c in counts.values())
+    return {"ids": n, "distinct": len(set(ids)), "well_formed": sum(map(runs.valid_id, ids)), "length": len(ids[0]),
+            "random_bits": runs.ID_BYTES * 8, "estimated_bits": round(bits, 2), "source": "secrets.token_urlsafe"}
+
+
+def reattach_figures(tokens: int) -> dict:
+    """A run registered by one session and opened by id from another: same text and routing, and a made-up
+    id refused with the one line."""
+    reg = runs.Registry(gpu_total=lambda: 0)
+    t0 = time.perf_counter()
+    with reg.admit("owner", "generate") as ticket:
+        live = LiveRun.start([SlotModel("deepseek-v3", "d", "#2E91E5", True)], [T.MOE], "Experts of a layer",
+                             GenerationSettings(max_new_tokens=tokens, ignore_eos=True), "owner")
+        ticket.register(live)
+    other = reg.job(ticket.id, "generate")
+    while not other.done:
+        other.pump(0.05)
+    same = other is live and other.run.text(0) == live.run.text(0) and len(other.run.routing(0).steps) == tokens
+    try:
+        reg.get(runs.new_id())
+        stranger = "found"
+    except ArchLabError as e:
+        stranger = "refused with the one line" if str(e) == runs.NOT_FOUND else str(e)
+    return {"tokens": tokens, "same_run": same, "seconds": time.perf_counter() - t0, "made_up_id": stranger}
+
+
+def retention_figures(sessions: int = 50, each: int = 20) -> dict:
+    """Finished runs from ``sessions`` visitors, ``each`` apiece: how many the registry keeps (bounded)."""
+    clock = R.Clock()
+    reg = runs.Registry(clock=clock, gpu_total=lambda: 0, env={"ARCHLAB_QUOTA_GENERATE": "1000"})
+    for i in range(sessions * each):
+        job = R.Job()
+        reg.register(job, "generate", f"s{i % sessions}")
+        job.cancel()
+        clock.t += 1
+    kept = len(reg)
+    lim = reg.limits()
+    clock.t += lim.ttl_s + 1
+    return {"finished_runs": sessions * each, "sessions": sessions, "kept": kept, "kept_limit": lim.kept,
+            "kept_per_session_limit": lim.kept_per_session, "ttl_s": lim.ttl_s, "kept_after_ttl": len(reg)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--examples", type=int, default=1000)
@@ -136,6 +210,13 @@ def main() -> None:
                   "weights_bytes": oom["weights_bytes"], "rss_returned_bytes": oom["rss_returned_bytes"],
                   "released": oom["released"], "model_freed": oom["freed"],
                   "other_model_finished": oom["run"].stats(1)["status"] == "finished"}
+    fig["allowed_roots"] = root_figures()
+    fig["run_ids"] = id_figures(100_000)
+    fig["quotas"] = R.generation_quota(8, 3, 2)
+    fig["quotas"]["refused"] = {i: len(m) for i, m in fig["quotas"]["refused"].items()}
+    fig["quota_message"] = R.generation_quota(1, 3, 2)["refused"][0][0]
+    fig["reattach"] = reattach_figures(a.tokens)
+    fig["retention"] = retention_figures()
     fig["seconds"] = time.perf_counter() - t0
 
     cm = fig["config_mutations"]
@@ -152,6 +233,23 @@ def main() -> None:
     print(f"simulated OOM: model released {o['released']}, freed {o['model_freed']}; weights "
           f"{o['weights_bytes'] / 2**20:,.0f} MiB, RSS returned {o['rss_returned_bytes'] / 2**20:,.0f} MiB; "
           f"other model finished {o['other_model_finished']}")
+    r = fig["allowed_roots"]
+    print(f"paths outside the model folders: {r['paths']} paths x 2 checks = {r['checks']}, refused {r['refused']} "
+          f"({r['of_which_target_exists']} of them existing), distinct messages {r['distinct_messages']}; "
+          f"inside accepted {r['inside_accepted']}")
+    i = fig["run_ids"]
+    print(f"run ids: {i['ids']:,} drawn, {i['distinct']:,} distinct, {i['well_formed']:,} well formed, "
+          f"{i['random_bits']} random bits, estimated {i['estimated_bits']} bits")
+    q = fig["quotas"]
+    print(f"quotas: {q['sessions']} sessions x {q['asked_per_session']} runs asked (limit {q['limit']}): admitted "
+          f"{sorted(set(q['admitted'].values()))} each, refused {sorted(set(q['refused'].values()))} each; "
+          f"others untouched {q['others_untouched']}")
+    print(f"  message: {fig['quota_message']}")
+    ra, rt = fig["reattach"], fig["retention"]
+    print(f"re-attach by id from another session: same run {ra['same_run']}; made-up id {ra['made_up_id']}")
+    print(f"retention: {rt['finished_runs']} finished runs from {rt['sessions']} sessions -> {rt['kept']} kept "
+          f"(limits {rt['kept_limit']} in all, {rt['kept_per_session_limit']} a session); after {rt['ttl_s']:.0f} s: "
+          f"{rt['kept_after_ttl']}")
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "reliability.json").write_text(json.dumps(fig, indent=2, default=str))
     print(f"wrote {RESULTS / 'reliability.json'} ({fig['seconds']:.0f} s)")

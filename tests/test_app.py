@@ -1,5 +1,6 @@
 """The dashboard through Streamlit's AppTest: pages render, the picker drives them, URLs restore state."""
 import json
+import re
 import time
 
 import pytest
@@ -24,6 +25,11 @@ def no_errors(at: AppTest) -> None:
 
 def charts(at: AppTest) -> list[dict]:
     return [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+
+
+def shown(markdown: str) -> str:
+    """Markdown source as it reads on the page (visitors' text is backslash-escaped)."""
+    return re.sub(r"\\(.)", r"\1", markdown)
 
 
 def buttons(at: AppTest) -> list[str]:
@@ -78,7 +84,7 @@ def test_bad_upload_shows_error_and_keeps_selection():
     at = app()
     at.sidebar.file_uploader[0].upload("broken.json", b"{not json", "application/json").run()
     assert not at.exception
-    assert any("broken.json" in e.value and "not valid JSON" in e.value for e in at.sidebar.error)
+    assert any("broken.json" in shown(e.value) and "not valid JSON" in e.value for e in at.sidebar.error)
     assert at.sidebar.multiselect[0].value == ["gpt2", "deepseek-v3", "qwen3-30b-a3b"]
     at.sidebar.file_uploader[0].upload("huge.json", json.dumps({"model_type": "llama", "hidden_size": 10**9}).encode(),
                                        "application/json").run()
@@ -95,10 +101,11 @@ def test_good_upload_adds_a_custom_model():
     assert at.query_params["models"] == "gpt2,deepseek-v3,qwen3-30b-a3b"  # uploads are not in the URL
 
 
-def test_checkpoint_folder(tmp_path):
+def test_checkpoint_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("ARCHLAB_MODEL_DIRS", str(tmp_path))  # folders are taken under the allowed roots only
     at = app()
     at.sidebar.text_input[0].input(str(tmp_path)).run()
-    assert any("no config.json" in e.value for e in at.sidebar.error)
+    assert any("no config.json" in shown(e.value) for e in at.sidebar.error)
     assert at.session_state["checkpoint_path"] == ""
     (tmp_path / "config.json").write_text(json.dumps(catalog.raw_config("qwen3-0.6b")))
     at.sidebar.text_input[0].input(str(tmp_path) + " ").run()
@@ -141,7 +148,7 @@ def test_parameters_settings_from_url_and_bad_values():
     at.switch_page("views/parameters.py").run()
     assert not at.exception
     assert at.number_input(key="_w_ctx").value == 32768  # default, with a warning
-    assert any("ctx=-5" in w.value for w in at.warning) and any("gpugib=nan" in w.value for w in at.warning)
+    assert any("ctx=-5" in shown(w.value) for w in at.warning) and any("gpugib=nan" in shown(w.value) for w in at.warning)
     assert at.number_input(key="_w_gpugib").value == 80.0
     assert at.selectbox(key="_w_kvdtype").value == "fp8" and at.toggle(key="_w_logx").value is False
 

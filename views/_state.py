@@ -3,7 +3,7 @@
 Session-state keys (read these from any page):
   "models"          list[str]  selected model ids, in order (the multiselect's key)
   "custom_configs"  dict[str, dict]  id -> config dict for ids that are not catalog keys
-  "checkpoint_path" str  absolute path of a local checkpoint folder holding a config.json, or ""
+  "checkpoint_path" str  resolved path of a checkpoint folder (under backend.live.roots) holding a config.json, or ""
 Model ids: a catalog key ("gpt2"), "custom:<file stem>" (uploaded config.json) or
 "local:<absolute folder path>" (config.json of a local checkpoint folder).
 Query params: "models" (comma-separated catalog keys); pages add their own through :func:`setting`.
@@ -19,9 +19,11 @@ from streamlit.errors import StreamlitAPIException
 
 from backend.arch import catalog
 from backend.arch.architecture import arch_spec
-from backend.arch.configs import ModelSource, parse_config_text
+from backend.arch.configs import MAX_CONFIG_BYTES, ModelSource, parse_config_text
 from backend.arch.errors import ArchLabError
+from backend.live.runtime import resolve_checkpoint
 from backend.present.colors import model_colors
+from backend.present.text import md
 
 DEFAULT_MODELS = ["gpt2", "deepseek-v3", "qwen3-30b-a3b"]
 MAX_MODELS = 6
@@ -82,27 +84,31 @@ def add_upload(name: str, data: bytes) -> str | None:
 
 
 def use_checkpoint(path: str) -> str | None:
-    """Adopt a local checkpoint folder: store its path and add its config.json as a model."""
+    """Adopt a checkpoint folder under the server's model folders (``backend.live.roots``), or a repo id in
+    its Hugging Face cache: store its resolved path and add its config.json as a model. Anything outside
+    those folders is refused with one line that says nothing about the path."""
     ss = _ss()
     ss["checkpoint_error"] = ""
     path = (path or "").strip()
     if not path:
         ss["checkpoint_path"] = ""
         return None
-    folder = Path(path).expanduser()
-    config = folder / "config.json"
-    if not folder.is_dir():
-        ss["checkpoint_error"] = f"{path} is not a folder on this server."
-    elif not config.is_file():
-        ss["checkpoint_error"] = f"{path} has no config.json: point at the folder that holds config.json and the *.safetensors files."
+    try:
+        folder = resolve_checkpoint(path, confined=True)  # checked before anything there is looked at
+        config = folder / "config.json"
+        if not config.is_file():
+            raise ArchLabError(f"{folder.name} has no config.json: point at the folder that holds config.json and "
+                               "the *.safetensors files.")
+        if config.stat().st_size > MAX_CONFIG_BYTES:
+            raise ArchLabError(f"config.json in {folder.name} is over {MAX_CONFIG_BYTES:,} bytes")
+        model_id = add_config(LOCAL + str(folder), config.read_bytes())
+    except ArchLabError as e:
+        ss["checkpoint_error"] = str(e)
+    except OSError as e:  # unreadable inside an allowed folder
+        ss["checkpoint_error"] = f"could not read config.json there ({type(e).__name__})"
     else:
-        try:
-            model_id = add_config(LOCAL + str(folder.resolve()), config.read_bytes())
-        except ArchLabError as e:
-            ss["checkpoint_error"] = f"config.json in {path}: {e}"
-        else:
-            ss["checkpoint_path"] = str(folder.resolve())
-            return model_id
+        ss["checkpoint_path"] = str(folder)
+        return model_id
     ss["checkpoint_path"] = ""
     return None
 
@@ -132,7 +138,7 @@ def _restore_models() -> None:
     ss["models"] = list(dict.fromkeys(k for k in wanted if k in known))[:MAX_MODELS]
     if bad:
         ss["url_warning_for"] = list(ss["models"])
-        ss["url_warning"] = (f"Ignored unknown model key(s) in the URL: {', '.join(bad)}. "
+        ss["url_warning"] = (f"Ignored unknown model key(s) in the URL: {md(', '.join(bad))}. "
                              f"Valid keys are catalog keys such as {', '.join(DEFAULT_MODELS)}.")
 
 
@@ -154,14 +160,14 @@ def sidebar() -> list[Model]:
             st.file_uploader("Upload a config.json", type=["json"], key="upload", on_change=_on_upload,
                              help="A Hugging Face transformers config.json; nothing is downloaded or run.")
             if ss.get("upload_error"):
-                st.error(ss["upload_error"] + " The previous selection is kept.")
+                st.error(md(ss["upload_error"]) + " The previous selection is kept.")
             st.text_input("Local checkpoint folder", key="checkpoint_input", on_change=_on_checkpoint,
                           placeholder="/path/to/model (holds config.json)",
                           help="A folder on the server with config.json (+ safetensors for the Playground).")
             if ss.get("checkpoint_error"):
-                st.error(ss["checkpoint_error"])
+                st.error(md(ss["checkpoint_error"]))
             elif ss["checkpoint_path"]:
-                st.caption(f"Using checkpoint folder `{ss['checkpoint_path']}`")
+                st.caption(f"Using checkpoint folder {md(ss['checkpoint_path'])}")
     _mirror_models()
     return selected()
 
@@ -196,13 +202,13 @@ def setting(name: str, default: Any, widget: Callable[..., Any], parse: Callable
             try:
                 ss[name] = parse(raw)
             except (TypeError, ValueError):
-                st.warning(f"Ignored ?{name}={raw} in the URL (not a valid value); using {default}.")
+                st.warning(f"Ignored ?{name}={md(raw)} in the URL (not a valid value); using {default}.")
     if wkey not in ss:  # Streamlit forgets a widget's state when its page is left
         ss[wkey] = ss[name]
     try:
         value = widget(key=wkey, **kwargs)
     except StreamlitAPIException:  # a URL value outside the widget's range or options
-        st.warning(f"Ignored ?{name}={ss[name]} in the URL (out of range); using {default}.")
+        st.warning(f"Ignored ?{name}={md(ss[name])} in the URL (out of range); using {default}.")
         ss[name] = ss[wkey] = default
         st.rerun()
     ss[name] = value

@@ -15,6 +15,7 @@ import streamlit as st
 from backend.arch.configs import ModelSource
 from backend.arch.errors import ArchLabError
 from backend.present import export, tables
+from backend.present.text import md
 
 log = logging.getLogger("archlab.pages")
 PLOTLY_CONFIG = {"displaylogo": False, "toImageButtonOptions": {"format": "png", "scale": 2}}
@@ -26,10 +27,10 @@ def guard(what: str = "this section") -> Iterator[None]:
     try:
         yield
     except ArchLabError as e:
-        st.error(f"{e}  \nChange the selection or the settings above and try again.")
+        st.error(f"{md(e)}  \nChange the selection or the settings above and try again.")  # messages may quote visitors' text
     except Exception as e:  # never a traceback on the page
         log.exception("unexpected error in %s", what)
-        st.error(f"Unexpected error in {what}: {type(e).__name__}: {str(e)[:200]}. "
+        st.error(f"Unexpected error in {what}: {type(e).__name__}: {md(str(e)[:200])}. "
                  "The other sections still work; please report this.")
 
 

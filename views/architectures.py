@@ -6,6 +6,7 @@ import streamlit as st
 from backend.arch.architecture import arch_spec
 from backend.present import diagram
 from backend.present.colors import HIGHLIGHT
+from backend.present.text import md, swatch
 from backend.present.tables import entry
 from views import _state, _ui
 
@@ -63,7 +64,9 @@ def _notes(models: list[_state.Model]) -> None:
     for m in models:
         e = entry(m.source)
         with st.container(border=True):
-            st.markdown(f"<span style='color:{m.color}'>■</span> **{m.label}**", unsafe_allow_html=True)
+            with st.container(horizontal=True, gap="small"):  # the label may be a visitor's text: never in HTML
+                st.markdown(swatch(m.color), unsafe_allow_html=True, width="content")
+                st.markdown(f"**{md(m.label)}**")
             if e is None:
                 st.caption("Custom model from your config.json; no catalog note.")
                 continue

@@ -8,6 +8,7 @@ from backend.live.generation import MAX_NEW_TOKENS, GenerationSettings
 from backend.present import playground
 from backend.present.colors import model_colors
 from backend.present.playground import LiveRun, SlotModel
+from backend.present.text import md, swatch
 from views import _live, _state, _ui
 from views._state import choice, float_in, int_in, parse_bool, setting
 
@@ -81,15 +82,16 @@ def _start(models: list[_state.Model], prompt: str, s: dict) -> None:
                        playground.full_depth(src) if s["mode"] == "layers" else None) for i, src, _ in runs]
     settings = GenerationSettings(max_new_tokens=int(s["max_new"]), temperature=float(s["temp"]),
                                   top_p=float(s["top_p"]), stop=playground.parse_stop(s["stop"]), seed=int(s["seed"]))
-    _live.replace(LiveRun.start(slots, [r for _, _, r in runs], prompt, settings, _live.session_id()))
+    _live.start(slots, [r for _, _, r in runs], prompt, settings)
 
 
 def _column(live: LiveRun, slot: int, v: playground.SlotView) -> None:
     """One model's column: name, progress, timings, device, streamed text."""
-    st.markdown(f"<span style='color:{live.slots[slot].color}'>■</span> **{live.run.stats(slot)['model']}**",
-                unsafe_allow_html=True)
+    with st.container(horizontal=True, gap="small"):  # the label is a visitor's text: never inside HTML
+        st.markdown(swatch(live.slots[slot].color), unsafe_allow_html=True, width="content")
+        st.markdown(f"**{md(live.run.stats(slot)['model'])}**")
     if v.status == "failed":
-        st.error(v.error)
+        st.error(md(v.error))
         return
     st.progress(v.progress, text=v.progress_text)
     facts = " · ".join(p for p in (v.summary, f"on `{v.device}`" if v.device else "") if p)
@@ -173,6 +175,7 @@ def _page() -> None:
     if live is None:
         st.info("Type a prompt and press **Generate**.")
         return
+    _live.show_link(live, "playground")
     holders = [col.empty() for col in st.columns(len(live.slots), border=True)]
 
     drawn: dict[int, playground.SlotView] = {}

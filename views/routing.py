@@ -6,6 +6,7 @@ import streamlit as st
 from backend.live import routing
 from backend.present import charts, playground
 from backend.present.playground import LiveRun, SlotRouting
+from backend.present.text import md
 from views import _live, _state, _ui
 from views._state import setting
 
@@ -21,7 +22,7 @@ def _no_run() -> None:
         return
     for m in models:
         if playground.is_dense(m.source):
-            st.info(NO_ROUTER.format(label=m.label), icon=":material/block:")
+            st.info(NO_ROUTER.format(label=md(m.label)), icon=":material/block:")
     if any(not playground.is_dense(m.source) for m in models):
         st.info("Routing is recorded while a mixture-of-experts model generates. Run a prompt in the "
                 "Playground; this page then follows it token by token.", icon=":material/info:")
@@ -91,9 +92,13 @@ def _shared(live: LiveRun) -> None:
 
 
 def _page(live: LiveRun) -> None:
+    _live.show_link(live, "routing")
+    if _live.current_id():
+        st.page_link("views/playground.py", label="This run in the Playground", icon=":material/chat:",
+                     query_params={_live.PARAM: _live.current_id()})
     for i, s in enumerate(live.slots):
         if not s.moe:
-            st.info(NO_ROUTER.format(label=live.run.stats(i)["model"]), icon=":material/block:")
+            st.info(NO_ROUTER.format(label=md(live.run.stats(i)["model"])), icon=":material/block:")
     moe = [i for i, s in enumerate(live.slots) if s.moe]
     if not moe:
         st.caption("The last Playground run had no mixture-of-experts model. Select one (e.g. DeepSeek V3, "
@@ -102,9 +107,9 @@ def _page(live: LiveRun) -> None:
     slot = _pick(moe, "rt_slot", label="Model", format_func=lambda i: live.run.stats(i)["model"])
     failed = live.run.stats(slot)["error"]
     if failed:
-        st.error(f"{live.run.stats(slot)['model']} failed: {failed}")
+        st.error(md(f"{live.run.stats(slot)['model']} failed: {failed}"))
         return
-    with st.spinner(f"Waiting for {live.run.stats(slot)['model']} to load…"):
+    with st.spinner(f"Waiting for {md(live.run.stats(slot)['model'])} to load…"):
         _live.wait_until(live, lambda: live.run.routing(slot) is not None and live.run.routing(slot).steps)
     if live.run.routing(slot) is None:
         st.warning("No routing was recorded for this model.")

@@ -342,6 +342,11 @@ class GenerationRun:
         self._cancel.set()
 
     @property
+    def running(self) -> bool:
+        """A worker is still going (events may still wait to be polled after it ends)."""
+        return any(t.is_alive() for t in self._threads)
+
+    @property
     def done(self) -> bool:
         """All workers ended and every event was polled."""
         return bool(self._threads) and not any(t.is_alive() for t in self._threads) and self._queue.empty()

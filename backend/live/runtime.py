@@ -221,10 +221,17 @@ def kv_allowance(source: Source, dtype: str) -> int:
 _REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 
 
-def resolve_checkpoint(path: str) -> Path:
-    """A local folder, or the snapshot folder of a repo id already in the HF hub cache (no download)."""
+def resolve_checkpoint(path: str, confined: bool = False) -> Path:
+    """A local folder, or the snapshot folder of a repo id already in the HF hub cache (no download).
+
+    ``confined`` (what the pages pass for visitors): only folders under ``roots.allowed_roots()``; any other
+    path is refused with ``roots.REFUSED``, the same line whether it exists or not. Unconfined (the command
+    line, tests, benchmarks: the server's own user) any folder is taken.
+    """
     if not path or not isinstance(path, str):
         raise ArchLabError("pretrained mode needs a path: a local folder or a repo id in the Hugging Face cache")
+    if confined:
+        return _confined_checkpoint(path.strip())
     p = Path(path).expanduser()
     if p.is_dir():
         return p.resolve()
@@ -236,6 +243,29 @@ def resolve_checkpoint(path: str) -> Path:
         except Exception:
             pass
     raise ArchLabError(f"{path!r} is neither a folder nor a model in the local Hugging Face cache (nothing is downloaded)")
+
+
+def _hub_snapshot(repo_id: str) -> Optional[Path]:
+    """The snapshot folder of a repo id in the HF hub cache, or None (never downloads)."""
+    if not _REPO_ID.match(repo_id):
+        return None
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id=repo_id, local_files_only=True))
+    except Exception:
+        return None
+
+
+def _confined_checkpoint(path: str) -> Path:
+    """A repo id in the HF cache, or a folder under an allowed root (checked before anything is looked at)."""
+    from .roots import confine
+
+    snapshot = _hub_snapshot(path)
+    folder = confine(snapshot if snapshot is not None else path)
+    if not folder.is_dir():
+        raise ArchLabError(f"{folder.name or 'that path'} is not a folder in this server's model folders")
+    return folder
 
 
 def check_checkpoint(folder: Path) -> dict:

@@ -6,7 +6,9 @@ Everything here is plain data in, plain data out; no Streamlit.
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Optional, Sequence
 
 import pandas as pd
@@ -18,7 +20,7 @@ from ..live import memcheck, routing, runtime
 from ..live.depth import DepthEstimate, estimate
 from ..live.generation import Event, GenerationRun, GenerationSettings, Loading, Started
 from ..live.generation import Routing as RoutingEvent
-from ..live.miniature import MINIATURE_SIZES
+from ..live.miniature import MINIATURE_SIZES, miniature
 
 MAX_COLUMNS = 4
 MODES = {**{size: f"{size} miniature" for size in MINIATURE_SIZES},
@@ -77,10 +79,11 @@ def requests_for(models: Sequence[tuple[str, ModelSource]], mode: str, device: s
         if not checkpoint:
             raise ArchLabError("pretrained mode needs a checkpoint folder: set one in the sidebar "
                                "(Add your own model → Local checkpoint folder)")
-        config = runtime.check_checkpoint(runtime.resolve_checkpoint(checkpoint))
-        request = runtime.ModelRequest(source=f"local:{checkpoint}", mode="pretrained", path=checkpoint,
+        folder = str(runtime.resolve_checkpoint(checkpoint, confined=True))  # visitors: allowed roots only
+        config = runtime.check_checkpoint(Path(folder))
+        request = runtime.ModelRequest(source=f"local:{folder}", mode="pretrained", path=folder,
                                        device=device, compile=compile)
-        return [(f"local:{checkpoint}", config, request)]
+        return [(f"local:{folder}", config, request)]
     if not models:
         raise ArchLabError("choose at least one model in the sidebar")
     if mode not in ("full", "layers") and mode not in MINIATURE_SIZES:
@@ -100,6 +103,36 @@ def full_depth(source: ModelSource) -> int:
     return (source if isinstance(source, Architecture) else resolve(source)).spec.num_layers
 
 
+def gpu_bytes(requests: Sequence[runtime.ModelRequest], hw: Optional[dict] = None) -> int:
+    """GPU memory a run's models take where the runtime would place them on this server's GPUs, empty
+    (weights + KV allowance, as ``runtime.plan_placement`` counts them); 0 for models that go to the CPU.
+    What the run registry counts against a visitor's share of GPU memory (``hw``: ``runtime.hardware()``)."""
+    hw = runtime.hardware() if hw is None else hw
+    gpus = hw.get("gpus") or []
+    if not gpus:
+        return 0
+    empty = dict(hw, gpus=[dict(g, free_gib=g["total_gib"]) for g in gpus])
+    total = 0
+    for r in requests:
+        if r.device == "cpu":
+            continue
+        try:
+            p = runtime.plan_placement(_built(r), r.device, r.dtype, empty)
+        except ArchLabError:
+            continue  # it is refused when it loads, with its own message
+        if p.kind != "cpu":
+            total += p.need_bytes + p.kv_bytes
+    return total
+
+
+def _built(request: runtime.ModelRequest) -> Architecture:
+    """The architecture a request builds (the miniature's for miniatures, the checkpoint's when pretrained)."""
+    if request.mode == "pretrained":
+        return resolve(runtime.check_checkpoint(Path(request.path)))
+    arch = resolve(request.source)
+    return miniature(arch, request.size) if request.mode == "miniature" else arch
+
+
 # ----------------------------------------------------------------- the run
 
 @dataclass
@@ -111,6 +144,8 @@ class LiveRun:
     prompt_tokens: dict[int, int] = field(default_factory=dict)
     routing_steps: int = 0                                    # Routing events seen (live redraw trigger)
     depth: dict[int, "DepthEstimate | str"] = field(default_factory=dict)  # slot -> full-depth estimate or why not
+    version: int = 0            # events drained so far by any viewer (a viewer redraws when it changes)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     @classmethod
     def start(cls, slots: Sequence[SlotModel], requests: Sequence[runtime.ModelRequest], prompt: str,
@@ -120,20 +155,30 @@ class LiveRun:
         return cls(GenerationRun(list(requests), prompt, settings, session_id=session_id).start(), list(slots))
 
     def pump(self, timeout: float = 0.1) -> list[Event]:
-        """Drain the events that arrived, keeping loading messages and prompt lengths."""
+        """Drain the events that arrived, keeping loading messages and prompt lengths. Several viewers (tabs
+        with the run's link) may pump at once: each event is drained by one of them, and ``version`` tells
+        the others that something changed."""
         events = self.run.poll(timeout)
-        for e in events:
-            if isinstance(e, Loading):
-                self.loading[e.slot] = e.message
-            elif isinstance(e, Started):
-                self.prompt_tokens[e.slot] = e.prompt_tokens
-            elif isinstance(e, RoutingEvent):
-                self.routing_steps += 1
+        if events:
+            with self._lock:
+                for e in events:
+                    if isinstance(e, Loading):
+                        self.loading[e.slot] = e.message
+                    elif isinstance(e, Started):
+                        self.prompt_tokens[e.slot] = e.prompt_tokens
+                    elif isinstance(e, RoutingEvent):
+                        self.routing_steps += 1
+                self.version += len(events)
         return events
 
     @property
     def done(self) -> bool:
         return self.run.done
+
+    @property
+    def running(self) -> bool:
+        """A worker is still going (what the run registry counts against a visitor's quota)."""
+        return self.run.running
 
     def cancel(self) -> None:
         self.run.cancel()
@@ -197,7 +242,13 @@ def depth_pending(live: LiveRun) -> list[int]:
 
 def measure_depth(live: LiveRun) -> None:
     """Time the decode step of each finished fewer-layer model at k and k − 1 layers (a few seconds each,
-    once per run; the model's lock is held, so another session's generation on it waits)."""
+    once per run; the model's lock is held, so another session's generation on it waits). Viewers of the
+    same run take turns, so each model is timed once."""
+    with live._lock:
+        _measure_depth(live)
+
+
+def _measure_depth(live: LiveRun) -> None:
     for i in depth_pending(live):
         request = live.run.requests[i]
         if not runtime.is_loaded(request):
