@@ -174,7 +174,7 @@ def _speed(models, colors) -> None:
         batch = setting("sbatch", 1, st.number_input, _int_in(1, MAX_BATCH), label="Batch (sequences)",
                         min_value=1, max_value=MAX_BATCH, step=1)
     with c3:
-        ctx = setting("sctx", 2048, st.number_input, _int_in(1, MAX_CONTEXT), label="Decode context (tokens)",
+        ctx = setting("sctx", 2048, st.number_input, _int_in(1, MAX_CONTEXT), label="Context (tokens)",
                       min_value=1, max_value=MAX_CONTEXT, step=1024,
                       help="Tokens each sequence attends to in the decode step (prompt + generated so far).")
     with c4:
@@ -215,15 +215,18 @@ def _speed(models, colors) -> None:
     left, right = st.columns(2)
     with left:
         _ui.chart(charts.speed_components_bar(long, "decode step"), "decode step by component",
-                  "Where a decode step's time goes. Hatched segments are compute-bound; the rest wait on memory.")
+                  "Where a decode step's time goes (roofline). Hatched segments are compute-bound; the rest wait on "
+                  "memory.")
     with right:
         _ui.chart(charts.speed_components_bar(long, "prefill"), "prefill by component",
-                  "The same for the prefill: long prompts make the projections and MLPs compute-bound.")
+                  "The same for the prefill (hatched: compute-bound): long prompts make the projections and MLPs "
+                  "compute-bound.")
     across = _est("speed_across_gpus", models, batch=int(batch), context=int(ctx), prompt=int(prompt), dtype=dtype,
                   kv_dtype=kw["kv_dtype"], custom=custom)
     _ui.chart(charts.speed_gpu_bar(across, colors), "decode speed per gpu",
-              "Every model on every GPU of the table (MLA as an engine runs it). Crossed bars: the bytes a step "
-              "reads do not fit in one GPU's memory, so the model would need several.")
+              "Every model on every GPU of the table (MLA as an engine runs it). Crossed bars: the model's weights "
+              "in this dtype do not fit in one GPU's memory, so it would need several (and this single-GPU figure "
+              "is a bound, not a plan).")
     _how(_est("speed_workings", models, **kw), "How this is computed (decode step, then prefill)")
     with st.expander("GPU table (published peak figures)"):
         _ui.frame(_call("gpus_frame"), "gpu table", caption="Dense tensor-core peaks (without 2:4 sparsity) and "
@@ -239,9 +242,9 @@ def _measured(models, colors) -> None:
     st.header("Estimate vs measured", divider="gray")
     df = _est("measured_table", models)
     if df.empty:
-        st.info("ArchLab has GPU measurements (bench/results/gpu-*.json) of Llama 3 8B, OLMo 2 7B, Qwen3-30B-A3B, "
-                "gpt-oss-20b and DeepSeek V3 (first 4 and 5 layers); select one of them to see its estimate beside "
-                "what was measured.")
+        st.info("ArchLab has GPU decode measurements (bench/results/gpu-*.json) of "
+                + ", ".join(_call("measured_models")) + "; select one of them to see its estimate beside what was "
+                "measured.")
         return
     st.caption("ArchLab's own decode measurements (bench/gpu.py: random bf16 weights, batch 1, a 32-token prompt, "
                "static cache and CUDA graph, steady rate) beside the roofline estimate for the same shape on the same "
@@ -255,7 +258,8 @@ def _measured(models, colors) -> None:
                              "Estimate at measured copy bandwidth (tok/s)": TOKS},
               width="stretch", hide_index=True)
     _ui.chart(charts.estimate_vs_measured_bar(df), "estimate vs measured",
-              "Grey: roofline at the datasheet bandwidth; red: measured. Hover a red bar for the ratio.")
+              "Grey: roofline at the datasheet bandwidth; red: measured, one pair per run (named by its result "
+              "file). Log scale. Hover a red bar for the ratio.")
     _how(_est("measured_workings", models), "How the estimates are computed")
 
 
@@ -287,14 +291,15 @@ def _checkpoint(models, colors) -> None:
         return
     info = _call("checkpoint_summary", path=_confined(path), context=int(ctx))
     m1, m2, m3, m4 = st.columns(4)
-    m1.metric("Tensor bytes", f"{info['tensor_bytes'] / 2**30:,.3f} GiB", help=f"{info['tensor_bytes']:,} bytes")
-    m2.metric("Files on disk", f"{info['file_bytes'] / 2**30:,.3f} GiB",
+    hb = estimates.human_bytes
+    m1.metric("Tensor bytes", hb(info["tensor_bytes"]), help=f"{info['tensor_bytes']:,} bytes")
+    m2.metric("Files on disk", hb(info["file_bytes"]),
               help=f"{info['file_bytes']:,} bytes in {info['files']} file(s), headers included")
     m3.metric("Parameters", f"{info['params']:,}")
     m4.metric("Bits per parameter", f"{info['bits_per_param']:.2f}")
     st.caption(f"Format: {info['format']}" + (f", quantization: {info['quant_method']}" if info["quant_method"] else "")
                + (f". The config builds a model of {info['config_params']:,} parameters: "
-                  f"{info['config_bf16_bytes'] / 2**30:,.3f} GiB in bf16." if info["config_params"] else "."))
+                  f"{hb(info['config_bf16_bytes'])} in bf16." if info["config_params"] else "."))
     left, right = st.columns(2)
     with left:
         _ui.frame(info["kinds"], "checkpoint by storage format", column_config={"Bytes": INT, "GiB": GIB,
@@ -306,8 +311,7 @@ def _checkpoint(models, colors) -> None:
               "Scales, zero points and index tensors hold bytes but no parameters.")
     if info["kv_working"]:
         st.markdown(f"**KV cache** in **{info['kv_dtype']}** ({info['kv_dtype_source']}): "
-                    f"{info['kv_per_token'] / 1024:,.1f} KiB per token, {info['kv_total'] / 2**30:,.3f} GiB at "
-                    f"{int(ctx):,} tokens.")
+                    f"{hb(info['kv_per_token'])} per token, {hb(info['kv_total'])} at {int(ctx):,} tokens.")
     elif info["kv_problem"]:
         st.caption(f"No KV-cache figure: {info['kv_problem']}")
     else:

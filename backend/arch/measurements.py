@@ -10,6 +10,7 @@ the ratio measured / estimate is shown as it is.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -42,6 +43,16 @@ class DecodeMeasurement:
     def context(self) -> int:
         """Mean context of the timed decode steps."""
         return BENCH_PROMPT_TOKENS + self.tokens // 2
+
+    @property
+    def tag(self) -> str:
+        """The run's short name: the file name without ``gpu-``, the device part and ``.json``."""
+        stem = self.file[:-5] if self.file.endswith(".json") else self.file
+        stem = stem[4:] if stem.startswith("gpu-") else stem
+        device = self.device.replace(" ", "_")
+        if device in stem:  # bench/gpu.py names files gpu-<device>x<count>[-tag].json
+            stem = re.sub(r"^x\d+-?", "", stem.split(device, 1)[1]) or stem
+        return stem
 
     @property
     def label(self) -> str:

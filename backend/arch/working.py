@@ -47,12 +47,6 @@ class Working:
     def note(self, text: str) -> None:
         self.notes.append(text)
 
-    def extend(self, other: "Working", prefix: str = "") -> None:
-        """Append another working's steps (names prefixed) and notes."""
-        for s in other.steps:
-            self.steps.append(Step(prefix + s.name, s.formula, s.numbers, s.value, s.unit))
-        self.notes += [n for n in other.notes if n not in self.notes]
-
     def value(self, name: str) -> Number:
         """The value of the last step called ``name`` (KeyError if none)."""
         for s in reversed(self.steps):

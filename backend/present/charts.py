@@ -284,7 +284,7 @@ def speed_components_bar(long: pd.DataFrame, phase: str = "decode step") -> go.F
                     "<br>%{customdata[1]:,.2f} GiB moved, %{customdata[2]:,.1f} GFLOP, %{customdata[3]:.0%} of the step"
                     "<extra></extra>")
     n = part["model"].nunique()
-    return _layout(fig, f"Roofline time of the {phase} by component (hatched: compute-bound)", barmode="stack",
+    return _layout(fig, f"{phase.capitalize()} time by component", barmode="stack",
                    height=max(300, 140 + 48 * n), xaxis=dict(title=f"{phase} time (ms)"),
                    yaxis=dict(title="", autorange="reversed"))
 
@@ -298,22 +298,23 @@ def speed_gpu_bar(across: pd.DataFrame, colors: Mapping[str, str]) -> go.Figure:
                     customdata=list(zip(rows["prefill_ms"], rows["weights_fit"])),
                     hovertemplate=f"{model}<br>%{{x}}: %{{y:,.1f}} tok/s, prefill %{{customdata[0]:,.1f}} ms"
                     "<br>weights fit in one GPU: %{customdata[1]}<extra></extra>")
-    return _layout(fig, "Decode speed on each GPU (roofline; crossed: weights do not fit in one GPU)",
+    return _layout(fig, "Decode speed on each GPU (roofline)",
                    barmode="group", height=420, yaxis=dict(title="tokens/s per sequence (log)", **LOG_DECADES),
                    xaxis=dict(title="GPU"))
 
 
 def estimate_vs_measured_bar(measured: pd.DataFrame) -> go.Figure:
-    """Per measured run: the roofline estimate beside ArchLab's measurement (tok/s), ratio in the hover."""
+    """Per measured run: the roofline estimate beside ArchLab's measurement (tok/s, log), ratio in the hover."""
     fig = go.Figure()
-    names = [f"{m}<br>{s}<br>{r}" for m, s, r in zip(measured["Model"], measured["Shape"], measured["Run"])]
-    fig.add_bar(x=names, y=measured["Estimate (tok/s)"], name="roofline estimate (published bandwidth)",
-                marker_color="#bbbbbb", hovertemplate="%{x}<br>estimate %{y:,.1f} tok/s<extra></extra>")
-    fig.add_bar(x=names, y=measured["Measured (tok/s)"], name="measured (ArchLab fast path)", marker_color="#e4572e",
-                customdata=measured["Measured / estimate"],
-                hovertemplate="%{x}<br>measured %{y:,.1f} tok/s = %{customdata:.0%} of the estimate<extra></extra>")
-    return _layout(fig, "Decode speed: roofline estimate vs measured (batch 1, bf16)", barmode="group", height=460,
-                   yaxis=dict(title="tokens/s"), xaxis=dict(title="", tickfont=dict(size=10)))
+    names = [f"{m} · {s} · {r}" for m, s, r in zip(measured["Model"], measured["Shape"], measured["Run tag"])]
+    fig.add_bar(y=names, x=measured["Estimate (tok/s)"], orientation="h", name="roofline estimate (datasheet bandwidth)",
+                marker_color="#bbbbbb", hovertemplate="%{y}<br>estimate %{x:,.1f} tok/s<extra></extra>")
+    fig.add_bar(y=names, x=measured["Measured (tok/s)"], orientation="h", name="measured (ArchLab fast path)",
+                marker_color="#e4572e", customdata=measured["Measured / estimate"],
+                hovertemplate="%{y}<br>measured %{x:,.1f} tok/s = %{customdata:.0%} of the estimate<extra></extra>")
+    return _layout(fig, "Decode speed: roofline estimate vs measured (batch 1, bf16)", barmode="group",
+                   height=max(320, 140 + 40 * len(names)), xaxis=dict(title="tokens/s (log)", **LOG_DECADES),
+                   yaxis=dict(title="", autorange="reversed", tickfont=dict(size=11)))
 
 
 def training_bar(long: pd.DataFrame, gpu_gib: float | None = None) -> go.Figure:
@@ -331,9 +332,13 @@ def training_bar(long: pd.DataFrame, gpu_gib: float | None = None) -> go.Figure:
 
 
 def checkpoint_bar(kinds: pd.DataFrame) -> go.Figure:
-    """Bars: bytes of a checkpoint by storage format of its tensors (GiB)."""
+    """Bars: bytes of a checkpoint by storage format of its tensors (GiB, MiB or KiB, whichever reads best)."""
+    top = float(kinds["Bytes"].max()) if len(kinds) else 0.0
+    unit, div = next(((u, d) for u, d in (("GiB", 2 ** 30), ("MiB", 2 ** 20), ("KiB", 2 ** 10)) if top >= d),
+                     ("bytes", 1))
     fig = go.Figure()
-    fig.add_bar(x=list(kinds.index), y=kinds["GiB"], marker_color="#4c78a8", customdata=kinds["Parameters"],
-                hovertemplate="%{x}: %{y:,.4f} GiB, %{customdata:,} parameters<extra></extra>")
+    fig.add_bar(x=list(kinds.index), y=kinds["Bytes"] / div, marker_color="#4c78a8",
+                customdata=list(zip(kinds["Bytes"], kinds["Parameters"])),
+                hovertemplate="%{x}: %{customdata[0]:,} bytes, %{customdata[1]:,} parameters<extra></extra>")
     return _layout(fig, "Checkpoint bytes by storage format", height=380, showlegend=False,
-                   yaxis=dict(title="GiB"), xaxis=dict(title="tensors stored as"))
+                   yaxis=dict(title=unit), xaxis=dict(title="tensors stored as"))

@@ -19,10 +19,18 @@ from ..arch.counting import COMPONENT_LABELS as PARAM_LABELS
 from ..arch.counting import active_working
 from ..arch.errors import ArchLabError
 from ..arch.memory import GiB, kv_cache, weights_working
-from ..arch.roofline import COMPONENT_LABELS, MLA_MODES, SpeedEstimate, estimate
+from ..arch.roofline import COMPONENT_LABELS, MLA_MODES, SPEED_DTYPES, SpeedEstimate, estimate
 
 Models = Mapping[str, Source]
 GPU_CHOICES = tuple(gpu_table.keys()) + (gpu_table.CUSTOM,)
+
+
+def human_bytes(n: float) -> str:
+    """Bytes in the largest binary unit that keeps the number at least 1 (GiB, MiB, KiB)."""
+    for unit, div in (("GiB", 2 ** 30), ("MiB", 2 ** 20), ("KiB", 2 ** 10)):
+        if abs(n) >= div:
+            return f"{n / div:,.2f} {unit}"
+    return f"{int(n):,} bytes"
 
 
 def _arch(src: Source) -> Architecture:
@@ -117,9 +125,10 @@ def speed_across_gpus(models: Models, batch: int = 1, context: int = 2048, promp
                 e = estimate(_arch(src), g, batch, context, prompt, dtype, kv_dtype, mla)
             except ArchLabError:
                 continue
+            weights = _arch(src).counts.total * SPEED_DTYPES[dtype][0]
             rows.append({"model": label, "gpu": g.name, "tok_s": e.tok_s, "batch_tok_s": e.total_tok_s,
                          "prefill_ms": e.prefill_s * 1e3, "bound": e.decode.bound,
-                         "weights_fit": e.decode.bytes <= g.memory_gb * 1e9})
+                         "weights_fit": weights <= g.memory_gb * 1e9})
     return pd.DataFrame(rows, columns=["model", "gpu", "tok_s", "batch_tok_s", "prefill_ms", "bound", "weights_fit"])
 
 
@@ -145,7 +154,7 @@ def measured_table(models: Models) -> pd.DataFrame:
         e = m.estimate()
         rows.append({"Model": keys[m.key], "Shape": "full depth" if m.layers == m.full_layers
                      else f"first {m.layers} of {m.full_layers} layers, full width",
-                     "GPU": m.device, "Run": m.file, "Context (mean)": m.context,
+                     "GPU": m.device, "Run": m.file, "Run tag": m.tag, "Context (mean)": m.context,
                      "Estimate (tok/s)": e.tok_s, "Measured (tok/s)": m.tok_s, "Measured / estimate": m.tok_s / e.tok_s,
                      "Measured + torch.compile (tok/s)": m.compiled_tok_s,
                      "Copy bandwidth measured (TB/s)": m.copy_bandwidth_Bps / 1e12 if m.copy_bandwidth_Bps else None,
@@ -153,9 +162,17 @@ def measured_table(models: Models) -> pd.DataFrame:
                          e.tok_s * m.copy_bandwidth_Bps / m.gpu.bandwidth_Bps
                          if m.copy_bandwidth_Bps and e.decode.bound == "memory" and all(
                              op.bound == "memory" for op in e.decode.ops) else None)})
-    return pd.DataFrame(rows, columns=["Model", "Shape", "GPU", "Run", "Context (mean)", "Estimate (tok/s)",
+    return pd.DataFrame(rows, columns=["Model", "Shape", "GPU", "Run", "Run tag", "Context (mean)", "Estimate (tok/s)",
                                        "Measured (tok/s)", "Measured / estimate", "Measured + torch.compile (tok/s)",
                                        "Copy bandwidth measured (TB/s)", "Estimate at measured copy bandwidth (tok/s)"])
+
+
+def measured_models() -> list[str]:
+    """Names of the catalog models ArchLab has decode measurements of (in catalog order)."""
+    from ..arch import catalog
+
+    keys = {m.key for m in measurements.decode_measurements()}
+    return [e.name for e in catalog.entries() if e.key in keys]
 
 
 def measured_workings(models: Models) -> dict[str, str]:
@@ -164,7 +181,7 @@ def measured_workings(models: Models) -> dict[str, str]:
     out = {}
     for m in measurements.decode_measurements():
         if m.key in keys and m.gpu is not None:
-            out[f"{keys[m.key]} · {m.label} · {m.file}"] = m.estimate().decode.working.markdown()
+            out[f"{keys[m.key]} · {m.label} · {m.tag}"] = m.estimate().decode.working.markdown()
     return out
 
 
