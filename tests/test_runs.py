@@ -264,6 +264,21 @@ def test_real_generation_runs_of_8_sessions_within_quota():
 
 # ----------------------------------------------------------------- several viewers of one run
 
+def test_a_run_reattaches_by_id_from_another_session():
+    reg = runs.Registry(gpu_total=lambda: 0)
+    with reg.admit("owner", "generate") as ticket:
+        live = LiveRun.start([SlotModel("deepseek-v3", "d", "#2E91E5", True)], [MOE], "Experts of a layer",
+                             GenerationSettings(max_new_tokens=8, ignore_eos=True), "owner")
+        ticket.register(live)
+    other = reg.job(ticket.id, "generate")  # what a tab holding the link gets: no session is asked for
+    while not other.done:
+        other.pump(0.05)
+    assert other is live and reg.get(ticket.id).session_id == "owner"
+    assert other.run.stats(0)["new_tokens"] == 8 and len(other.run.routing(0).steps) == 8
+    assert reg.usage("owner")["generate"] == 0 and reg.get(ticket.id).ended is not None  # kept after its end
+
+
+
 def test_two_viewers_of_one_run_see_the_same_run():
     live = LiveRun.start([SlotModel("deepseek-v3", "d", "#2E91E5", True)], [MOE], "The experts of a layer",
                          GenerationSettings(max_new_tokens=24, ignore_eos=True))

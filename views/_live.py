@@ -92,8 +92,7 @@ def link(run_id: str, page: str) -> str:
     """The absolute link of a run on ``page`` ("playground" or "routing")."""
     base = (st.context.url or "").split("?")[0].rstrip("/")
     for suffix in ("/playground", "/routing"):
-        if base.endswith(suffix):
-            base = base[: -len(suffix)]
+        base = base.removesuffix(suffix)
     return f"{base}/{page}?{PARAM}={run_id}"
 
 

@@ -270,7 +270,7 @@ class Registry:
 def _running(job: Any) -> bool:
     try:
         return bool(job.running)
-    except Exception:  # a broken job is not running; it must not break the registry
+    except Exception:  # noqa: BLE001 - a broken job is not running; it must not break the registry
         return False
 
 
