@@ -73,6 +73,9 @@ def test_fp8_with_block_scales_sharded_and_kv_from_quantization_config(tmp_path)
           "model-00001-of-00002.safetensors")
     write(tmp_path, {"lm_head.weight": torch.zeros(256, 64, dtype=torch.bfloat16)}, None,
           "model-00002-of-00002.safetensors")
+    index = {"weight_map": {"lm_head.weight": "model-00002-of-00002.safetensors",
+                            "model.layers.0.mlp.experts.0.up_proj.weight": "model-00001-of-00002.safetensors"}}
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps(index))
     ck = cm.read_checkpoint(str(tmp_path))
     assert len(ck.files) == 2 and ck.quant_method == "fp8"
     kinds = ck.by("kind")
@@ -83,6 +86,10 @@ def test_fp8_with_block_scales_sharded_and_kv_from_quantization_config(tmp_path)
     check_sizes(ck, tmp_path)
     assert ck.kv_dtype == "fp8" and "kv_cache_scheme" in ck.kv_dtype_source
     assert cm.checkpoint_kv(ck, 10).per_token_bytes == 2 * 2 * 32 * 1
+    index["weight_map"]["x"] = "model-00003-of-00003.safetensors"
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(ArchLabError, match="missing 1 shard"):
+        cm.read_checkpoint(str(tmp_path))
 
 
 @pytest.mark.parametrize("method", ["gptq", "awq"])

@@ -32,6 +32,7 @@ from .working import Working, num
 MAX_HEADER_BYTES = 100_000_000
 MAX_FILES = 4096
 MAX_CONFIG_BYTES = 1_000_000
+MAX_INDEX_BYTES = 64_000_000
 #: bytes per element of each safetensors dtype
 ST_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U64": 8, "U32": 4,
             "U16": 2, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1, "F8_E8M0": 1}
@@ -148,6 +149,7 @@ def read_checkpoint(path: str) -> CheckpointMemory:
         files = sorted(p.glob("*.safetensors")) or sorted(p.glob("*.gguf"))
         if not files:
             raise ArchLabError(f"{p} holds no .safetensors or .gguf files")
+        _check_index(p)
     if len(files) > MAX_FILES:
         raise ArchLabError(f"{p} holds {len(files):,} weight files; the limit is {MAX_FILES:,}")
     config = _config(folder)
@@ -169,6 +171,23 @@ def read_checkpoint(path: str) -> CheckpointMemory:
     method = qc.get("quant_method")
     return CheckpointMemory(str(p), fmt, tuple((f.name, f.stat().st_size) for f in files), tuple(tensors),
                             str(method) if method else None, kv, source, config)
+
+
+def _check_index(folder: Path) -> None:
+    """A sharded checkpoint's index must not name shards the folder lacks (the total would be short)."""
+    index = folder / "model.safetensors.index.json"
+    if not index.is_file():
+        return
+    if index.stat().st_size > MAX_INDEX_BYTES:
+        raise ArchLabError(f"{index.name} is larger than {MAX_INDEX_BYTES:,} bytes")
+    try:
+        weight_map = json.loads(index.read_bytes())["weight_map"]
+        shards = {str(v) for v in weight_map.values()}
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
+        raise ArchLabError(f"{index.name} has no valid weight_map") from None
+    missing = sorted(s for s in shards if not (folder / s).is_file())
+    if missing:
+        raise ArchLabError(f"{folder.name} is missing {len(missing)} shard(s) its index names, e.g. {missing[0]}")
 
 
 def _config(folder: Path) -> Optional[dict]:
