@@ -106,7 +106,7 @@ def test_checkpoint_section_inside_and_outside_the_model_folders(tmp_path, monke
     kinds = frame(at, "Bits per parameter")
     assert kinds.loc["bf16 weights", "Bytes"] == 64 * 64 * 2
     assert [m.value for m in at.metric][:1] == ["8.00 KiB"]
-    assert any("**fp8**" in m.value and "kv_cache_quant_algo" in m.value for m in at.markdown)
+    assert any("**fp8**" in m.value and "kv_cache_quant_algo" in m.value.replace("\\", "") for m in at.markdown)
     assert any("checkpoint bytes by storage format" in x.lower() for x in titles(at))
     at.text_input(key="_w_ckpt").input(str(outside)).run()
     assert not at.exception
@@ -114,6 +114,7 @@ def test_checkpoint_section_inside_and_outside_the_model_folders(tmp_path, monke
 
 
 def test_training_section_and_measured_file(tmp_path, monkeypatch):
+    monkeypatch.setattr(train_memory, "MEASURED_FILE", tmp_path / "absent.json")  # whatever bench/results holds
     at = page(models="llama3-8b", tpar="zero3", tgpus="8")
     no_errors(at)
     df = frame(at, "Total per GPU (GiB)")
@@ -136,6 +137,17 @@ def test_training_section_and_measured_file(tmp_path, monkeypatch):
     m = frame(at, "Measured peak (GiB)")
     assert m.iloc[0]["Model"] == "tiny llama"
     assert m.iloc[0]["Measured / estimate"] == pytest.approx(5_000_000 / (m.iloc[0]["Estimate (GiB)"] * 2**30))
+
+
+def test_visitor_names_are_shown_as_text():
+    at = AppTest.from_file("../app.py", default_timeout=TIMEOUT).run()
+    cfg = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+           "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 256}
+    at.sidebar.file_uploader[0].upload("[x](javascript:alert(1)).json", json.dumps(cfg).encode(), "application/json").run()
+    at.switch_page("views/parameters.py").run()
+    no_errors(at)
+    heads = [m.value for m in at.markdown if m.value.startswith("#####")]
+    assert any("javascript" in h for h in heads) and not any("](" in h for h in heads)  # escaped: no link forms
 
 
 def test_bad_training_setting_gives_one_line():

@@ -12,6 +12,7 @@ from backend.arch.roofline import KV_DTYPES, SPEED_DTYPES
 from backend.arch.train_memory import MEASURED_FILE, OPTIMIZERS, PARALLEL, PARALLEL_LABELS, TRAIN_DTYPES
 from backend.present import charts, estimates
 from backend.present.tables import DTYPES, default_gpus
+from backend.present.text import md
 from views import _state, _ui
 from views._state import choice as _choice
 from views._state import float_in as _float_in
@@ -44,7 +45,7 @@ def _how(workings: Mapping[str, str], title: str = "How this is computed") -> No
         for i, (label, text) in enumerate(workings.items()):
             if i:
                 st.divider()
-            st.markdown(f"##### {label}")
+            st.markdown(f"##### {md(label)}")
             if isinstance(text, tuple):
                 for part in text:
                     st.markdown(part)
@@ -285,7 +286,7 @@ def _checkpoint(models, colors) -> None:
     path = str(path).strip()
     if not path and default:
         path = default
-        st.caption(f"Using the sidebar's checkpoint folder `{default}`.")
+        st.caption(f"Using the sidebar's checkpoint folder {md(default)}.")
     if not path:
         st.info("Enter a checkpoint above (the sidebar's local checkpoint folder is used when set).")
         return
@@ -297,7 +298,7 @@ def _checkpoint(models, colors) -> None:
               help=f"{info['file_bytes']:,} bytes in {info['files']} file(s), headers included")
     m3.metric("Parameters", f"{info['params']:,}")
     m4.metric("Bits per parameter", f"{info['bits_per_param']:.2f}")
-    st.caption(f"Format: {info['format']}" + (f", quantization: {info['quant_method']}" if info["quant_method"] else "")
+    st.caption(f"Format: {info['format']}" + (f", quantization: {md(info['quant_method'])}" if info["quant_method"] else "")
                + (f". The config builds a model of {info['config_params']:,} parameters: "
                   f"{hb(info['config_bf16_bytes'])} in bf16." if info["config_params"] else "."))
     left, right = st.columns(2)
@@ -310,10 +311,10 @@ def _checkpoint(models, colors) -> None:
     _ui.chart(charts.checkpoint_bar(info["kinds"]), "checkpoint bytes by format",
               "Scales, zero points and index tensors hold bytes but no parameters.")
     if info["kv_working"]:
-        st.markdown(f"**KV cache** in **{info['kv_dtype']}** ({info['kv_dtype_source']}): "
+        st.markdown(f"**KV cache** in **{md(info['kv_dtype'])}** ({md(info['kv_dtype_source'])}): "
                     f"{hb(info['kv_per_token'])} per token, {hb(info['kv_total'])} at {int(ctx):,} tokens.")
     elif info["kv_problem"]:
-        st.caption(f"No KV-cache figure: {info['kv_problem']}")
+        st.caption(f"No KV-cache figure: {md(info['kv_problem'])}")
     else:
         st.caption("No KV-cache figure: no config.json beside the weights (GGUF files carry no transformers config).")
     _how({"weights": info["working"], **({"KV cache": info["kv_working"]} if info["kv_working"] else {})})

@@ -7,7 +7,7 @@ value, so the number and the text shown under "how this is computed" come from o
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Union
+from typing import Callable, Union
 
 Number = Union[int, float]
 
@@ -54,15 +54,16 @@ class Working:
                 return s.value
         raise KeyError(name)
 
-    def markdown(self) -> str:
-        """The steps as a Markdown list (for an expander), notes after them."""
-        lines = [f"**{self.title}**", ""]
+    def markdown(self, escape: Callable[[str], str] = str) -> str:
+        """The steps as a Markdown list (for an expander), notes after them. ``escape`` is applied to the title,
+        step names and notes, which may carry a visitor's model or folder name (formulas and numbers are ours)."""
+        lines = [f"**{escape(self.title)}**", ""]
         for s in self.steps:
             parts = s.parts()
-            lines.append(f"- {s.name} = " + " = ".join(f"`{p}`" for p in parts[:-1]) + (" = " if len(parts) > 1 else "")
-                         + f"**{parts[-1]}**")
+            lines.append(f"- {escape(s.name)} = " + " = ".join(f"`{p}`" for p in parts[:-1])
+                         + (" = " if len(parts) > 1 else "") + f"**{parts[-1]}**")
         if self.notes:
-            lines += [""] + [f"_{n}_" for n in self.notes]
+            lines += [""] + [f"_{escape(n)}_" for n in self.notes]
         return "\n".join(lines)
 
     def text(self) -> str:

@@ -20,6 +20,7 @@ from ..arch.counting import active_working
 from ..arch.errors import ArchLabError
 from ..arch.memory import GiB, kv_cache, weights_working
 from ..arch.roofline import COMPONENT_LABELS, MLA_MODES, SPEED_DTYPES, SpeedEstimate, estimate
+from .text import md
 
 Models = Mapping[str, Source]
 GPU_CHOICES = tuple(gpu_table.keys()) + (gpu_table.CUSTOM,)
@@ -110,7 +111,7 @@ def speed_workings(models: Models, gpu: GPUArg = "h100", batch: int = 1, context
                    dtype: str = "bf16", kv_dtype: Optional[str] = None, custom: Optional[tuple] = None
                    ) -> dict[str, tuple[str, str]]:
     """Row label -> (decode working, prefill working) as Markdown."""
-    return {label: (e.decode.working.markdown(), e.prefill.working.markdown())
+    return {label: (e.decode.working.markdown(md), e.prefill.working.markdown(md))
             for label, e in _estimates(models, gpu, batch, context, prompt, dtype, kv_dtype, custom)}
 
 
@@ -181,7 +182,7 @@ def measured_workings(models: Models) -> dict[str, str]:
     out = {}
     for m in measurements.decode_measurements():
         if m.key in keys and m.gpu is not None:
-            out[f"{keys[m.key]} · {m.label} · {m.tag}"] = m.estimate().decode.working.markdown()
+            out[f"{keys[m.key]} · {m.label} · {m.tag}"] = m.estimate().decode.working.markdown(md)
     return out
 
 
@@ -198,14 +199,14 @@ def checkpoint_summary(path: str, context: int = 32768) -> dict:
     out = {"path": ck.path, "format": ck.format, "files": len(ck.files), "file_bytes": ck.file_bytes,
            "tensor_bytes": ck.tensor_bytes, "params": ck.params, "bits_per_param": ck.bits_per_param,
            "quant_method": ck.quant_method, "kv_dtype": ck.kv_dtype, "kv_dtype_source": ck.kv_dtype_source,
-           "kinds": kinds, "components": comps, "working": ck.working().markdown(),
+           "kinds": kinds, "components": comps, "working": ck.working().markdown(md),
            "kv_per_token": None, "kv_total": None, "kv_working": None, "config_bf16_bytes": None,
            "config_params": None, "kv_problem": None, "context": context}
     if ck.config is not None:
         try:
             kv = checkpoint_kv(ck, context)
             arch = resolve(ck.config)
-            out.update(kv_per_token=kv.per_token_bytes, kv_total=kv.total_bytes, kv_working=kv.working.markdown(),
+            out.update(kv_per_token=kv.per_token_bytes, kv_total=kv.total_bytes, kv_working=kv.working.markdown(md),
                        config_params=arch.counts.total, config_bf16_bytes=arch.counts.total * 2)
         except ArchLabError as e:
             out["kv_problem"] = str(e)
@@ -250,7 +251,7 @@ def training_workings(models: Models, batch: int, seq_len: int, dtype: str = "bf
                       checkpointing: bool = False, optimizer: str = "adamw", parallel: str = "none",
                       gpus: int = 1) -> dict[str, str]:
     return {label: train_memory.training_memory(_arch(src), batch, seq_len, dtype, master_fp32, checkpointing,
-                                                optimizer, parallel, gpus).working.markdown()
+                                                optimizer, parallel, gpus).working.markdown(md)
             for label, src in models.items()}
 
 
@@ -273,15 +274,15 @@ def params_workings(models: Models) -> dict[str, str]:
     out = {}
     for label, src in models.items():
         a = _arch(src)
-        out[label] = active_working(a.spec, a.counts.components).markdown()
+        out[label] = active_working(a.spec, a.counts.components).markdown(md)
     return out
 
 
 def weights_workings(models: Models, dtype: str = "bf16") -> dict[str, str]:
-    return {label: weights_working(_arch(src), dtype).markdown() for label, src in models.items()}
+    return {label: weights_working(_arch(src), dtype).markdown(md) for label, src in models.items()}
 
 
 def kv_workings(models: Models, context: int, batch: int = 1, dtype: str = "bf16",
                 mla_layout: str = "latent") -> dict[str, str]:
-    return {label: kv_cache(_arch(src), context, batch, dtype, mla_layout).working.markdown()
+    return {label: kv_cache(_arch(src), context, batch, dtype, mla_layout).working.markdown(md)
             for label, src in models.items()}
