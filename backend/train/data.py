@@ -58,12 +58,43 @@ def _vocab() -> int:
     return len(load_offline())
 
 
+CORPUS_NAME = "corpus (Shakespeare + King James Bible)"
+
+
 @lru_cache(maxsize=1)
 def corpus_data() -> TokenData:
-    """The shipped corpus, tokenized (cached)."""
-    s = corpus.split()
-    train, val = _ids(s.train), _ids(s.validation)
-    return TokenData("corpus (Shakespeare + King James Bible)", train, val, _vocab(), True, _fingerprint(train, val))
+    """The shipped corpus, tokenized (cached in memory, and on disk under the runs directory keyed by the
+    corpus and tokenizer files, so worker processes and restarts skip the tokenizing)."""
+    from ..live.roots import runs_dir
+    from ..live.tokenizer import TOKENIZER_DIR
+
+    key = hashlib.sha256(corpus.CORPUS_FILE.read_bytes() + (TOKENIZER_DIR / "tokenizer.json").read_bytes()).hexdigest()
+    cache = runs_dir() / "cache" / f"corpus-{key[:16]}.npz"
+    if cache.is_file():
+        with np.load(cache) as z:
+            train, val = z["train"], z["validation"]
+    else:
+        s = corpus.split()
+        train, val = _ids(s.train), _ids(s.validation)
+        save_tokens(cache, train, val)
+    return TokenData(CORPUS_NAME, train, val, _vocab(), True, _fingerprint(train, val))
+
+
+def save_tokens(path, train: np.ndarray, validation: np.ndarray) -> None:
+    """Write token ids atomically (``np.savez``), for other processes to :func:`load_tokens`."""
+    import os
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
+    np.savez(tmp, train=train, validation=validation)
+    os.replace(tmp, path)
+
+
+def load_tokens(path, name: str) -> TokenData:
+    """Token data saved by :func:`save_tokens` (a worker process reading what its parent prepared)."""
+    with np.load(path) as z:
+        train, val = z["train"], z["validation"]
+    return TokenData(name, train, val, _vocab(), True, _fingerprint(train, val))
 
 
 def text_data(data: bytes, name: str = "upload") -> TokenData:

@@ -215,7 +215,7 @@ class Member:
 
             model = copy.deepcopy(self.model).to(dtype)
         model.config.output_router_logits = False
-        model.save_pretrained(str(folder), safe_serialization=True)
+        model.save_pretrained(str(folder))
         if tokenizer is not None:
             tokenizer.save_pretrained(str(folder))
         return folder

@@ -1,0 +1,618 @@
+"""A training run: several architectures trained side by side under one recipe.
+
+The run's worker thread prepares the data, sizes every model to the budget and writes the recipe; then the
+models train either in that thread, stepped in turn on the same batch stream so their curves advance
+together (the CPU, one GPU), or one group per worker process at the same time (several GPUs, or several
+processes sharing one GPU), reporting back over a queue. Every step's loss, each validation loss, the
+routers' load, and at the end of each model its full validation loss (or probe accuracy), checkpoint and
+row of the final table go into the run's state and its folder as they come, so the run carries on when the
+page that started it closes; any page holding the run's id draws from :meth:`TrainingRun.view`.
+Stop takes effect before the next step; a model that fails (a budget it cannot meet, out of memory) is
+marked failed with one line and the others go on; models that were stopped keep their checkpoints.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import multiprocessing as mp
+import queue as queue_mod
+import threading
+import time
+import traceback
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, Optional, Protocol
+
+import numpy as np
+
+from ..arch.architecture import resolve
+from ..arch.errors import ArchLabError
+from ..live.runs import new_id
+from . import data as data_mod
+from .budget import METRICS, Sized, flops_per_token, non_embedding, size_to_budget
+from .probes import ProbeTask, probe_task
+from .recipe import RunSpec
+from .store import METRIC_COLUMNS, PROBE_COLUMNS, ROUTING_COLUMNS, RunWriter, run_folder
+
+log = logging.getLogger("archlab.train")
+#: seconds between reading losses back from the device (and writing them)
+FLUSH_S = 0.5
+#: at most this many validation windows in the final validation loss
+FINAL_WINDOWS = 2048
+
+
+@dataclass
+class ModelStatus:
+    """What one model of the run is doing and has done."""
+    key: str
+    label: str
+    status: str = "queued"            # queued / sizing / training / evaluating / finished / stopped / failed
+    step: int = 0
+    steps: int = 0
+    tokens: int = 0
+    train_loss: Optional[float] = None
+    val_loss: Optional[float] = None
+    tok_s: Optional[float] = None
+    elapsed_s: float = 0.0
+    eta_s: Optional[float] = None
+    peak_bytes: Optional[int] = None
+    error: str = ""
+    total: Optional[int] = None
+    active: Optional[int] = None
+    nonemb_active: Optional[int] = None
+    nonemb_total: Optional[int] = None
+    budget_value: Optional[float] = None
+    deviation: Optional[float] = None
+    flops_per_token: Optional[float] = None
+    experts: Optional[int] = None
+    real_experts: Optional[int] = None
+    notes: tuple = ()
+    device: str = ""
+    stream_sha256: str = ""
+    batches: int = 0
+    checkpoint: str = ""
+
+
+@dataclass(frozen=True)
+class RunView:
+    """A consistent copy of a run's state for drawing."""
+    id: str
+    spec: RunSpec
+    status: str
+    message: str
+    models: list[ModelStatus]
+    metrics: list[dict]
+    routing: list[dict]
+    probes: list[dict]
+    results: list[dict]
+    shared: dict
+    version: int
+    started: float
+    folder: str
+
+
+class Sink(Protocol):
+    """Where a training loop reports (the run itself, or a queue to it from a worker process)."""
+
+    def model(self, i: int, **fields) -> None: ...
+    def rows(self, name: str, columns: tuple, rows: list[dict]) -> None: ...
+    def result(self, row: dict) -> None: ...
+
+
+def _quiet_transformers():
+    import transformers
+
+    tlog = logging.getLogger("transformers")
+    level = tlog.level
+    tlog.setLevel(logging.ERROR)
+    transformers.utils.logging.disable_progress_bar()
+    return lambda: tlog.setLevel(level)
+
+
+class TrainingRun:
+    """Train ``spec.models`` under ``spec.recipe``; ``start()``, then read ``view()``; ``cancel()`` stops it.
+
+    ``processes``: 0 trains every model in the run's thread, in turn; N > 0 trains the models in N worker
+    processes at once (models spread over ``spec.device``'s GPUs round-robin when it is ``auto``/``cuda``).
+    """
+
+    def __init__(self, spec: RunSpec, *, run_id: Optional[str] = None, root: Optional[Path] = None,
+                 upload: Optional[data_mod.TokenData] = None, processes: int = 0):
+        self.spec = spec.validate()
+        if spec.recipe.data == "upload" and upload is None:
+            raise ArchLabError("data 'upload' needs an uploaded .txt file")
+        if isinstance(processes, bool) or not isinstance(processes, int) or not 0 <= processes <= 64:
+            raise ArchLabError(f"processes must be an integer from 0 to 64, got {processes!r}")
+        self.id = run_id or new_id()
+        self.folder = run_folder(self.id, root)
+        self.upload, self.processes = upload, processes
+        self.keys = _keys(spec.models)
+        self._lock = threading.Lock()
+        self._cancel = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+        self.status, self.message = "created", ""
+        self.models = [ModelStatus(k, _label(m), steps=spec.recipe.steps) for k, m in zip(self.keys, spec.models)]
+        self.metrics: list[dict] = []
+        self.routing: list[dict] = []
+        self.probes: list[dict] = []
+        self.results: list[dict] = []
+        self.shared: dict = {}
+        self.version = 0
+        self.started = time.time()
+        self.writer = RunWriter(self.folder)
+
+    # ----- control
+    def start(self) -> "TrainingRun":
+        if self._thread is not None:
+            raise ArchLabError("this run has already started")
+        from transformers import AutoConfig, AutoModelForCausalLM  # noqa: F401  (first import is not thread-safe)
+        self._thread = threading.Thread(target=self._work, daemon=True, name=f"archlab-train-{self.id[:6]}")
+        self._thread.start()
+        return self
+
+    def cancel(self) -> None:
+        """Stop before the next step; trained checkpoints are kept."""
+        self._cancel.set()
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def join(self, timeout: Optional[float] = None) -> None:
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def view(self) -> RunView:
+        with self._lock:
+            return RunView(self.id, self.spec, self.status, self.message,
+                           [replace(m) for m in self.models], list(self.metrics), list(self.routing),
+                           list(self.probes), list(self.results), dict(self.shared), self.version, self.started,
+                           str(self.folder))
+
+    # ----- the Sink of a loop in this process
+    def model(self, i: int, **fields) -> None:
+        with self._lock:
+            for k, v in fields.items():
+                setattr(self.models[i], k, v)
+            self.version += 1
+
+    def rows(self, name: str, columns: tuple, rows: list[dict]) -> None:
+        if not rows:
+            return
+        with self._lock:
+            getattr(self, name.split(".")[0]).extend(rows)
+            self.version += 1
+        self.writer.append(name, columns, rows)
+
+    def result(self, row: dict) -> None:
+        import pandas as pd
+
+        with self._lock:
+            self.results.append(row)
+            self.version += 1
+            table = pd.DataFrame(self.results)
+        self.writer.table("results.csv", table)
+
+    def _set(self, **kw) -> None:
+        with self._lock:
+            for k, v in kw.items():
+                setattr(self, k, v)
+            self.version += 1
+
+    # ----- the worker thread
+    def _work(self) -> None:
+        import torch
+
+        restore = _quiet_transformers()
+        try:
+            self._set(status="preparing", message="preparing the data")
+            data, task = self._data()
+            sized = self._size(data, task)
+            jobs = [(i, s) for i, s in enumerate(sized) if s is not None]
+            devices = _devices(self.spec.device, self.processes)
+            self._write_recipe(data, task, devices[0])
+            self._set(status="training", message="")
+            if self.processes:
+                self._train_in_processes(jobs, data, task, devices)
+            else:
+                train_loop(jobs, self.keys, self.spec, data, task, devices[0], self, self.writer.folder,
+                           self._cancel, self.started)
+            stopped = self._cancel.is_set()
+            done = [m for m in self.models if m.status in ("finished", "stopped")]
+            if not done:
+                failed = "; ".join(f"{m.key}: {m.error}" for m in self.models if m.error)
+                self._set(status="failed", message=f"no model finished ({failed[:400]})")
+            else:
+                self._set(status="stopped" if stopped else "finished",
+                          message="stopped: the checkpoints trained so far were kept" if stopped else "")
+        except ArchLabError as e:
+            self._set(status="failed", message=str(e))
+        except Exception as e:  # never a traceback for the page; the log has it
+            log.error("training run %s failed:\n%s", self.id, traceback.format_exc())
+            self._set(status="failed", message=_one_line(e))
+        finally:
+            restore()
+            self.writer.write_json("status.json", {"status": self.status, "message": self.message,
+                                                   "models": [asdict(m) for m in self.models]})
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+
+    def _data(self) -> tuple[Optional[data_mod.TokenData], Optional[ProbeTask]]:
+        r = self.spec.recipe
+        if r.data == "corpus":
+            return data_mod.corpus_data(), None
+        if r.data == "upload":
+            return self.upload, None
+        return None, probe_task(r.data, r.probe_vocab, r.seq_len)
+
+    def _size(self, data, task) -> list[Optional[Sized]]:
+        r = self.spec.recipe
+        vocab, eos, pad = _vocab(data, task)
+        out = []
+        for i, source in enumerate(self.spec.models):
+            if self._cancel.is_set():
+                out.append(None)
+                continue
+            self.model(i, status="sizing")
+            try:
+                s = size_to_budget(source, r.budget, r.budget_metric, seq_len=r.seq_len, vocab=vocab, eos=eos,
+                                   pad=pad, max_positions=max(1024, r.seq_len), max_total=r.max_total, layers=r.layers)
+            except ArchLabError as e:
+                self.model(i, status="failed", error=str(e))
+                out.append(None)
+                continue
+            c = s.arch.counts
+            self.model(i, status="queued", total=c.total, active=c.active, nonemb_active=non_embedding(c, "active"),
+                       nonemb_total=non_embedding(c, "total"), budget_value=s.value, deviation=s.deviation,
+                       flops_per_token=flops_per_token(s.arch, r.seq_len), experts=s.experts,
+                       real_experts=s.real_experts, notes=s.notes)
+            out.append(s)
+        if not any(out):
+            raise ArchLabError("no model of this run could be sized to the budget: "
+                               + "; ".join(m.error for m in self.models if m.error)[:400])
+        return out
+
+    def _write_recipe(self, data, task, device) -> None:
+        from .trainer import precision_of
+
+        r = self.spec.recipe
+        shared = {
+            "tokenizer": "assets/tokenizer (byte-level BPE, shipped)" if task is None else
+            f"synthetic vocabulary of {task.vocab} ids (keys 1–{task.vocab // 2 - 1}, values {task.vocab // 2}–{task.vocab - 1})",
+            "data": data.describe() if data is not None else
+            f"{task.name} probe, sequence length {task.seq_len}, KV pairs {list(task.kv_pairs)}",
+            "data_sha256": data.sha256 if data is not None else "",
+            "batch_order": f"batch i drawn from (seed {r.seed}, i): the same for every model",
+            "optimizer": f"AdamW (betas {tuple(r.betas)}, weight decay {r.weight_decay} on matrices, eps 1e-8"
+                         f"{', fused' if device.type == 'cuda' else ''})",
+            "schedule": f"linear warm-up {r.warmup_steps} steps to {r.lr:g}, cosine to {r.lr * r.min_lr_ratio:g} "
+                        f"at step {r.steps}",
+            "batch": f"{r.batch} × {r.seq_len} tokens", "tokens": r.tokens, "steps": r.steps,
+            "precision": precision_of(device, r), "seed": r.seed, "device": str(device),
+            "budget": f"{r.budget:,.0f} {METRICS[r.budget_metric]} (±5%)", "grad_clip": r.grad_clip,
+            "layers": r.layers, "workers": f"{self.processes} processes" if self.processes else "one thread, models in turn",
+        }
+        models = {m.key: {k: getattr(m, k) for k in ("label", "status", "total", "active", "nonemb_active",
+                                                     "nonemb_total", "budget_value", "deviation", "experts",
+                                                     "real_experts", "notes", "error")} for m in self.models}
+        self._set(shared=shared)
+        self.writer.write_json("recipe.json", {"run_id": self.id, "spec": self.spec.to_json(), "shared": shared,
+                                               "models": models})
+
+    def _train_in_processes(self, jobs, data, task, devices) -> None:
+        """Groups of models in worker processes (spawned), reporting over a queue applied here."""
+        ctx = mp.get_context("spawn")
+        q, cancel = ctx.Queue(), ctx.Event()
+        tokens = None
+        if data is not None:
+            tokens = str(self.folder / "tokens.npz")
+            data_mod.save_tokens(Path(tokens), data.train, data.validation)
+        groups = [jobs[k::self.processes] for k in range(self.processes)]
+        procs = []
+        for k, group in enumerate(g for g in groups if g):
+            payload = {"spec": self.spec.to_json(), "keys": self.keys, "tokens": tokens,
+                       "data_name": data.name if data is not None else "", "device": str(devices[k % len(devices)]),
+                       "folder": str(self.folder), "started": self.started,
+                       "jobs": [(i, s.config, s.value, s.experts, s.real_experts) for i, s in group]}
+            p = ctx.Process(target=_child, args=(payload, q, cancel), daemon=True, name=f"archlab-train-{k}")
+            p.start()
+            procs.append(p)
+        while any(p.is_alive() for p in procs) or not q.empty():
+            if self._cancel.is_set():
+                cancel.set()
+            try:
+                kind, args = q.get(timeout=0.2)
+            except queue_mod.Empty:
+                continue
+            getattr(self, kind)(*args[0], **args[1])
+        for p in procs:
+            p.join(5)
+            if p.exitcode not in (0, None):
+                for i, _ in jobs:
+                    if self.models[i].status in ("queued", "training", "evaluating"):
+                        self.model(i, status="failed", error=f"its worker process exited with code {p.exitcode}")
+
+
+class _QueueSink:
+    """A worker process's Sink: every report goes to the parent's queue."""
+
+    def __init__(self, q):
+        self.q = q
+
+    def model(self, i: int, **fields) -> None:
+        self.q.put(("model", ((i,), fields)))
+
+    def rows(self, name: str, columns: tuple, rows: list[dict]) -> None:
+        if rows:
+            self.q.put(("rows", ((name, columns, rows), {})))
+
+    def result(self, row: dict) -> None:
+        self.q.put(("result", ((row,), {})))
+
+
+def _child(payload: dict, q, cancel) -> None:
+    """Entry point of a worker process: rebuild what the parent sized and train it, reporting to ``q``."""
+    restore = _quiet_transformers()
+    sink = _QueueSink(q)
+    try:
+        spec = RunSpec.from_json(payload["spec"])
+        r = spec.recipe
+        data = data_mod.load_tokens(Path(payload["tokens"]), payload["data_name"]) if payload["tokens"] else None
+        task = None if data is not None else probe_task(r.data, r.probe_vocab, r.seq_len)
+        jobs = []
+        for i, config, value, experts, real in payload["jobs"]:
+            arch = resolve(config)
+            jobs.append((i, Sized(arch.label, config, arch, r.budget_metric, r.budget, value, arch.counts.total,
+                                  arch.counts.active, experts, real)))
+        import torch
+
+        train_loop(jobs, payload["keys"], spec, data, task, torch.device(payload["device"]), sink,
+                   Path(payload["folder"]), cancel, payload["started"])
+    except Exception as e:
+        for i, *_ in payload["jobs"]:
+            sink.model(i, status="failed", error=_one_line(e))
+    finally:
+        restore()
+
+
+def train_loop(jobs: list[tuple[int, Sized]], keys: list[str], spec: RunSpec, data, task, device, sink: Sink,
+               folder: Path, cancel, started: float) -> None:
+    """Train ``jobs`` ((model index, sized miniature)) in turn on ``device``, reporting to ``sink``."""
+    import torch
+
+    from .data import BatchStream, validation_windows
+    from .trainer import Member
+
+    r = spec.recipe
+    members: dict[int, Any] = {}
+    for i, s in jobs:
+        try:
+            members[i] = Member(keys[i], s, r, device).start()
+            sink.model(i, status="training", device=str(device))
+        except Exception as e:
+            sink.model(i, status="failed", error=_one_line(e))
+    stream = BatchStream(data.train, r.batch, r.seq_len, r.seed) if data is not None else None
+    eval_windows = validation_windows(data.validation, r.seq_len, r.eval_windows) if data is not None else None
+    probe_eval = _probe_eval_batch(task, r) if task is not None else None
+    active = list(members)
+    last_flush = time.monotonic()
+    report = _Reporter(sink, spec, started, keys)
+    while active and not cancel.is_set():
+        for i in list(active):
+            if cancel.is_set():
+                break
+            m = members[i]
+            try:
+                batch = stream[m.step] if stream is not None else task.batch(r.seed, m.step, r.batch)
+                m.train_step(batch)
+                if m.step % r.eval_interval == 0 or m.done:
+                    val = m.loss_on(eval_windows) if eval_windows is not None else _probe_loss(m, probe_eval)
+                    report.flush(i, m, val, members)
+                    last_flush = time.monotonic()
+            except torch.OutOfMemoryError:
+                _drop(i, members, sink, "out of memory on the GPU (the model was freed; try a smaller budget or batch)")
+                active.remove(i)
+                continue
+            except Exception as e:
+                log.error("model %s failed:\n%s", m.key, traceback.format_exc())
+                _drop(i, members, sink, _one_line(e))
+                active.remove(i)
+                continue
+            if m.done:
+                active.remove(i)
+                _finish(i, m, data, task, spec, sink, folder, stopped=False)
+                del members[i]
+        if time.monotonic() - last_flush >= FLUSH_S:
+            for i in active:
+                report.flush(i, members[i], None, members)
+            last_flush = time.monotonic()
+    for i in active:  # stopped: keep what they learned
+        report.flush(i, members[i], None, members)
+        _finish(i, members[i], data, task, spec, sink, folder, stopped=True)
+
+
+class _Reporter:
+    """Turns a member's progress into rows and status for a Sink."""
+
+    def __init__(self, sink: Sink, spec: RunSpec, started: float, keys: list[str]):
+        self.sink, self.r, self.started = sink, spec.recipe, started
+
+    def flush(self, i: int, m, val: Optional[float], members: dict) -> None:
+        r = self.r
+        first = m.step - len(m._losses)
+        losses = m.take_losses()
+        m.sync_time()
+        now = round(time.time() - self.started, 3)
+        rows = [{"model": m.key, "step": first + j + 1, "tokens": (first + j + 1) * r.batch * r.seq_len,
+                 "train_loss": loss, "val_loss": "", "lr": r.lr_at(first + j), "elapsed_s": now}
+                for j, loss in enumerate(losses)]
+        if val is not None:
+            if rows:
+                rows[-1]["val_loss"] = val
+            else:
+                rows.append({"model": m.key, "step": m.step, "tokens": m.tokens, "train_loss": "", "val_loss": val,
+                             "lr": r.lr_at(max(0, m.step - 1)), "elapsed_s": now})
+        self.sink.rows("metrics.csv", METRIC_COLUMNS, rows)
+        if m.routers is not None and losses:
+            snap = m.routers.snapshot(m.step)
+            summary = snap.summary()
+            self.sink.rows("routing.csv", ROUTING_COLUMNS, [
+                {"model": m.key, "step": m.step, "tokens": m.tokens, "layer": layer,
+                 "max_over_mean": float(summary["max_over_mean"][row]), "entropy": float(summary["entropy"][row]),
+                 "never_chosen": int(summary["never_chosen"][row]),
+                 "aux_loss": snap.aux_loss if snap.aux_loss is not None else "",
+                 "load": " ".join(str(int(x)) for x in snap.load[row])} for row, layer in enumerate(snap.layers)])
+        step_s = m.train_seconds / m.step if m.step else None
+        # models in this loop take turns: the remaining steps wait for each other's steps too
+        turn = sum(o.train_seconds / o.step for o in members.values() if o.step and not o.done)
+        eta = (r.steps - m.step) * max(turn, step_s or 0) if step_s else None
+        fields = {"step": m.step, "tokens": m.tokens, "elapsed_s": m.train_seconds, "eta_s": eta,
+                  "tok_s": m.tokens / m.train_seconds if m.train_seconds > 0 else None, "peak_bytes": m.peak_bytes,
+                  "stream_sha256": m.stream.hexdigest(), "batches": m.stream.batches}
+        if losses:
+            fields["train_loss"] = float(np.mean(losses[-10:]))
+        if val is not None:
+            fields["val_loss"] = val
+        self.sink.model(i, **fields)
+
+
+def _drop(i: int, members: dict, sink: Sink, message: str) -> None:
+    import torch
+
+    members.pop(i).close()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    sink.model(i, status="failed", error=message)
+
+
+def _finish(i: int, m, data, task, spec: RunSpec, sink: Sink, folder: Path, stopped: bool) -> None:
+    """Full validation loss (not when stopped), probe accuracy, the checkpoint and the final row."""
+    sink.model(i, status="evaluating")
+    try:
+        _record(i, m, data, task, spec, sink, folder, stopped)
+    except Exception as e:
+        log.error("finishing %s failed:\n%s", m.key, traceback.format_exc())
+        sink.model(i, status="failed", error=f"could not evaluate or save: {_one_line(e)}")
+    finally:
+        m.close()
+
+
+def _record(i: int, m, data, task, spec: RunSpec, sink: Sink, folder: Path, stopped: bool) -> None:
+    from .data import validation_windows
+    from .store import RunWriter
+
+    r = spec.recipe
+    val = None
+    by_setting, by_distance = {}, {}
+    if data is not None:
+        val = m.loss_on(validation_windows(data.validation, r.seq_len, None if not stopped else r.eval_windows)
+                        [:FINAL_WINDOWS])
+    else:
+        val = _probe_loss(m, _probe_eval_batch(task, r))
+        if not stopped:
+            by_setting, by_distance = m.probe_accuracy(task, r.probe_examples)
+    writer = RunWriter(folder)
+    model_dir = writer.model_dir(m.key)
+    tokenizer = None
+    if data is not None:
+        from ..live.tokenizer import load_offline
+
+        tokenizer = load_offline()
+    m.save(model_dir, tokenizer)
+    sink.rows("probes.csv", PROBE_COLUMNS,
+              [{"model": m.key, "probe": task.name, "kv_pairs": kv, "seq_len": t, "distance": "", "accuracy": a}
+               for (kv, t), a in by_setting.items()]
+              + [{"model": m.key, "probe": "distance", "kv_pairs": "", "seq_len": r.seq_len, "distance": d,
+                  "accuracy": a} for d, a in by_distance.items()])
+    s = m.sized
+    status = "stopped" if stopped else "finished"
+    info = {"key": m.key, "label": s.source_label, "run_id": folder.name, "status": status, "step": m.step,
+            "tokens": m.tokens, "val_loss": val, "stream_sha256": m.stream.hexdigest(), "batches": m.stream.batches,
+            "recipe": r.as_dict(), "data": data.name if data is not None else task.name,
+            "data_sha256": data.sha256 if data is not None else ""}
+    writer.write_json(f"models/{model_dir.name}/training.json", info)
+    c = s.arch.counts
+    sink.result({"model": m.key, "label": s.source_label, "status": status, "steps": m.step, "tokens": m.tokens,
+                 "val_loss": val, "perplexity": math.exp(val) if data is not None and val < 50 else None,
+                 "probe_accuracy": float(np.mean(list(by_setting.values()))) if by_setting else None,
+                 "total_params": c.total, "active_params": c.active,
+                 "nonemb_active_params": non_embedding(c, "active"), "budget_value": s.value,
+                 "tok_s": m.tokens / m.train_seconds if m.train_seconds else None, "peak_bytes": m.peak_bytes,
+                 "train_seconds": m.train_seconds, "experts": s.experts, "stream_sha256": m.stream.hexdigest(),
+                 "checkpoint": str(model_dir)})
+    sink.model(i, status=status, val_loss=val, checkpoint=str(model_dir), stream_sha256=m.stream.hexdigest(),
+               batches=m.stream.batches)
+
+
+def _probe_eval_batch(task: ProbeTask, r):
+    """A fixed held-out probe batch for the validation-loss curve of probe runs."""
+    kv = task.kv_pairs[len(task.kv_pairs) // 2] if task.name == "mqar" else task.kv_pairs[0]
+    while 4 * kv > task.seq_len:
+        kv //= 2
+    return task.eval_batch(max(kv, 1), task.seq_len, min(r.probe_examples, 4 * r.batch))
+
+
+def _probe_loss(m, batch) -> float:
+    """Cross-entropy on the answers of a held-out probe batch."""
+    import torch
+    import torch.nn.functional as F
+
+    from .trainer import _autocast, _tensors
+
+    m.model.eval()
+    try:
+        with torch.no_grad(), _autocast(m.device, m.recipe):
+            x, y = _tensors(batch, m.device)
+            logits = m.model(input_ids=x, use_cache=False).logits
+            return float(F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1), ignore_index=-100))
+    finally:
+        if m.routers is not None:
+            m.routers.discard_step()
+        m.model.train()
+
+
+def _vocab(data, task) -> tuple[int, int, int]:
+    if task is not None:
+        return task.vocab, 0, 0
+    from ..live.tokenizer import load_offline
+
+    tok = load_offline()
+    return data.vocab_size, tok.eos_token_id, tok.pad_token_id
+
+
+def _devices(name: str, processes: int) -> list:
+    """The device(s) models train on: ``auto``/``cuda`` with worker processes spreads them over every GPU."""
+    import torch
+
+    from .trainer import resolve_device
+
+    if name in ("cuda", "auto") and processes and torch.cuda.is_available():
+        return [torch.device(f"cuda:{k}") for k in range(torch.cuda.device_count())]
+    try:
+        device = resolve_device(name)
+    except RuntimeError as e:
+        raise ArchLabError(f"device {name!r}: {e}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ArchLabError(f"device {name!r} asked for, but no CUDA GPU is visible")
+    return [device]
+
+
+def _one_line(e: Exception) -> str:
+    return str(e) if isinstance(e, ArchLabError) else f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:300]}"
+
+
+def _label(source) -> str:
+    try:
+        return resolve(source).label
+    except ArchLabError:
+        return str(source)[:60] if isinstance(source, str) else "custom model"
+
+
+def _keys(models) -> list[str]:
+    """A unique key per model (catalog key, or the config's name), numbered when repeated."""
+    keys, seen = [], {}
+    for m in models:
+        base = m if isinstance(m, str) else str(m.get("_name_or_path") or m.get("model_type") or "custom")
+        seen[base] = seen.get(base, 0) + 1
+        keys.append(base if seen[base] == 1 else f"{base}#{seen[base]}")
+    return keys
