@@ -124,17 +124,16 @@ def size_to_budget(source: Source, target: float, metric: str = "active", *, seq
     notes: list[str] = []
     shape = (seq_len, vocab, eos, pad, max_positions, layers)
     while True:
-        found = _search(full, target, metric, experts, *shape)
-        too_big = found is not None and max_total is not None and found.counts.total > max_total
-        if found is not None and not too_big:
+        found = _search(full, target, metric, experts, *shape, max_total=max_total)
+        if found is not None:
             break
         smaller = _fewer_experts(spec, experts)
         if smaller is None:
-            if found is None:
-                raise ArchLabError(_why_not(full, target, metric, experts, shape))
-            raise ArchLabError(f"{full.label}: even with {experts} experts the miniature has "
-                               f"{found.counts.total:,} parameters, over the cap of {max_total:,}")
-        why = "the cap on total parameters" if too_big else "the budget"
+            if max_total is not None and _search(full, target, metric, experts, *shape) is not None:
+                raise ArchLabError(f"{full.label}: even with {experts} routed experts no miniature meets the budget "
+                                   f"under the cap of {max_total:,} parameters")
+            raise ArchLabError(_why_not(full, target, metric, experts, shape))
+        why = f"the cap of {max_total:,} parameters" if max_total is not None else "the budget"
         notes.append(f"{experts} → {smaller} routed experts to fit {why}")
         experts = smaller
     mini = found
@@ -195,13 +194,20 @@ def _why_not(full: Architecture, target: float, metric: str, experts, shape: tup
     return f"{full.label}: no miniature meets {what} within ±{TOLERANCE:.0%}"
 
 
-def _search(full: Architecture, target: float, metric: str, experts, seq_len, vocab, eos, pad, max_positions, layers):
-    """Hidden size by bisection (widths at the real ratio), then, if neither hidden size around the target is
-    within tolerance, the width multiplier by bisection at both; the candidate closest to the real width ratio
-    (then to the target) wins."""
+def _search(full: Architecture, target: float, metric: str, experts, seq_len, vocab, eos, pad, max_positions, layers,
+            max_total: Optional[int] = None):
+    """The miniature closest to the real width ratio that meets the target (and the cap on total parameters).
+
+    The hidden size is found by bisection with the widths at the real ratio; if neither hidden size around
+    the target is within tolerance (and under the cap), the width multiplier is bisected at each, then at
+    larger hidden sizes with narrower widths (fewer parameters outside the active path) until one fits.
+    """
     def at(hidden: int, width: float):
         arch = _build(full, hidden, width, experts, seq_len, vocab, eos, pad, max_positions, layers)
         return arch, (measure(arch, metric, seq_len) if arch is not None else None)
+
+    def fits(arch, v) -> bool:
+        return v is not None and abs(v / target - 1) <= TOLERANCE and (max_total is None or arch.counts.total <= max_total)
 
     heads, _ = attention_heads(full.spec, _knobs(full.spec, 64, 1.0, experts, seq_len, vocab, eos, pad,
                                                  max_positions, "", layers))
@@ -214,24 +220,29 @@ def _search(full: Architecture, target: float, metric: str, experts, seq_len, vo
             hi = mid
         else:
             lo = mid + 1
-    hiddens = sorted({max(step, (lo - 1) * step), lo * step})
-    plain = [(abs(v / target - 1), arch) for arch, v in (at(h, 1.0) for h in hiddens) if v is not None]
-    ok = [c for c in plain if c[0] <= TOLERANCE]
-    if ok:
-        return min(ok, key=lambda c: c[0])[1]
+    near = sorted({max(step * -(-HIDDEN_RANGE[0] // step), (lo - 1) * step), lo * step})
+    plain = [(abs(v / target - 1), arch) for arch, v in (at(h, 1.0) for h in near) if fits(arch, v)]
+    if plain:
+        return min(plain, key=lambda c: c[0])[1]
     best = None
-    for hidden in hiddens:
+    wider = [h for h in range(lo * step + step, HIDDEN_RANGE[1] + 1, step)] if max_total is not None else []
+    for hidden in near + wider:
         a, b = WIDTH_RANGE
         arch = v = None
+        width = 1.0
         for _ in range(16):
             width = math.sqrt(a * b)
             arch, v = at(hidden, width)
             if v is None or abs(v / target - 1) <= TOLERANCE / 2:
                 break
             a, b = (width, b) if v < target else (a, width)
-        if v is None or abs(v / target - 1) > TOLERANCE:
+        if not fits(arch, v):
+            if hidden > lo * step and (v is None or v > target * (1 + TOLERANCE)):
+                break  # even the narrowest widths overshoot from here on
             continue
         score = (abs(math.log(width)), abs(v / target - 1))
         if best is None or score < best[0]:
             best = (score, arch)
+        if hidden > lo * step:
+            break  # the first larger hidden size that fits is the least distorted
     return best[1] if best else None

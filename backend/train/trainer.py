@@ -44,16 +44,19 @@ def precision_of(device: torch.device, recipe: Recipe) -> str:
     return "bf16 autocast" if recipe.precision == "bf16" or (recipe.precision == "auto" and device.type == "cuda") else "fp32"
 
 
-def build_model(sized: Sized, seed: int, device: torch.device):
-    """The miniature with weights initialised from ``seed`` (the same seed for every model of a run)."""
+def build_model(sized: Sized, seed: int, device: torch.device, experts_impl: Optional[str] = "grouped_mm"):
+    """The miniature with weights initialised from ``seed`` (the same seed for every model of a run).
+
+    ``experts_impl``: the MoE expert kernel (token-sorted grouped GEMMs train fastest, STACK-NOTES);
+    None keeps transformers' default."""
     from transformers import AutoModelForCausalLM
 
     with BUILD_LOCK, torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = AutoModelForCausalLM.from_config(sized.arch.config, dtype=torch.float32)
-    if sized.arch.spec.moe is not None and hasattr(model, "set_experts_implementation"):
-        with contextlib.suppress(Exception):  # token-sorted grouped GEMMs train fastest (STACK-NOTES)
-            model.set_experts_implementation("grouped_mm")
+    if experts_impl and sized.arch.spec.moe is not None and hasattr(model, "set_experts_implementation"):
+        with contextlib.suppress(Exception):
+            model.set_experts_implementation(experts_impl)
     return model.to(device).train()
 
 
@@ -104,8 +107,8 @@ class Member:
     def done(self) -> bool:
         return self.step >= self.recipe.steps
 
-    def start(self) -> "Member":
-        self.model = build_model(self.sized, self.recipe.seed, self.device)
+    def start(self, experts_impl: Optional[str] = "grouped_mm") -> "Member":
+        self.model = build_model(self.sized, self.recipe.seed, self.device, experts_impl)
         if self.recipe.compile and self.device.type == "cuda":
             self.model.forward = torch.compile(self.model.forward, dynamic=False)
         self.optimizer = optimizer_for(self.model, self.recipe, self.device)
@@ -140,8 +143,6 @@ class Member:
             self.routers.end_step()
         self._losses.append(loss.detach())
         self.step += 1
-        if self.device.type == "cuda" and not self._losses[-1].is_cuda:
-            pass
         self.train_seconds += time.perf_counter() - t0
 
     def take_losses(self) -> list[float]:

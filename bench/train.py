@@ -1,0 +1,205 @@
+"""Training benchmark: tokens/s and MFU per architecture, models side by side in processes, peak memory.
+
+    python bench/train.py                       # CPU: tiny preset, 4-architecture MQAR comparison (wall time)
+    python bench/train.py --gpu [--budget 5M] [--steps 30] [--variants default,stock,compile] [--concurrent 8]
+    python bench/train.py --zoo                 # retrain the shipped zoo (GPU) and check its validation losses
+
+Per architecture (sized by backend.train.budget to the same budget, batch 64 × 256 on a GPU): steps/s of the
+trainer's own step (``backend.train.trainer.Member``), tokens/s, and MFU = training FLOPs per token
+(``budget.flops_per_token``) × tokens/s ÷ the GPU's published dense bf16 peak (``assets/gpus.json``).
+"default" is the trainer as it runs (MoE experts through grouped_mm); "stock" leaves transformers' default
+expert kernel; "compile" adds torch.compile. ``--concurrent N`` trains N architectures at once in N worker
+processes through ``TrainingRun`` (the app's path) and reports their aggregate tokens/s. Peak memory per
+model alone is written to bench/results/train-memory.json (for the Parameters page's training-memory check).
+Results: bench/results/train-<device>[-tag].json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+RESULTS = ROOT / "bench" / "results"
+
+GPU_MODELS = ("llama3-8b", "olmo2-7b", "gemma3-27b", "smollm3-3b", "qwen3-30b-a3b", "deepseek-v3", "gpt-oss-20b",
+              "qwen3-next-80b-a3b")
+CPU_MODELS = ("llama3-8b", "gemma3-27b", "qwen3-30b-a3b", "qwen3-next-80b-a3b")
+
+
+def _device_name() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0).replace(" ", "_") + f"x{torch.cuda.device_count()}"
+    return f"cpu{os.cpu_count()}"
+
+
+def _peak_flops() -> float | None:
+    import torch
+
+    from backend.arch import gpus
+
+    if not torch.cuda.is_available():
+        return None
+    g = gpus.by_device_name(torch.cuda.get_device_name(0))
+    return g.bf16_flops if g else None
+
+
+def throughput(keys, recipe, steps: int, variant: str, device) -> list[dict]:
+    """Steps/s, tokens/s and MFU of each architecture trained alone for ``steps`` steps (after warm-up)."""
+    from dataclasses import replace
+
+    import torch
+
+    from backend.train import budget, data
+    from backend.train.trainer import Member
+
+    d = data.corpus_data()
+    stream = data.BatchStream(d.train, recipe.batch, recipe.seq_len, recipe.seed)
+    peak = _peak_flops()
+    rows = []
+    for key in keys:
+        s = budget.size_to_budget(key, recipe.budget, recipe.budget_metric, seq_len=recipe.seq_len, vocab=d.vocab_size,
+                                  max_positions=max(1024, recipe.seq_len), layers=recipe.layers)
+        r = recipe if variant != "compile" else replace(recipe, compile=True)
+        m = Member(key, s, r, device).start(experts_impl=None if variant == "stock" else "grouped_mm")
+        warm = 8 if variant == "compile" else 3
+        for _ in range(warm):
+            m.train_step(stream[m.step])
+        m.take_losses()
+        m.sync_time()
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        t0, s0 = time.perf_counter(), m.step
+        for _ in range(steps):
+            m.train_step(stream[m.step])
+        losses = m.take_losses()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        dt = time.perf_counter() - t0
+        tok_s = (m.step - s0) * r.batch * r.seq_len / dt
+        fpt = budget.flops_per_token(s.arch, r.seq_len)
+        row = {"model": key, "variant": variant, "params": s.total, "active_nonemb": int(s.value) if r.budget_metric == "active" else None,
+               "experts": s.experts, "steps": steps, "step_ms": dt / steps * 1e3, "tok_s": tok_s,
+               "flops_per_token": fpt, "mfu": fpt * tok_s / peak if peak else None,
+               "minutes_per_20M": 20e6 / tok_s / 60, "last_loss": losses[-1] if losses else None,
+               "peak_bytes": int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None,
+               "config": s.config, "batch": r.batch, "seq_len": r.seq_len}
+        rows.append(row)
+        print(f"  {key:20s} {variant:8s} {row['step_ms']:8.1f} ms/step {tok_s:12,.0f} tok/s "
+              f"MFU {row['mfu'] * 100 if row['mfu'] else float('nan'):5.1f}%  20M tokens: {row['minutes_per_20M']:.1f} min",
+              flush=True)
+        m.close()
+        del m
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return rows
+
+
+def concurrent(keys, recipe, steps: int, processes: int) -> dict:
+    """``keys`` trained at once in ``processes`` worker processes through TrainingRun: aggregate tokens/s."""
+    import tempfile
+    from dataclasses import replace
+
+    from backend.train.recipe import RunSpec
+    from backend.train.runner import TrainingRun
+
+    r = replace(recipe, tokens=steps * recipe.batch * recipe.seq_len, eval_every=steps)
+    spec = RunSpec(tuple(keys), r, "auto").validate()
+    root = Path(tempfile.mkdtemp())
+    t0 = time.perf_counter()
+    run = TrainingRun(spec, root=root, processes=processes).start()
+    run.join()
+    wall = time.perf_counter() - t0
+    v = run.view()
+    trained = sum(m.tokens for m in v.models if m.status == "finished")
+    train_s = max((m.elapsed_s for m in v.models), default=0.0)
+    out = {"models": list(keys), "processes": processes, "steps": steps, "wall_s": wall, "tokens": trained,
+           "aggregate_tok_s_wall": trained / wall, "slowest_model_train_s": train_s,
+           "aggregate_tok_s_training": trained / train_s if train_s else None,
+           "per_model": [{"model": m.key, "status": m.status, "tok_s": m.tok_s, "error": m.error} for m in v.models],
+           "status": v.status}
+    print(f"  concurrent: {len(keys)} models in {processes} processes: {trained:,} tokens, wall {wall:.1f} s "
+          f"(incl. start-up), {out['aggregate_tok_s_wall']:,.0f} tok/s over the wall, "
+          f"{out['aggregate_tok_s_training'] or 0:,.0f} tok/s over the training itself", flush=True)
+    return out
+
+
+def cpu_probe(keys, minutes_target: float = 5.0) -> dict:
+    """The CPU case: a 4-architecture MQAR comparison at the tiny preset, in the app's TrainingRun, timed whole."""
+    import tempfile
+
+    from backend.train.recipe import RunSpec, preset
+    from backend.train.runner import TrainingRun
+
+    spec = RunSpec(tuple(keys), preset("tiny", data="mqar"), "cpu").validate()
+    t0 = time.perf_counter()
+    run = TrainingRun(spec, root=Path(tempfile.mkdtemp())).start()
+    run.join()
+    wall = time.perf_counter() - t0
+    v = run.view()
+    out = {"models": list(keys), "recipe": spec.recipe.as_dict(), "wall_s": wall, "target_s": minutes_target * 60,
+           "status": v.status, "results": v.results}
+    print(f"  CPU MQAR, tiny preset, {len(keys)} architectures: {wall / 60:.1f} min (target ≤ {minutes_target:g} min)")
+    for row in v.results:
+        print(f"    {row['model']:20s} probe accuracy {row['probe_accuracy'] or 0:.3f}  val {row['val_loss']:.3f}  "
+              f"{row['tok_s'] or 0:,.0f} tok/s")
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--gpu", action="store_true")
+    ap.add_argument("--models", default=None)
+    ap.add_argument("--budget", default="5M")
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--variants", default="default")
+    ap.add_argument("--concurrent", type=int, default=0, help="also train the models at once in N processes")
+    ap.add_argument("--concurrent-steps", type=int, default=60)
+    ap.add_argument("--memory", action="store_true", help="write bench/results/train-memory.json (GPU)")
+    ap.add_argument("--tag", default="")
+    a = ap.parse_args()
+    import torch
+
+    from backend.train.recipe import parse_amount, preset
+
+    out = {"device": _device_name(), "torch": torch.__version__, "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    import transformers
+
+    out["transformers"] = transformers.__version__
+    if not a.gpu:
+        out["cpu_mqar"] = cpu_probe(a.models.split(",") if a.models else CPU_MODELS)
+    else:
+        if not torch.cuda.is_available():
+            print("no CUDA GPU", file=sys.stderr)
+            return 2
+        keys = a.models.split(",") if a.models else GPU_MODELS
+        recipe = preset("small", budget=parse_amount(a.budget))
+        out["recipe"] = recipe.as_dict()
+        out["throughput"] = []
+        for variant in a.variants.split(","):
+            print(f"{variant}: {len(keys)} architectures at {recipe.budget:,.0f} {recipe.budget_metric} parameters, "
+                  f"batch {recipe.batch} × {recipe.seq_len}", flush=True)
+            out["throughput"] += throughput(keys, recipe, a.steps, variant, torch.device("cuda"))
+        if a.concurrent:
+            out["concurrent"] = concurrent(keys, recipe, a.concurrent_steps, a.concurrent)
+        if a.memory:
+            rows = [{"model": r["model"], "config": r["config"], "batch": r["batch"], "seq_len": r["seq_len"],
+                     "dtype": "bf16", "master_fp32": True, "checkpointing": False, "measured_peak_bytes": r["peak_bytes"]}
+                    for r in out["throughput"] if r["variant"] == "default"]
+            (RESULTS / "train-memory.json").write_text(json.dumps({"gpu": torch.cuda.get_device_name(0), "rows": rows},
+                                                                  indent=1) + "\n")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"train-{out['device']}{'-' + a.tag if a.tag else ''}.json"
+    path.write_text(json.dumps(out, indent=1, default=str) + "\n")
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
