@@ -162,6 +162,8 @@ def _setup() -> None:
     if st.button("Train", type="primary", icon=":material/play_arrow:", disabled=not ok):
         with _ui.guard("starting the training run"):
             spec = RunSpec(tuple(ok), recipe, device).validate()
+            if upload is not None:
+                data_mod.check_enough(upload, recipe.tokens, recipe.seq_len)
             with runs.admit(_live.session_id(), KIND) as ticket:
                 run = TrainingRun(spec, run_id=ticket.id, upload=upload).start()
                 ticket.register(run)

@@ -100,6 +100,8 @@ def spec_from_args(a) -> tuple[RunSpec, "object | None"]:
     if a.compile:
         over["compile"] = True
     recipe = replace(base, **over).validate()
+    if upload is not None:
+        data_mod.check_enough(upload, recipe.tokens, recipe.seq_len)
     return RunSpec(_models(a.models), recipe, a.device).validate(), upload
 
 

@@ -21,6 +21,8 @@ from . import corpus
 #: Upload limits: at least this much text to train on, at most this many bytes.
 MIN_UPLOAD_CHARS = 20_000
 MAX_UPLOAD_BYTES = 20_000_000
+#: A token budget may read the training split at most this many times over.
+MAX_EPOCHS = 100
 
 
 @dataclass(frozen=True)
@@ -114,6 +116,17 @@ def text_data(data: bytes, name: str = "upload") -> TokenData:
     train_text, val_text = corpus.split_document(text)
     train, val = _ids(train_text), _ids(val_text)
     return TokenData(name, train, val, _vocab(), True, _fingerprint(train, val))
+
+
+def check_enough(data: TokenData, tokens: int, seq_len: int) -> None:
+    """ArchLabError (one line) when ``data`` is too small for a run of ``tokens`` tokens of ``seq_len``."""
+    if len(data.validation) < seq_len + 2:
+        raise ArchLabError(f"{data.name} holds out only {len(data.validation):,} validation tokens, fewer than one "
+                           f"sequence of {seq_len + 1}: use more text or a shorter sequence length")
+    epochs = tokens / max(1, len(data.train))
+    if epochs > MAX_EPOCHS:
+        raise ArchLabError(f"{data.name} has {len(data.train):,} training tokens; {tokens:,} tokens would read it "
+                           f"{epochs:,.0f} times (at most {MAX_EPOCHS}): use more text or train on fewer tokens")
 
 
 class StreamHash:

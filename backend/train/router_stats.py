@@ -3,9 +3,9 @@
 Forward hooks on every router (``live.routers``) keep each step's choices on the device. Two balancing
 schemes, chosen from the ArchSpec (never a model name): routers with a choice-only correction bias
 (DeepSeek-V3, GLM-4.5) get the aux-loss-free update ``bias += speed × sign(mean load − load)`` after each
-step; the others add the Switch-Transformer loss ``E × Σ_i f_i × P_i`` (f = share of tokens that chose expert
-i, P = its mean router probability), averaged over layers and scaled by the config's
-``router_aux_loss_coef``.
+step; the others add the Switch-Transformer loss ``E × Σ_i f_i × P_i`` (f = selections of expert i per token,
+P = its mean router probability, over all MoE layers at once, as transformers computes it) scaled by the
+config's ``router_aux_loss_coef``.
 """
 from __future__ import annotations
 
@@ -66,20 +66,22 @@ class RouterStats:
         return hook
 
     def aux_loss(self) -> Optional[torch.Tensor]:
-        """The balancing loss of the forward just run (None when this router uses the bias instead)."""
+        """The balancing loss of the forward just run (None when this router uses the bias instead).
+
+        As transformers' ``load_balancing_loss_func`` computes it, over all MoE layers at once:
+        ``E × Σ_i f_i × P_i`` with f_i the selections of expert i per routed token (summing to top-k) and P_i
+        its mean router probability, both over every layer's tokens, so that a config's
+        ``router_aux_loss_coef`` means what it means there.
+        """
         if not self.aux_coef or not self._logits:
             self._logits.clear()
             return None
-        losses = []
-        for row, logits in enumerate(self._logits):
-            probs = torch.softmax(logits.float(), -1) if self.scoring == "softmax" else \
-                torch.sigmoid(logits.float()).div(torch.sigmoid(logits.float()).sum(-1, keepdim=True))
-            # f_i = share of tokens choosing expert i (sums to top-k), as transformers' load_balancing_loss_func,
-            # so that the config's router_aux_loss_coef means what it means there
-            f = self._step_load[row] * self.top_k / self._step_load[row].sum().clamp(min=1)
-            losses.append(self.num_experts * (f * probs.mean(0)).sum())
+        logits = torch.cat(self._logits).float()
+        probs = torch.softmax(logits, -1) if self.scoring == "softmax" else \
+            torch.sigmoid(logits) / torch.sigmoid(logits).sum(-1, keepdim=True)
+        f = self._step_load.sum(0) / logits.shape[0]
+        loss = self.num_experts * (f * probs.mean(0)).sum()
         self._logits.clear()
-        loss = torch.stack(losses).mean()
         self._aux_sum += loss.detach()
         self._aux_steps += 1
         return self.aux_coef * loss

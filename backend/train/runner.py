@@ -240,8 +240,11 @@ class TrainingRun:
     def _data(self) -> tuple[Optional[data_mod.TokenData], Optional[ProbeTask]]:
         r = self.spec.recipe
         if r.data == "corpus":
-            return data_mod.corpus_data(), None
+            data = data_mod.corpus_data()
+            data_mod.check_enough(data, r.tokens, r.seq_len)
+            return data, None
         if r.data == "upload":
+            data_mod.check_enough(self.upload, r.tokens, r.seq_len)
             return self.upload, None
         return None, probe_task(r.data, r.probe_vocab, r.seq_len)
 
