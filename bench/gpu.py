@@ -1,6 +1,10 @@
 """GPU benchmark, one device call: speed against the bandwidth floor, memory predicted vs measured.
 
     python bench/gpu.py [--smoke] [--only llama3-8b,qwen3-30b-a3b] [--tokens 128] [--no-models] [--out DIR]
+                        [--profile] [--segmented] [--two-gpu] [--compile-cache KEY]
+
+The device image has transformers 5.17: carry the 5.23 wheels (``.whl/``, see the device README) and start
+with ``pip install --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site``.
 
 Per model (random bf16 weights, batch 1): parameters, active parameters, bandwidth floor
 (2 bytes × active / measured copy bandwidth), HF ``generate`` tok/s, our fast path's tok/s with
@@ -12,6 +16,13 @@ Sharding: a model split by a device map between the GPU and the CPU generates th
 as on the GPU alone; with several GPUs, the app's loader shards a model over all of them (same
 weights as on one GPU) and the tokens, the device map vs where parameters are, and the speed (HF
 generate and our streaming path) are compared. ``--no-models`` runs only these checks.
+"no-krn" is the fast path without the fused Triton decode kernels (``decode_kernels.py``), "ours" with them;
+"=eager": the fast path's greedy pick equals the next token of the same step run eagerly through transformers'
+own modules, fed that run's tokens (teacher-forced; ``graph_agree`` in the JSON is the free-running count). ``--segmented`` decodes each model as three graphs with hand-offs on its one GPU (the sharded fast
+path's machinery); ``--two-gpu`` (several GPUs): Llama 4 Scout whole over all GPUs against the floor with
+memory planned vs allocated per GPU, two models on two GPUs vs alone, and the one-vs-sharded check for a
+MoE model too; ``--compile-cache KEY`` times torch.compile's warm-up in two fresh processes sharing the
+persistent cache.
 Results go to bench/results/gpu-<gpu>x<count>[-tag].json (and --out).
 """
 from __future__ import annotations
@@ -126,16 +137,19 @@ def prompt(model) -> torch.Tensor:
     return torch.randint(0, model.config.vocab_size, (1, 32), generator=g).to("cuda")
 
 
-def fast_speed(model, n: int, use_graph: bool = True, routing: bool = True, compile: bool = False) -> dict:
+def fast_speed(model, n: int, use_graph: bool = True, routing: bool = True, compile: bool = False,
+               kernels: bool = True, segments: dict | None = None) -> dict:
     """Our streaming loop: one host copy per token (token + every layer's routing).
 
     tok/s is the steady decode rate after WARM steps; TTFT and the first steps are reported apart.
+    ``kernels``: the fused Triton decode kernels; ``segments``: split the step into graphs (see segments.py).
     """
     ids = prompt(model)
     with torch.inference_mode():
         t_init = time.perf_counter()
         dec = GraphDecoder(model, max_cache_len=32 + n + 1, capture_routing=routing, use_graph=use_graph,
-                           compile=compile)
+                           compile=compile, kernels=kernels, segments=segments)
+        installed = dec.kernels.summary() if dec.kernels is not None else None
         torch.cuda.synchronize()
         t0 = time.perf_counter()
         out = dec.prefill(ids)
@@ -157,10 +171,11 @@ def fast_speed(model, n: int, use_graph: bool = True, routing: bool = True, comp
         end = time.perf_counter()
         graph_error = dec.graph_error
         graphed = dec.graph is not None
+        graphs = len(dec.graphs)
         dec.close()
     return {"tok_s": (n - 1 - WARM) / (end - t_steady), "ttft_s": ttft, "warm_s": t_steady - t1,
-            "setup_s": t0 - t_init, "graph": graphed, "graph_error": graph_error,
-            "compiled": dec.compiled, "routing_records": routed, "tokens": tokens}
+            "setup_s": t0 - t_init, "graph": graphed, "graphs": graphs, "graph_error": graph_error,
+            "compiled": dec.compiled, "routing_records": routed, "tokens": tokens, "kernels": installed}
 
 
 def eager_tokens(model, n: int) -> list[int]:
@@ -214,7 +229,9 @@ def _stream_speed(request, tokens: int) -> dict:
         run.start().join(300)
         speeds.append(run.stats(0))
     s = speeds[-1]
-    return {"tok_s": s["tokens_per_s"], "fast_path": s["fast_path"], "device": s["device"], "status": s["status"]}
+    trace = run.routing(0)
+    return {"tok_s": s["tokens_per_s"], "fast_path": s["fast_path"], "device": s["device"], "status": s["status"],
+            "error": s["error"], "tokens": run.token_ids(0), "routing_steps": len(trace.steps) if trace else 0}
 
 
 def multi_gpu_check(key: str = "llama3-8b", tokens: int = 64) -> dict:
@@ -240,13 +257,176 @@ def multi_gpu_check(key: str = "llama3-8b", tokens: int = 64) -> dict:
     split = eager_tokens(lm.model, 24)
     res.update(tokens_equal=ref == split, agree=sum(a == b for a, b in zip(ref, split)), n=24,
                devices=sorted(check["actual_bytes"]))
+    res["stream_tokens_equal"] = res["sharded"].pop("tokens") == res["one_gpu"].pop("tokens")
     for k in ("hf_tok_s", "tok_s"):
         res[f"sharded_vs_one_{k}"] = res["sharded"][k] / res["one_gpu"][k]
     runtime.release(many)
     return res
 
 
-def run_model(key: str, depths, tokens: int, bw: float, skip_hf: bool, compile_models=()) -> list[dict]:
+def scout_whole(bw: float, tokens: int = 64, key: str = "llama4-scout") -> dict:
+    """A model larger than one GPU at full depth ("all GPUs (sharded)" in the Playground): random bf16 weights,
+    the app's streaming path with routing, tok/s against the floor (one GPU's copy bandwidth over the bytes of
+    active weights), and weights predicted per GPU by the device plan vs measured (allocated) on each GPU."""
+    from backend.live import memcheck, runtime
+
+    count = architecture.count_params(key)
+    n = torch.cuda.device_count()
+    gc.collect(); torch.cuda.empty_cache()
+    base = [torch.cuda.memory_allocated(i) for i in range(n)]
+    request = runtime.ModelRequest(key, mode="full", device="multi-gpu", dtype="bf16")
+    t = time.perf_counter()
+    lm = runtime.load(request)
+    build_s = time.perf_counter() - t
+    measured = {f"cuda:{i}": torch.cuda.memory_allocated(i) - base[i] for i in range(n)}
+    check = memcheck.placement_check(lm.model, lm.device_map)
+    app = _stream_speed(request, tokens)
+    decoder = lm.decoder
+    res = {"model": key, "params": count.total, "active": count.active, "build_s": build_s,
+           "floor_tok_s": bw / (2 * count.active), "app_tok_s": app["tok_s"], "fast_path": app["fast_path"],
+           "routing_steps": app["routing_steps"], "status": app["status"], "error": app["error"],
+           "graphs": len(decoder.graphs) if decoder is not None else 0,
+           "graph_error": decoder.graph_error if decoder is not None else None,
+           "planned_bytes_by_device": check["planned_bytes"], "weights_measured_by_device": measured,
+           "misplaced": check["misplaced_count"],
+           "weights_predicted_total": memory.weight_bytes(key, "bf16")}
+    res["pct_floor"] = 100 * res["app_tok_s"] / res["floor_tok_s"]
+    runtime.release(request)
+    return res
+
+
+def two_models(keys=("llama3-8b", "qwen3-30b-a3b"), tokens: int = 128) -> dict:
+    """Several models and several GPUs: the default placement puts each on its own GPU; each model's app-path
+    tok/s alone, then both streaming at once in one run."""
+    from backend.live import runtime
+    from backend.live.generation import GenerationRun, GenerationSettings
+
+    requests = [runtime.ModelRequest(k, mode="full", device="auto", dtype="bf16") for k in keys]
+    solo = {}
+    for k, r in zip(keys, requests):
+        lm = runtime.load(r)
+        solo[k] = {"device": lm.device_summary, **{x: v for x, v in _stream_speed(r, tokens).items() if x != "tokens"}}
+    together = {}
+    for _ in range(2):  # the last of two runs
+        run = GenerationRun(requests, "The history of", GenerationSettings(max_new_tokens=tokens, ignore_eos=True))
+        run.start().join(600)
+        together = {k: run.stats(i) for i, k in enumerate(keys)}
+    res = {"models": list(keys), "solo": solo,
+           "together": {k: {"tok_s": v["tokens_per_s"], "device": v["device"], "fast_path": v["fast_path"]}
+                        for k, v in together.items()}}
+    res["together_vs_solo"] = {k: res["together"][k]["tok_s"] / solo[k]["tok_s"] for k in keys}
+    res["own_gpu_each"] = len({solo[k]["device"] for k in keys}) == len(keys)
+    for r in requests:
+        runtime.release(r)
+    return res
+
+
+def compile_warmup(key: str, tokens: int = 32) -> dict:
+    """Seconds the first decode steps take with torch.compile (one process; run twice to see the cache)."""
+    from backend.live.fastdecode import compile_cache_dir
+
+    folder = compile_cache_dir()
+    cfg = catalog.raw_config(key)
+    request, model = build(cfg)
+    res = fast_speed(model, tokens, compile=True)
+    return {"model": key, "warm_s": res["warm_s"], "tok_s": res["tok_s"], "compiled": res["compiled"],
+            "graph_error": res["graph_error"], "cache": str(folder)}
+
+
+def compile_cache_check(key: str) -> dict:
+    """torch.compile's warm-up in a fresh process with an empty cache, then in a second fresh process that
+    finds the first one's persistent cache (runs/cache/torch-compile under ARCHLAB_RUNS_DIR)."""
+    import subprocess
+    import tempfile
+
+    runs = tempfile.mkdtemp(prefix="archlab-compile-")
+    out = []
+    for _ in range(2):
+        env = dict(os.environ, ARCHLAB_RUNS_DIR=runs, PYTHONUNBUFFERED="1")
+        p = subprocess.run([sys.executable, str(Path(__file__)), "--compile-warmup", key], env=env,
+                           capture_output=True, text=True, timeout=900)
+        line = [x for x in p.stdout.splitlines() if x.startswith("COMPILE ")]
+        out.append(json.loads(line[-1][8:]) if line else {"error": p.stderr[-500:]})
+    return {"model": key, "cold": out[0], "warm": out[1]}
+
+
+def launches(model, kernels: bool) -> dict:
+    """CUDA kernels (and copies) one decode step runs, counted by the profiler on an eager step: a captured
+    graph replays exactly these. With and without the fused kernels."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    ids = prompt(model)
+    with torch.inference_mode():
+        dec = GraphDecoder(model, 64, use_graph=False, kernels=kernels)
+        out = dec.prefill(ids)
+        tok = sample(out.logits, 0.0, 1.0, None)
+        for _ in range(2):
+            out = dec.step(tok)
+            tok = sample(out.logits, 0.0, 1.0, None)
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            dec.step(tok)
+            torch.cuda.synchronize()
+        dec.close()
+    events = [e for e in prof.events() if e.device_type == DeviceType.CUDA]
+    by_name: dict[str, list] = {}
+    for e in events:
+        agg = by_name.setdefault(e.name[:70], [0, 0.0])
+        agg[0] += 1
+        agg[1] += e.device_time_total
+    top = sorted(by_name.items(), key=lambda kv: -kv[1][1])[:14]
+    return {"launches": len(events), "gpu_ms": sum(e.device_time_total for e in events) / 1e3,
+            "top": [{"kernel": k, "count": c, "us": round(t, 1)} for k, (c, t) in top]}
+
+
+def forced_agreement(model, reference: list[int]) -> dict:
+    """Teacher-forced: the fast path (graph + fused kernels) and the eager path (transformers' modules) both fed
+    the reference's tokens. How often their greedy picks agree, how far their logits are apart (relative L2),
+    and, where they disagree, the eager path's top-1 minus top-2 logit gap over the logits' standard deviation
+    (a near-tie that rounding can flip) — this isolates per-step numerics from a run drifting after one tie."""
+    ids = prompt(model)
+    hits, errs, gaps = 0, [], []
+
+    def logits(**kw) -> list[torch.Tensor]:
+        # one decoder at a time: the fused kernels are installed on the model while a decoder holds them
+        dec = GraphDecoder(model, max_cache_len=32 + len(reference) + 1, **kw)
+        out, seen = dec.prefill(ids), []
+        for i in range(len(reference)):
+            seen.append(out.logits.float().clone())
+            if i < len(reference) - 1:
+                out = dec.step(torch.tensor([reference[i]], device=ids.device))
+        dec.close()
+        return seen
+
+    with torch.inference_mode():
+        eager = logits(use_graph=False, kernels=False)
+        fast = logits()
+    for la, lb in zip(fast, eager):
+        errs.append(float((la - lb).norm() / lb.norm()))
+        if int(la.argmax()) == int(lb.argmax()):
+            hits += 1
+        else:
+            top = lb.topk(2).values
+            gaps.append(float((top[0] - top[1]) / lb.std()))
+    errs.sort()
+    return {"agree": f"{hits}/{len(reference)}", "logits_rel_err_median": errs[len(errs) // 2],
+            "logits_rel_err_max": errs[-1], "disagreement_gaps_over_std": sorted(gaps)}
+
+
+def segment_labels(model, parts: int = 2) -> dict:
+    """Decoder layers in ``parts`` runs plus the LM head: segments on the model's one GPU (hand-off path)."""
+    from backend.arch.spec import decoder_layers
+
+    layers = set(decoder_layers(model))
+    names = [n for n, m in model.named_modules() if m in layers]
+    labels = {n: f"part{i * parts // len(names)}" for i, n in enumerate(names)}
+    labels["lm_head"] = "head"
+    return labels
+
+
+def run_model(key: str, depths, tokens: int, bw: float, skip_hf: bool, compile_models=(), profile: bool = False,
+              segmented: bool = False) -> list[dict]:
     rows = []
     for layers in (depths or (None,)):
         d = truncated(key, layers)
@@ -273,15 +453,30 @@ def run_model(key: str, depths, tokens: int, bw: float, skip_hf: bool, compile_m
         fast_speed(model, 16)  # warm-up: kernels, allocator, capture path
         fast = fast_speed(model, tokens)
         row.update({"fast_tok_s": fast["tok_s"], "fast_ttft_s": fast["ttft_s"], "graph": fast["graph"],
-                    "graph_error": fast["graph_error"], "routing_records": fast["routing_records"]})
+                    "graph_error": fast["graph_error"], "routing_records": fast["routing_records"],
+                    "kernels": fast["kernels"], "kernel_setup_s": fast["setup_s"]})
+        plain = fast_speed(model, tokens, kernels=False)  # the graph with transformers' own modules only
+        row["fast_no_kernels_tok_s"] = plain["tok_s"]
         nor = fast_speed(model, tokens, routing=False)
         row["fast_no_routing_tok_s"] = nor["tok_s"]
         window = getattr(model.config, "sliding_window", None) or getattr(model.config, "attention_chunk_size", None)
         n_eager = tokens if window else 24  # past the window where there is one
-        eager = fast_speed(model, n_eager, use_graph=False)
+        # the reference: the same static-cache step run eagerly through transformers' modules (no graph, no kernels)
+        eager = fast_speed(model, n_eager, use_graph=False, kernels=False)
         row["eager_static_tok_s"] = eager["tok_s"]
         row["graph_matches_eager"] = fast["tokens"][:n_eager] == eager["tokens"]
         row["graph_agree"] = f"{sum(a == b for a, b in zip(fast['tokens'], eager['tokens']))}/{n_eager}"
+        row["no_kernels_agree"] = f"{sum(a == b for a, b in zip(plain['tokens'], eager['tokens']))}/{n_eager}"
+        forced = forced_agreement(model, eager["tokens"])
+        row["forced_agree"], row["forced"] = forced["agree"], forced
+        if profile:
+            row["kernel_launches"] = {"fused": launches(model, True), "transformers": launches(model, False)}
+        if segmented:  # the sharded fast path's machinery on one GPU: 3 graphs, hand-offs between them
+            seg = fast_speed(model, tokens, segments=segment_labels(model))
+            row["segmented"] = {"tok_s": seg["tok_s"], "graphs": seg["graphs"], "graph_error": seg["graph_error"],
+                                "vs_one_graph": seg["tok_s"] / fast["tok_s"],
+                                "tokens_equal": seg["tokens"] == fast["tokens"],
+                                "agree": f"{sum(a == b for a, b in zip(seg['tokens'], fast['tokens']))}/{tokens}"}
         if compile_models and key in compile_models:
             comp = fast_speed(model, tokens, compile=True)
             row.update({"compiled_tok_s": comp["tok_s"], "compile_warm_s": comp["warm_s"],
@@ -332,17 +527,22 @@ def extrapolate(rows: list[dict], key: str) -> dict | None:
 
 
 def table(rows: list[dict], extra: list[dict]) -> str:
-    head = (f"{'model':34s} {'params':>8s} {'active':>8s} {'floor':>7s} {'HF gen':>7s} {'ours':>7s} "
-            f"{'%floor':>6s} {'no-rt':>7s} {'app':>7s} {'w pred':>8s} {'w meas':>8s} {'kv err %':>16s}")
+    head = (f"{'model':34s} {'params':>8s} {'active':>8s} {'floor':>7s} {'HF gen':>7s} {'no-krn':>7s} {'ours':>7s} "
+            f"{'%floor':>6s} {'no-rt':>7s} {'app':>7s} {'=eager':>7s} {'w pred':>8s} {'w meas':>8s} {'kv err %':>16s}")
     lines = [head, "-" * len(head)]
     for r in rows:
         kv = "/".join(f"{k['error_pct']:+.1f}" for k in r["kv"])
         hf = f"{r['hf_tok_s']:.1f}" if r["hf_tok_s"] else "—"
         lines.append(f"{r['model']:34s} {r['params'] / 1e9:7.2f}B {r['active'] / 1e9:7.2f}B {r['floor_tok_s']:7.0f} "
-                     f"{hf:>7s} {r['fast_tok_s']:7.1f} {100 * r['fast_tok_s'] / r['floor_tok_s']:5.0f}% "
-                     f"{r['fast_no_routing_tok_s']:7.1f} {r['app_stream_tok_s']:7.1f} {r['weights_predicted'] / GiB:7.2f}G "
-                     f"{r['weights_measured'] / GiB:7.2f}G {kv:>16s}"
-                     + (f"  compiled {r['compiled_tok_s']:.1f}" if r.get("compiled_tok_s") else ""))
+                     f"{hf:>7s} {r['fast_no_kernels_tok_s']:7.1f} {r['fast_tok_s']:7.1f} "
+                     f"{100 * r['fast_tok_s'] / r['floor_tok_s']:5.0f}% "
+                     f"{r['fast_no_routing_tok_s']:7.1f} {r['app_stream_tok_s']:7.1f} {r['forced_agree']:>7s} "
+                     f"{r['weights_predicted'] / GiB:7.2f}G {r['weights_measured'] / GiB:7.2f}G {kv:>16s}"
+                     + (f"  compiled {r['compiled_tok_s']:.1f}" if r.get("compiled_tok_s") else "")
+                     + (f"  segmented {r['segmented']['tok_s']:.1f} ({r['segmented']['graphs']} graphs, tokens "
+                        f"{r['segmented']['agree']})" if r.get("segmented") else "")
+                     + (f"  launches/step {r['kernel_launches']['transformers']['launches']} -> "
+                        f"{r['kernel_launches']['fused']['launches']}" if r.get("kernel_launches") else ""))
     for e in extra:
         one = ", ".join(f"{v['full_tok_s']:.1f} tok/s ({v['per_layer_ms']:.3f} ms/layer) at {k} layers"
                         for k, v in e["in_model_estimates"].items() if v)
@@ -367,11 +567,23 @@ def main() -> None:
     ap.add_argument("--depths", default="", help="also run fewer-layer variants, e.g. qwen3-30b-a3b=4,5 "
                     "(with the full model in the plan too, the extrapolation is checked against it)")
     ap.add_argument("--compile", default="", help="models to also run with torch.compile inside the graph")
+    ap.add_argument("--profile", action="store_true", help="count the kernels of a decode step, fused vs not")
+    ap.add_argument("--segmented", action="store_true", help="also decode each model as 3 graphs with hand-offs "
+                    "on its one GPU (the sharded fast path's machinery)")
+    ap.add_argument("--two-gpu", action="store_true", help="several GPUs: Llama 4 Scout whole over all GPUs, two "
+                    "models on two GPUs vs alone, and the one-vs-sharded check")
+    ap.add_argument("--compile-cache", default="", help="a model whose torch.compile warm-up is timed in two fresh "
+                    "processes (empty cache, then the first one's cache)")
+    ap.add_argument("--compile-warmup", default="", help=argparse.SUPPRESS)  # one process of --compile-cache
     ap.add_argument("--out", default=os.environ.get("OUT", ""))
     a = ap.parse_args()
     if not torch.cuda.is_available():
         sys.exit("bench/gpu.py needs a CUDA GPU")
     import transformers
+
+    if a.compile_warmup:
+        log("COMPILE " + json.dumps(compile_warmup(a.compile_warmup)))
+        return
 
     gpu = torch.cuda.get_device_name(0)
     bw = copy_bandwidth()
@@ -389,17 +601,25 @@ def main() -> None:
     for key, depths in plan:
         try:
             rows += run_model(key, depths, 32 if a.smoke else a.tokens, bw, a.skip_hf,
-                              a.compile.split(",") if a.compile else ())
+                              a.compile.split(",") if a.compile else (), a.profile, a.segmented)
         except torch.cuda.OutOfMemoryError as e:
             log(f"!! {key}: out of memory: {str(e).splitlines()[0]}")
             gc.collect(); torch.cuda.empty_cache()
     extra = [e for e in (extrapolate(rows, k) for k in dict.fromkeys(k for k, _ in plan)) if e]
     shard = None if a.no_shard else sharding_check()
-    multi = multi_gpu_check() if (torch.cuda.device_count() >= 2 or a.multi) and not a.no_shard else None
+    several = torch.cuda.device_count() >= 2
+    multi = multi_gpu_check() if (several or a.multi) and not a.no_shard else None
+    two = None
+    if a.two_gpu and several:
+        two = {"multi_gpu_moe": multi_gpu_check("qwen3-30b-a3b"), "scout": scout_whole(bw, a.tokens),
+               "two_models": two_models(tokens=a.tokens)}
+    elif a.two_gpu:
+        log("!! --two-gpu needs at least 2 GPUs; skipped")
+    cache = compile_cache_check(a.compile_cache) if a.compile_cache else None
     result = {"gpu": gpu, "gpus": torch.cuda.device_count(), "torch": torch.__version__,
               "transformers": transformers.__version__, "copy_bandwidth_Bps": bw, "rows": rows,
-              "extrapolated": extra, "sharding": shard, "multi_gpu": multi, "tokens": a.tokens, "smoke": a.smoke,
-              "command": " ".join(sys.argv)}
+              "extrapolated": extra, "sharding": shard, "multi_gpu": multi, "two_gpu": two, "compile_cache": cache,
+              "tokens": a.tokens, "smoke": a.smoke, "command": " ".join(sys.argv)}
     for r in rows:
         r.pop("tokens", None)
     tag = f"-{a.tag}" if a.tag else ""
@@ -410,17 +630,47 @@ def main() -> None:
     log("")
     if rows:
         log(table(rows, extra))
+    for r in rows:
+        if r.get("forced"):
+            f = r["forced"]
+            gaps = ", ".join(f"{g:.3f}" for g in f["disagreement_gaps_over_std"][:6])
+            log(f"{r['model']}: fast vs eager fed the same tokens: {f['agree']} picks agree, logits rel. error median "
+                f"{f['logits_rel_err_median']:.1e} (max {f['logits_rel_err_max']:.1e}); eager top-2 gaps / std where "
+                f"they differ: {gaps or '-'}; free-running {r['graph_agree']}; kernels {r.get('kernels')}")
+        if r.get("kernel_launches"):
+            f = r["kernel_launches"]["fused"]
+            log(f"{r['model']}: one step's kernels, fused ({f['launches']}, {f['gpu_ms']:.2f} ms of GPU time): "
+                + "; ".join(f"{t['kernel'][:40]} x{t['count']} {t['us']:.0f}us" for t in f["top"][:10]))
     if shard:
         log(f"split {shard['model']} over {shard['devices']} (each part runs where it sits): greedy tokens equal to "
             f"one GPU: {shard['tokens_equal']} ({shard['agree']}/{shard['n']}); parameters off their planned device: "
             f"{shard['misplaced']}; bytes by device {shard['bytes_by_device']}")
-    if multi:
-        o, m = multi["one_gpu"], multi["sharded"]
-        log(f"{multi['model']} sharded over {multi['devices']}: greedy tokens equal: {multi['tokens_equal']} "
-            f"({multi['agree']}/{multi['n']}); misplaced {m['misplaced']}; HF generate {o['hf_tok_s']:.1f} -> "
-            f"{m['hf_tok_s']:.1f} tok/s ({100 * multi['sharded_vs_one_hf_tok_s']:.0f} %); streaming "
-            f"{o['tok_s']:.1f} ({'fast path' if o['fast_path'] else 'plain'}) -> {m['tok_s']:.1f} "
-            f"({'fast path' if m['fast_path'] else 'plain'}; {100 * multi['sharded_vs_one_tok_s']:.0f} %)")
+    for mg in filter(None, [multi, (two or {}).get("multi_gpu_moe")]):
+        o, m = mg["one_gpu"], mg["sharded"]
+        log(f"{mg['model']} sharded over {mg['devices']}: greedy tokens equal: {mg['tokens_equal']} "
+            f"({mg['agree']}/{mg['n']}), streamed tokens equal: {mg['stream_tokens_equal']}; misplaced "
+            f"{m['misplaced']}; HF generate {o['hf_tok_s']:.1f} -> {m['hf_tok_s']:.1f} tok/s "
+            f"({100 * mg['sharded_vs_one_hf_tok_s']:.0f} %); streaming {o['tok_s']:.1f} "
+            f"({'fast path' if o['fast_path'] else 'plain'}) -> {m['tok_s']:.1f} "
+            f"({'fast path' if m['fast_path'] else 'plain'}; {100 * mg['sharded_vs_one_tok_s']:.0f} %)")
+    if two:
+        sc = two["scout"]
+        log(f"{sc['model']} whole ({sc['params'] / 1e9:.1f} B, {sc['active'] / 1e9:.2f} B active) over "
+            f"{len(sc['weights_measured_by_device'])} GPUs: app {sc['app_tok_s']:.1f} tok/s "
+            f"({'fast path, %d graphs' % sc['graphs'] if sc['fast_path'] else 'plain path'}), floor "
+            f"{sc['floor_tok_s']:.0f} ({sc['pct_floor']:.0f} %); routing steps {sc['routing_steps']}")
+        for dev, b in sorted(sc["weights_measured_by_device"].items()):
+            plan = sc["planned_bytes_by_device"].get(dev, 0)
+            log(f"   {dev}: weights planned {plan / GiB:.2f} GiB, allocated {b / GiB:.2f} GiB "
+                f"({100 * (b - plan) / plan if plan else 0:+.2f} %)")
+        tm = two["two_models"]
+        for k in tm["models"]:
+            log(f"{k}: alone {tm['solo'][k]['tok_s']:.1f} tok/s on {tm['solo'][k]['device']}, beside the other "
+                f"{tm['together'][k]['tok_s']:.1f} ({100 * tm['together_vs_solo'][k]:.0f} %)")
+    if cache:
+        log(f"torch.compile warm-up of {cache['model']}: {cache['cold'].get('warm_s', float('nan')):.1f} s in a "
+            f"fresh process with an empty cache, {cache['warm'].get('warm_s', float('nan')):.1f} s in the next "
+            f"({cache['warm'].get('tok_s', float('nan')):.1f} tok/s)")
 
 
 if __name__ == "__main__":
