@@ -146,8 +146,10 @@ def plan_placement(source: Source, device: str, dtype: str, hw: dict | None = No
                    need_bytes: int | None = None) -> Placement:
     """Where a model goes, given the hardware (``hw`` as ``hardware()`` returns; fake it in tests).
 
-    ``auto`` prefers one GPU, then all GPUs sharded, then the CPU. ArchLabError says how much
-    memory is needed when nothing can hold the weights.
+    ``auto`` prefers one GPU, then all GPUs sharded, then the CPU. One GPU means one model per GPU: of
+    the GPUs the model fits on, the one holding the fewest models (``hw["gpus"][i]["models"]``, counted by
+    the runtime), then the one with the most free memory. ArchLabError says how much memory is needed
+    when nothing can hold the weights.
     """
     if device not in DEVICES:
         raise ArchLabError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
@@ -164,10 +166,12 @@ def plan_placement(source: Source, device: str, dtype: str, hw: dict | None = No
     kv = kv_allowance(arch, dt)
     total_need = need + kv
     what = f"{_gib(total_need)} ({_gib(need)} of {dt} weights + {_gib(kv)} KV cache for {KV_ALLOWANCE_TOKENS:,} tokens)"
-    best = max(gpus, key=lambda g: g["free_gib"]) if gpus else None
+    fitting = sorted((g for g in gpus if total_need <= g["free_gib"] * GiB * (1 - HEADROOM)),
+                     key=lambda g: (g.get("models", 0), -g["free_gib"]))
+    best = fitting[0] if fitting else (max(gpus, key=lambda g: g["free_gib"]) if gpus else None)
 
     def fits_one() -> bool:
-        return best is not None and total_need <= best["free_gib"] * GiB * (1 - HEADROOM)
+        return bool(fitting)
 
     if device in ("cuda", "auto") and fits_one():
         return Placement("cuda", dt, {"": f"cuda:{best['index']}"}, need, kv)
@@ -498,14 +502,29 @@ def _loaded(request, model, tokenizer, arch: Architecture, label, placement: Pla
 # ----------------------------------------------------------------- admission
 
 _reserved: dict[str, int] = {}   # device -> bytes promised to builds still in flight
+_building: dict[str, int] = {}   # device -> builds in flight there
 _admit = threading.Lock()
 
 
+def _models_per_device() -> dict[str, int]:
+    """Loaded models and builds in flight on each device (a sharded model counts on each of its GPUs)."""
+    with _guard:
+        loaded = list(_cache.values())
+    counts = dict(_building)
+    for lm in loaded:
+        for dev in lm.bytes_per_device:
+            counts[dev] = counts.get(dev, 0) + 1
+    return counts
+
+
 def _budget() -> dict:
-    """``hardware()`` less the memory promised to builds in flight (their allocations are not seen yet)."""
+    """``hardware()`` less the memory promised to builds in flight (their allocations are not seen yet),
+    with the models each GPU holds (for one model per GPU)."""
     hw = hardware()
+    models = _models_per_device()
     for g in hw["gpus"]:
         g["free_gib"] = max(0.0, g["free_gib"] - _reserved.get(f"cuda:{g['index']}", 0) / GiB)
+        g["models"] = models.get(f"cuda:{g['index']}", 0)
     hw["ram_available_gib"] = max(0.0, hw["ram_available_gib"] - _reserved.get("cpu", 0) / GiB)
     return hw
 
@@ -522,12 +541,16 @@ def _admitted(arch: Architecture, device: str, dtype: str):
         share = {d: (placement.need_bytes + placement.kv_bytes) // len(devs) for d in devs}
         for d, b in share.items():
             _reserved[d] = _reserved.get(d, 0) + b
+            _building[d] = _building.get(d, 0) + 1
     try:
         yield placement
     finally:
         with _admit:
             for d, b in share.items():
                 _reserved[d] -= b
+                _building[d] -= 1
+                if not _building[d]:
+                    del _building[d]
 
 
 # ----------------------------------------------------------------- cache
