@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from typing import Any, Union
 
-from . import catalog
+from . import catalog, libs
 from .errors import ArchLabError
 
 #: A model is named by a catalog key or given as a config dict (e.g. an uploaded config.json).
@@ -120,6 +120,7 @@ def label(source: ModelSource) -> str:
 
 def build_config(canon: str):
     """Validate a canonical config text and build its ``PretrainedConfig`` (``Architecture`` keeps the result)."""
+    libs.load()  # the first import of transformers, once, whichever thread comes first
     from transformers import CONFIG_MAPPING, AutoConfig
 
     d = json.loads(canon)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import threading
 
+from . import libs
 from .errors import ArchLabError
 
 #: Held while transformers constructs a model: it switches torch's process-wide default dtype to the config's
@@ -13,6 +14,7 @@ BUILD_LOCK = threading.RLock()
 
 def build_meta_model(cfg):
     """The full-size model of a validated config on the meta device (``Architecture`` keeps it)."""
+    libs.load()
     import torch
     from transformers import AutoModelForCausalLM
 

@@ -15,6 +15,7 @@ import weakref
 from dataclasses import dataclass, field
 from typing import Optional, Union
 
+from ..arch import libs
 from ..arch.architecture import label
 from ..arch.errors import ArchLabError
 from . import fastdecode
@@ -312,13 +313,7 @@ class GenerationRun:
         """Start one worker thread per model."""
         if self._threads:
             raise ArchLabError("this run has already started")
-        # transformers' lazy first import is not thread-safe (workers got ImportError on AutoConfig): do it here
-        from transformers import (  # noqa: F401
-            AutoConfig,
-            AutoModelForCausalLM,
-            AutoTokenizer,
-            PreTrainedTokenizerFast,
-        )
+        libs.load()  # transformers' first import is not thread-safe: once, under a lock, before the workers
         self._threads = [threading.Thread(target=self._work, args=(i, r), daemon=True, name=f"archlab-gen-{i}")
                          for i, r in enumerate(self.requests)]
         for t in self._threads:

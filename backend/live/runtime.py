@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from ..arch import configs
+from ..arch import configs, libs
 from ..arch.architecture import Architecture, Source, resolve
 from ..arch.errors import ArchLabError
 from ..arch.memory import GiB, device_plan, kv_cache, weight_bytes
@@ -440,6 +440,7 @@ def _build(request: ModelRequest, arch: Optional[Architecture], progress: Callab
     """Build a request whose source is resolved as ``arch`` (None in pretrained mode)."""
     from .tokenizer import load_offline
 
+    libs.load()  # before any transformers import below (its first import is not thread-safe)
     t0 = time.perf_counter()
     restore = _quiet()
     try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
+from ..arch import libs
 from ..arch.errors import ArchLabError
 
 TOKENIZER_DIR = Path(__file__).resolve().parents[2] / "assets" / "tokenizer"
@@ -20,6 +21,7 @@ PAD = "<|pad|>"
 
 def wrap(tok):
     """A ``tokenizers.Tokenizer`` as the ``PreTrainedTokenizerFast`` the runtime uses."""
+    libs.load()
     from transformers import PreTrainedTokenizerFast
 
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, bos_token=EOS, pad_token=PAD,
@@ -29,6 +31,7 @@ def wrap(tok):
 @lru_cache(maxsize=1)
 def load_offline():
     """The shipped offline tokenizer (cached, shared: do not modify)."""
+    libs.load()
     from transformers import PreTrainedTokenizerFast
 
     path = TOKENIZER_DIR / "tokenizer.json"

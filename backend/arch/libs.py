@@ -1,0 +1,47 @@
+"""torch and transformers, imported once per process, under a lock, before anything uses them.
+
+transformers' package replaces itself in ``sys.modules`` with a lazy module at the end of its first import.
+A second thread that asks for it meanwhile waits for that import, then gets the *replaced* module object, on
+which ``from transformers import AutoConfig`` fails ("ImportError: cannot import name 'AutoConfig'"): six
+Streamlit sessions pressing Generate on a fresh server hit exactly that. Every first use of transformers in
+ArchLab goes through :func:`load` (config building, meta models, tokenizers, generation), so the import runs
+in one thread and the others wait for it; after that ``load`` is a flag check.
+"""
+from __future__ import annotations
+
+import threading
+import time
+
+_lock = threading.Lock()
+_ready = threading.Event()
+#: seconds the import took in this process (None until it has run)
+import_seconds: float | None = None
+
+
+def loaded() -> bool:
+    """True once torch and transformers are imported (no waiting)."""
+    return _ready.is_set()
+
+
+def load() -> None:
+    """Import torch, transformers and the transformers names ArchLab uses, once; later calls return at once.
+    A thread that arrives while another imports waits for it."""
+    global import_seconds
+    if _ready.is_set():
+        return
+    with _lock:
+        if _ready.is_set():
+            return
+        t = time.perf_counter()
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
+        from transformers import (  # noqa: F401  (each name resolves a lazy submodule: do it here, once)
+            CONFIG_MAPPING,
+            AutoConfig,
+            AutoModelForCausalLM,
+            AutoTokenizer,
+            PreTrainedTokenizerFast,
+            StaticCache,
+        )
+        import_seconds = time.perf_counter() - t
+        _ready.set()

@@ -1,0 +1,324 @@
+"""The dashboard as a visitor sees it, in a real Chromium (Playwright): first visit, page switches, TTFT.
+
+    .venv/bin/python bench/ui.py                    # 5 fresh servers, 3 rounds of page switches, 8 TTFT clicks
+    .venv/bin/python bench/ui.py --repeats 3 --ttft 5 --tag before
+
+- **first visit**: a freshly started server (``streamlit run app.py``, as the README starts it; timed from
+  the moment its health endpoint answers) and a new browser opening ``/``. Seconds from ``goto`` to: the
+  first paint of the page (its title), the three block diagrams drawn, and the whole page (feature matrix
+  and model notes too). Target (issue 10): diagrams <= 3 s.
+- **page switch**: on that server, clicks in the sidebar menu (Parameters, Playground, Routing, Experiments,
+  Architectures, then again), seconds from the click to the new page's first chart / table / button (each
+  page's script is let finish before the next click). Target <= 1 s.
+- **TTFT in the browser**: the Playground with one small miniature already loaded; milliseconds from the
+  click on Generate (a JS click, timed with ``performance.now()`` in the page) to the first generated text
+  in its column (a MutationObserver, then the next animation frame). Beside it the backend's own TTFT as
+  the page reports it. Target <= 150 ms.
+
+Chromium is Debian's (/usr/bin/chromium). Prints a table, writes bench/results/ui[-TAG].json.
+Timings on a shared 2-core machine are noisy: medians are reported with every repeat kept in the JSON.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--no-first-run"]
+DIAGRAMS = 3  # the default selection: GPT-2, DeepSeek V3, Qwen3 30B-A3B
+#: url path -> (page title, selector of its first meaningful element)
+PAGES = {
+    "parameters": ("Parameters & Memory", "[data-testid='stDataFrame']"),
+    "playground": ("Playground", "[data-testid='stTextArea'] textarea"),
+    "routing": ("Routing", "[data-testid='stAlert'], .js-plotly-plot .main-svg"),
+    "experiments": ("Experiments", "[data-testid='stDataFrame']"),
+    "architectures": ("Architectures", ".js-plotly-plot .main-svg"),
+}
+SWITCHES = ("parameters", "playground", "routing", "experiments", "architectures")
+IDLE = "!document.querySelector(\"[data-testid='stStatusWidget']\")"  # the status widget shows while a script runs
+TTFT_MODEL = "qwen3-4b"  # a dense model: its small miniature decodes in a few ms a token
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """``streamlit run app.py`` on a free port, as the README starts it (the project's .streamlit/config.toml
+    applies); its log is kept for the warnings check."""
+
+    def __init__(self, root: Path = ROOT) -> None:
+        self.port = _free_port()
+        self.log = open(f"/tmp/archlab-bench-ui-{self.port}.log", "w+")
+        t = time.perf_counter()
+        env = dict(os.environ, HF_HUB_OFFLINE="1")
+        self.proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
+                                      "--server.port", str(self.port), "--server.address", "127.0.0.1",
+                                      "--browser.gatherUsageStats", "false"],
+                                     cwd=root, stdout=self.log, stderr=subprocess.STDOUT, env=env)
+        deadline = time.monotonic() + 60
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"streamlit exited with {self.proc.returncode}: {self.text()[-500:]}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/_stcore/health", timeout=1) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError("streamlit did not become healthy in 60 s") from None
+                time.sleep(0.05)
+        self.ready_s = time.perf_counter() - t
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def text(self) -> str:
+        self.log.flush()
+        self.log.seek(0)
+        return self.log.read()
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+        self.log.close()
+
+
+def _since(t0: float) -> float:
+    return time.perf_counter() - t0
+
+
+def _title(page, title: str, timeout: float) -> None:
+    page.locator("h1", has_text=title).first.wait_for(timeout=timeout)
+
+
+def first_visit(browser, root: Path = ROOT, timeout_ms: float = 120_000) -> tuple:
+    """A fresh server and a new browser context opening ``/``: (timings, server, context, page)."""
+    server = Server(root)
+    context = browser.new_context(viewport={"width": 1440, "height": 1000})
+    page = context.new_page()
+    page.set_default_timeout(timeout_ms)
+    r = {"server_ready_s": server.ready_s}
+    t0 = time.perf_counter()
+    page.goto(server.url + "/")
+    r["html_s"] = _since(t0)
+    _title(page, "Architectures", timeout_ms)
+    r["title_s"] = _since(t0)
+    page.wait_for_function(f"document.querySelectorAll('.js-plotly-plot .main-svg').length >= {DIAGRAMS}",
+                           timeout=timeout_ms)
+    r["diagrams_s"] = _since(t0)
+    page.locator("[data-testid='stDataFrame']").first.wait_for(timeout=timeout_ms)
+    r["matrix_s"] = _since(t0)
+    page.get_by_text("About each model").first.wait_for(timeout=timeout_ms)
+    page.locator("a:has-text('official config.json')").nth(DIAGRAMS - 1).wait_for(timeout=timeout_ms)
+    r["complete_s"] = _since(t0)
+    page.wait_for_function(IDLE, timeout=timeout_ms)
+    r["script_done_s"] = _since(t0)
+    return r, server, context, page
+
+
+#: true once an element matching the selector is drawn by this run (the page left behind stays on screen,
+#: marked stale, until the new page's elements replace it)
+_FRESH = """(sel) => [...document.querySelectorAll(sel)].some(e => {
+  const box = e.closest("[data-testid='stElementContainer']");
+  return !box || box.getAttribute('data-stale') !== 'true';
+})"""
+
+
+def switch(page, path: str, timeout_ms: float = 120_000) -> float | None:
+    """Seconds from a click on the menu entry of ``path`` to that page's first meaningful element (then waits,
+    untimed, for the page's script to finish). None when the menu has no such page."""
+    title, marker = PAGES[path]
+    link = page.locator("[data-testid='stSidebarNav'] a", has_text=title).first
+    if not link.count():
+        return None
+    t0 = time.perf_counter()
+    link.click()
+    _title(page, title, timeout_ms)
+    page.wait_for_function(_FRESH, arg=marker, timeout=timeout_ms)
+    seconds = _since(t0)
+    _settle(page, timeout_ms)
+    return seconds
+
+
+def _settle(page, timeout_ms: float, quiet_s: float = 1.0) -> None:
+    """Wait until no script has run for ``quiet_s`` (Streamlit shows its running indicator only after a
+    delay, so one look is not enough); a click meanwhile would wait for the page still running."""
+    deadline, quiet_since = time.monotonic() + timeout_ms / 1000, None
+    while time.monotonic() < deadline:
+        if page.evaluate(IDLE):
+            quiet_since = quiet_since or time.monotonic()
+            if time.monotonic() - quiet_since >= quiet_s:
+                return
+        else:
+            quiet_since = None
+        page.wait_for_timeout(100)
+    raise TimeoutError("the page kept running")
+
+
+_OBSERVE = r"""
+([old]) => new Promise((resolve, reject) => {
+  const code = () => document.querySelector("[data-testid='stCode'] code");
+  const progress = () => document.querySelector("[data-testid='stProgress']");
+  const before = progress() ? progress().innerText : '';
+  const button = [...document.querySelectorAll('button')].find(b => b.innerText.trim().endsWith('Generate'));
+  if (!button) { reject('no Generate button'); return; }
+  let done = false, shown = null;
+  const check = () => {
+    const p = progress();
+    if (shown === null && p && p.innerText !== before) shown = performance.now() - t0;  // the new run is drawn
+    const c = code();
+    const text = c ? c.innerText.trim() : '';
+    if (!done && text.length > 0 && text !== old) {
+      done = true;
+      const dom = performance.now() - t0;
+      obs.disconnect();
+      requestAnimationFrame(() => resolve({run_shown_ms: shown, dom_ms: dom, paint_ms: performance.now() - t0, text}));
+    }
+  };
+  const obs = new MutationObserver(check);
+  obs.observe(document.body, {subtree: true, childList: true, characterData: true});
+  setTimeout(() => { if (!done) { obs.disconnect(); reject('no new text within 60 s'); } }, 60000);
+  const t0 = performance.now();
+  button.click();
+})
+"""
+
+
+def _wait_run_done(page, timeout_ms: float) -> None:
+    page.locator("[data-testid='stProgress']").first.wait_for(timeout=timeout_ms)
+    page.wait_for_function("[...document.querySelectorAll(\"[data-testid='stProgress']\")].every("
+                           "p => /done:|failed/.test(p.innerText))", timeout=timeout_ms)
+    page.get_by_role("heading", name="Timings").first.wait_for(timeout=timeout_ms)
+
+
+def _set(page, label: str, value: str) -> None:
+    box = page.get_by_role("textbox", name=label).first
+    box.fill(value)
+    box.press("Tab")
+
+
+def ttft(page, base: str, clicks: int, tokens: int, timeout_ms: float = 120_000) -> list[dict]:
+    """Browser TTFT of ``clicks`` runs of one small miniature that is already loaded."""
+    page.goto(f"{base}/playground?models={TTFT_MODEL}&tokens={tokens}")
+    page.get_by_role("button", name="Generate").wait_for(timeout=timeout_ms)
+    page.wait_for_timeout(1000)
+    page.get_by_role("button", name="Generate").click()  # loads the model
+    _wait_run_done(page, timeout_ms)
+    out = []
+    for i in range(clicks):
+        _set(page, "Prompt", f"Run number {i}: the quick brown fox jumps over")
+        page.wait_for_timeout(700)
+        old = page.locator("[data-testid='stCode'] code").first.inner_text().strip()
+        r = page.evaluate(_OBSERVE, [old])
+        _wait_run_done(page, timeout_ms)
+        summary = page.locator("[data-testid='stMain']").first.inner_text()
+        m = re.search(r"TTFT\s+([\d,.]+)\s*ms", summary)
+        r["backend_ms"] = float(m.group(1).replace(",", "")) if m else None
+        m = re.search(r"([\d,.]+)\s*tok/s", summary)
+        r["tok_s"] = float(m.group(1).replace(",", "")) if m else None
+        out.append(r)
+        page.wait_for_timeout(300)
+    return out
+
+
+def _med(values: list) -> float | None:
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=5, help="fresh servers for the first visit")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds of page switches (on the first server)")
+    ap.add_argument("--ttft", type=int, default=8, help="timed Generate clicks")
+    ap.add_argument("--tokens", type=int, default=32, help="max new tokens of the TTFT runs")
+    ap.add_argument("--settle", type=float, default=0.0,
+                    help="seconds to wait after the first visit before the first switch (0: click at once)")
+    ap.add_argument("--tag", default="", help="suffix of the result file (ui-TAG.json)")
+    ap.add_argument("--root", type=Path, default=ROOT, help="the checkout to serve (e.g. an older commit's tree)")
+    a = ap.parse_args()
+    from playwright.sync_api import sync_playwright
+
+    visits, switches, clicks, warnings = [], {p: [] for p in SWITCHES}, [], []
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            for rep in range(a.repeats):
+                r, server, context, page = first_visit(browser, a.root)
+                try:
+                    visits.append(r)
+                    print(f"first visit {rep}: " + ", ".join(f"{k} {v:.2f}" for k, v in r.items()), flush=True)
+                    if rep == 0:
+                        page.wait_for_timeout(a.settle * 1000)
+                        for _ in range(a.rounds):
+                            for path in SWITCHES:
+                                seconds = switch(page, path)
+                                if seconds is not None:
+                                    switches[path].append(seconds)
+                        print("switches: " + ", ".join(f"{p} {v}" for p, v in switches.items()), flush=True)
+                        if a.ttft:
+                            clicks = ttft(page, server.url, a.ttft, a.tokens)
+                            print("ttft: " + ", ".join(f"{c['paint_ms']:.0f}" for c in clicks), flush=True)
+                finally:
+                    context.close()
+                    log = server.text()
+                    server.stop()
+                    warnings.append([l for l in log.splitlines() if "Inotify" in l or "Traceback" in l
+                                     or "Error" in l][:20])
+        finally:
+            browser.close()
+
+    print(f"\nfirst visit, fresh server each time ({len(visits)} repeats; seconds, median [min–max]):")
+    for k in ("server_ready_s", "title_s", "diagrams_s", "matrix_s", "complete_s", "script_done_s"):
+        v = [r[k] for r in visits]
+        print(f"  {k[:-2]:<14} {_med(v):6.2f}  [{min(v):.2f}–{max(v):.2f}]")
+    print(f"page switches (click -> the page's first content; seconds, median [min–max]; "
+          f"first click {a.settle:g} s after the first visit):")
+    for p, v in switches.items():
+        if v:
+            print(f"  {p:<14} {_med(v):6.2f}  [{min(v):.2f}–{max(v):.2f}]  first {v[0]:.2f}")
+    if clicks:
+        print(f"TTFT in the browser, {TTFT_MODEL} small miniature loaded (ms, median [min–max]):")
+        for k in ("run_shown_ms", "dom_ms", "paint_ms", "backend_ms", "tok_s"):
+            v = [c[k] for c in clicks if c.get(k) is not None]
+            if v:
+                print(f"  {k.removesuffix('_ms'):<14} {_med(v):6.0f}  [{min(v):.0f}–{max(v):.0f}]")
+    flagged = [w for ws in warnings for w in ws]
+    print(f"server log lines with Inotify/Error/Traceback: {len(flagged)}" + (f" e.g. {flagged[0]}" if flagged else ""))
+    med = {k: _med([r[k] for r in visits]) for k in visits[0]} if visits else {}
+    print(f"targets: diagrams on a fresh server <= 3 s ({'met' if med and med['diagrams_s'] <= 3 else 'MISSED'}), "
+          f"page switch <= 1 s ({'not measured' if not any(switches.values()) else 'met' if all(_med(v) <= 1 for v in switches.values() if v) else 'MISSED'}), "
+          f"browser TTFT <= 150 ms ({'not measured' if not clicks else 'met' if _med([c['paint_ms'] for c in clicks]) <= 150 else 'MISSED'})")
+    out = ROOT / "bench" / "results" / (f"ui-{a.tag}.json" if a.tag else "ui.json")
+    out.write_text(json.dumps({"machine": platform.platform(), "python": platform.python_version(),
+                               "cores": os.cpu_count(), "when": time.strftime("%Y-%m-%d %H:%M"),
+                               "first_visit": visits, "switches": switches, "ttft_model": TTFT_MODEL,
+                               "settle_s": a.settle, "ttft_tokens": a.tokens, "ttft": clicks, "log_flags": warnings,
+                               "medians": {"first_visit": med, "switches": {p: _med(v) for p, v in switches.items()},
+                                           "ttft_paint_ms": _med([c["paint_ms"] for c in clicks])}},
+                              indent=2))
+    print(f"wrote {out.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()
