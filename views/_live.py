@@ -108,17 +108,27 @@ def show_link(live: LiveRun, page: str) -> None:
                    "it and stop it; nobody without it can find it.")
 
 
+def _milestones(live: LiveRun) -> tuple:
+    """Per model: its status and whether it has a token yet (a change here is drawn at once)."""
+    return tuple((s["status"], s["new_tokens"] > 0) for s in map(live.run.stats, range(len(live.slots))))
+
+
 def follow(live: LiveRun, redraw: Callable[[], None], every_s: float = 0.0) -> None:
-    """While the run goes on: drain its events and call ``redraw`` (at most once per ``every_s``);
-    then rerun the page so it draws its final form. A click on any widget interrupts this loop
-    (Streamlit stops the script at its next element call), so Stop and page switches stay live."""
+    """While the run goes on: drain its events and call ``redraw``: at once when a model starts, shows its
+    first token or ends, otherwise at most once per ``every_s`` (the text streaming on); then rerun the page
+    so it draws its final form. A click on any widget interrupts this loop (Streamlit stops the script at its
+    next element call), so Stop and page switches stay live."""
     if live.done:
         return
-    last, seen = 0.0, live.version
+    last, seen, marks = 0.0, live.version, _milestones(live)
     while not live.done:
-        live.pump(0.1)  # another tab with the link may drain some events: redraw on any change
-        if live.version != seen and time.monotonic() - last >= every_s:
-            seen = live.version
+        # wait for news, but with a change already waiting only until its redraw is due
+        live.pump(0.1 if live.version == seen else max(0.0, min(0.1, last + every_s - time.monotonic())))
+        if live.version == seen:  # another tab with the link may drain some events: any change counts
+            continue
+        now = _milestones(live)
+        if now != marks or time.monotonic() - last >= every_s:
+            seen, marks = live.version, now
             redraw()
             last = time.monotonic()
     st.rerun()

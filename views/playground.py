@@ -158,6 +158,12 @@ def _page() -> None:
     prompt = setting("pg_prompt", "The quick brown fox", st.text_area, url=False, label="Prompt", height=100,
                      help="Kept while you switch pages. Every model gets the same prompt.")
     s = _settings(hw)
+    _run(models, prompt, s)
+
+
+@st.fragment  # a click on Generate or Stop reruns this part only: the run starts, and shows, sooner
+def _run(models: list[_state.Model], prompt: str, s: dict) -> None:
+    """Generate, Stop and the run: its columns, then its tables."""
     with st.container(horizontal=True, gap="small", vertical_alignment="center"):
         generate = st.button("Generate", type="primary", icon=":material/play_arrow:")
         stop_slot = st.empty()  # drawn after a new run starts, so Stop is live during it
