@@ -1,10 +1,18 @@
 """ArchLab: compare LLM architectures side by side. Run: streamlit run app.py"""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-import streamlit as st
+# Before torch is first imported (never by Streamlit itself): idle OpenMP threads sleep instead of spinning.
+# A shared server's cores also run sessions, workers and browsers; spinning threads of a 2-thread team then
+# wait on each other for whole time slices (a small miniature's first token: ~100 ms instead of ~10 ms).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+import streamlit as st  # noqa: E402
+
+from backend.arch import catalog, libs
+from backend.present import warmup
 from views import _state
 
 ROOT = Path(__file__).resolve().parent
@@ -18,6 +26,8 @@ PAGES = (
     ("views/routing.py", "Routing", ":material/alt_route:", "routing"),
     ("views/experiments.py", "Experiments", ":material/science:", "experiments"),
 )
+#: pages whose modules import torch (the runtime, training): on a fresh server they wait for it under a spinner
+NEEDS_TORCH = ("playground", "routing", "experiments")
 
 st.set_page_config(page_title="ArchLab", page_icon=":material/account_tree:", layout="wide")
 pages = [st.Page(str(ROOT / f), title=t, icon=i, url_path=u, default=n == 0)
@@ -27,4 +37,10 @@ st.sidebar.title("ArchLab")
 st.sidebar.caption("Compare LLM architectures side by side: exact parameters, memory and block diagrams "
                    "from the published configs.")
 _state.sidebar()
-nav.run()
+if nav.url_path in NEEDS_TORCH and not libs.loaded():
+    with st.spinner("Loading PyTorch and transformers (once after the server starts, a few seconds)…"):
+        libs.load()
+try:
+    nav.run()
+finally:  # once this first page is drawn (or left), warm up what the next pages need: once per server
+    warmup.start([m.id for m in _state.selected() if m.id in catalog.keys()] or _state.DEFAULT_MODELS)

@@ -6,16 +6,18 @@ import json
 import logging
 import re
 from functools import lru_cache
-from typing import Iterator, Mapping
+from typing import TYPE_CHECKING, Iterator, Mapping
 
-import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
 from backend.arch.configs import ModelSource
 from backend.arch.errors import ArchLabError
-from backend.present import export, tables
+from backend.present import export
 from backend.present.text import md
+
+if TYPE_CHECKING:  # pandas takes 0.4 s to import on a fresh server: tables import it when first drawn, so a
+    import pandas as pd  # page's first charts reach the browser (which then loads Plotly) without waiting
 
 log = logging.getLogger("archlab.pages")
 PLOTLY_CONFIG = {"displaylogo": False, "toImageButtonOptions": {"format": "png", "scale": 2}}
@@ -34,9 +36,13 @@ def guard(what: str = "this section") -> Iterator[None]:
                  "The other sections still work; please report this.")
 
 
-@st.cache_data(show_spinner=False, max_entries=256)
+# The spinner shows only when a table is computed and that takes over half a second (the first one after a
+# server start may wait for PyTorch to load).
+@st.cache_data(show_spinner="Computing… (the first table after a server start also loads PyTorch)", max_entries=256)
 def table(name: str, models: Mapping[str, ModelSource], **kwargs) -> pd.DataFrame:
     """A backend.present.tables function, cached by its arguments (model configs included)."""
+    from backend.present import tables
+
     return getattr(tables, name)(dict(models), **kwargs)
 
 
@@ -80,6 +86,8 @@ def chart(fig: go.Figure, name: str, caption: str = "") -> None:
 def frame(df: pd.DataFrame | "pd.io.formats.style.Styler", name: str, caption: str = "",
           csv: pd.DataFrame | None = None, **kwargs) -> None:
     """A table, its caption and a CSV download button (of ``csv`` if given, else of the table shown)."""
+    import pandas as pd
+
     data = csv if csv is not None else (df if isinstance(df, pd.DataFrame) else df.data)
     st.dataframe(df, **kwargs)
     if caption:

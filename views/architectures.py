@@ -1,22 +1,48 @@
-"""Architectures: block diagrams side by side with their differences highlighted, and the feature matrix."""
+"""Architectures: block diagrams side by side with their differences from a baseline model (or between any)
+highlighted, and the feature matrix marked the same way."""
 from __future__ import annotations
 
 import streamlit as st
 
-from backend.arch.architecture import arch_spec
+from backend.arch.architecture import arch_spec, resolve
 from backend.present import diagram
 from backend.present.colors import HIGHLIGHT
 from backend.present.text import md, swatch
-from backend.present.tables import entry
 from views import _state, _ui
+from views._state import choice, setting
 
 PER_ROW = 3
+#: "Compare against" value meaning "mark what differs between any of the selected models"
+ANY = "any"
+SHADE = "background-color: #fdebd0"
 
 
-@st.cache_data(show_spinner=False, max_entries=64)
-def _figures(models: dict, colors: dict) -> dict:
+# Shared by all sessions and not copied per rerun (cache_data would unpickle the figures every time);
+# nothing mutates them (st.plotly_chart and the downloads read copies).
+@st.cache_resource(show_spinner="Drawing the block diagrams…", max_entries=64)
+def _figures(models: dict, colors: dict, baseline: str | None) -> tuple[dict, dict]:
     specs = {label: arch_spec(src) for label, src in models.items()}
-    return diagram.comparison_figures(specs, colors), diagram.legend_items(list(specs.values()))
+    return diagram.comparison_figures(specs, colors, baseline), diagram.legend_items(list(specs.values()))
+
+
+def _baseline(models: list[_state.Model]) -> _state.Model | None:
+    """The "Compare against" choice (URL ``?base=``, default the first selected model): the baseline model,
+    or None for "differs from any" (and for a single model: nothing to compare)."""
+    ids = [m.id for m in models]
+    if len(ids) < 2:
+        return None
+    options = ids + [ANY]
+    ss = st.session_state
+    if "base" in ss and ss["base"] not in options:  # the baseline was taken out of the selection
+        ss["base"] = ss["_w_base"] = ids[0]
+    labels = {m.id: m.label for m in models}
+    value = setting("base", ids[0], st.selectbox, choice(options), label="Compare against", options=options,
+                    format_func=lambda i: labels.get(i, "any of them (what differs between any)"), width=420,
+                    help="Mark what differs from this model (the baseline), or what differs between any of the "
+                    "selected models. Applies to the block diagrams and the feature matrix.")
+    if value.startswith((_state.CUSTOM, _state.LOCAL)):  # a visitor's own model: not mirrored into links
+        st.query_params.pop("base", None)
+    return None if value == ANY else next(m for m in models if m.id == value)
 
 
 def _legend(items: dict[str, str]) -> None:
@@ -25,17 +51,24 @@ def _legend(items: dict[str, str]) -> None:
     st.markdown(f"<small>Layer strip: {chips}</small>", unsafe_allow_html=True)
 
 
-def _diagrams(models: list[_state.Model]) -> None:
+def _diagrams(models: list[_state.Model], base: _state.Model | None) -> None:
     st.subheader("Block diagrams")
     st.caption("Each column is one model, read top to bottom: tokens are embedded, pass through one decoder "
                "block repeated N times (the dashed frame; lines on the right are residual connections, ⊕ adds "
                "them back), then a final norm and the LM head that scores every vocabulary entry. All diagrams "
-               "share one scale and rows line up. "
-               + (f"Boxes outlined in <span style='color:{HIGHLIGHT}'><b>orange with a ≠ badge</b></span> differ "
-                  "between the selected models; the differing lines are written in orange."
-                  if len(models) > 1 else "Select two or more models to see their differences highlighted."),
-               unsafe_allow_html=True)
-    figs, legend = _figures({m.label: m.source for m in models}, {m.label: m.color for m in models})
+               "share one scale and rows line up.")
+    if len(models) < 2:
+        st.caption("Select two or more models to see their differences highlighted.")
+    else:  # no model name in this HTML (a name may be a visitor's text): the baseline's diagram says which
+        badge = "≠ baseline" if base else "≠ differs"
+        st.caption(f"Boxes outlined in <span style='color:{HIGHLIGHT}'><b>orange with a {badge} badge</b></span>, "
+                   "and the lines written in orange, "
+                   + ("differ from the baseline chosen under <i>Compare against</i> (its diagram is titled "
+                      "<i>baseline</i> and marks nothing)." if base else
+                      "differ between the selected models: a box is marked in every diagram when any two of them "
+                      "differ there."), unsafe_allow_html=True)
+    figs, legend = _figures({m.label: m.source for m in models}, {m.label: m.color for m in models},
+                            base.label if base else None)
     _legend(legend)
     for start in range(0, len(models), PER_ROW):
         row = models[start:start + PER_ROW]
@@ -44,25 +77,42 @@ def _diagrams(models: list[_state.Model]) -> None:
                 _ui.chart(figs[m.label], f"diagram {m.label}")
 
 
-def _matrix(models: list[_state.Model]) -> None:
+def _matrix(models: list[_state.Model], base: _state.Model | None) -> None:
     st.subheader("Feature matrix")
-    st.caption("One row per architectural choice, one column per model. Rows where the models differ are "
-               "shaded and marked ≠.")
+    baseline = base.label if base else None
+    st.caption("One row per architectural choice, one column per model. "
+               + (f"Cells that differ from **{md(base.label)}** (the baseline, chosen under *Compare against* "
+                  "above) are shaded; rows with any such cell are marked ≠." if baseline else
+                  "Rows where the models differ are shaded and marked ≠."))
+    from backend.present import tables  # pandas: imported once the diagrams are out (first visit)
+
     df = _ui.table("feature_matrix", {m.label: m.source for m in models})
-    only = st.toggle("Only rows that differ", value=False, disabled=len(models) < 2)
-    view = df[df["differs"]] if only else df
-    shown = view.drop(columns="differs")
-    shown.insert(0, "≠", view["differs"].map({True: "≠", False: ""}))
-    styled = shown.style.apply(lambda row: ["background-color: #fdebd0" if row["≠"] else "" for _ in row], axis=1)
-    _ui.frame(styled, "feature matrix", csv=view, height=min(38 + 35 * len(shown), 950), width="stretch",
-              column_config={"_index": st.column_config.Column("Feature", width="large"),
-                             "≠": st.column_config.Column(width=40)})
+    marks = tables.feature_marks(df, baseline)
+    rows = marks.any(axis=1)
+    only = st.toggle("Only rows that differ" + (" from the baseline" if baseline else ""), value=False,
+                     disabled=len(models) < 2)
+    keep = rows[rows].index if only else df.index
+    shown = df.loc[keep].drop(columns="differs")
+    shown.insert(0, "≠", rows[keep].map({True: "≠", False: ""}))
+    shade = marks.loc[keep].map(lambda hit: SHADE if hit else "")  # cells marked, and the ≠ column of their rows
+    shade.insert(0, "≠", rows[keep].map({True: SHADE, False: ""}))
+    styled = shown.style.apply(lambda _: shade, axis=None)
+    csv = df.loc[keep].drop(columns="differs")
+    csv["differs"] = rows[keep]
+    if baseline:  # which models differ from the baseline in each row
+        csv[f"differs from {baseline}"] = marks.loc[keep].apply(lambda r: ", ".join(c for c, hit in r.items() if hit),
+                                                               axis=1)
+    config = {"_index": st.column_config.Column("Feature", width="medium"), "≠": st.column_config.Column(width=40)}
+    if baseline:
+        config[baseline] = st.column_config.Column(f"{baseline} (baseline)")
+    _ui.frame(styled, "feature matrix", csv=csv, height=min(38 + 35 * len(shown), 950), width="stretch",
+              column_config=config)
 
 
 def _notes(models: list[_state.Model]) -> None:
     st.subheader("About each model")
     for m in models:
-        e = entry(m.source)
+        e = resolve(m.source).entry
         with st.container(border=True):
             with st.container(horizontal=True, gap="small"):  # the label may be a visitor's text: never in HTML
                 st.markdown(swatch(m.color), unsafe_allow_html=True, width="content")
@@ -82,9 +132,10 @@ st.caption("What the selected models are made of, drawn from their published con
            "(no weights are downloaded).")
 models = _state.selected()
 if _ui.need_models(models):
+    base = _baseline(models)
     with _ui.guard("the block diagrams"):
-        _diagrams(models)
+        _diagrams(models, base)
     with _ui.guard("the feature matrix"):
-        _matrix(models)
+        _matrix(models, base)
     with _ui.guard("the model notes"):
         _notes(models)

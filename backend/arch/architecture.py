@@ -2,9 +2,9 @@
 
 ``resolve(source)`` turns a catalog key or a config dict into an :class:`Architecture` at the boundary
 (the CLI, a table, ``runtime.load``); counting, memory, miniatures, placement and the runtime then take
-that object and read what they need from it, instead of canonicalising the source again. The config is
-validated when the object is made; the meta-device model, the spec and the counts are built on first use
-and kept on the object.
+that object and read what they need from it, instead of canonicalising the source again. A config dict is
+validated when the object is made (a catalog config on first use); the meta-device model, the spec and the
+counts are built on first use and kept on the object.
 """
 from __future__ import annotations
 
@@ -83,17 +83,21 @@ class Architecture:
 
     @_lazy
     def spec(self):
-        """The normalized :class:`~backend.arch.spec.ArchSpec`."""
+        """The normalized :class:`~backend.arch.spec.ArchSpec` (a catalog model's from ``assets/specs.json``
+        when that file was built by this code: no torch needed; see :mod:`backend.arch.speccache`)."""
+        from .speccache import lookup
         from .spec import read_spec
 
-        return read_spec(self.config, self.meta_model)
+        return lookup(self.canon) or read_spec(self.config, self.meta_model)
 
     @_lazy
     def counts(self):
-        """Exact parameters by component, summed over the meta model's tensors."""
+        """Exact parameters by component, summed over the meta model's tensors (a catalog model's from
+        ``assets/specs.json`` when that file was built by this code)."""
         from .counting import count_tensors
+        from .speccache import lookup_counts
 
-        return count_tensors(self.meta_model, self.spec)
+        return lookup_counts(self.canon) or count_tensors(self.meta_model, self.spec)
 
     @_lazy
     def formula_counts(self):
@@ -118,8 +122,9 @@ _guard = threading.Lock()
 def resolve(source: Source) -> Architecture:
     """The :class:`Architecture` of a source (the same object for the same config and name).
 
-    An Architecture passes through unchanged. ArchLabError for an unknown key or a config that
-    fails validation (checked here, before anything is built).
+    An Architecture passes through unchanged. ArchLabError for an unknown key or a config dict that
+    fails validation (checked here, before anything is built). A catalog model's shipped config (held valid
+    by the tests) is built on first use, so resolving one imports nothing heavy.
     """
     if isinstance(source, Architecture):
         return source
@@ -136,7 +141,8 @@ def resolve(source: Source) -> Architecture:
             _resolved.move_to_end(ident)
             return hit
     arch = Architecture(canon, name, key)
-    arch.config  # validate now: a bad config fails at the boundary, with one line
+    if key is None:
+        arch.config  # validate now: a bad config fails at the boundary, with one line
     with _guard:
         arch = _resolved.setdefault(ident, arch)
         while len(_resolved) > MAX_RESOLVED:

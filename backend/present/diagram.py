@@ -2,7 +2,8 @@
 
 A diagram is a column of *elements* (embedding, norms, attention, MLP/MoE, pattern strip, head).
 Each element has an id and keyed text lines; :func:`diff` compares those lines across specs, so
-what is highlighted is exactly what is drawn differently.
+what is highlighted is exactly what is drawn differently. :func:`marks` decides what each diagram
+marks: what differs from a baseline model (the default on the page), or what differs between any.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Mapping, Optional, Sequence
 
 import plotly.graph_objects as go
 
+from ..arch.errors import ArchLabError
 from ..arch.spec import ArchSpec
 from .colors import COMPONENT_COLORS, HIGHLIGHT, LAYER_COLORS
 
@@ -165,6 +167,22 @@ def diff(specs: Sequence[ArchSpec]) -> dict[str, set[str]]:
     return out
 
 
+def marks(specs: Mapping[str, ArchSpec], baseline: Optional[str] = None) -> dict[str, dict[str, set[str]]]:
+    """Label -> the :func:`diff` marks its diagram shows.
+
+    With a ``baseline`` (one of the labels), each diagram marks what differs from the baseline's diagram
+    and the baseline marks nothing. Without (``None``, "differs from any"), every diagram marks what
+    differs anywhere among ``specs``. ArchLabError for a baseline that is not among them.
+    """
+    if baseline is None:
+        common = diff(list(specs.values()))
+        return {label: common for label in specs}
+    if baseline not in specs:
+        raise ArchLabError(f"the baseline {baseline!r} is not among the models compared")
+    base = specs[baseline]
+    return {label: {} if label == baseline else diff([base, s]) for label, s in specs.items()}
+
+
 def row_heights(specs: Sequence[ArchSpec]) -> dict[str, float]:
     """Height of every row, the max over specs, so that rows line up across diagrams."""
     h = dict.fromkeys(ORDER, 0.0)
@@ -204,8 +222,10 @@ def _text(e: Element, marked: set[str]) -> str:
 
 def block_figure(spec: ArchSpec, title: str = "", color: str = "#444444",
                  marked: Optional[Mapping[str, set[str]]] = None,
-                 heights: Optional[Mapping[str, float]] = None) -> go.Figure:
-    """The block diagram of one spec. ``marked`` = :func:`diff` output; ``heights`` = shared rows."""
+                 heights: Optional[Mapping[str, float]] = None, badge: str = "≠ differs",
+                 note: str = "") -> go.Figure:
+    """The block diagram of one spec. ``marked`` = :func:`diff` output (its boxes outlined and tagged with
+    ``badge``); ``heights`` = shared rows; ``note`` = a grey word after the title (e.g. "baseline")."""
     marked = marked or {}
     els = {e.id: e for e in elements(spec)}
     top, extent = _positions(heights or row_heights([spec]))
@@ -220,7 +240,7 @@ def block_figure(spec: ArchSpec, title: str = "", color: str = "#444444",
         notes.append(dict(x=(X0 + X1) / 2, y=text_top, text=_text(e, marked.get(e.id, set()) if hit else set()),
                           yanchor="top", showarrow=False, align="center", font=dict(size=11)))
         if hit:
-            notes.append(dict(x=X1, y=y0, text="<b> ≠ differs </b>", showarrow=False, xanchor="right", yanchor="middle",
+            notes.append(dict(x=X1, y=y0, text=f"<b> {_esc(badge)} </b>", showarrow=False, xanchor="right", yanchor="middle",
                               bgcolor=HIGHLIGHT, font=dict(color="white", size=9), borderpad=1))
 
     # main stream, drawn below everything
@@ -260,18 +280,22 @@ def block_figure(spec: ArchSpec, title: str = "", color: str = "#444444",
         hy.append(y0 + h / 2)
         htext.append(_esc(e.title) + "<br>" + "<br>".join(_esc(t) for _, t in e.lines))
 
-    fig = go.Figure(go.Scatter(x=hx, y=hy, mode="markers", marker=dict(size=1, opacity=0), hovertext=htext,
-                               hoverinfo="text", showlegend=False))
-    fig.update_layout(
+    shapes.append(dict(type="rect", xref="paper", yref="paper", x0=0, x1=1, y0=1.0, y1=1.012, fillcolor=color,
+                       line=dict(width=0)))  # the model's colour along the top
+    layout = dict(
         shapes=shapes, annotations=notes, height=int(extent * PX) + 60, margin=dict(l=4, r=4, t=46, b=4),
-        title=dict(text=f"<b>{_esc(title)}</b>", font=dict(color=color, size=15), x=0.5, xanchor="center"),
+        title=dict(text=f"<b>{_esc(title)}</b>" + (f"  <span style='color:#777777;font-size:12px'>{_esc(note)}</span>"
+                                                   if note else ""),
+                   font=dict(color=color, size=15), x=0.5, xanchor="center"),
         xaxis=dict(range=[0, 100], visible=False, fixedrange=True),
         yaxis=dict(range=[extent, 0], visible=False, fixedrange=True),
         plot_bgcolor="white", paper_bgcolor="white", hovermode="closest",
     )
-    fig.add_shape(type="rect", xref="paper", yref="paper", x0=0, x1=1, y0=1.0, y1=1.012, fillcolor=color,
-                  line=dict(width=0))
-    return fig
+    data = [dict(type="scatter", x=hx, y=hy, mode="markers", marker=dict(size=1, opacity=0), hovertext=htext,
+                 hoverinfo="text", showlegend=False)]
+    # Not validated while built: plotly checks each of a diagram's ~200 shapes (0.1-0.2 s a diagram, on the
+    # first page's path); tests/test_baseline.py validates these figures and holds them equal.
+    return go.Figure(dict(data=data, layout=layout), _validate=False)
 
 
 def _cells(s: ArchSpec, y: float, shapes: list, notes: list, hx: list, hy: list, htext: list) -> None:
@@ -308,9 +332,14 @@ def legend_items(specs: Sequence[ArchSpec]) -> dict[str, str]:
     return {names[k]: v for k, v in seen.items()}
 
 
-def comparison_figures(specs: Mapping[str, ArchSpec], colors: Mapping[str, str]) -> dict[str, go.Figure]:
-    """One figure per label, at one scale, rows aligned, with the elements that differ highlighted."""
-    specs_list = list(specs.values())
-    marked = diff(specs_list)
-    heights = row_heights(specs_list)
-    return {label: block_figure(s, label, colors.get(label, "#444444"), marked, heights) for label, s in specs.items()}
+def comparison_figures(specs: Mapping[str, ArchSpec], colors: Mapping[str, str],
+                       baseline: Optional[str] = None) -> dict[str, go.Figure]:
+    """One figure per label, at one scale, rows aligned, with the elements that differ highlighted: from the
+    ``baseline`` label's model (badge "≠ baseline", the baseline's own diagram titled as such), or with
+    ``baseline=None`` between any of them (badge "≠ differs"). See :func:`marks`."""
+    marked = marks(specs, baseline)
+    heights = row_heights(list(specs.values()))
+    badge = "≠ differs" if baseline is None else "≠ baseline"
+    return {label: block_figure(s, label, colors.get(label, "#444444"), marked[label], heights, badge,
+                                "baseline" if label == baseline and len(specs) > 1 else "")
+            for label, s in specs.items()}

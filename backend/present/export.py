@@ -5,13 +5,15 @@ import shutil
 import threading
 import warnings
 from html import escape
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
-import pandas as pd
 import plotly.graph_objects as go
 import plotly.io as pio
 
 from ..arch.errors import ArchLabError
+
+if TYPE_CHECKING:  # pandas (0.4 s to import) is not needed to draw charts: a page's first charts go out without it
+    import pandas as pd
 
 #: Browser names kaleido (choreographer) looks for on PATH; we never download one.
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")

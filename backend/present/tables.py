@@ -12,6 +12,7 @@ import pandas as pd
 from ..arch import catalog
 from ..arch.architecture import Architecture, Source, resolve
 from ..arch.counting import COMPONENT_LABELS, COMPONENTS
+from ..arch.errors import ArchLabError
 from ..arch.memory import DTYPE_BYTES, GiB, device_plan, kv_cache
 from ..arch.memory import weights_table as _weights
 from ..arch.spec import ArchSpec
@@ -75,12 +76,27 @@ def _features(s: ArchSpec) -> dict[str, str]:
 
 
 def feature_matrix(models: Models) -> pd.DataFrame:
-    """Rows = features, columns = models, plus a boolean ``differs`` column."""
+    """Rows = features, columns = models, plus a boolean ``differs`` column (the models do not all agree)."""
     cols = {label: _features((src if isinstance(src, Architecture) else resolve(src)).spec) for label, src in models.items()}
     df = pd.DataFrame(cols)
     df.index.name = "Feature"
     df["differs"] = df.nunique(axis=1) > 1 if len(cols) > 1 else False
     return df
+
+
+def feature_marks(matrix: pd.DataFrame, baseline: str | None = None) -> pd.DataFrame:
+    """Which cells of a :func:`feature_matrix` to mark (booleans, same rows, one column per model).
+
+    With a ``baseline`` (one of the model columns): the cells that differ from the baseline's cell in their
+    row; the baseline's own cells never. Without (``None``, "differs from any"): every cell of a row where
+    the models do not all agree. ArchLabError for a baseline that is not a column.
+    """
+    models = [c for c in matrix.columns if c != "differs"]
+    if baseline is None:
+        return pd.DataFrame({c: matrix["differs"].astype(bool) for c in models}, index=matrix.index)
+    if baseline not in models:
+        raise ArchLabError(f"the baseline {baseline!r} is not among the models compared")
+    return pd.DataFrame({c: matrix[c] != matrix[baseline] for c in models}, index=matrix.index)
 
 
 def params_table(models: Models) -> pd.DataFrame:
