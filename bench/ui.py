@@ -115,6 +115,15 @@ def first_visit(browser, root: Path = ROOT, timeout_ms: float = 120_000) -> tupl
     """A fresh server and a new browser context opening ``/``: (timings, server, context, page)."""
     server = Server(root)
     context = browser.new_context(viewport={"width": 1440, "height": 1000})
+    try:
+        return _first_visit(server, context, timeout_ms)
+    except BaseException:  # the caller only stops a server it got back
+        context.close()
+        server.stop()
+        raise
+
+
+def _first_visit(server: Server, context, timeout_ms: float) -> tuple:
     page = context.new_page()
     page.set_default_timeout(timeout_ms)
     r = {"server_ready_s": server.ready_s}
