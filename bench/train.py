@@ -7,8 +7,10 @@
 Per architecture (sized by backend.train.budget to the same budget, batch 64 × 256 on a GPU): steps/s of the
 trainer's own step (``backend.train.trainer.Member``), tokens/s, and MFU = training FLOPs per token
 (``budget.flops_per_token``) × tokens/s ÷ the GPU's published dense bf16 peak (``assets/gpus.json``).
-"default" is the trainer as it runs (MoE experts through grouped_mm); "stock" leaves transformers' default
-expert kernel; "compile" adds torch.compile. ``--concurrent N`` trains N architectures at once in N worker
+"default" is the trainer as it runs (MoE experts through grouped GEMMs in the autocast dtype, ``train/experts.py``);
+"fp32-grouped" is transformers' grouped_mm as is (fp32 under autocast with fp32 master weights); "stock" leaves
+transformers' default expert kernel; "compile" adds torch.compile. Carry flash-linear-attention (+ fla-core, einops)
+for Qwen3-Next's gated delta rule on a GPU. ``--concurrent N`` trains N architectures at once in N worker
 processes through ``TrainingRun`` (the app's path) and reports their aggregate tokens/s. Peak memory per
 model alone is written to bench/results/train-memory.json (for the Parameters page's training-memory check).
 Results: bench/results/train-<device>[-tag].json.
@@ -65,9 +67,10 @@ def throughput(keys, recipe, steps: int, variant: str, device) -> list[dict]:
     rows = []
     for key in keys:
         s = budget.size_to_budget(key, recipe.budget, recipe.budget_metric, seq_len=recipe.seq_len, vocab=d.vocab_size,
-                                  max_positions=max(1024, recipe.seq_len), layers=recipe.layers)
+                                  max_positions=max(1024, recipe.seq_len), layers=recipe.layers,
+                                  min_head_dim=recipe.min_head_dim)
         r = recipe if variant != "compile" else replace(recipe, compile=True)
-        m = Member(key, s, r, device).start(experts_impl=None if variant == "stock" else "grouped_mm")
+        m = Member(key, s, r, device).start(experts_impl={"stock": None, "fp32-grouped": "grouped_mm"}.get(variant, "grouped"))
         warm = 8 if variant == "compile" else 3
         for _ in range(warm):
             m.train_step(stream[m.step])
@@ -152,17 +155,61 @@ def cpu_probe(keys, minutes_target: float = 5.0) -> dict:
     return out
 
 
+def zoo_check(processes: int, tolerance: float = 0.02) -> dict:
+    """Retrain the shipped zoo's seed-0 corpus models with its recorded recipe and compare each final validation
+    loss (bf16 checkpoint evaluated as shipped) with the shipped one."""
+    import tempfile
+    from dataclasses import replace
+
+    from backend.arch.catalog import get as entry
+    from backend.live import zoo as live_zoo
+    from backend.train import zoo
+    from backend.train.recipe import MAX_MODELS, Recipe, RunSpec
+    from backend.train.runner import TrainingRun
+
+    index = live_zoo.index()
+    if not index:
+        raise SystemExit("no shipped zoo to check (assets/zoo/index.json)")
+    recipe = replace(Recipe.from_dict(index["recipe"]), seed=index["seeds"][0])
+    gs = zoo.groups(recipe, sorted(index["models"], key=list(index["models"]).index))
+    reps = [g["keys"][0] for g in gs]
+    root = Path(tempfile.mkdtemp())
+    t0 = time.perf_counter()
+    runs = zoo._run_all([RunSpec(tuple(reps[i:i + MAX_MODELS]), recipe, "auto") for i in range(0, len(reps), MAX_MODELS)],
+                        root, processes, 2, print)
+    rows = []
+    for r in runs:
+        for res in r.view().results:
+            shipped = index["models"][res["model"]]["val_loss"]
+            bf16 = root / "as_shipped" / res["model"]
+            from transformers import AutoModelForCausalLM
+            import torch
+
+            AutoModelForCausalLM.from_pretrained(res["checkpoint"], dtype=torch.float32).to(torch.bfloat16).save_pretrained(str(bf16))
+            again = zoo._shipped_val_loss(bf16, recipe)
+            rows.append({"model": res["model"], "name": entry(res["model"]).name, "shipped_val_loss": shipped,
+                         "retrained_val_loss": again, "relative_difference": again / shipped - 1,
+                         "within_2_percent": abs(again / shipped - 1) <= tolerance})
+            print(f"  {res['model']:20s} shipped {shipped:.4f} retrained {again:.4f} "
+                  f"({(again / shipped - 1) * 100:+.2f} %)", flush=True)
+    return {"rows": rows, "wall_s": time.perf_counter() - t0, "all_within": all(r["within_2_percent"] for r in rows),
+            "tolerance": tolerance}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--gpu", action="store_true")
     ap.add_argument("--models", default=None)
-    ap.add_argument("--budget", default="5M")
+    ap.add_argument("--budget", default=None, help="default: the preset's")
+    ap.add_argument("--preset", default="small", help="recipe preset the models are shaped and trained with")
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--variants", default="default")
     ap.add_argument("--concurrent", type=int, default=0, help="also train the models at once in N processes")
     ap.add_argument("--concurrent-steps", type=int, default=60)
     ap.add_argument("--memory", action="store_true", help="write bench/results/train-memory.json (GPU)")
     ap.add_argument("--tag", default="")
+    ap.add_argument("--zoo", action="store_true", help="retrain the shipped zoo (seed 0) and check its validation losses")
+    ap.add_argument("--processes", type=int, default=8)
     a = ap.parse_args()
     import torch
 
@@ -172,14 +219,16 @@ def main() -> int:
     import transformers
 
     out["transformers"] = transformers.__version__
-    if not a.gpu:
+    if a.zoo:
+        out["zoo_check"] = zoo_check(a.processes)
+    elif not a.gpu:
         out["cpu_mqar"] = cpu_probe(a.models.split(",") if a.models else CPU_MODELS)
     else:
         if not torch.cuda.is_available():
             print("no CUDA GPU", file=sys.stderr)
             return 2
         keys = a.models.split(",") if a.models else GPU_MODELS
-        recipe = preset("small", budget=parse_amount(a.budget))
+        recipe = preset(a.preset, **({"budget": parse_amount(a.budget)} if a.budget else {}))
         out["recipe"] = recipe.as_dict()
         out["throughput"] = []
         for variant in a.variants.split(","):

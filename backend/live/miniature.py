@@ -188,7 +188,9 @@ def shrink(source: Source, knobs: Knobs) -> dict[str, Any]:
     if any(name in d for name in ALIASES["num_key_value_heads"]):
         _set(d, "num_key_value_heads", kv_heads)
     _set(d, "num_hidden_layers", n)
-    step, floor = (4, 4) if knobs.width_mult != 1.0 else (8, 16)
+    # Budget fine-tuning moves widths in steps of 4; expert weights stay multiples of 8 (16-byte rows in bf16,
+    # which grouped GEMMs require).
+    step, floor = ((8 if spec.moe is not None else 4), 8) if knobs.width_mult != 1.0 else (8, 16)
     for w in _WIDTHS:
         if isinstance(d.get(w), int) and d[w] > 0:
             d[w] = max(floor, int(round(d[w] * scale * knobs.width_mult / step)) * step)

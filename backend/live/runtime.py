@@ -26,7 +26,7 @@ from ..arch.memory import GiB, device_plan, kv_cache, weight_bytes
 from ..arch.spec import ArchSpec
 from .miniature import MINIATURE_SIZES, miniature
 
-MODES = ("miniature", "full", "pretrained")
+MODES = ("miniature", "full", "pretrained", "trained")
 DEVICES = ("auto", "cpu", "cuda", "multi-gpu")
 DTYPES = ("auto", "fp32", "bf16", "fp16")
 #: Share of free memory kept for activations, KV cache and allocator slack.
@@ -45,7 +45,7 @@ __all__ = ["ModelRequest", "LoadedModel", "Placement", "load", "release", "relea
 @dataclass(frozen=True)
 class ModelRequest:
     source: str | dict          # catalog key, or a config dict (uploaded config.json)
-    mode: str = "miniature"     # "miniature" | "full" | "pretrained"
+    mode: str = "miniature"     # "miniature" | "full" | "pretrained" | "trained" (a shipped trained miniature)
     size: str = "small"         # miniature preset
     path: str | None = None     # pretrained: local folder, or a repo id in the HF hub cache
     device: str = "auto"        # "auto" | "cpu" | "cuda" | "multi-gpu"
@@ -54,11 +54,11 @@ class ModelRequest:
 
     def architecture(self) -> Optional[Architecture]:
         """The source resolved (None in pretrained mode: the checkpoint's config decides)."""
-        return None if self.mode == "pretrained" else resolve(self.source)
+        return None if self.mode in ("pretrained", "trained") else resolve(self.source)
 
     def key(self, arch: Optional[Architecture] = None) -> str:
         """Hashable identity (the source may be a dict); ``arch``: the source already resolved."""
-        if self.mode == "pretrained":
+        if self.mode in ("pretrained", "trained"):
             src = repr(self.source)
         else:
             src = (arch or resolve(self.source)).canon
@@ -446,6 +446,8 @@ def _build(request: ModelRequest, arch: Optional[Architecture], progress: Callab
     try:
         if request.mode == "pretrained":
             return _pretrained(request, progress, t0)
+        if request.mode == "trained":
+            return _trained(request, progress, t0)
         if request.mode == "miniature":
             if request.size not in MINIATURE_SIZES:
                 raise ArchLabError(f"unknown miniature size {request.size!r}; choose one of {', '.join(MINIATURE_SIZES)}")
@@ -466,12 +468,32 @@ def _build(request: ModelRequest, arch: Optional[Architecture], progress: Callab
 
 
 def _pretrained(request: ModelRequest, progress, t0: float) -> LoadedModel:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     folder = resolve_checkpoint(request.path)
     arch = resolve(check_checkpoint(folder))
     check_weights(folder, arch)
     label = f"{folder.name if folder.parent.name != 'snapshots' else request.path} (pretrained)"
+    return _load_folder(request, folder, arch, label, progress, t0)
+
+
+def _trained(request: ModelRequest, progress, t0: float) -> LoadedModel:
+    """A shipped trained miniature (``live.zoo``), with the shipped tokenizer beside it."""
+    from . import zoo
+    from .tokenizer import load_offline
+
+    if not isinstance(request.source, str):
+        raise ArchLabError("trained miniatures are shipped for catalog models only")
+    model = zoo.get(request.source)
+    arch = resolve(json.loads((model.folder / "config.json").read_text()))
+    check_weights(model.folder, arch)
+    return _load_folder(request, model.folder, arch, f"{configs.label(request.source)} (trained miniature)", progress,
+                        t0, tokenizer=load_offline())
+
+
+def _load_folder(request: ModelRequest, folder: Path, arch: Architecture, label: str, progress, t0: float,
+                 tokenizer=None) -> LoadedModel:
+    """``from_pretrained`` of a checked folder onto the planned devices (its own tokenizer unless given one)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     with _admitted(arch, request.device, request.dtype) as placement:
         progress(f"loading {label} on {placement.kind} ({_gib(placement.need_bytes)} of {placement.dtype} weights)")
         dmap = placement.device_map if placement.kind == "multi-gpu" else placement.device_map[""]
@@ -482,7 +504,8 @@ def _pretrained(request: ModelRequest, progress, t0: float) -> LoadedModel:
                 model = AutoModelForCausalLM.from_pretrained(
                     str(folder), dtype=_torch_dtype(placement.dtype), device_map=dmap, local_files_only=True,
                     trust_remote_code=False, use_safetensors=True)
-            tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
+            if tokenizer is None:
+                tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
         except ArchLabError:
             raise
         except Exception as e:

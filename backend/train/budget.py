@@ -96,16 +96,28 @@ class Sized:
         return self.value / self.target - 1.0
 
 
-def _knobs(spec: ArchSpec, hidden: int, width: float, experts: Optional[int], seq_len: int, vocab: int,
-           eos: int, pad: int, max_positions: int, name: str, layers: int) -> Knobs:
-    return Knobs(hidden=hidden, heads=BASE_HEADS, layers=layers, experts=experts, window=scaled_window(spec, seq_len),
-                 width_mult=width, gqa_ratio=True, min_head_dim=MIN_HEAD_DIM, vocab=vocab, eos=eos, pad=pad,
-                 max_positions=max_positions, name=name)
+@dataclass(frozen=True)
+class Shape:
+    """What every miniature of a run shares besides the budget: training context, vocabulary and special
+    tokens, learned-position table length, target depth and the head-width floor."""
+    seq_len: int = 256
+    vocab: int = 2048
+    eos: int = 0
+    pad: int = 1
+    max_positions: int = 1024
+    layers: int = 8
+    min_head_dim: int = MIN_HEAD_DIM
+
+    def knobs(self, spec: ArchSpec, hidden: int, width: float, experts: Optional[int], name: str = "") -> Knobs:
+        return Knobs(hidden=hidden, heads=BASE_HEADS, layers=self.layers, experts=experts,
+                     window=scaled_window(spec, self.seq_len), width_mult=width, gqa_ratio=True,
+                     min_head_dim=self.min_head_dim, vocab=self.vocab, eos=self.eos, pad=self.pad,
+                     max_positions=self.max_positions, name=name)
 
 
 def size_to_budget(source: Source, target: float, metric: str = "active", *, seq_len: int = 256, vocab: int,
                    eos: int = 0, pad: int = 1, max_positions: int = 1024, max_total: Optional[int] = None,
-                   layers: int = 8) -> Sized:
+                   layers: int = 8, min_head_dim: int = MIN_HEAD_DIM) -> Sized:
     """The miniature of ``source`` whose ``metric`` is within ``TOLERANCE`` of ``target``.
 
     ``layers``: the target depth (whole periods of the layer pattern are kept, see ``layer_plan``).
@@ -122,14 +134,14 @@ def size_to_budget(source: Source, target: float, metric: str = "active", *, seq
     real = spec.moe.num_experts if spec.moe else None
     experts = real
     notes: list[str] = []
-    shape = (seq_len, vocab, eos, pad, max_positions, layers)
+    shape = Shape(seq_len, vocab, eos, pad, max_positions, layers, min_head_dim)
     while True:
-        found = _search(full, target, metric, experts, *shape, max_total=max_total)
+        found = _search(full, target, metric, experts, shape, max_total)
         if found is not None:
             break
         smaller = _fewer_experts(spec, experts)
         if smaller is None:
-            if max_total is not None and _search(full, target, metric, experts, *shape) is not None:
+            if max_total is not None and _search(full, target, metric, experts, shape) is not None:
                 raise ArchLabError(f"{full.label}: even with {experts} routed experts no miniature meets the budget "
                                    f"under the cap of {max_total:,} parameters")
             raise ArchLabError(_why_not(full, target, metric, experts, shape))
@@ -137,7 +149,7 @@ def size_to_budget(source: Source, target: float, metric: str = "active", *, seq
         notes.append(f"{experts} → {smaller} routed experts to fit {why}")
         experts = smaller
     mini = found
-    lost = check_miniature(spec, mini.spec, _plan_size(spec))
+    lost = check_miniature(spec, mini.spec, "small")
     lost = [x for x in lost if not x.startswith("layer pattern")]  # depth differs from the presets by design
     if lost:
         raise ArchLabError(f"{full.label}: the sized miniature would lose {'; '.join(lost)}")
@@ -147,10 +159,6 @@ def size_to_budget(source: Source, target: float, metric: str = "active", *, seq
     return Sized(full.label, mini.as_dict(), mini, metric, float(target), measure(mini, metric, seq_len),
                  mini.counts.total, mini.counts.active, mini.spec.moe.num_experts if mini.spec.moe else None, real,
                  tuple(notes))
-
-
-def _plan_size(spec: ArchSpec) -> str:
-    return "small"  # check_miniature's preset only matters for the layer pattern, which is skipped
 
 
 def _fmt(x: float) -> str:
@@ -168,9 +176,8 @@ def _fewer_experts(spec: ArchSpec, experts: Optional[int]) -> Optional[int]:
     return n if n >= max(2 * m.top_k, 2) else None
 
 
-def _build(full: Architecture, hidden: int, width: float, experts, seq_len, vocab, eos, pad, max_positions, layers):
-    d = shrink(full, _knobs(full.spec, hidden, width, experts, seq_len, vocab, eos, pad, max_positions,
-                            f"{full.label} (trained miniature)", layers))
+def _build(full: Architecture, hidden: int, width: float, experts, shape: Shape) -> Optional[Architecture]:
+    d = shrink(full, shape.knobs(full.spec, hidden, width, experts, f"{full.label} (trained miniature)"))
     try:
         arch = resolve(d)
         arch.counts
@@ -179,23 +186,23 @@ def _build(full: Architecture, hidden: int, width: float, experts, seq_len, voca
         return None
 
 
-def _why_not(full: Architecture, target: float, metric: str, experts, shape: tuple) -> str:
+def _why_not(full: Architecture, target: float, metric: str, experts, shape: Shape) -> str:
     """Why no miniature meets the budget, in one line: the smallest is too large, or the largest too small."""
     what = f"{_fmt(target)} {METRICS[metric]}"
     for hidden, width, word in ((HIDDEN_RANGE[0], WIDTH_RANGE[0], "smallest"), (HIDDEN_RANGE[1], WIDTH_RANGE[1], "largest")):
-        arch = _build(full, hidden, width, experts, *shape)
+        arch = _build(full, hidden, width, experts, shape)
         if arch is None:
             continue
-        v = measure(arch, metric, shape[0])
+        v = measure(arch, metric, shape.seq_len)
         if (word == "smallest" and v > target * (1 + TOLERANCE)) or (word == "largest" and v < target * (1 - TOLERANCE)):
             advice = "a larger budget or fewer layers" if word == "smallest" else "a smaller budget"
-            return f"{full.label}: the {word} miniature at {shape[5]} layers has {_fmt(v)} {METRICS[metric]}, " \
+            return f"{full.label}: the {word} miniature at {shape.layers} layers has {_fmt(v)} {METRICS[metric]}, " \
                    f"so it cannot meet {what} within ±{TOLERANCE:.0%}; try {advice}"
     return f"{full.label}: no miniature meets {what} within ±{TOLERANCE:.0%}"
 
 
-def _search(full: Architecture, target: float, metric: str, experts, seq_len, vocab, eos, pad, max_positions, layers,
-            max_total: Optional[int] = None):
+def _search(full: Architecture, target: float, metric: str, experts, shape: Shape,
+            max_total: Optional[int] = None) -> Optional[Architecture]:
     """The miniature closest to the real width ratio that meets the target (and the cap on total parameters).
 
     The hidden size is found by bisection with the widths at the real ratio; if neither hidden size around
@@ -203,15 +210,15 @@ def _search(full: Architecture, target: float, metric: str, experts, seq_len, vo
     larger hidden sizes with narrower widths (fewer parameters outside the active path) until one fits.
     """
     def at(hidden: int, width: float):
-        arch = _build(full, hidden, width, experts, seq_len, vocab, eos, pad, max_positions, layers)
-        return arch, (measure(arch, metric, seq_len) if arch is not None else None)
+        arch = _build(full, hidden, width, experts, shape)
+        return arch, (measure(arch, metric, shape.seq_len) if arch is not None else None)
 
     def fits(arch, v) -> bool:
         return v is not None and abs(v / target - 1) <= TOLERANCE and (max_total is None or arch.counts.total <= max_total)
 
-    heads, _ = attention_heads(full.spec, _knobs(full.spec, 64, 1.0, experts, seq_len, vocab, eos, pad,
-                                                 max_positions, "", layers))
-    step = math.lcm(4, heads)  # transformers validates hidden % heads for some model types
+    heads, _ = attention_heads(full.spec, shape.knobs(full.spec, 64, 1.0, experts))
+    # transformers validates hidden % heads for some model types; expert GEMMs want 16-byte rows in bf16
+    step = math.lcm(8 if full.spec.moe is not None else 4, heads)
     lo, hi = -(-HIDDEN_RANGE[0] // step), HIDDEN_RANGE[1] // step
     while lo < hi:  # smallest hidden whose metric reaches the target
         mid = (lo + hi) // 2
@@ -227,6 +234,10 @@ def _search(full: Architecture, target: float, metric: str, experts, seq_len, vo
     best = None
     wider = [h for h in range(lo * step + step, HIDDEN_RANGE[1] + 1, step)] if max_total is not None else []
     for hidden in near + wider:
+        if hidden in wider:
+            _, floor_v = at(hidden, WIDTH_RANGE[0])
+            if floor_v is not None and floor_v > target * (1 + TOLERANCE):
+                break  # from here on even the narrowest widths overshoot
         a, b = WIDTH_RANGE
         arch = v = None
         width = 1.0
@@ -237,12 +248,10 @@ def _search(full: Architecture, target: float, metric: str, experts, seq_len, vo
                 break
             a, b = (width, b) if v < target else (a, width)
         if not fits(arch, v):
-            if hidden > lo * step and (v is None or v > target * (1 + TOLERANCE)):
-                break  # even the narrowest widths overshoot from here on
-            continue
+            continue  # widths round to whole units: the band can fall between two of them
         score = (abs(math.log(width)), abs(v / target - 1))
         if best is None or score < best[0]:
             best = (score, arch)
-        if hidden > lo * step:
-            break  # the first larger hidden size that fits is the least distorted
+        if hidden in wider:
+            break  # total falls as the hidden size grows: the first larger one that fits is the least distorted
     return best[1] if best else None

@@ -46,6 +46,11 @@ def add_parser(sub) -> None:
     t.add_argument("--runs-dir", default=None, help="where the run folder goes (default: ARCHLAB_RUNS_DIR or runs/)")
     t.add_argument("--spec", default=None, help="a run-spec JSON (from --save-spec); the flags above are then ignored")
     t.add_argument("--save-spec", default=None, help="write the run spec to this file and exit")
+    t.add_argument("--zoo", action="store_true",
+                   help="train every catalog architecture with the zoo recipe and write assets/zoo (GPU)")
+    t.add_argument("--zoo-out", default=None, help="with --zoo: where to write the zoo (default assets/zoo)")
+    t.add_argument("--seeds", default="0,1,2", help="with --zoo: seeds of the leaderboard runs")
+    t.add_argument("--parallel", type=int, default=16, help="with --zoo: runs at once, each in a worker process")
 
 
 def _models(text: str) -> tuple:
@@ -115,6 +120,8 @@ def run(a) -> int:
 
     from .runner import TrainingRun
 
+    if a.zoo:
+        return _zoo(a)
     spec, upload = spec_from_args(a)
     if a.save_spec:
         Path(a.save_spec).write_text(spec.to_json() + "\n")
@@ -155,4 +162,32 @@ def run(a) -> int:
     print(f"{v.status}: {v.folder}" + (f" ({v.message})" if v.message else ""))
     if v.status == "failed":
         raise ArchLabError(v.message or "the run failed")
+    return 0
+
+
+def _zoo(a) -> int:
+    """``--zoo``: the zoo recipe (flags --tokens/--budget/--seed... override it), every catalog architecture
+    unless --models names some."""
+    from . import zoo
+
+    over = {}
+    if a.tokens is not None:
+        over["tokens"] = int(parse_amount(a.tokens))
+    if a.budget is not None:
+        over["budget"] = parse_amount(a.budget)
+    for flag in ("batch", "seq_len", "layers", "lr"):
+        if getattr(a, flag) is not None:
+            over[flag] = getattr(a, flag)
+    recipe = preset("zoo", **over)
+    try:
+        seeds = tuple(int(s) for s in a.seeds.split(",") if s.strip())
+    except ValueError:
+        raise ArchLabError(f"--seeds must be comma-separated integers, got {a.seeds!r}") from None
+    keys = [k for k in _models(a.models)] if a.models else None
+    if a.runs_dir:
+        os.environ["ARCHLAB_RUNS_DIR"] = str(Path(a.runs_dir).resolve())
+    out = zoo.build(Path(a.zoo_out) if a.zoo_out else None, recipe, seeds or (0,), keys,
+                    processes=a.processes if a.processes is not None else 1, parallel=a.parallel,
+                    log=lambda s: print(s, flush=True))
+    print(f"wrote {out}")
     return 0

@@ -47,6 +47,7 @@ class Recipe:
     budget: float = 1e6           # target of budget_metric per model
     tokens: int = 20_000_000      # training tokens per model
     layers: int = 8               # target depth of every miniature (whole periods of its layer pattern)
+    min_head_dim: int = 16        # head-width floor (the exact GQA ratio can call for many narrow heads)
     batch: int = 64
     seq_len: int = 256
     lr: float = 3e-3
@@ -93,6 +94,7 @@ class Recipe:
             (_num(self.budget) and 1e3 <= self.budget <= MAX_BUDGET,
              f"the budget must be between 1k and {MAX_BUDGET:,.0f}, got {self.budget!r}"),
             (_int(self.layers) and 1 <= self.layers <= 64, f"layers must be an integer from 1 to 64, got {self.layers!r}"),
+            (_int(self.min_head_dim) and 4 <= self.min_head_dim <= 256, "min_head_dim must be from 4 to 256"),
             (_int(self.batch) and 1 <= self.batch <= 4096, f"batch must be an integer from 1 to 4096, got {self.batch!r}"),
             (_int(self.seq_len) and 16 <= self.seq_len <= 8192 and self.seq_len % 2 == 0,
              f"sequence length must be an even integer from 16 to 8192, got {self.seq_len!r}"),
@@ -157,8 +159,8 @@ PRESETS: dict[str, Recipe] = {
     "tiny": Recipe(budget=200_000, layers=4, tokens=1_000_000, batch=16, seq_len=128, lr=3e-3, eval_windows=16,
                    probe_examples=64, name="tiny"),
     "small": Recipe(budget=5_000_000, tokens=20_000_000, batch=64, seq_len=256, lr=2e-3, name="small"),
-    "zoo": Recipe(budget=1_000_000, tokens=20_000_000, batch=64, seq_len=256, lr=3e-3, max_total=1_600_000,
-                  name="zoo"),
+    "zoo": Recipe(budget=300_000, layers=6, min_head_dim=8, tokens=6_000_000, batch=64, seq_len=256, lr=3e-3,
+                  max_total=1_500_000, name="zoo"),
 }
 
 

@@ -100,6 +100,9 @@ class Sink(Protocol):
 
 
 def _quiet_transformers():
+    from ..arch import libs
+
+    libs.load()
     import transformers
 
     tlog = logging.getLogger("transformers")
@@ -145,7 +148,9 @@ class TrainingRun:
     def start(self) -> "TrainingRun":
         if self._thread is not None:
             raise ArchLabError("this run has already started")
-        from transformers import AutoConfig, AutoModelForCausalLM  # noqa: F401  (first import is not thread-safe)
+        from ..arch import libs
+
+        libs.load()  # transformers' first import is not thread-safe: do it here, once per process
         self._thread = threading.Thread(target=self._work, daemon=True, name=f"archlab-train-{self.id[:6]}")
         self._thread.start()
         return self
@@ -259,7 +264,8 @@ class TrainingRun:
             self.model(i, status="sizing")
             try:
                 s = size_to_budget(source, r.budget, r.budget_metric, seq_len=r.seq_len, vocab=vocab, eos=eos,
-                                   pad=pad, max_positions=max(1024, r.seq_len), max_total=r.max_total, layers=r.layers)
+                                   pad=pad, max_positions=max(1024, r.seq_len), max_total=r.max_total, layers=r.layers,
+                                   min_head_dim=r.min_head_dim)
             except ArchLabError as e:
                 self.model(i, status="failed", error=str(e))
                 out.append(None)

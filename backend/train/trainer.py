@@ -44,19 +44,21 @@ def precision_of(device: torch.device, recipe: Recipe) -> str:
     return "bf16 autocast" if recipe.precision == "bf16" or (recipe.precision == "auto" and device.type == "cuda") else "fp32"
 
 
-def build_model(sized: Sized, seed: int, device: torch.device, experts_impl: Optional[str] = "grouped_mm"):
+def build_model(sized: Sized, seed: int, device: torch.device, experts_impl: Optional[str] = "grouped"):
     """The miniature with weights initialised from ``seed`` (the same seed for every model of a run).
 
-    ``experts_impl``: the MoE expert kernel (token-sorted grouped GEMMs train fastest, STACK-NOTES);
-    None keeps transformers' default."""
+    ``experts_impl``: the MoE expert kernel; "grouped" is transformers' token-sorted grouped GEMMs (fastest to
+    train, STACK-NOTES) run in the autocast dtype (``experts.py``); None keeps transformers' default."""
     from transformers import AutoModelForCausalLM
 
     with BUILD_LOCK, torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = AutoModelForCausalLM.from_config(sized.arch.config, dtype=torch.float32)
     if experts_impl and sized.arch.spec.moe is not None and hasattr(model, "set_experts_implementation"):
+        from .experts import register
+
         with contextlib.suppress(Exception):
-            model.set_experts_implementation(experts_impl)
+            model.set_experts_implementation(register() if experts_impl == "grouped" else experts_impl)
     return model.to(device).train()
 
 
@@ -107,7 +109,7 @@ class Member:
     def done(self) -> bool:
         return self.step >= self.recipe.steps
 
-    def start(self, experts_impl: Optional[str] = "grouped_mm") -> "Member":
+    def start(self, experts_impl: Optional[str] = "grouped") -> "Member":
         self.model = build_model(self.sized, self.recipe.seed, self.device, experts_impl)
         if self.recipe.compile and self.device.type == "cuda":
             self.model.forward = torch.compile(self.model.forward, dynamic=False)

@@ -1,0 +1,190 @@
+"""Build the trained zoo: every catalog architecture's miniature trained under one recorded recipe.
+
+``python -m backend train --zoo`` (on a GPU) sizes each catalog architecture to the zoo recipe
+(``recipe.PRESETS["zoo"]``), groups the catalog keys whose miniatures come out identical, trains each group on
+the shipped corpus with ``SEEDS`` seeds and on MQAR with the same seeds, and writes ``assets/zoo/``:
+the seed-0 corpus checkpoint of each group in bf16 (what ``live.zoo`` serves), ``index.json`` (recipe, per
+catalog key: folder, shipped validation loss, batch-stream hash, expert notes) and ``leaderboard.csv``
+(per architecture: validation loss and perplexity, MQAR accuracy, parameters, and the spread over the seeds).
+Runs go through ``TrainingRun`` in worker processes, several groups at once.
+"""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import tempfile
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import pandas as pd
+
+from ..arch import catalog
+from ..arch.architecture import resolve
+from ..arch.errors import ArchLabError
+from ..live import zoo as live_zoo
+from . import budget
+from .recipe import Recipe, RunSpec, preset
+from .runner import FINAL_WINDOWS, TrainingRun
+
+SEEDS = (0, 1, 2)
+#: MQAR part of the leaderboard: the zoo's miniatures trained on the probe, with shorter sequences and a third
+#: of the corpus runs' tokens
+MQAR = {"data": "mqar", "seq_len": 128}
+MQAR_SHARE = 3
+
+
+def _identity(arch) -> str:
+    """What makes two miniatures the same model: their spec and every parameter's name and shape."""
+    shapes = sorted((n, tuple(p.shape)) for n, p in arch.meta_model.named_parameters())
+    return json.dumps([repr(arch.spec), shapes])
+
+
+def groups(recipe: Recipe, keys: Optional[list[str]] = None) -> list[dict]:
+    """Catalog keys grouped by identical sized miniature: [{"keys": [...], "sized": Sized}] in catalog order."""
+    from ..live.tokenizer import load_offline
+
+    tok = load_offline()
+    out: dict[str, dict] = {}
+    for key in keys or catalog.keys():
+        s = budget.size_to_budget(key, recipe.budget, recipe.budget_metric, seq_len=recipe.seq_len, vocab=len(tok),
+                                  eos=tok.eos_token_id, pad=tok.pad_token_id, max_positions=max(1024, recipe.seq_len),
+                                  max_total=recipe.max_total, layers=recipe.layers, min_head_dim=recipe.min_head_dim)
+        out.setdefault(_identity(s.arch), {"keys": [], "sized": s})["keys"].append(key)
+    return list(out.values())
+
+
+def _cost(sized, recipe: Recipe) -> float:
+    """Relative training time: tokens, times more for routed experts and for linear-attention layers (their
+    kernels dominate a small model's step)."""
+    spec = sized.arch.spec
+    return recipe.tokens * (3.0 if spec.moe else 1.0) * (4.0 if spec.linear else 1.0)
+
+
+def _run_all(specs: list[RunSpec], root: Path, processes: int, parallel: int, log: Callable[[str], None]) -> list[TrainingRun]:
+    """Run ``specs`` (each in ``processes`` worker processes), ``parallel`` runs at a time."""
+    runs, lock, pending = [], threading.Lock(), list(specs)
+
+    def worker() -> None:
+        while True:
+            with lock:
+                if not pending:
+                    return
+                spec = pending.pop(0)
+            r = TrainingRun(spec, root=root, processes=min(processes, len(spec.models))).start()
+            with lock:
+                runs.append(r)
+            r.join()
+            v = r.view()
+            log(f"  run {r.id[:6]} ({spec.recipe.data}, seed {spec.recipe.seed}): {v.status} {v.message} "
+                + ", ".join(f"{m.key} {m.status}" for m in v.models))
+
+    threads = [threading.Thread(target=worker) for _ in range(max(1, parallel))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return runs
+
+
+def build(out: Optional[Path] = None, recipe: Optional[Recipe] = None, seeds=SEEDS, keys: Optional[list[str]] = None,
+          processes: int = 1, parallel: int = 16, root: Optional[Path] = None,
+          log: Callable[[str], None] = print) -> Path:
+    """Train the zoo and write it to ``out`` (default ``assets/zoo``); returns ``out``."""
+    recipe = (recipe or preset("zoo")).validate()
+    out = Path(out or live_zoo.zoo_dir())
+    root = Path(root or tempfile.mkdtemp(prefix="archlab-zoo-"))
+    t0 = time.time()
+    gs = groups(recipe, keys)
+    log(f"zoo: {sum(len(g['keys']) for g in gs)} catalog architectures → {len(gs)} distinct miniatures; "
+        f"{len(seeds)} seeds; corpus {recipe.tokens:,} tokens and MQAR {recipe.tokens // MQAR_SHARE:,} tokens each")
+    probe = replace(recipe, **MQAR, tokens=recipe.tokens // MQAR_SHARE).validate()
+    # One run per (architecture, data, seed), each in its own worker process, ``parallel`` at a time, the
+    # costliest first (longest-processing-time order keeps the last runs short).
+    jobs = [(g["keys"][0], replace(r, seed=s), _cost(g["sized"], r)) for g in gs for r in (recipe, probe) for s in seeds]
+    jobs.sort(key=lambda j: -j[2])
+    runs = _run_all([RunSpec((key,), r, "auto") for key, r, _ in jobs], root, 1, parallel, log)
+    results = []
+    for r in runs:
+        for row in r.view().results:
+            results.append({**row, "seed": r.spec.recipe.seed, "data": r.spec.recipe.data, "run_id": r.id})
+    res = pd.DataFrame(results)
+    if res.empty:
+        raise ArchLabError("the zoo runs produced no trained model")
+    _write(out, gs, recipe, probe, res, seeds)
+    log(f"zoo written to {out} in {(time.time() - t0) / 60:.1f} min")
+    return out
+
+
+def _shipped_val_loss(folder: Path, recipe: Recipe) -> float:
+    """Validation loss of the shipped (bf16) checkpoint as the app loads it: fp32 weights on the CPU."""
+    import torch
+    import torch.nn.functional as F
+    from transformers import AutoModelForCausalLM
+
+    from .data import corpus_data, validation_windows
+
+    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32, local_files_only=True).eval()
+    windows = validation_windows(corpus_data().validation, recipe.seq_len, FINAL_WINDOWS)
+    total = n = 0.0
+    with torch.no_grad():
+        for i in range(0, len(windows), 64):
+            w = torch.from_numpy(windows[i:i + 64].astype(np.int64))
+            logits = model(input_ids=w[:, :-1], use_cache=False).logits
+            total += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), w[:, 1:].reshape(-1),
+                                           reduction="sum"))
+            n += w[:, 1:].numel()
+    return total / n
+
+
+def _write(out: Path, gs: list[dict], recipe: Recipe, probe: Recipe, res: pd.DataFrame, seeds) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    index = {"built_with": "python -m backend train --zoo", "recipe": recipe.as_dict(), "mqar_recipe": probe.as_dict(),
+             "seeds": list(seeds), "tokenizer": "assets/tokenizer", "models": {}}
+    board = []
+    for g in gs:
+        rep, s = g["keys"][0], g["sized"]
+        corpus = res[(res["model"] == rep) & (res["data"] == "corpus")]
+        mqar = res[(res["model"] == rep) & (res["data"] == "mqar")]
+        first = corpus[(corpus["seed"] == seeds[0]) & (corpus["status"] == "finished")]
+        folder_name = rep
+        shipped = None
+        if not first.empty:
+            src = Path(first.iloc[0]["checkpoint"])
+            model = AutoModelForCausalLM.from_pretrained(str(src), dtype=torch.float32, local_files_only=True)
+            model.to(torch.bfloat16).save_pretrained(str(out / folder_name))
+            info = json.loads((src / "training.json").read_text())
+            shipped = _shipped_val_loss(out / folder_name, recipe)
+            info.update({"val_loss_fp32_training": info.get("val_loss"), "val_loss": shipped,
+                         "shipped_dtype": "bf16", "catalog_keys": g["keys"]})
+            (out / folder_name / "training.json").write_text(json.dumps(info, indent=1) + "\n")
+        sp = s.arch.spec
+        for key in g["keys"]:
+            if shipped is None:
+                continue
+            index["models"][key] = {"folder": folder_name, "label": catalog.get(key).name, "val_loss": shipped,
+                                    "stream_sha256": first.iloc[0]["stream_sha256"], "experts": s.experts,
+                                    "real_experts": s.real_experts, "notes": list(s.notes)}
+        vl = corpus["val_loss"].astype(float)
+        acc = mqar["probe_accuracy"].astype(float)
+        board.append({
+            "architecture": " / ".join(catalog.get(k).name for k in g["keys"]), "keys": " ".join(g["keys"]),
+            "val_loss_mean": vl.mean(), "val_loss_std": vl.std(ddof=1) if len(vl) > 1 else float("nan"),
+            "val_loss_min": vl.min(), "val_loss_max": vl.max(), "perplexity": math.exp(vl.mean()) if len(vl) else None,
+            "mqar_accuracy_mean": acc.mean(), "mqar_accuracy_std": acc.std(ddof=1) if len(acc) > 1 else float("nan"),
+            "seeds": int(len(vl)), "total_params": s.total, "active_params": s.active,
+            "nonemb_active_params": int(s.value), "layers": sp.num_layers, "hidden": sp.hidden_size,
+            "attention": sp.attention_kind, "experts": s.experts, "real_experts": s.real_experts,
+            "top_k": sp.moe.top_k if sp.moe else None, "notes": "; ".join(s.notes)})
+    (out / live_zoo.INDEX).write_text(json.dumps(index, indent=1) + "\n")
+    pd.DataFrame(board).to_csv(out / live_zoo.LEADERBOARD, index=False)
+    res.drop(columns=["checkpoint"], errors="ignore").to_csv(out / "runs.csv", index=False)
