@@ -77,4 +77,4 @@ def test_warmup_runs_once_in_the_background():
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == ("['accelerate', 'model gpt2', 'model qwen3-30b-a3b', 'tokenizer', "
-                                                   "'torch + transformers'] True True True")
+                                                   "'torch + transformers', 'trained miniatures'] True True True")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import streamlit as st
 
 from backend.live import runtime
+from backend.live.runs import valid_id
 from backend.live.generation import MAX_NEW_TOKENS, GenerationSettings
 from backend.present import playground
 from backend.present.colors import model_colors
@@ -13,6 +14,8 @@ from views import _live, _state, _ui
 from views._state import choice, float_in, int_in, parse_bool, setting
 
 MS = st.column_config.NumberColumn(format="%,.1f")
+RUNS = "pg_train_runs"  # training run ids this session started or attached to (see _session_runs)
+DEFAULT_PROMPT = "The king said"
 MIB = st.column_config.NumberColumn(format="%,.3f")
 
 
@@ -21,20 +24,38 @@ def _hardware() -> dict:
     return runtime.hardware()
 
 
+def _session_runs() -> list[str]:
+    """Training runs this session started or attached to: the Experiments page's current run (remembered
+    here once seen), and a run named by ``?mode=run:<id>`` (a link is an attachment, as on that page)."""
+    ss = st.session_state
+    seen = ss.setdefault(RUNS, [])
+    wanted = [ss.get("ex_run")]
+    if "mode" not in ss:  # first use of the setting: the URL may name a run
+        wanted.append(playground.run_mode(st.query_params.get("mode", "")))
+    for run_id in wanted:
+        if run_id and valid_id(run_id) and run_id not in seen:
+            seen.append(run_id)
+    return list(seen)
+
+
 def _settings(hw: dict) -> dict:
     """The settings widgets; returns their values."""
-    modes = playground.mode_options(st.session_state.get("checkpoint_path", ""))
+    modes = playground.mode_options(st.session_state.get("checkpoint_path", ""), _session_runs())
     devices = playground.device_options(hw)
     c = st.columns(4)
     with c[0]:
-        mode = setting("mode", "small", st.selectbox, choice(modes), label="Model size", options=modes,
-                       format_func=playground.MODES.get,
-                       help="Miniatures keep each architecture (attention kind, layer pattern, MoE shape) at a "
-                       "tiny width with random weights. Full size builds the real shape with random weights, where "
-                       "memory allows. Full width, fewer layers builds the real shape with only its first k decoder "
-                       "layers, for models too large for this machine: the decode step is then timed at k and k − 1 "
-                       "layers and extrapolated to full depth. Pretrained loads the sidebar's checkpoint folder "
-                       "(safetensors).")
+        mode = setting("mode", playground.TRAINED, st.selectbox, choice(modes), label="Model", options=modes,
+                       format_func=playground.mode_label,
+                       help="Trained miniature (the default): each architecture at a tiny width, trained on the "
+                       "shipped corpus (Shakespeare + King James Bible) with one recipe, so it writes corpus-style "
+                       "English. Random-weight miniatures keep the same architecture (attention kind, layer "
+                       "pattern, MoE shape) with untrained weights: gibberish, but their speed and routing "
+                       "mechanics are the architecture's. Full size builds the real shape with random weights, "
+                       "where memory allows. Full width, fewer layers builds the real shape with only its first k "
+                       "decoder layers, for models too large for this machine: the decode step is then timed at k "
+                       "and k − 1 layers and extrapolated to full depth. Pretrained loads the sidebar's checkpoint "
+                       "folder (safetensors). Trained miniatures (run …) load the checkpoints a training run of "
+                       "this session left (Experiments page).")
         layers = playground.DEFAULT_LAYERS
         if mode == "layers":
             layers = setting("layers", playground.DEFAULT_LAYERS, st.number_input, int_in(2, 1000),
@@ -72,13 +93,23 @@ def _settings(hw: dict) -> dict:
                 compile=compile_, layers=int(layers))
 
 
+def _mode_note(models: list[_state.Model], mode: str) -> None:
+    """One line on what the chosen mode runs, where it is not simply the selected models as chosen."""
+    if mode == playground.TRAINED:
+        note = playground.fallback_note([(m.id, m.source) for m in models], [md(m.label) for m in models])
+        if note:
+            st.info(note, icon=":material/info:")
+    elif playground.run_mode(mode) is not None:
+        st.caption("Runs this training run's trained checkpoints (up to four), whatever the sidebar selects.")
+
+
 def _start(models: list[_state.Model], prompt: str, s: dict) -> None:
     """Validate the settings and start a run (errors shown by the caller's guard)."""
     checkpoint = st.session_state.get("checkpoint_path", "")
     runs = playground.requests_for([(m.id, m.source) for m in models], s["mode"], s["device"],
                                    bool(s["compile"]), checkpoint, s["layers"])
     colors = model_colors([m.id for m in models] + [i for i, _, _ in runs])
-    slots = [SlotModel(i, _state.label_of(i), colors[i], not playground.is_dense(src),
+    slots = [SlotModel(i, playground.model_label(i) or _state.label_of(i), colors[i], not playground.is_dense(src),
                        playground.full_depth(src) if s["mode"] == "layers" else None) for i, src, _ in runs]
     settings = GenerationSettings(max_new_tokens=int(s["max_new"]), temperature=float(s["temp"]),
                                   top_p=float(s["top_p"]), stop=playground.parse_stop(s["stop"]), seed=int(s["seed"]))
@@ -89,7 +120,7 @@ def _column(live: LiveRun, slot: int, v: playground.SlotView) -> None:
     """One model's column: name, progress, timings, device, streamed text."""
     with st.container(horizontal=True, gap="small"):  # the label is a visitor's text: never inside HTML
         st.markdown(swatch(live.slots[slot].color), unsafe_allow_html=True, width="content")
-        st.markdown(f"**{md(live.run.stats(slot)['model'])}**")
+        st.markdown(f"**{md(playground.display_label(live, slot))}**")
     if v.status == "failed":
         st.error(md(v.error))
         return
@@ -155,9 +186,13 @@ def _results(live: LiveRun) -> None:
 def _page() -> None:
     hw = _hardware()
     models = _state.selected()
-    prompt = setting("pg_prompt", "The quick brown fox", st.text_area, url=False, label="Prompt", height=100,
+    prompt = setting("pg_prompt", DEFAULT_PROMPT, st.text_area, url=False, label="Prompt", height=100,
                      help="Kept while you switch pages. Every model gets the same prompt.")
     s = _settings(hw)
+    _mode_note(models, s["mode"])
+    if s["mode"] == playground.TRAINED and models:  # load them while the visitor reads: Generate finds them ready
+        runs = playground.requests_for([(m.id, m.source) for m in models], s["mode"], s["device"], bool(s["compile"]))
+        playground.prefetch([r for _, _, r in runs], hw)
     _run(models, prompt, s)
 
 
@@ -169,7 +204,7 @@ def _run(models: list[_state.Model], prompt: str, s: dict) -> None:
         stop_slot = st.empty()  # drawn after a new run starts, so Stop is live during it
         st.page_link("views/routing.py", label="Watch the experts live on the Routing page",
                      icon=":material/alt_route:")
-    if len(models) > playground.MAX_COLUMNS and s["mode"] != "pretrained":
+    if len(models) > playground.MAX_COLUMNS and s["mode"] != "pretrained" and playground.run_mode(s["mode"]) is None:
         st.caption(f"Runs the first {playground.MAX_COLUMNS} selected models.")
     if generate:
         with _ui.guard("starting the run"):
@@ -200,10 +235,13 @@ def _run(models: list[_state.Model], prompt: str, s: dict) -> None:
 
 
 st.title("Playground")
-st.caption("One prompt, up to four models side by side, each streaming its own tokens. Miniatures and full-size "
-           "models have **random weights: their text is gibberish by design**. What they show is each "
-           "architecture's speed (time to first token, tokens per second) and, for mixture-of-experts models, "
-           "which experts every token goes to. Load a pretrained checkpoint folder (sidebar) for real text.")
-if _ui.need_models(_state.selected()) or st.session_state.get("checkpoint_path"):
+st.caption("One prompt, up to four models side by side, each streaming its own tokens. By default each model is "
+           "its **trained miniature**: the architecture at a tiny width, trained on the shipped corpus "
+           "(Shakespeare + King James Bible), so it answers in corpus-style English. Under **Model** you can pick "
+           "the random-weight miniatures or full-size shapes instead: their text is gibberish by design, but they "
+           "show each architecture's speed (time to first token, tokens per second) and, for mixture-of-experts "
+           "models, which experts every token goes to. Load a pretrained checkpoint folder (sidebar) for a real "
+           "model's text.")
+if _ui.need_models(_state.selected()) or st.session_state.get("checkpoint_path") or _session_runs():
     with _ui.guard("the playground"):
         _page()

@@ -5,12 +5,20 @@ import streamlit as st
 
 from backend.live import routing
 from backend.present import charts, playground
+from backend.present import specialisation as sp
+from backend.present import specialisation_charts as spc
 from backend.present.playground import LiveRun, SlotRouting
 from backend.present.text import md
 from views import _live, _state, _ui
-from views._state import setting
+from views._state import choice, setting
 
 LAST = (32, 64, 128, 256, 0)
+VIEWS = {"run": "The last Playground run, live", "learned": "What the trained routers learned"}
+TOP_N = 8
+SHARE_TOKENS = 24
+PCT = st.column_config.NumberColumn(format="%.1f")
+DEC3 = st.column_config.NumberColumn(format="%.3f")
+BALANCE_NAMES = {"cv": "CV", "max_over_mean": "max / mean", "entropy": "normalized entropy"}
 
 NO_ROUTER = ("**{label}** is a dense model: it has no router. Every token runs the same feed-forward "
              "block in every layer, so there is no expert choice to show.")
@@ -25,7 +33,8 @@ def _no_run() -> None:
             st.info(NO_ROUTER.format(label=md(m.label)), icon=":material/block:")
     if any(not playground.is_dense(m.source) for m in models):
         st.info("Routing is recorded while a mixture-of-experts model generates. Run a prompt in the "
-                "Playground; this page then follows it token by token.", icon=":material/info:")
+                "Playground; this page then follows it token by token. What the trained miniatures' routers "
+                "learned is under **Show → What the trained routers learned** above.", icon=":material/info:")
         st.page_link("views/playground.py", label="Open the Playground", icon=":material/chat:")
 
 
@@ -83,7 +92,7 @@ def _shared(live: LiveRun) -> None:
     if df.empty:
         return
     st.subheader("Shared vs routed experts")
-    colors = {live.run.stats(i)["model"]: s.color for i, s in enumerate(live.slots)}
+    colors = {playground.display_label(live, i): s.color for i, s in enumerate(live.slots)}
     _ui.chart(charts.shared_routed_bar(df, colors, "Per-token expert compute: shared vs routed"),
               "shared vs routed", "Shared experts run for every token; routed experts only for the top-k a "
               "router picks. Share of the expert FFN width one token runs (the miniature keeps the full "
@@ -98,13 +107,13 @@ def _page(live: LiveRun) -> None:
                      query_params={_live.PARAM: _live.current_id()})
     for i, s in enumerate(live.slots):
         if not s.moe:
-            st.info(NO_ROUTER.format(label=md(live.run.stats(i)["model"])), icon=":material/block:")
+            st.info(NO_ROUTER.format(label=md(playground.display_label(live, i))), icon=":material/block:")
     moe = [i for i, s in enumerate(live.slots) if s.moe]
     if not moe:
         st.caption("The last Playground run had no mixture-of-experts model. Select one (e.g. DeepSeek V3, "
                    "Qwen3 30B-A3B) and run it.")
         return
-    slot = _pick(moe, "rt_slot", label="Model", format_func=lambda i: live.run.stats(i)["model"])
+    slot = _pick(moe, "rt_slot", label="Model", format_func=lambda i: playground.display_label(live, i))
     failed = live.run.stats(slot)["error"]
     if failed:
         st.error(md(f"{live.run.stats(slot)['model']} failed: {failed}"))
@@ -150,14 +159,138 @@ def _table(live: LiveRun, slot: int) -> None:
               caption="Every routing decision: position, token, MoE layer, rank among the top-k, expert, weight.")
 
 
+# ----------------------------------------------------------------- what the trained routers learned
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _spec_table(keys: tuple[str, ...], version: str):
+    return sp.specialisation_table(list(keys))
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def _top_tokens(key: str, layer: int, version: str):
+    return sp.top_tokens_table(key, layer, sp.TRAINED, TOP_N)
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def _shares(key: str, layer: int, version: str):
+    return sp.shares(key, layer, SHARE_TOKENS)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _balance(version: str):
+    return sp.balance_table()
+
+
+def _ensure(keys: list[str]) -> None:
+    """Route the text through every trained and untrained model of ``keys`` not cached yet, with a progress bar
+    (each is run once per server and kept on disk)."""
+    todo = [(k, w) for k in keys for w in (sp.TRAINED, sp.UNTRAINED) if not sp.is_cached(k, w)]
+    if not todo:
+        return
+    bar = st.progress(0.0, text="Routing the corpus text…")
+    for n, (key, which) in enumerate(todo):
+        label = sp.zoo_model(key).label
+        bar.progress(n / len(todo), text=f"Routing {sp.routing_text().size:,} corpus tokens through the {which} "
+                     f"{md(label)} miniature ({n + 1} of {len(todo)}; once per server)…")
+        sp.routing_of(key, which)
+    bar.empty()
+
+
+def _learned() -> None:
+    """The zoo's trained MoE miniatures: per-expert tokens, specialisation beside untrained, balance by router."""
+    with st.spinner("Reading the trained zoo and the held-out corpus text…"):
+        models, text = sp.zoo_moe(), sp.routing_text()
+    if not models:
+        st.warning("No trained zoo with a mixture-of-experts model is shipped here (assets/zoo); rebuild it with "
+                   "python -m backend train --zoo.", icon=":material/block:")
+        return
+    version = sp.zoo_version()
+    keys = [m.key for m in models]
+    label = {m.key: m.label for m in models}
+    st.caption(f"Each trained MoE miniature of the zoo and its **untrained twin** (the same config with the "
+               f"weights its training started from: the trainer's initialisation at seed {sp.untrained_seed()}) read "
+               f"the same text, {sp.describe_text(text)}; every router's choice at every position is kept.")
+    key = setting("rtzoo", keys[0], st.selectbox, choice(keys), label="Trained miniature", options=keys,
+                  format_func=label.get, help="The zoo's mixture-of-experts miniatures (catalog architectures whose "
+                  "miniatures came out identical share one).")
+    model = next(m for m in models if m.key == key)
+    st.markdown(f"{model.num_experts} routed experts, top-{model.top_k}; routers trained with "
+                f"**{model.router}**" + (f" (coefficient {model.aux_coef:g})" if model.aux_coef else "") + ".")
+    _ensure([key])
+    table = _spec_table((key,), version)
+    st.subheader("Does the token decide the expert?")
+    _ui.chart(spc.specialisation_by_layer(table, f"{model.label}: specialisation per MoE layer, trained vs "
+                                                 "untrained"), f"specialisation {key}",
+              "Specialisation = (I(token; expert) − chance) ÷ log2 E. I is the plug-in mutual information in "
+              "bits between the token id at a position and the router's first choice there, from the joint "
+              "counts over the text; chance is the same estimate with the experts shuffled across positions "
+              "(mean of 5 fixed-seed shuffles), which removes the estimator's upward bias from rare tokens; "
+              "log2 E (E experts) is the most a choice can carry. 0: the token says nothing about the expert; "
+              "1: the token decides it and the experts are used evenly. The table has H(expert), the entropy "
+              "of the first choice (near 0: the router sends nearly every token to one expert).")
+    _ui.frame(table.drop(columns=["key"]), f"specialisation {key}", hide_index=True, width="stretch",
+              column_config={c: DEC3 for c in table.columns if "bits" in c or c == "specialisation"})
+    layer = _pick(list(model.layers), "rt_zlayer", label="MoE layer", format_func=lambda n: f"layer {n}")
+    st.subheader("The tokens each expert takes")
+    shown, long = _top_tokens(key, layer, version)
+    _ui.frame(shown, f"expert tokens {key} layer {layer}", csv=long, hide_index=True, width="stretch",
+              column_config={"load (%)": PCT, "selections": st.column_config.NumberColumn(format="%,d"),
+                             "tokens it takes most (count, % of that token)": st.column_config.TextColumn(width="large")},
+              caption=f"Trained {md(model.label)}, layer {layer}: per expert, how often it was chosen (any of the "
+              f"top-{model.top_k}) and the {TOP_N} tokens it took most, each with its count and the share of that "
+              "token's occurrences in the text that went to this expert (␣ is a space, ⏎ a newline). The CSV "
+              "has one row per expert and token.")
+    _ui.chart(spc.expert_given_token(_shares(key, layer, version), layer,
+                                     f"Where the {SHARE_TOKENS} most frequent tokens go, layer {layer}"),
+              f"expert given token {key} layer {layer}",
+              "Each row is one of the text's most frequent tokens; each cell the share of its occurrences whose "
+              "first-choice expert was that column. A router that learned a token sends it to one expert (one dark "
+              "cell); context-driven or untrained routing spreads it.")
+    st.subheader("Across the zoo: specialisation and load balance by router kind")
+    missing = sum(not sp.is_cached(k, w) for k in keys for w in (sp.TRAINED, sp.UNTRAINED))
+    if missing and not st.button(f"Route the text through all {len(keys)} MoE miniatures", icon=":material/play_arrow:",
+                                 key="rt_zoo_all", help="Each model is run once per server (and kept on disk), "
+                                 "trained and untrained."):
+        st.caption(f"{missing} of the {2 * len(keys)} trained and untrained models still have to read the text "
+                   "(a few seconds each on a CPU, once); then this section shows by itself.")
+        return
+    _ensure(keys)
+    every = _spec_table(tuple(keys), version)
+    summary = sp.specialisation_summary(every)
+    _ui.chart(spc.specialisation_overview(summary, "Specialisation of every trained MoE miniature vs untrained"),
+              "specialisation zoo", "Mean over each model's MoE layers of the measure above, on the same text.")
+    _ui.frame(summary, "specialisation zoo", csv=every.drop(columns=["key"]), hide_index=True, width="stretch",
+              column_config={c: DEC3 for c in summary.columns if c != "model"},
+              caption="The CSV has every layer with MI, chance and entropy in bits.")
+    bal = _balance(version)
+    _ui.chart(spc.balance_by_router(bal, "Expert load on the same text, by how the routers were balanced"),
+              "balance by router",
+              "One point per model and MoE layer: load = selections of each expert (every top-k slot) over the "
+              "text. Auxiliary loss: the Switch-Transformer balancing loss added in training (coefficient from "
+              "the config). Aux-loss-free (bias-corrected): DeepSeek's per-expert bias, used only for the choice "
+              "and nudged after each step towards balance (read from the ArchSpec, not the model's name). CV and "
+              "max/mean are 0 and 1 when balanced; normalized entropy is 1.")
+    _ui.frame(sp.balance_summary(bal).rename(columns=BALANCE_NAMES), "balance by router", csv=bal.drop(columns=["key"]),
+              hide_index=True, width="stretch", column_config={c: DEC3 for c in BALANCE_NAMES.values()},
+              caption="Means over models and MoE layers; the CSV has every model and layer.")
+
+
 st.title("Routing")
-st.caption("Mixture-of-experts models send each token to a few experts per layer. This page shows those choices "
-           "for the MoE models of the last Playground run, live while it generates. Miniatures have random "
-           "weights, so the routing shows how the router mechanics behave (top-k, shared experts, balance), "
-           "not what a trained model learned.")
-with _ui.guard("the routing charts"):
-    live = _live.current()
-    if live is None:
-        _no_run()
-    else:
-        _page(live)
+st.caption("Mixture-of-experts models send each token to a few experts per layer. **The last Playground run** "
+           "shows those choices for its MoE models, live while it generates (random-weight miniatures show the "
+           "router mechanics: top-k, shared experts, balance). **What the trained routers learned** runs the "
+           "zoo's trained miniatures over held-out corpus text: which tokens each expert takes, how much the "
+           "token decides the expert compared with the same model untrained, and how balanced the load is by "
+           "balancing scheme.")
+view = setting("rtview", "run", st.radio, choice(VIEWS), label="Show", options=list(VIEWS), format_func=VIEWS.get,
+               horizontal=True, label_visibility="collapsed")
+if view == "learned":
+    with _ui.guard("the trained routers"):
+        _learned()
+else:
+    with _ui.guard("the routing charts"):
+        live = _live.current()
+        if live is None:
+            _no_run()
+        else:
+            _page(live)

@@ -6,6 +6,7 @@ Everything here is plain data in, plain data out; no Streamlit.
 """
 from __future__ import annotations
 
+import json
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,8 +24,14 @@ from ..live.generation import Routing as RoutingEvent
 from ..live.miniature import MINIATURE_SIZES, miniature
 
 MAX_COLUMNS = 4
-MODES = {**{size: f"{size} miniature" for size in MINIATURE_SIZES},
+#: the default: each architecture's miniature trained on the shipped corpus (``live.zoo``)
+TRAINED = "trained"
+MODES = {TRAINED: "trained miniature", **{size: f"{size} miniature, random weights" for size in MINIATURE_SIZES},
          "full": "full size, random", "layers": "full width, fewer layers", "pretrained": "pretrained checkpoint"}
+#: a model without a shipped trained miniature runs as this random-weight miniature instead
+FALLBACK_SIZE = "small"
+#: mode of a training run's checkpoints: RUN + run id
+RUN = "run:"
 #: "full width, fewer layers": default depth k (the per-layer cost is timed at k and k - 1)
 DEFAULT_LAYERS = 4
 DEVICE_LABELS = {"auto": "auto", "cpu": "CPU", "cuda": "one GPU (cuda)", "multi-gpu": "all GPUs (sharded)"}
@@ -43,9 +50,57 @@ class SlotModel:
 
 # ----------------------------------------------------------------- settings
 
-def mode_options(checkpoint: str) -> list[str]:
-    """Modes to offer: miniature sizes, full size, and pretrained when a checkpoint folder is set."""
-    return [m for m in MODES if m != "pretrained" or checkpoint]
+def mode_options(checkpoint: str, run_ids: Sequence[str] = ()) -> list[str]:
+    """Modes to offer: trained miniatures, random-weight miniature sizes, full size, pretrained when a
+    checkpoint folder is set, and one mode per training run (of ``run_ids``) that left trained checkpoints."""
+    return [m for m in MODES if m != "pretrained" or checkpoint] + [RUN + r for r in runs_with_checkpoints(run_ids)]
+
+
+def mode_label(mode: str) -> str:
+    """How a mode reads in the picker."""
+    if mode.startswith(RUN):
+        return f"trained miniatures (run {mode[len(RUN):][:6]}…)"
+    return MODES.get(mode, mode)
+
+
+def runs_with_checkpoints(run_ids: Sequence[str]) -> list[str]:
+    """The run ids (in order, once each) whose run folder holds at least one loadable trained checkpoint."""
+    from ..train.store import trained_models
+
+    return [r for r in dict.fromkeys(run_ids) if trained_models([r])]
+
+
+def run_mode(mode: str) -> Optional[str]:
+    """The run id of a training-run mode, else None."""
+    return mode[len(RUN):] if isinstance(mode, str) and mode.startswith(RUN) else None
+
+
+def has_trained(source: ModelSource) -> bool:
+    """A trained miniature of this model is shipped (catalog keys only)."""
+    from ..live import zoo
+
+    return isinstance(source, str) and zoo.has(source)
+
+
+def fallback_note(models: Sequence[tuple[str, ModelSource]], labels: Sequence[str]) -> str:
+    """One line naming the models (of the first ``MAX_COLUMNS``) that have no shipped trained miniature and so
+    run as random-weight miniatures; "" when every one has. ``labels``: their display names, in order."""
+    missing = [lab for (_, src), lab in list(zip(models, labels))[:MAX_COLUMNS] if not has_trained(src)]
+    if not missing:
+        return ""
+    one = len(missing) == 1
+    return (f"No trained miniature is shipped for {', '.join(missing)}: {'it runs' if one else 'they run'} as "
+            f"{'a ' if one else ''}random-weight {FALLBACK_SIZE} miniature{'' if one else 's'} (gibberish by design).")
+
+
+def model_label(model_id: str) -> Optional[str]:
+    """Display name of a training run's checkpoint id (see :func:`requests_for`), else None."""
+    if not model_id.startswith(RUN) or "/" not in model_id:
+        return None
+    from ..train.store import trained_models
+
+    run_id, key = model_id[len(RUN):].split("/", 1)
+    return next((t.label for t in trained_models([run_id]) if t.key == key), None)
 
 
 def device_options(hw: dict) -> list[str]:
@@ -74,7 +129,11 @@ def requests_for(models: Sequence[tuple[str, ModelSource]], mode: str, device: s
     """(model id, its config source, request) for each model to run: the first ``MAX_COLUMNS`` selected
     models, or in pretrained mode the sidebar's checkpoint folder alone (the others have no weights here).
     Mode "layers" runs each model at full width with its first ``layers`` decoder layers (all of them
-    when it has no more)."""
+    when it has no more). Mode "trained" runs each model's shipped trained miniature (a random-weight
+    ``FALLBACK_SIZE`` miniature where none is shipped: :func:`fallback_note`). A run mode (``RUN`` + id) runs
+    that training run's checkpoints (ids ``RUN`` + "<run id>/<key>"), through the pretrained path."""
+    if run_mode(mode) is not None:
+        return _run_requests(run_mode(mode), device, compile)
     if mode == "pretrained":
         if not checkpoint:
             raise ArchLabError("pretrained mode needs a checkpoint folder: set one in the sidebar "
@@ -86,8 +145,12 @@ def requests_for(models: Sequence[tuple[str, ModelSource]], mode: str, device: s
         return [(f"local:{folder}", config, request)]
     if not models:
         raise ArchLabError("choose at least one model in the sidebar")
-    if mode not in ("full", "layers") and mode not in MINIATURE_SIZES:
+    if mode not in ("full", "layers", TRAINED) and mode not in MINIATURE_SIZES:
         raise ArchLabError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+    if mode == TRAINED:
+        return [(i, src, runtime.ModelRequest(src, mode=TRAINED, device=device, compile=compile) if has_trained(src)
+                 else runtime.ModelRequest(src, mode="miniature", size=FALLBACK_SIZE, device=device, compile=compile))
+                for i, src in models[:MAX_COLUMNS]]
     if mode == "layers":
         if isinstance(layers, bool) or not isinstance(layers, int) or layers < 2:
             raise ArchLabError(f"fewer layers needs at least 2 layers (the per-layer cost is timed at k and k − 1), "
@@ -96,6 +159,52 @@ def requests_for(models: Sequence[tuple[str, ModelSource]], mode: str, device: s
                                               device=device, compile=compile)) for i, src in models[:MAX_COLUMNS]]
     kind = {"mode": "full"} if mode == "full" else {"mode": "miniature", "size": mode}
     return [(i, src, runtime.ModelRequest(src, device=device, compile=compile, **kind)) for i, src in models[:MAX_COLUMNS]]
+
+
+def _run_requests(run_id: str, device: str, compile: bool) -> list[tuple[str, ModelSource, runtime.ModelRequest]]:
+    """The trained checkpoints of training run ``run_id`` (its first ``MAX_COLUMNS``), loaded as pretrained."""
+    from ..train.store import trained_models
+
+    found = trained_models([run_id])
+    if not found:
+        raise ArchLabError("that training run has no trained checkpoint (yet): pick another model size")
+    out = []
+    for t in found[:MAX_COLUMNS]:
+        folder = str(runtime.resolve_checkpoint(str(t.path), confined=True))
+        config = runtime.check_checkpoint(Path(folder))
+        out.append((f"{RUN}{run_id}/{t.key}", config, runtime.ModelRequest(source=f"local:{folder}", mode="pretrained",
+                                                                          path=folder, device=device, compile=compile)))
+    return out
+
+
+_prefetched: set[str] = set()
+_prefetch_lock = threading.Lock()
+
+
+def prefetch(requests: Sequence[runtime.ModelRequest], hw: dict) -> int:
+    """Load, in a background thread, the trained miniatures among ``requests`` that go to the CPU (each once
+    per process; a few MB each), so that a first Generate finds them loaded. A failure is left for the run to
+    report. ``hw``: ``runtime.hardware()``. Returns how many loads it started."""
+    todo = []
+    with _prefetch_lock:
+        for r in requests:
+            if r.mode != TRAINED or (hw.get("gpus") and r.device != "cpu"):
+                continue  # GPU memory is taken only by runs (admitted against the visitor's share)
+            key = r.key()
+            if key not in _prefetched and not runtime.is_loaded(r):
+                _prefetched.add(key)
+                todo.append(r)
+    if todo:
+        threading.Thread(target=_load_all, args=(todo,), daemon=True, name="archlab-prefetch").start()
+    return len(todo)
+
+
+def _load_all(requests: list[runtime.ModelRequest]) -> None:
+    for r in requests:
+        try:
+            runtime.load(r)
+        except Exception:  # noqa: BLE001 - the run that asks for it again shows the reason
+            pass
 
 
 def full_depth(source: ModelSource) -> int:
@@ -129,6 +238,10 @@ def _built(request: runtime.ModelRequest) -> Architecture:
     """The architecture a request builds (the miniature's for miniatures, the checkpoint's when pretrained)."""
     if request.mode == "pretrained":
         return resolve(runtime.check_checkpoint(Path(request.path)))
+    if request.mode == TRAINED:
+        from ..live import zoo
+
+        return resolve(json.loads((zoo.get(request.source).folder / "config.json").read_text()))
     arch = resolve(request.source)
     return miniature(arch, request.size) if request.mode == "miniature" else arch
 
@@ -186,6 +299,13 @@ class LiveRun:
     def moe_slots(self) -> list[int]:
         """Slots whose model routes tokens (a trace exists once the model has started)."""
         return [i for i in range(len(self.slots)) if self.run.routing(i) is not None]
+
+
+def display_label(live: LiveRun, slot: int) -> str:
+    """How the pages name a slot's model: the runtime's label ("… (trained miniature)", "… (miniature, small)"),
+    or for a training run's checkpoint the run's label ("… (trained miniature, run abc123…)")."""
+    s = live.slots[slot]
+    return s.label if s.id.startswith(RUN) else live.run.stats(slot)["model"]
 
 
 @dataclass(frozen=True)
@@ -289,7 +409,7 @@ def stats_table(live: LiveRun) -> pd.DataFrame:
     rows = []
     for i, slot in enumerate(live.slots):
         s = live.run.stats(i)
-        rows.append({"model": s["model"], "TTFT (ms)": None if s["ttft_s"] is None else s["ttft_s"] * 1e3,
+        rows.append({"model": display_label(live, i), "TTFT (ms)": None if s["ttft_s"] is None else s["ttft_s"] * 1e3,
                      "tok/s": s["tokens_per_s"], "new tokens": s["new_tokens"],
                      "total (s)": s["total_s"], "device": s["device"], "GPU fast path": s["fast_path"],
                      "reason": s["reason"] or s["status"] + (f": {s['error']}" if s["error"] else "")})
@@ -299,13 +419,13 @@ def stats_table(live: LiveRun) -> pd.DataFrame:
 def memory_table(live: LiveRun) -> pd.DataFrame:
     """memcheck rows (predicted vs measured bytes) of each model of the run that is loaded now."""
     rows = []
-    for slot, request in zip(live.slots, live.run.requests):
+    for i, request in enumerate(live.run.requests):
         if not runtime.is_loaded(request):
             continue
         lm = runtime.load(request)
         for r in memcheck.memory_check(lm):
             pred, meas = r["predicted_bytes"], r["measured_bytes"]
-            rows.append({"model": lm.label, "what": r["what"], "device": r["device"],
+            rows.append({"model": display_label(live, i), "what": r["what"], "device": r["device"],
                          "predicted (MiB)": pred / 2**20, "measured (MiB)": None if meas is None else meas / 2**20,
                          "measured − predicted (MiB)": None if meas is None else (meas - pred) / 2**20,
                          "how measured": r["how measured"], "predicted_bytes": pred, "measured_bytes": meas})
@@ -316,12 +436,12 @@ def placement_table(live: LiveRun) -> pd.DataFrame:
     """Per loaded model and device: weight bytes its device map puts there beside the bytes there, and
     parameters found off their planned device (0 when the map shown is where the model really is)."""
     rows = []
-    for request in live.run.requests:
+    for i, request in enumerate(live.run.requests):
         if not runtime.is_loaded(request):
             continue
         lm = runtime.load(request)
         for r in memcheck.placement_rows(lm):
-            rows.append({"model": lm.label, "device": r["device"], "device map (MiB)": r["planned_bytes"] / 2**20,
+            rows.append({"model": display_label(live, i), "device": r["device"], "device map (MiB)": r["planned_bytes"] / 2**20,
                          "parameters there (MiB)": r["actual_bytes"] / 2**20, "misplaced parameters": r["misplaced"],
                          "planned_bytes": r["planned_bytes"], "actual_bytes": r["actual_bytes"]})
     return pd.DataFrame(rows)
@@ -370,7 +490,7 @@ def slot_routing(live: LiveRun, slot: int) -> Optional[SlotRouting]:
     tok = _tokenizer(request)
     texts = [token_label(tok.decode([i])) if tok is not None and i >= 0 else str(i) for i in ids]
     prompt = live.prompt_tokens.get(slot, len(steps[0].token_ids) if steps else 0)
-    return SlotRouting(live.run.stats(slot)["model"], live.slots[slot].color, snap, experts, texts, prompt)
+    return SlotRouting(display_label(live, slot), live.slots[slot].color, snap, experts, texts, prompt)
 
 
 def window(r: SlotRouting, last: int) -> SlotRouting:
@@ -396,7 +516,7 @@ def shared_table(live: LiveRun) -> pd.DataFrame:
             continue
         spec = runtime.load(request).spec
         shared = routing.shared_share(spec) * 100
-        rows.append({"model": live.run.stats(i)["model"], "shared experts (%)": shared,
+        rows.append({"model": display_label(live, i), "shared experts (%)": shared,
                      "routed experts (%)": 100 - shared, "shared experts": spec.moe.num_shared,
                      "routed experts": spec.moe.num_experts, "top-k": spec.moe.top_k})
     return pd.DataFrame(rows)

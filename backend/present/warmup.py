@@ -4,7 +4,8 @@ The first page (Architectures) needs no torch (catalog specs come from ``assets/
 ones do: the Parameters page counts tensors of meta models and plans device maps, the Playground and Routing
 pages import the runtime. :func:`start` does that work once per process in a daemon thread: torch and
 transformers (:func:`backend.arch.libs.load`), accelerate, the configs, meta models, specs and exact counts of
-the given models (device plans read the meta models), and the offline tokenizer. Nothing waits for it: a page that needs one of these before the
+the given models (device plans read the meta models), the offline tokenizer, and on a CPU-only server the
+given models' shipped trained miniatures (the Playground's default). Nothing waits for it: a page that needs one of these before the
 thread got there builds it itself (the libraries and every cache are shared and thread-safe, so the work is
 done once either way).
 """
@@ -60,6 +61,19 @@ def _model(key: str) -> None:
     arch.config, arch.meta_model, arch.spec, arch.counts  # the meta model even when spec and counts are stored
 
 
+def _trained(keys: tuple[str, ...]) -> None:
+    """On a server without GPUs, the shipped trained miniatures of ``keys`` (the Playground's default models),
+    loaded into the runtime's cache as the Playground asks for them, so that a first Generate finds them ready
+    (the first ``from_pretrained`` of a process also imports transformers' loading code: seconds)."""
+    from ..live import runtime, zoo
+
+    if runtime.hardware()["gpus"]:
+        return  # GPU memory is taken only by runs (admitted against the visitor's share)
+    for key in keys:
+        if zoo.has(key):
+            runtime.load(runtime.ModelRequest(key, mode="trained"))
+
+
 def _run(keys: tuple[str, ...]) -> None:
     try:
         _step("torch + transformers", libs.load)
@@ -69,6 +83,7 @@ def _run(keys: tuple[str, ...]) -> None:
         from ..live.tokenizer import load_offline
 
         _step("tokenizer", load_offline)
+        _step("trained miniatures", lambda: _trained(keys))
         log.info("warm-up done: %s", ", ".join(f"{k} {v:.2f} s" for k, v in done.items()))
     except Exception:  # a background thread has nobody to tell: log it, the pages still build what they need
         log.exception("warm-up failed")
