@@ -284,7 +284,7 @@ def test_routing_page_shows_what_the_trained_routers_learned():
     assert at.selectbox(key="_w_rtzoo").value == models[0].key
     figs = figures(at)
     spec = next(f for t, f in figs.items() if "specialisation per MoE layer" in t)
-    assert [d["name"] for d in spec["data"]] == ["trained", "untrained (same config, random init)"]
+    assert [d["name"] for d in spec["data"]] == ["trained", "untrained (its initial weights)"]
     assert any(t.startswith("Where the 24 most frequent tokens go") for t in figs)
     tokens = next(d.value for d in at.dataframe if "tokens it takes most (count, % of that token)" in d.value.columns)
     assert list(tokens["expert"]) == list(range(models[0].num_experts))

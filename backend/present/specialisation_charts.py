@@ -9,7 +9,7 @@ from .charts import BALANCE_METRICS, _layout
 from .specialisation import TRAINED, UNTRAINED
 
 WEIGHT_STYLE = {TRAINED: dict(color="#4c78a8", pattern=""), UNTRAINED: dict(color="#bab0ac", pattern="/")}
-WEIGHT_NAMES = {TRAINED: "trained", UNTRAINED: "untrained (same config, random init)"}
+WEIGHT_NAMES = {TRAINED: "trained", UNTRAINED: "untrained (its initial weights)"}
 
 
 def _hover(part: pd.DataFrame) -> list[str]:
