@@ -19,7 +19,7 @@ VOCAB = 2048
 
 
 def tiny(**kw) -> Recipe:
-    return preset("tiny", **{"budget": 60_000, "layers": 2, "batch": 8, "seq_len": 64, "tokens": 8 * 64 * 40,
+    return preset("tiny", **{"budget": 100_000, "layers": 2, "batch": 8, "seq_len": 64, "tokens": 8 * 64 * 40,
                              "eval_every": 20, "eval_windows": 4, "probe_examples": 16, **kw})
 
 
@@ -150,7 +150,7 @@ def test_router_statistics_agree_with_a_recomputation():
     from backend.live.routers import router_modules
     from backend.train.trainer import Member
 
-    s = budget.size_to_budget("qwen3-30b-a3b", 60_000, "active", vocab=VOCAB, layers=2)
+    s = budget.size_to_budget("qwen3-30b-a3b", 100_000, "active", vocab=VOCAB, layers=2)
     m = Member("q", s, tiny(), torch.device("cpu")).start()
     seen = []
     routers = router_modules(m.model)

@@ -89,10 +89,12 @@ def _heads(spec: ArchSpec, heads: int) -> int:
     return max(1, kv)
 
 
-def _moe_fields(d: dict, spec: ArchSpec, cap: int) -> None:
+def _moe_fields(d: dict, spec: ArchSpec, cap: int, keep_top_k: bool = False) -> None:
     moe = spec.moe
     experts = min(moe.num_experts, cap)
     k = 1 if moe.top_k == 1 else min(moe.top_k, max(2, experts // 4))
+    if keep_top_k:  # the real top-k whenever at least twice as many experts remain
+        k = min(moe.top_k, max(1, experts // 2))
     n_group, topk_group = moe.n_group, moe.topk_group
     if n_group > 1:
         n_group = min(n_group, experts // 2)
@@ -123,7 +125,8 @@ class Knobs:
     width beyond the hidden-size ratio (budget fine-tuning). ``gqa_ratio``: keep the real query/KV head ratio
     exactly (heads raised to two KV groups if needed) instead of the nearest divisor. ``min_head_dim``: head
     width floor when the config has its own ``head_dim``. ``vocab``/``eos``/``pad``: the tokenizer's (default:
-    the shipped one). ``max_positions``: learned absolute position tables cut to this length.
+    the shipped one). ``max_positions``: learned absolute position tables cut to this length. ``keep_top_k``: the
+    real top-k when experts are capped (else presets scale it down with the experts).
     """
     hidden: int
     heads: int
@@ -137,6 +140,8 @@ class Knobs:
     eos: Optional[int] = None
     pad: Optional[int] = None
     max_positions: Optional[int] = None
+    keep_top_k: bool = False
+    width_step: int = 4
     name: str = "miniature"
 
     @classmethod
@@ -188,9 +193,9 @@ def shrink(source: Source, knobs: Knobs) -> dict[str, Any]:
     if any(name in d for name in ALIASES["num_key_value_heads"]):
         _set(d, "num_key_value_heads", kv_heads)
     _set(d, "num_hidden_layers", n)
-    # Budget fine-tuning moves widths in steps of 4; expert weights stay multiples of 8 (16-byte rows in bf16,
-    # which grouped GEMMs require).
-    step, floor = ((8 if spec.moe is not None else 4), 8) if knobs.width_mult != 1.0 else (8, 16)
+    # Budget fine-tuning moves widths in steps of ``width_step`` (8 keeps bf16 expert rows 16-byte aligned, as
+    # grouped GEMMs want; 4 is finer).
+    step, floor = (knobs.width_step, knobs.width_step) if knobs.width_mult != 1.0 else (8, 16)
     for w in _WIDTHS:
         if isinstance(d.get(w), int) and d[w] > 0:
             d[w] = max(floor, int(round(d[w] * scale * knobs.width_mult / step)) * step)
@@ -221,7 +226,7 @@ def shrink(source: Source, knobs: Knobs) -> dict[str, Any]:
         if isinstance(d.get(w), int) and d[w] > 0:
             d[w] = min(d[w], knobs.window)
     if spec.moe is not None:
-        _moe_fields(d, spec, knobs.experts or spec.moe.num_experts)
+        _moe_fields(d, spec, knobs.experts or spec.moe.num_experts, knobs.keep_top_k)
 
     # Per-layer patterns: lists as long as the stack are resampled through the plan; lists of
     # layer indices are rebuilt from the plan's dense/MoE layers.

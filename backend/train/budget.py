@@ -10,7 +10,7 @@ move it onto the budget: the hidden size (coarse) and a multiplier on every MLP/
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Optional
 
 from ..arch.architecture import Architecture, Source, resolve
@@ -108,11 +108,13 @@ class Shape:
     layers: int = 8
     min_head_dim: int = MIN_HEAD_DIM
 
+    align: int = 8                # hidden sizes and widths in multiples of this (8: bf16 GEMM-friendly rows)
+
     def knobs(self, spec: ArchSpec, hidden: int, width: float, experts: Optional[int], name: str = "") -> Knobs:
         return Knobs(hidden=hidden, heads=BASE_HEADS, layers=self.layers, experts=experts,
                      window=scaled_window(spec, self.seq_len), width_mult=width, gqa_ratio=True,
                      min_head_dim=self.min_head_dim, vocab=self.vocab, eos=self.eos, pad=self.pad,
-                     max_positions=self.max_positions, name=name)
+                     max_positions=self.max_positions, keep_top_k=True, width_step=self.align, name=name)
 
 
 def size_to_budget(source: Source, target: float, metric: str = "active", *, seq_len: int = 256, vocab: int,
@@ -135,18 +137,18 @@ def size_to_budget(source: Source, target: float, metric: str = "active", *, seq
     experts = real
     notes: list[str] = []
     shape = Shape(seq_len, vocab, eos, pad, max_positions, layers, min_head_dim)
+    fine = replace(shape, align=4)  # finer steps where whole multiples of 8 jump over the tolerance band
     while True:
-        found = _search(full, target, metric, experts, shape, max_total)
+        found = _search(full, target, metric, experts, shape, max_total) or \
+            _search(full, target, metric, experts, fine, max_total)
         if found is not None:
             break
         smaller = _fewer_experts(spec, experts)
         if smaller is None:
-            if max_total is not None and _search(full, target, metric, experts, shape) is not None:
+            if max_total is not None and _search(full, target, metric, experts, fine) is not None:
                 raise ArchLabError(f"{full.label}: even with {experts} routed experts no miniature meets the budget "
                                    f"under the cap of {max_total:,} parameters")
             raise ArchLabError(_why_not(full, target, metric, experts, shape))
-        why = f"the cap of {max_total:,} parameters" if max_total is not None else "the budget"
-        notes.append(f"{experts} → {smaller} routed experts to fit {why}")
         experts = smaller
     mini = found
     lost = check_miniature(spec, mini.spec, "small")
@@ -154,8 +156,9 @@ def size_to_budget(source: Source, target: float, metric: str = "active", *, seq
     if lost:
         raise ArchLabError(f"{full.label}: the sized miniature would lose {'; '.join(lost)}")
     if experts != real:
-        notes.append(f"keeps top-{mini.spec.moe.top_k} of {experts} experts (the real model routes top-"
-                     f"{spec.moe.top_k} of {real})")
+        why = f"the cap of {max_total:,} parameters" if max_total is not None else "the budget"
+        notes.append(f"{experts} of the real {real} routed experts, top-{mini.spec.moe.top_k} "
+                     f"(real top-{spec.moe.top_k}), to fit {why}")
     return Sized(full.label, mini.as_dict(), mini, metric, float(target), measure(mini, metric, seq_len),
                  mini.counts.total, mini.counts.active, mini.spec.moe.num_experts if mini.spec.moe else None, real,
                  tuple(notes))
@@ -217,8 +220,7 @@ def _search(full: Architecture, target: float, metric: str, experts, shape: Shap
         return v is not None and abs(v / target - 1) <= TOLERANCE and (max_total is None or arch.counts.total <= max_total)
 
     heads, _ = attention_heads(full.spec, shape.knobs(full.spec, 64, 1.0, experts))
-    # transformers validates hidden % heads for some model types; expert GEMMs want 16-byte rows in bf16
-    step = math.lcm(8 if full.spec.moe is not None else 4, heads)
+    step = math.lcm(shape.align, heads)  # transformers validates hidden % heads for some model types
     lo, hi = -(-HIDDEN_RANGE[0] // step), HIDDEN_RANGE[1] // step
     while lo < hi:  # smallest hidden whose metric reaches the target
         mid = (lo + hi) // 2

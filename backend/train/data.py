@@ -9,6 +9,7 @@ batches in the same order, and :class:`StreamHash` fingerprints what a model act
 from __future__ import annotations
 
 import hashlib
+import threading
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Optional
@@ -63,8 +64,17 @@ def _vocab() -> int:
 CORPUS_NAME = "corpus (Shakespeare + King James Bible)"
 
 
-@lru_cache(maxsize=1)
+_corpus_lock = threading.Lock()
+
+
 def corpus_data() -> TokenData:
+    """The shipped corpus, tokenized (see :func:`_corpus_data`); one thread tokenizes, the others wait."""
+    with _corpus_lock:
+        return _corpus_data()
+
+
+@lru_cache(maxsize=1)
+def _corpus_data() -> TokenData:
     """The shipped corpus, tokenized (cached in memory, and on disk under the runs directory keyed by the
     corpus and tokenizer files, so worker processes and restarts skip the tokenizing)."""
     from ..live.roots import runs_dir
@@ -87,7 +97,7 @@ def save_tokens(path, train: np.ndarray, validation: np.ndarray) -> None:
     import os
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp.npz")
     np.savez(tmp, train=train, validation=validation)
     os.replace(tmp, path)
 

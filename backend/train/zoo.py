@@ -107,6 +107,9 @@ def build(out: Optional[Path] = None, recipe: Optional[Recipe] = None, seeds=SEE
     # costliest first (longest-processing-time order keeps the last runs short).
     jobs = [(g["keys"][0], replace(r, seed=s), _cost(g["sized"], r)) for g in gs for r in (recipe, probe) for s in seeds]
     jobs.sort(key=lambda j: -j[2])
+    from .data import corpus_data
+
+    corpus_data()  # tokenized once here, cached on disk for the workers
     runs = _run_all([RunSpec((key,), r, "auto") for key, r, _ in jobs], root, 1, parallel, log)
     results = []
     for r in runs:
@@ -150,7 +153,6 @@ def _write(out: Path, gs: list[dict], recipe: Recipe, probe: Recipe, res: pd.Dat
     out.mkdir(parents=True)
     index = {"built_with": "python -m backend train --zoo", "recipe": recipe.as_dict(), "mqar_recipe": probe.as_dict(),
              "seeds": list(seeds), "tokenizer": "assets/tokenizer", "models": {}}
-    board = []
     for g in gs:
         rep, s = g["keys"][0], g["sized"]
         corpus = res[(res["model"] == rep) & (res["data"] == "corpus")]
@@ -174,6 +176,20 @@ def _write(out: Path, gs: list[dict], recipe: Recipe, probe: Recipe, res: pd.Dat
             index["models"][key] = {"folder": folder_name, "label": catalog.get(key).name, "val_loss": shipped,
                                     "stream_sha256": first.iloc[0]["stream_sha256"], "experts": s.experts,
                                     "real_experts": s.real_experts, "notes": list(s.notes)}
+    (out / live_zoo.INDEX).write_text(json.dumps(index, indent=1) + "\n")
+    leaderboard(gs, res).to_csv(out / live_zoo.LEADERBOARD, index=False)
+    res.drop(columns=["checkpoint"], errors="ignore").to_csv(out / "runs.csv", index=False)
+
+
+def leaderboard(gs: list[dict], res: pd.DataFrame) -> pd.DataFrame:
+    """Per architecture: validation loss (mean, spread and range over seeds), perplexity, MQAR accuracy,
+    parameters and shape, from every finished run's row (``res``: model, data, seed, val_loss, probe_accuracy)."""
+    board = []
+    for g in gs:
+        rep, s = g["keys"][0], g["sized"]
+        corpus = res[(res["model"] == rep) & (res["data"] == "corpus")]
+        mqar = res[(res["model"] == rep) & (res["data"] == "mqar")]
+        sp = s.arch.spec
         vl = corpus["val_loss"].astype(float)
         acc = mqar["probe_accuracy"].astype(float)
         board.append({
@@ -181,10 +197,39 @@ def _write(out: Path, gs: list[dict], recipe: Recipe, probe: Recipe, res: pd.Dat
             "val_loss_mean": vl.mean(), "val_loss_std": vl.std(ddof=1) if len(vl) > 1 else float("nan"),
             "val_loss_min": vl.min(), "val_loss_max": vl.max(), "perplexity": math.exp(vl.mean()) if len(vl) else None,
             "mqar_accuracy_mean": acc.mean(), "mqar_accuracy_std": acc.std(ddof=1) if len(acc) > 1 else float("nan"),
-            "seeds": int(len(vl)), "total_params": s.total, "active_params": s.active,
+            "seeds": int(len(vl)), "mqar_seeds": int(len(acc)), "total_params": s.total, "active_params": s.active,
             "nonemb_active_params": int(s.value), "layers": sp.num_layers, "hidden": sp.hidden_size,
             "attention": sp.attention_kind, "experts": s.experts, "real_experts": s.real_experts,
             "top_k": sp.moe.top_k if sp.moe else None, "notes": "; ".join(s.notes)})
+    return pd.DataFrame(board)
+
+
+def merge(parts: list[Path], out: Path, recipe: Optional[Recipe] = None) -> Path:
+    """One zoo from several builds of the same recipe (e.g. a rebuild of the architectures whose runs failed):
+    each catalog key's shipped checkpoint from the last part that has it, the leaderboard over every run."""
+    indexes = [json.loads((Path(p) / live_zoo.INDEX).read_text()) for p in parts]
+    if any(i["recipe"] != indexes[0]["recipe"] for i in indexes):
+        raise ArchLabError("the zoo parts were trained with different recipes")
+    recipe = recipe or Recipe.from_dict(indexes[0]["recipe"])
+    out = Path(out)
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    index = {**indexes[0], "models": {}, "seeds": sorted({s for i in indexes for s in i["seeds"]})}
+    for part, idx in zip(parts, indexes):
+        for key, row in idx["models"].items():
+            index["models"][key] = row
+            if not (out / row["folder"]).exists():
+                shutil.copytree(Path(part) / row["folder"], out / row["folder"])
+    for key, row in list(index["models"].items()):  # a folder replaced by a later part: take that part's copy
+        src = next(Path(p) / row["folder"] for p, i in reversed(list(zip(parts, indexes))) if key in i["models"])
+        if (src / "training.json").read_bytes() != (out / row["folder"] / "training.json").read_bytes():
+            shutil.rmtree(out / row["folder"])
+            shutil.copytree(src, out / row["folder"])
+    order = catalog.keys()
+    index["models"] = dict(sorted(index["models"].items(), key=lambda kv: order.index(kv[0])))
+    res = pd.concat([pd.read_csv(Path(p) / "runs.csv") for p in parts], ignore_index=True)
     (out / live_zoo.INDEX).write_text(json.dumps(index, indent=1) + "\n")
-    pd.DataFrame(board).to_csv(out / live_zoo.LEADERBOARD, index=False)
-    res.drop(columns=["checkpoint"], errors="ignore").to_csv(out / "runs.csv", index=False)
+    leaderboard(groups(recipe), res).to_csv(out / live_zoo.LEADERBOARD, index=False)
+    res.to_csv(out / "runs.csv", index=False)
+    return out
