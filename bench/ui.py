@@ -263,12 +263,12 @@ TRAINED_TARGET_MS = 1000
 
 _OBSERVE_ALL = r"""
 ([olds]) => new Promise((resolve, reject) => {
-  // a column shows its first token when its progress reads "generating: k" or "done: k" (k >= 1) in this run:
-  // the text is drawn in the same redraw (whitespace tokens included, which its code block does not show)
+  // a column shows its first token when its progress reads "generating: k" or "done: k" (k >= 1) in this run
+  // and its text block is on the page (a whitespace token is drawn there too, though nothing shows)
   const cols = () => [...document.querySelectorAll("[data-testid='stProgress']")].map(p => {
     const box = p.closest("[data-testid='stVerticalBlock']");
     const code = box ? box.querySelector("[data-testid='stCode'] code") : null;
-    return {p: p.innerText.trim(), c: code ? code.innerText : ''};
+    return {p: p.innerText.trim(), c: code ? code.innerText : null};
   });
   const button = [...document.querySelectorAll('button')].find(b => b.innerText.trim().endsWith('Generate'));
   if (!button) { reject('no Generate button'); return; }
@@ -276,7 +276,7 @@ _OBSERVE_ALL = r"""
   const check = () => {
     const now = cols();
     const isNew = (x, i) => i >= olds.length || x.p !== olds[i].p || x.c !== olds[i].c;
-    const fresh = now.filter((x, i) => /^(generating|done): [1-9]/.test(x.p) && isNew(x, i));
+    const fresh = now.filter((x, i) => /^(generating|done): [1-9]/.test(x.p) && x.c !== null && isNew(x, i));
     const failed = now.filter((x, i) => /^failed/.test(x.p) && isNew(x, i));  // counted, never waited for
     if (first === null && fresh.length > 0) first = performance.now() - t0;
     if (!done && fresh.length > 0 && fresh.length + failed.length === now.length && now.length >= olds.length) {
@@ -299,7 +299,7 @@ _OBSERVE_ALL = r"""
 _COLUMNS = """() => [...document.querySelectorAll("[data-testid='stProgress']")].map(p => {
   const box = p.closest("[data-testid='stVerticalBlock']");
   const code = box ? box.querySelector("[data-testid='stCode'] code") : null;
-  return {p: p.innerText.trim(), c: code ? code.innerText : ''};
+  return {p: p.innerText.trim(), c: code ? code.innerText : null};
 })"""
 
 

@@ -113,12 +113,24 @@ def test_the_text_is_a_fixed_slice_of_the_validation_split():
 
 
 def test_trained_routers_specialise_more_than_untrained(zoo_moe):
+    """Over the zoo's MoE miniatures (each beside its own initial weights, seed fixed, same text), trained routers
+    carry more information about the token than untrained ones. Not every model: at initialisation the residual
+    stream is mostly the token's embedding, so random routers are already token-determined, and in the shipped zoo
+    Kimi K2 (0.230 vs 0.249) and Qwen3-Next (0.403 vs 0.491) stay below their initial weights (the Routing page
+    shows it); the zoo mean is 0.356 vs 0.256."""
     table = sp.specialisation_table([m.key for m in zoo_moe])
-    summary = sp.specialisation_summary(table).set_index("model")
-    for m in zoo_moe:
-        trained, untrained = summary.loc[m.label]
-        assert trained > untrained, f"{m.label}: trained {trained:.3f} vs untrained {untrained:.3f}"
+    summary = sp.specialisation_summary(table)
+    trained, untrained = summary["specialisation, trained"], summary["specialisation, untrained"]
+    assert len(summary) == len(zoo_moe) and trained.notna().all() and untrained.notna().all()
+    assert trained.mean() > untrained.mean() + 0.05, summary.to_string()
+    assert (trained > untrained).sum() > len(summary) / 2, summary.to_string()
     assert (table["chance MI (bits)"] > 0).all() and (table["MI (bits)"] <= table["expert entropy (bits)"] + 1e-9).all()
+    from backend.arch.architecture import resolve
+    from backend.live.specialisation import route_text
+
+    m, text = zoo_moe[0], sp.routing_text()[:4]  # fixed seed: two fresh untrained twins route alike
+    a, b = (route_text(sp._model(m, sp.UNTRAINED), resolve(m.config).spec, text) for _ in range(2))
+    assert np.array_equal(a.choices, b.choices)
 
 
 def test_untrained_twin_is_the_trainers_initialisation(zoo_moe):

@@ -135,6 +135,20 @@ def _column(live: LiveRun, slot: int, v: playground.SlotView) -> None:
     st.code(v.text or " ", language=None, wrap_lines=True, height=260)
 
 
+def _empty_columns(models: list[_state.Model], mode: str) -> None:
+    """Before the first run: the columns the selected models will stream into (also has the browser load its
+    code-block component now, not on the first token: 0.4 s measured in bench/ui.py)."""
+    if mode == "pretrained" or playground.run_mode(mode) is not None:
+        return
+    for m, col in zip(models, st.columns(min(len(models), playground.MAX_COLUMNS) or 1, border=True)):
+        runs_as = mode if mode != playground.TRAINED or playground.has_trained(m.source) else playground.FALLBACK_SIZE
+        with col:
+            with st.container(horizontal=True, gap="small"):  # the label is a visitor's text: never inside HTML
+                st.markdown(swatch(m.color), unsafe_allow_html=True, width="content")
+                st.markdown(f"**{md(m.label)}** ({playground.mode_label(runs_as)})")
+            st.code(" ", language=None, wrap_lines=True, height=80)
+
+
 def _depth(live: LiveRun) -> None:
     """Full width, fewer layers: time one layer more and one less, show the extrapolation."""
     if playground.depth_pending(live):
@@ -215,6 +229,7 @@ def _run(models: list[_state.Model], prompt: str, s: dict) -> None:
     live = _live.current()
     if live is None:
         st.info("Type a prompt and press **Generate**.")
+        _empty_columns(models, s["mode"])
         return
     _live.show_link(live, "playground")
     holders = [col.empty() for col in st.columns(len(live.slots), border=True)]

@@ -183,7 +183,7 @@ def _balance(version: str):
 
 def _ensure(keys: list[str]) -> None:
     """Route the text through every trained and untrained model of ``keys`` not cached yet, with a progress bar
-    (each is run once per server and kept on disk)."""
+    (each is run once and kept on disk under the runs folder)."""
     todo = [(k, w) for k in keys for w in (sp.TRAINED, sp.UNTRAINED) if not sp.is_cached(k, w)]
     if not todo:
         return
@@ -191,7 +191,7 @@ def _ensure(keys: list[str]) -> None:
     for n, (key, which) in enumerate(todo):
         label = sp.zoo_model(key).label
         bar.progress(n / len(todo), text=f"Routing {sp.routing_text().size:,} corpus tokens through the {which} "
-                     f"{md(label)} miniature ({n + 1} of {len(todo)}; once per server)…")
+                     f"{md(label)} miniature ({n + 1} of {len(todo)}; once, then kept on disk)…")
         sp.routing_of(key, which)
     bar.empty()
 
@@ -249,8 +249,8 @@ def _learned() -> None:
     st.subheader("Across the zoo: specialisation and load balance by router kind")
     missing = sum(not sp.is_cached(k, w) for k in keys for w in (sp.TRAINED, sp.UNTRAINED))
     if missing and not st.button(f"Route the text through all {len(keys)} MoE miniatures", icon=":material/play_arrow:",
-                                 key="rt_zoo_all", help="Each model is run once per server (and kept on disk), "
-                                 "trained and untrained."):
+                                 key="rt_zoo_all", help="Each model, trained and untrained, reads the text once; "
+                                 "the routing is kept on disk for every later visit."):
         st.caption(f"{missing} of the {2 * len(keys)} trained and untrained models still have to read the text "
                    "(a few seconds each on a CPU, once); then this section shows by itself.")
         return

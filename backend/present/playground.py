@@ -195,14 +195,18 @@ def prefetch(requests: Sequence[runtime.ModelRequest], hw: dict) -> int:
                 _prefetched.add(key)
                 todo.append(r)
     if todo:
-        threading.Thread(target=_load_all, args=(todo,), daemon=True, name="archlab-prefetch").start()
+        threading.Thread(target=preload, args=(todo,), daemon=True, name="archlab-prefetch").start()
     return len(todo)
 
 
-def _load_all(requests: list[runtime.ModelRequest]) -> None:
+def preload(requests: Sequence[runtime.ModelRequest]) -> None:
+    """Load each request's model and generate 2 tokens with it through the Playground's own path (the first
+    forward passes of a process are slow: kernels and caches set up), so that a visitor's first Generate is as
+    fast as the next. A failure is left for the visitor's run to report."""
     for r in requests:
         try:
             runtime.load(r)
+            GenerationRun([r], "The", GenerationSettings(max_new_tokens=2)).start().join(60)
         except Exception:  # noqa: BLE001 - the run that asks for it again shows the reason
             pass
 

@@ -63,15 +63,14 @@ def _model(key: str) -> None:
 
 def _trained(keys: tuple[str, ...]) -> None:
     """On a server without GPUs, the shipped trained miniatures of ``keys`` (the Playground's default models),
-    loaded into the runtime's cache as the Playground asks for them, so that a first Generate finds them ready
-    (the first ``from_pretrained`` of a process also imports transformers' loading code: seconds)."""
+    loaded into the runtime's cache as the Playground asks for them and run once, so that a first Generate finds
+    them ready (the first ``from_pretrained`` of a process also imports transformers' loading code: seconds)."""
     from ..live import runtime, zoo
+    from .playground import preload
 
     if runtime.hardware()["gpus"]:
         return  # GPU memory is taken only by runs (admitted against the visitor's share)
-    for key in keys:
-        if zoo.has(key):
-            runtime.load(runtime.ModelRequest(key, mode="trained"))
+    preload([runtime.ModelRequest(key, mode="trained") for key in keys if zoo.has(key)])
 
 
 def _run(keys: tuple[str, ...]) -> None:
