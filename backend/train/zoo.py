@@ -54,7 +54,9 @@ def groups(recipe: Recipe, keys: Optional[list[str]] = None) -> list[dict]:
         s = budget.size_to_budget(key, recipe.budget, recipe.budget_metric, seq_len=recipe.seq_len, vocab=len(tok),
                                   eos=tok.eos_token_id, pad=tok.pad_token_id, max_positions=max(1024, recipe.seq_len),
                                   max_total=recipe.max_total, layers=recipe.layers, min_head_dim=recipe.min_head_dim)
-        out.setdefault(_identity(s.arch), {"keys": [], "sized": s})["keys"].append(key)
+        g = out.setdefault(_identity(s.arch), {"keys": [], "sized": s, "by_key": {}})
+        g["keys"].append(key)
+        g["by_key"][key] = s  # same miniature, but each key's own real expert count and notes
     return list(out.values())
 
 
@@ -123,8 +125,13 @@ def build(out: Optional[Path] = None, recipe: Optional[Recipe] = None, seeds=SEE
     return out
 
 
-def _shipped_val_loss(folder: Path, recipe: Recipe) -> float:
-    """Validation loss of the shipped (bf16) checkpoint as the app loads it: fp32 weights on the CPU."""
+#: validation windows of the quick check recorded for every shipped checkpoint (tests reload each against it)
+CHECK_WINDOWS = 32
+
+
+def _shipped_val_loss(folder: Path, recipe: Recipe, windows: Optional[int] = FINAL_WINDOWS) -> float:
+    """Validation loss of the shipped (bf16) checkpoint as the app loads it: fp32 weights on the CPU, over the
+    first ``windows`` validation sequences (``FINAL_WINDOWS``: what training reports)."""
     import torch
     import torch.nn.functional as F
     from transformers import AutoModelForCausalLM
@@ -132,7 +139,7 @@ def _shipped_val_loss(folder: Path, recipe: Recipe) -> float:
     from .data import corpus_data, validation_windows
 
     model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32, local_files_only=True).eval()
-    windows = validation_windows(corpus_data().validation, recipe.seq_len, FINAL_WINDOWS)
+    windows = validation_windows(corpus_data().validation, recipe.seq_len, windows)
     total = n = 0.0
     with torch.no_grad():
         for i in range(0, len(windows), 64):
@@ -173,12 +180,14 @@ def _write(out: Path, gs: list[dict], recipe: Recipe, probe: Recipe, res: pd.Dat
         for key in g["keys"]:
             if shipped is None:
                 continue
+            own = g["by_key"][key]
             index["models"][key] = {"folder": folder_name, "label": catalog.get(key).name, "val_loss": shipped,
-                                    "stream_sha256": first.iloc[0]["stream_sha256"], "experts": s.experts,
-                                    "real_experts": s.real_experts, "notes": list(s.notes)}
+                                    "stream_sha256": first.iloc[0]["stream_sha256"], "experts": own.experts,
+                                    "real_experts": own.real_experts, "notes": list(own.notes)}
     (out / live_zoo.INDEX).write_text(json.dumps(index, indent=1) + "\n")
     leaderboard(gs, res).to_csv(out / live_zoo.LEADERBOARD, index=False)
     res.drop(columns=["checkpoint"], errors="ignore").to_csv(out / "runs.csv", index=False)
+    record_checks(out)
 
 
 def leaderboard(gs: list[dict], res: pd.DataFrame) -> pd.DataFrame:
@@ -202,6 +211,20 @@ def leaderboard(gs: list[dict], res: pd.DataFrame) -> pd.DataFrame:
             "attention": sp.attention_kind, "experts": s.experts, "real_experts": s.real_experts,
             "top_k": sp.moe.top_k if sp.moe else None, "notes": "; ".join(s.notes)})
     return pd.DataFrame(board)
+
+
+def record_checks(out: Path) -> None:
+    """Record, for every shipped checkpoint, its loss on the first ``CHECK_WINDOWS`` validation sequences
+    (a fast reload check beside the full validation loss)."""
+    path = Path(out) / live_zoo.INDEX
+    index = json.loads(path.read_text())
+    recipe = Recipe.from_dict(index["recipe"])
+    done: dict[str, float] = {}
+    for row in index["models"].values():
+        if row["folder"] not in done:
+            done[row["folder"]] = _shipped_val_loss(Path(out) / row["folder"], recipe, CHECK_WINDOWS)
+        row["check"] = {"windows": CHECK_WINDOWS, "val_loss": done[row["folder"]]}
+    path.write_text(json.dumps(index, indent=1) + "\n")
 
 
 def merge(parts: list[Path], out: Path, recipe: Optional[Recipe] = None) -> Path:
@@ -228,8 +251,13 @@ def merge(parts: list[Path], out: Path, recipe: Optional[Recipe] = None) -> Path
             shutil.copytree(src, out / row["folder"])
     order = catalog.keys()
     index["models"] = dict(sorted(index["models"].items(), key=lambda kv: order.index(kv[0])))
+    gs = groups(recipe, list(index["models"]))
+    for g in gs:  # each key's own expert notes (parts built before keys carried their own)
+        for key, own in g["by_key"].items():
+            index["models"][key].update(experts=own.experts, real_experts=own.real_experts, notes=list(own.notes))
     res = pd.concat([pd.read_csv(Path(p) / "runs.csv") for p in parts], ignore_index=True)
     (out / live_zoo.INDEX).write_text(json.dumps(index, indent=1) + "\n")
-    leaderboard(groups(recipe), res).to_csv(out / live_zoo.LEADERBOARD, index=False)
+    leaderboard(gs, res).to_csv(out / live_zoo.LEADERBOARD, index=False)
     res.to_csv(out / "runs.csv", index=False)
+    record_checks(out)
     return out

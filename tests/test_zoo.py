@@ -1,0 +1,99 @@
+"""The shipped trained zoo: every catalog architecture has one, it loads as it is, reproduces its recorded
+validation loss, beats the same architecture untrained by a wide margin, and keeps its routing."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from backend.arch import catalog
+from backend.arch.architecture import resolve
+from backend.live import zoo
+from backend.live.tokenizer import load_offline
+from backend.train import data
+from backend.train.recipe import Recipe
+from backend.train.zoo import CHECK_WINDOWS, _shipped_val_loss
+
+
+def loss(model, windows) -> float:
+    total = n = 0.0
+    with torch.no_grad():
+        for i in range(0, len(windows), 32):
+            w = torch.from_numpy(windows[i:i + 32].astype(np.int64))
+            logits = model(input_ids=w[:, :-1], use_cache=False).logits.float()
+            total += float(torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), w[:, 1:].reshape(-1),
+                                                              reduction="sum"))
+            n += w[:, 1:].numel()
+    return total / n
+
+
+@pytest.fixture(scope="module")
+def recipe() -> Recipe:
+    return Recipe.from_dict(zoo.recipe())
+
+
+@pytest.fixture(scope="module")
+def windows(recipe):
+    return data.validation_windows(data.corpus_data().validation, recipe.seq_len, CHECK_WINDOWS)
+
+
+def test_every_catalog_architecture_has_a_trained_miniature():
+    assert set(zoo.index()["models"]) == set(catalog.keys())
+    assert zoo.recipe()["data"] == "corpus" and len(zoo.index()["seeds"]) >= 3
+
+
+@pytest.mark.parametrize("folder", sorted({row["folder"] for row in zoo.index()["models"].values()}))
+def test_each_checkpoint_loads_as_it_is_and_reproduces_its_check_loss(folder, windows):
+    path = zoo.zoo_dir() / folder
+    files = {p.name for p in path.iterdir()}
+    assert {"config.json", "model.safetensors"} <= files and not files & {"pytorch_model.bin", "model.bin"}
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32, local_files_only=True).eval()
+    assert next(model.parameters()).dtype == torch.float32
+    assert model.config.vocab_size == len(load_offline())
+    rows = [r for r in zoo.index()["models"].values() if r["folder"] == folder]
+    assert loss(model, windows) == pytest.approx(rows[0]["check"]["val_loss"], abs=1e-4)
+
+
+@pytest.mark.parametrize("key", ["gpt2", "deepseek-v3"])
+def test_the_full_recorded_validation_loss_is_reproduced(key, recipe):
+    """The loss recorded at build time (on the whole held-out split) comes back from the shipped file."""
+    m = zoo.get(key)
+    assert _shipped_val_loss(m.folder, recipe) == pytest.approx(m.val_loss, abs=1e-4)
+
+
+@pytest.mark.parametrize("key", ["llama3-8b", "qwen3-30b-a3b"])
+def test_trained_beats_the_same_architecture_untrained_by_a_wide_margin(key, windows):
+    m = zoo.get(key)
+    trained = AutoModelForCausalLM.from_pretrained(str(m.folder), dtype=torch.float32, local_files_only=True).eval()
+    torch.manual_seed(0)
+    config = resolve(json.loads((m.folder / "config.json").read_text())).config
+    untrained = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+    a, b = loss(trained, windows[:8]), loss(untrained, windows[:8])
+    assert b - a > 2.0, (a, b)   # nats per token: untrained sits near ln(2048) = 7.6
+
+
+def test_moe_miniatures_keep_top_k_and_say_where_experts_were_cut():
+    for key in catalog.keys():
+        full = resolve(key).spec
+        if full.moe is None:
+            continue
+        m = zoo.get(key)
+        mini = resolve(json.loads((m.folder / "config.json").read_text())).spec.moe
+        assert mini.top_k == full.moe.top_k and (mini.num_shared > 0) == (full.moe.num_shared > 0)
+        assert mini.bias_corrected == full.moe.bias_corrected and mini.scoring == full.moe.scoring
+        if mini.num_experts < full.moe.num_experts:
+            assert any(str(full.moe.num_experts) in n for n in m.notes), key
+
+
+def test_the_leaderboard_covers_every_architecture_with_its_seeds():
+    board = pd.read_csv(zoo.zoo_dir() / zoo.LEADERBOARD)
+    keys = {k for ks in board["keys"] for k in ks.split()}
+    assert keys == set(catalog.keys())
+    runs = pd.read_csv(zoo.zoo_dir() / "runs.csv")
+    for _, row in board.iterrows():
+        rep = row["keys"].split()[0]
+        seen = runs[(runs["model"] == rep) & (runs["data"] == "corpus")]["val_loss"]
+        assert row["seeds"] == len(seen) >= 1
+        assert row["val_loss_mean"] == pytest.approx(seen.mean())
