@@ -123,6 +123,8 @@ def _notes(models: list[_state.Model]) -> None:
             st.markdown(e.note)
             if e.count_note:
                 st.caption(f"Parameter count: {e.count_note}")
+            if e.trained_note:
+                st.caption(e.trained_note)
             st.caption(f"{e.org}, {e.year} · stated {e.stated_total} total / {e.stated_active} active · "
                        f"[official config.json]({e.source})")
 
