@@ -297,9 +297,40 @@ st.caption("Train several architectures on equal footing: the same data, the sam
            "optimizer, schedule, batch, sequence length, token budget, precision and seed, each miniature sized to "
            "the same parameter or FLOP budget. Only the architecture differs. The runs folder keeps the curves, "
            "the final table and every checkpoint.")
+def _leaderboard() -> None:
+    board = ex.leaderboard()
+    if board.empty:
+        st.info("No trained zoo is shipped here (assets/zoo). Build it with `python -m backend train --zoo` on a GPU.")
+        return
+    st.caption("Every catalog architecture's miniature, trained on the shipped corpus under one recorded recipe (the "
+               "table below): the same data, batches, optimizer, schedule, precision and a matched budget of "
+               "non-embedding active parameters; each row's loss is on the held-out split, over the seeds that "
+               "finished. Neighbours whose seed ranges overlap are marked *within noise*: this experiment does not "
+               "tell them apart. MoE models hold more parameters in total at the same active budget.")
+    _ui.chart(tc.leaderboard_chart(board), "zoo leaderboard",
+              "Purple: mixture-of-experts miniatures; blue: dense. The bars span the best to the worst seed.")
+    _ui.frame(board, "zoo leaderboard", hide_index=True, width="stretch",
+              column_config={"validation loss (mean)": LOSS, "validation loss (std over seeds)": LOSS,
+                             "best seed": LOSS, "worst seed": LOSS,
+                             "perplexity": st.column_config.NumberColumn(format="%.1f"),
+                             "MQAR accuracy (mean)": st.column_config.NumberColumn(format="percent"),
+                             "non-embedding active params": NUM, "active params": NUM, "total params": NUM},
+              caption="Sort by any column. MQAR accuracy: the same miniatures trained on multi-query associative "
+              "recall with a third of the tokens. At this size and length no architecture learned the task: the best "
+              f"reached {board['MQAR accuracy (mean)'].max():.1%} where guessing gives 0.1 %, so that column does not "
+              "rank them. Notes say where a miniature has fewer routed experts than the real model (the zoo caps "
+              "each at 1.5 M parameters to ship within 40 MB).")
+    with st.expander("The zoo's recipe"):
+        _ui.frame(ex.zoo_recipe_table(), "zoo recipe", hide_index=True, width="stretch")
+
+
 with _ui.guard("the experiments page"):
     attached = _attached()
     if attached is None:
-        _setup()
+        train_tab, board_tab = st.tabs(["Train an experiment", "Leaderboard of the trained zoo"])
+        with train_tab:
+            _setup()
+        with board_tab:
+            _leaderboard()
     else:
         _show(attached)

@@ -42,7 +42,8 @@ def _sized_row(source_json: str, recipe_json: str) -> dict:
     try:
         s = budget.size_to_budget(source, recipe.budget, recipe.budget_metric, seq_len=recipe.seq_len, vocab=vocab,
                                   eos=eos, pad=pad, max_positions=max(1024, recipe.seq_len),
-                                  max_total=recipe.max_total, layers=recipe.layers)
+                                  max_total=recipe.max_total, layers=recipe.layers,
+                                  min_head_dim=recipe.min_head_dim)
     except ArchLabError as e:
         return {"model": label, "error": str(e)}
     sp, c = s.arch.spec, s.arch.counts
@@ -188,3 +189,44 @@ def probe_grid(probes: pd.DataFrame, model: str) -> pd.DataFrame:
     if p.empty:
         return pd.DataFrame()
     return p.pivot_table(index="kv_pairs", columns="seq_len", values="accuracy")
+
+
+# ----------------------------------------------------------------- the zoo's leaderboard
+
+def leaderboard() -> pd.DataFrame:
+    """The shipped zoo's table at equal budget, best validation loss first, with a "within noise" mark: two
+    neighbours whose seed ranges (min–max validation loss) overlap are not told apart by this experiment."""
+    from ..live import zoo
+
+    path = zoo.zoo_dir() / zoo.LEADERBOARD
+    if not path.is_file():
+        return pd.DataFrame()
+    b = pd.read_csv(path).sort_values("val_loss_mean").reset_index(drop=True)
+    marks = []
+    for i, row in b.iterrows():
+        if row["seeds"] < 2:
+            marks.append(f"{int(row['seeds'])} seed: spread not measured")
+            continue
+        near = [b.loc[j, "architecture"] for j in (i - 1, i + 1) if 0 <= j < len(b) and b.loc[j, "seeds"] >= 2
+                and b.loc[j, "val_loss_min"] <= row["val_loss_max"] and row["val_loss_min"] <= b.loc[j, "val_loss_max"]]
+        marks.append("within noise of " + ", ".join(near) if near else "")
+    b["rank"] = range(1, len(b) + 1)
+    b["within noise"] = marks
+    return b[["rank", "architecture", "val_loss_mean", "val_loss_std", "val_loss_min", "val_loss_max", "seeds",
+              "perplexity", "mqar_accuracy_mean", "mqar_seeds", "nonemb_active_params", "active_params",
+              "total_params", "experts", "real_experts", "top_k", "layers", "hidden", "attention", "within noise",
+              "notes", "keys"]].rename(columns={
+                  "architecture": "architecture", "val_loss_mean": "validation loss (mean)",
+                  "val_loss_std": "validation loss (std over seeds)", "val_loss_min": "best seed",
+                  "val_loss_max": "worst seed", "mqar_accuracy_mean": "MQAR accuracy (mean)",
+                  "mqar_seeds": "MQAR seeds", "nonemb_active_params": "non-embedding active params",
+                  "active_params": "active params", "total_params": "total params", "real_experts": "real experts",
+                  "top_k": "top-k"})
+
+
+def zoo_recipe_table() -> pd.DataFrame:
+    """The recipe the zoo was trained with, one row per item."""
+    from ..live import zoo
+
+    r = zoo.recipe()
+    return pd.DataFrame([{"recipe": k.replace("_", " "), "value": str(v)} for k, v in r.items()])

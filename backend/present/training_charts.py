@@ -135,3 +135,19 @@ def distance_lines(probes: pd.DataFrame, colors: Mapping[str, str], labels: Mapp
     return _layout(fig, "Recall at a distance", height=380, yaxis=dict(title="accuracy", range=[0, 1.02]),
                    xaxis=dict(title="tokens between the key and its query (bucket upper edge)", type="log"),
                    legend=dict(orientation="h", yanchor="bottom", y=1.02, xanchor="right", x=1))
+
+
+def leaderboard_chart(board: pd.DataFrame) -> go.Figure:
+    """Validation loss of each architecture at equal budget: mean over seeds, with the seed range as error bars."""
+    b = board.sort_values("validation loss (mean)", ascending=False)
+    fig = go.Figure(go.Scatter(
+        x=b["validation loss (mean)"], y=b["architecture"], mode="markers",
+        marker=dict(size=10, color=["#b279a2" if e == e and e else "#4c78a8" for e in b["experts"]]),
+        error_x=dict(type="data", symmetric=False, array=b["worst seed"] - b["validation loss (mean)"],
+                     arrayminus=b["validation loss (mean)"] - b["best seed"], thickness=1.5, width=4),
+        customdata=b[["seeds", "perplexity"]].values,
+        hovertemplate="%{y}: %{x:.3f} nats (perplexity %{customdata[1]:.1f}) over %{customdata[0]} seed(s)<extra></extra>"))
+    return _layout(fig, "Held-out validation loss at equal budget (lower is better)", height=140 + 26 * len(b),
+                   margin=dict(l=10, r=10, t=70, b=10), showlegend=False,
+                   xaxis=dict(title="cross-entropy on the held-out split (nats per token); bars: best to worst seed"),
+                   yaxis=dict(title=""))
