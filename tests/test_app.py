@@ -114,7 +114,10 @@ def test_checkpoint_folder(tmp_path, monkeypatch):
     assert at.sidebar.multiselect[0].value[-1] == f"local:{tmp_path.resolve()}"
 
 
-def test_parameters_page():
+def test_parameters_page(tmp_path, monkeypatch):
+    from backend.arch import train_memory
+
+    monkeypatch.setattr(train_memory, "MEASURED_FILE", tmp_path / "absent.json")  # whatever bench/results holds
     at = app(models="gpt2,gemma3-27b", ctx="4096")
     at.switch_page("views/parameters.py").run()
     no_errors(at)

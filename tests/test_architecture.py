@@ -38,6 +38,9 @@ def test_a_load_resolves_its_source_once(monkeypatch):
     try:
         lm = runtime.load(request)
         assert lm.arch is architecture.resolve(lm.arch) and lm.arch.spec is lm.spec
-        assert len(built) == 2 and len(specs) == 2  # the full config and its miniature, once each
+        # the full config and its miniature, each validated and read at most once (the miniature's config may
+        # already be resolved by an earlier test: same canonical text, same Architecture)
+        assert built[0] == architecture.resolve(source).canon and len(built) == len(set(built)) <= 2
+        assert len(specs) == len(built)
     finally:
         runtime.release(request)
