@@ -44,3 +44,16 @@ def test_a_load_resolves_its_source_once(monkeypatch):
         assert len(specs) == len(built)
     finally:
         runtime.release(request)
+
+
+def test_a_config_with_every_layer_linear_attention_is_read():
+    """No layer has softmax attention (an all-linear Qwen3-Next, the fixed-state ablation of bench/effects.py):
+    the spec still reads, every layer is linear, and the KV cache is only the fixed linear-attention state."""
+    from backend.arch import catalog, memory
+
+    d = catalog.raw_config("qwen3-next-80b-a3b")
+    d["layer_types"] = ["linear_attention"] * d["num_hidden_layers"]
+    arch = architecture.resolve(d)
+    assert {layer.attention for layer in arch.spec.layers} == {"linear"}
+    short, long = memory.kv_cache(arch, 1024), memory.kv_cache(arch, 65536)
+    assert short.per_token_bytes == 0 and short.total_bytes == long.total_bytes > 0

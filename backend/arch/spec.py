@@ -319,7 +319,7 @@ def _read_spec(cfg, model) -> ArchSpec:
 
     attn_layer = next((l for l, t in zip(layers, types) if t != "linear"), layers[0])
     attn = _child(attn_layer, "self_attn", "attn", "attention")
-    ap = _params(attn)
+    ap = _params(attn) if attn is not None else {}  # None: every layer is linear attention
     module_head_dim = getattr(attn, "head_dim", None)
     if mla is None and isinstance(module_head_dim, int) and module_head_dim != head_dim:
         head_dim = v_head_dim = module_head_dim  # the module's width wins (GPT-2 ignores a config head_dim)
