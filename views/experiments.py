@@ -221,7 +221,7 @@ def _colors(f: ex.Frames) -> dict:
     return {k: base[k.split("#")[0]] for k in keys}
 
 
-def _final(f: ex.Frames, recipe, run_id: str) -> None:
+def _final(f: ex.Frames) -> None:
     res = ex.results_table(f)
     if not res.empty:
         st.subheader("Results")
@@ -279,8 +279,7 @@ def _show(run) -> None:
         st.rerun()
     with holder.container():
         _draw(f, False, 0, status, message)
-    spec_models = f.models
-    _final(f, None, run_id)
+    _final(f)
     st.subheader("Equal footing")
     st.caption("What every model shared, as the run recorded it, and the SHA-256 of the batches each model "
                "actually consumed: equal hashes mean byte-identical batch streams.")
@@ -289,14 +288,8 @@ def _show(run) -> None:
     h = ex.hash_table(f)
     if not h.empty:
         _ui.frame(h, "batch stream hashes", hide_index=True, width="stretch")
-    del spec_models
 
 
-st.title("Experiments")
-st.caption("Train several architectures on equal footing: the same data, the same order of batches, the same "
-           "optimizer, schedule, batch, sequence length, token budget, precision and seed, each miniature sized to "
-           "the same parameter or FLOP budget. Only the architecture differs. The runs folder keeps the curves, "
-           "the final table and every checkpoint.")
 def _leaderboard() -> None:
     board = ex.leaderboard()
     if board.empty:
@@ -323,6 +316,12 @@ def _leaderboard() -> None:
     with st.expander("The zoo's recipe"):
         _ui.frame(ex.zoo_recipe_table(), "zoo recipe", hide_index=True, width="stretch")
 
+
+st.title("Experiments")
+st.caption("Train several architectures on equal footing: the same data, the same order of batches, the same "
+           "optimizer, schedule, batch, sequence length, token budget, precision and seed, each miniature sized to "
+           "the same parameter or FLOP budget. Only the architecture differs. The runs folder keeps the curves, "
+           "the final table and every checkpoint.")
 
 with _ui.guard("the experiments page"):
     attached = _attached()
