@@ -3,11 +3,15 @@
     python -m backend train --models deepseek-v3,llama3-8b --data corpus --budget 4M --tokens 20M \\
         --device auto --runs-dir runs
     python -m backend train --spec run.json              # a run spec written by --save-spec (any scheduler)
-    accelerate launch -m backend train ...               # one model over several GPUs or machines (DDP)
+    accelerate launch --num_processes 8 -m backend train ...   # each model over 8 GPUs with DDP (or torchrun;
+                                                               # add --num_machines/--machine_rank for several)
 
 ``--budget`` is in non-embedding active parameters unless ``--metric`` says otherwise; ``k``/``M``/``G``
 suffixes are accepted. ``--data`` is ``corpus``, ``mqar``, ``distance`` or the path of a UTF-8 ``.txt``.
 With several GPUs the models train one per GPU in separate processes, at the same time (``--processes``).
+Under ``accelerate launch`` or ``torchrun`` every process trains each model in turn with DDP on its rows of
+the same global batches (the batch must divide by the processes); rank 0 writes the one run folder and
+prints (``distributed.py``).
 """
 from __future__ import annotations
 
@@ -116,52 +120,83 @@ def _fmt_s(s) -> str:
 
 def run(a) -> int:
     """Run a training from parsed flags; prints progress and the final table. Returns the exit status."""
+    from . import distributed
+
+    if not distributed.launched():
+        return _run(a, False)
+    try:
+        distributed.refuse(zoo=a.zoo, processes=a.processes)
+        return _run(a, True)
+    except ArchLabError:
+        if distributed.rank():  # every process meets the same error: rank 0 says it, once
+            return 2
+        raise
+
+
+def _run(a, launched: bool) -> int:
     import torch
 
+    from . import distributed
     from .runner import TrainingRun
 
     if a.zoo:
         return _zoo(a)
     spec, upload = spec_from_args(a)
+    main = not launched or distributed.rank() == 0
+    say = print if main else (lambda *_, **__: None)
     if a.save_spec:
-        Path(a.save_spec).write_text(spec.to_json() + "\n")
-        print(f"wrote {a.save_spec}")
+        if main:
+            Path(a.save_spec).write_text(spec.to_json() + "\n")
+        say(f"wrote {a.save_spec}")
         return 0
-    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    processes = a.processes if a.processes is not None else (min(gpus, len(spec.models)) if gpus > 1 else 0)
     if a.runs_dir:
         os.environ["ARCHLAB_RUNS_DIR"] = str(Path(a.runs_dir).resolve())
-    run = TrainingRun(spec, upload=upload, processes=processes).start()
-    print(f"run {run.id}: {len(spec.models)} model(s), {spec.recipe.tokens:,} tokens each, folder {run.folder}",
-          flush=True)
-    last = 0.0
+    group = None
+    if launched:
+        distributed.check(spec)
+        group = distributed.init(spec.device)
+    ok = False
     try:
-        while run.running:
-            run.join(1.0)
-            if time.monotonic() - last >= 10 or not run.running:
-                last = time.monotonic()
-                for m in run.view().models:
-                    loss = "" if m.train_loss is None else f" train {m.train_loss:.3f}"
-                    val = "" if m.val_loss is None else f" val {m.val_loss:.3f}"
-                    speed = "" if m.tok_s is None else f" {m.tok_s:,.0f} tok/s"
-                    err = f" ({m.error})" if m.error else ""
-                    print(f"  {m.key:22s} {m.status:10s} step {m.step}/{m.steps}{loss}{val}{speed} "
-                          f"ETA {_fmt_s(m.eta_s)}{err}", flush=True)
-    except KeyboardInterrupt:
-        print("stopping (checkpoints trained so far are kept)…", flush=True)
-        run.cancel()
-        run.join()
-    v = run.view()
-    if v.results:
-        import pandas as pd
+        if group is not None:
+            run = distributed.start_run(spec, upload, group)
+        else:
+            gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+            processes = a.processes if a.processes is not None else (min(gpus, len(spec.models)) if gpus > 1 else 0)
+            run = TrainingRun(spec, upload=upload, processes=processes).start()
+        say(f"run {run.id}: {len(spec.models)} model(s), {spec.recipe.tokens:,} tokens each, folder {run.folder}"
+            + (f", DDP over {group.world} processes" if group is not None else ""), flush=True)
+        last = 0.0
+        try:
+            while run.running:
+                run.join(1.0)
+                if main and (time.monotonic() - last >= 10 or not run.running):
+                    last = time.monotonic()
+                    for m in run.view().models:
+                        loss = "" if m.train_loss is None else f" train {m.train_loss:.3f}"
+                        val = "" if m.val_loss is None else f" val {m.val_loss:.3f}"
+                        speed = "" if m.tok_s is None else f" {m.tok_s:,.0f} tok/s"
+                        err = f" ({m.error})" if m.error else ""
+                        print(f"  {m.key:22s} {m.status:10s} step {m.step}/{m.steps}{loss}{val}{speed} "
+                              f"ETA {_fmt_s(m.eta_s)}{err}", flush=True)
+        except KeyboardInterrupt:
+            say("stopping (checkpoints trained so far are kept)…", flush=True)
+            run.cancel()
+            run.join()
+        v = run.view()
+        if v.results and main:
+            import pandas as pd
 
-        cols = ["model", "status", "val_loss", "perplexity", "probe_accuracy", "nonemb_active_params", "total_params",
-                "tok_s", "train_seconds"]
-        df = pd.DataFrame(v.results)
-        print(df[[c for c in cols if c in df and df[c].notna().any()]].to_string(index=False))
-    print(f"{v.status}: {v.folder}" + (f" ({v.message})" if v.message else ""))
-    if v.status == "failed":
-        raise ArchLabError(v.message or "the run failed")
+            cols = ["model", "status", "val_loss", "perplexity", "probe_accuracy", "nonemb_active_params",
+                    "total_params", "tok_s", "train_seconds"]
+            df = pd.DataFrame(v.results)
+            print(df[[c for c in cols if c in df and df[c].notna().any()]].to_string(index=False))
+        say(f"{v.status}: {v.folder}" + (f" ({v.message})" if v.message else ""))
+        if v.status == "failed":
+            raise ArchLabError(v.message or "the run failed")
+        ok = True
+    finally:
+        if group is not None:
+            group.close(ok)
     return 0
 
 

@@ -77,14 +77,19 @@ class RouterStats:
             self._logits.clear()
             return None
         logits = torch.cat(self._logits).float()
-        probs = torch.softmax(logits, -1) if self.scoring == "softmax" else \
-            torch.sigmoid(logits) / torch.sigmoid(logits).sum(-1, keepdim=True)
+        probs = self._probs(logits)
         f = self._step_load.sum(0) / logits.shape[0]
         loss = self.num_experts * (f * probs.mean(0)).sum()
         self._logits.clear()
         self._aux_sum += loss.detach()
         self._aux_steps += 1
         return self.aux_coef * loss
+
+    def _probs(self, logits: torch.Tensor) -> torch.Tensor:
+        """Router probabilities per token (sigmoid scores normalised over the experts)."""
+        if self.scoring == "softmax":
+            return torch.softmax(logits, -1)
+        return torch.sigmoid(logits) / torch.sigmoid(logits).sum(-1, keepdim=True)
 
     @torch.no_grad()
     def end_step(self) -> None:

@@ -117,15 +117,20 @@ class TrainingRun:
 
     ``processes``: 0 trains every model in the run's thread, in turn; N > 0 trains the models in N worker
     processes at once (models spread over ``spec.device``'s GPUs round-robin when it is ``auto``/``cuda``).
+    ``group``: under a distributed launch (``distributed.Group``), every process of the launch runs the same
+    run with the same ``run_id`` and trains each model in turn with DDP; rank 0 alone writes the folder.
     """
 
     def __init__(self, spec: RunSpec, *, run_id: Optional[str] = None, root: Optional[Path] = None,
-                 upload: Optional[data_mod.TokenData] = None, processes: int = 0):
+                 upload: Optional[data_mod.TokenData] = None, processes: int = 0, group=None):
         self.spec = spec.validate()
         if spec.recipe.data == "upload" and upload is None:
             raise ArchLabError("data 'upload' needs an uploaded .txt file")
         if isinstance(processes, bool) or not isinstance(processes, int) or not 0 <= processes <= 64:
             raise ArchLabError(f"processes must be an integer from 0 to 64, got {processes!r}")
+        if group is not None and (processes or run_id is None):
+            raise ArchLabError("a distributed run trains in the launch's processes, under the id rank 0 made")
+        self.group = group
         self.id = run_id or new_id()
         self.folder = run_folder(self.id, root)
         self.upload, self.processes = upload, processes
@@ -142,7 +147,12 @@ class TrainingRun:
         self.shared: dict = {}
         self.version = 0
         self.started = time.time()
-        self.writer = RunWriter(self.folder)
+        if group is None or group.main:
+            self.writer = RunWriter(self.folder)
+        else:
+            from .distributed import NullWriter
+
+            self.writer = NullWriter(self.folder)
 
     # ----- control
     def start(self) -> "TrainingRun":
@@ -214,14 +224,14 @@ class TrainingRun:
             data, task = self._data()
             sized = self._size(data, task)
             jobs = [(i, s) for i, s in enumerate(sized) if s is not None]
-            devices = _devices(self.spec.device, self.processes)
+            devices = _devices(self.spec.device, self.processes) if self.group is None else [self.group.device]
             self._write_recipe(data, task, devices[0])
             self._set(status="training", message="")
             if self.processes:
                 self._train_in_processes(jobs, data, task, devices)
             else:
                 train_loop(jobs, self.keys, self.spec, data, task, devices[0], self, self.writer.folder,
-                           self._cancel, self.started)
+                           self._cancel, self.started, self.group)
             stopped = self._cancel.is_set()
             done = [m for m in self.models if m.status in ("finished", "stopped")]
             if not done:
@@ -301,6 +311,8 @@ class TrainingRun:
             "budget": f"{r.budget:,.0f} {METRICS[r.budget_metric]} (±5%)", "grad_clip": r.grad_clip,
             "layers": r.layers, "workers": f"{self.processes} processes" if self.processes else "one thread, models in turn",
         }
+        if self.group is not None:
+            shared.update(self.group.recipe_notes(r.batch))
         models = {m.key: {k: getattr(m, k) for k in ("label", "status", "total", "active", "nonemb_active",
                                                      "nonemb_total", "budget_value", "deviation", "experts",
                                                      "real_experts", "notes", "error")} for m in self.models}
@@ -385,8 +397,11 @@ def _child(payload: dict, q, cancel) -> None:
 
 
 def train_loop(jobs: list[tuple[int, Sized]], keys: list[str], spec: RunSpec, data, task, device, sink: Sink,
-               folder: Path, cancel, started: float) -> None:
-    """Train ``jobs`` ((model index, sized miniature)) in turn on ``device``, reporting to ``sink``."""
+               folder: Path, cancel, started: float, group=None) -> None:
+    """Train ``jobs`` ((model index, sized miniature)) in turn on ``device``, reporting to ``sink``.
+
+    ``group`` (a distributed launch): every process runs this loop in step with the others, each model with DDP;
+    they stop together, rank 0 evaluates, and a failure ends the process (the launcher stops the others)."""
     import torch
 
     from .data import BatchStream, validation_windows
@@ -396,9 +411,11 @@ def train_loop(jobs: list[tuple[int, Sized]], keys: list[str], spec: RunSpec, da
     members: dict[int, Any] = {}
     for i, s in jobs:
         try:
-            members[i] = Member(keys[i], s, r, device).start()
+            members[i] = Member(keys[i], s, r, device, group=group).start()
             sink.model(i, status="training", device=str(device))
         except Exception as e:
+            if group is not None:
+                raise
             sink.model(i, status="failed", error=_one_line(e))
     stream = BatchStream(data.train, r.batch, r.seq_len, r.seed) if data is not None else None
     eval_windows = validation_windows(data.validation, r.seq_len, r.eval_windows) if data is not None else None
@@ -406,30 +423,38 @@ def train_loop(jobs: list[tuple[int, Sized]], keys: list[str], spec: RunSpec, da
     active = list(members)
     last_flush = time.monotonic()
     report = _Reporter(sink, spec, started, keys)
-    while active and not cancel.is_set():
+    # a distributed launch stops when any process was asked to, all at the same step
+    stopping = cancel.is_set if group is None else lambda: group.any(cancel.is_set())
+    evaluates = group is None or group.main
+    while active and not stopping():
         for i in list(active):
-            if cancel.is_set():
+            if group is None and cancel.is_set():
                 break
             m = members[i]
             try:
                 batch = stream[m.step] if stream is not None else task.batch(r.seed, m.step, r.batch)
                 m.train_step(batch)
                 if m.step % r.eval_interval == 0 or m.done:
-                    val = m.loss_on(eval_windows) if eval_windows is not None else _probe_loss(m, probe_eval)
+                    val = None if not evaluates else \
+                        m.loss_on(eval_windows) if eval_windows is not None else _probe_loss(m, probe_eval)
                     report.flush(i, m, val, members)
                     last_flush = time.monotonic()
             except torch.OutOfMemoryError:
+                if group is not None:
+                    raise
                 _drop(i, members, sink, "out of memory on the GPU (the model was freed; try a smaller budget or batch)")
                 active.remove(i)
                 continue
             except Exception as e:
+                if group is not None:
+                    raise
                 log.error("model %s failed:\n%s", m.key, traceback.format_exc())
                 _drop(i, members, sink, _one_line(e))
                 active.remove(i)
                 continue
             if m.done:
                 active.remove(i)
-                _finish(i, m, data, task, spec, sink, folder, stopped=False)
+                _finish(i, m, data, task, spec, sink, folder, stopped=False, group=group)
                 del members[i]
         if time.monotonic() - last_flush >= FLUSH_S:
             for i in active:
@@ -437,7 +462,7 @@ def train_loop(jobs: list[tuple[int, Sized]], keys: list[str], spec: RunSpec, da
             last_flush = time.monotonic()
     for i in active:  # stopped: keep what they learned
         report.flush(i, members[i], None, members)
-        _finish(i, members[i], data, task, spec, sink, folder, stopped=True)
+        _finish(i, members[i], data, task, spec, sink, folder, stopped=True, group=group)
 
 
 class _Reporter:
@@ -494,19 +519,27 @@ def _drop(i: int, members: dict, sink: Sink, message: str) -> None:
     sink.model(i, status="failed", error=message)
 
 
-def _finish(i: int, m, data, task, spec: RunSpec, sink: Sink, folder: Path, stopped: bool) -> None:
-    """Full validation loss (not when stopped), probe accuracy, the checkpoint and the final row."""
+def _finish(i: int, m, data, task, spec: RunSpec, sink: Sink, folder: Path, stopped: bool, group=None) -> None:
+    """Full validation loss (not when stopped), probe accuracy, the checkpoint and the final row (under a
+    distributed launch by rank 0, whose outcome the others wait for and take)."""
     sink.model(i, status="evaluating")
+    outcome = {}
     try:
-        _record(i, m, data, task, spec, sink, folder, stopped)
+        if group is None or group.main:
+            outcome = _record(i, m, data, task, spec, sink, folder, stopped)
     except Exception as e:
         log.error("finishing %s failed:\n%s", m.key, traceback.format_exc())
-        sink.model(i, status="failed", error=f"could not evaluate or save: {_one_line(e)}")
+        outcome = {"status": "failed", "error": f"could not evaluate or save: {_one_line(e)}"}
+        sink.model(i, **outcome)
     finally:
+        if group is not None:
+            outcome = group.broadcast(outcome)
+            if not group.main:
+                sink.model(i, **outcome)
         m.close()
 
 
-def _record(i: int, m, data, task, spec: RunSpec, sink: Sink, folder: Path, stopped: bool) -> None:
+def _record(i: int, m, data, task, spec: RunSpec, sink: Sink, folder: Path, stopped: bool) -> dict:
     from .data import validation_windows
     from .store import RunWriter
 
@@ -549,8 +582,10 @@ def _record(i: int, m, data, task, spec: RunSpec, sink: Sink, folder: Path, stop
                  "tok_s": m.tokens / m.train_seconds if m.train_seconds else None, "peak_bytes": m.peak_bytes,
                  "train_seconds": m.train_seconds, "experts": s.experts, "stream_sha256": m.stream.hexdigest(),
                  "checkpoint": str(model_dir)})
-    sink.model(i, status=status, val_loss=val, checkpoint=str(model_dir), stream_sha256=m.stream.hexdigest(),
-               batches=m.stream.batches)
+    outcome = {"status": status, "val_loss": val, "checkpoint": str(model_dir), "stream_sha256": m.stream.hexdigest(),
+               "batches": m.stream.batches}
+    sink.model(i, **outcome)
+    return outcome
 
 
 def _probe_eval_batch(task: ProbeTask, r):

@@ -100,6 +100,8 @@ class Member:
     train_seconds: float = 0.0
     _losses: list = field(default_factory=list)
     peak_bytes: Optional[int] = None
+    group: Optional[object] = None   # distributed.Group under accelerate launch / torchrun: DDP over its processes
+    shard: Optional[object] = None   # its distributed.Shard (set by start)
 
     @property
     def tokens(self) -> int:
@@ -116,7 +118,10 @@ class Member:
         self.optimizer = optimizer_for(self.model, self.recipe, self.device)
         if self.sized.arch.spec.moe is not None:
             aux = getattr(self.sized.arch.config, "router_aux_loss_coef", 0.0)
-            self.routers = RouterStats(self.model, self.sized.arch.spec, aux, self.recipe.router_bias_speed)
+            stats = RouterStats if self.group is None else self.group.router_stats
+            self.routers = stats(self.model, self.sized.arch.spec, aux, self.recipe.router_bias_speed)
+        if self.group is not None:
+            self.shard = self.group.shard(self)
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         return self
@@ -124,18 +129,23 @@ class Member:
     def train_step(self, batch) -> None:
         """One optimizer step on ``batch`` (text windows or a ProbeBatch); the loss stays on the device."""
         t0 = time.perf_counter()
-        self.stream.update(batch_array(batch))
+        self.stream.update(batch_array(batch))  # the global batch, under DDP too
+        if self.shard is not None:
+            batch = self.shard.rows(batch)
         x, y = _tensors(batch, self.device)
         for g in self.optimizer.param_groups:
             g["lr"] = self.recipe.lr_at(self.step)
         with _autocast(self.device, self.recipe):
-            logits = self.model(input_ids=x, use_cache=False).logits
-        loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1), ignore_index=IGNORE)
-        total = loss
+            logits = (self.model if self.shard is None else self.shard.ddp)(input_ids=x, use_cache=False).logits
+        if self.shard is None:
+            loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1), ignore_index=IGNORE)
+            total = loss
+        else:
+            loss, total = self.shard.loss(logits, y)  # the global mean; what this process backpropagates
         if self.routers is not None:
             aux = self.routers.aux_loss()
             if aux is not None:
-                total = loss + aux
+                total = total + aux
         total.backward()
         if self.recipe.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.recipe.grad_clip)
@@ -226,4 +236,4 @@ class Member:
     def close(self) -> None:
         if self.routers is not None:
             self.routers.remove()
-        self.model = self.optimizer = None
+        self.model = self.optimizer = self.shard = None
