@@ -296,3 +296,21 @@ def test_amounts_and_run_specs_round_trip():
     assert RunSpec.from_json(spec.to_json()) == spec
     with pytest.raises(ArchLabError, match="unknown"):
         RunSpec.from_json(json.dumps({"models": ["gpt2"], "recipe": {"epochs": 3}}))
+
+
+def test_attention_kernel_choice():
+    """On a GPU, a model class without SDPA but with flex attention (gpt-oss: sinks) trains with flex attention
+    when its heads are at least 16 wide; everything else, and every model on the CPU, keeps transformers' default."""
+    import torch
+
+    from backend.arch import catalog
+    from backend.arch.architecture import resolve
+    from backend.train.trainer import attention_for
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    oss = resolve("gpt-oss-20b").config
+    assert attention_for(oss, cuda) == "flex_attention" and attention_for(oss, cpu) is None
+    assert attention_for(oss, cuda, None) is None and attention_for(oss, cuda, "eager") == "eager"
+    narrow = dict(catalog.raw_config("gpt-oss-20b"), head_dim=8)
+    assert attention_for(resolve(narrow).config, cuda) is None
+    assert attention_for(resolve("llama3-8b").config, cuda) is None

@@ -44,16 +44,40 @@ def precision_of(device: torch.device, recipe: Recipe) -> str:
     return "bf16 autocast" if recipe.precision == "bf16" or (recipe.precision == "auto" and device.type == "cuda") else "fp32"
 
 
-def build_model(sized: Sized, seed: int, device: torch.device, experts_impl: Optional[str] = "grouped"):
+#: flex attention's Triton kernels refuse narrower heads ("embedding dimension ... must be at least 16")
+FLEX_MIN_HEAD_DIM = 16
+
+
+def attention_for(config, device: torch.device, choice: Optional[str] = "auto") -> Optional[str]:
+    """The attention kernel a miniature trains with. ``auto``: transformers' default (SDPA where the model class
+    supports it), except on a GPU for classes without SDPA but with flex attention (gpt-oss: attention sinks),
+    whose default would be eager attention materialising every T × T score matrix; flex attention's kernels need
+    heads at least 16 wide (narrower ones keep the default). None: transformers' default."""
+    if choice != "auto":
+        return choice
+    from transformers import AutoModelForCausalLM
+
+    cls = AutoModelForCausalLM._model_mapping.get(type(config), None)
+    head = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    if (device.type == "cuda" and cls is not None and not cls._supports_sdpa and cls._supports_flex_attn
+            and head >= FLEX_MIN_HEAD_DIM):
+        return "flex_attention"
+    return None
+
+
+def build_model(sized: Sized, seed: int, device: torch.device, experts_impl: Optional[str] = "grouped",
+                attention: Optional[str] = "auto"):
     """The miniature with weights initialised from ``seed`` (the same seed for every model of a run).
 
     ``experts_impl``: the MoE expert kernel; "grouped" is transformers' token-sorted grouped GEMMs (fastest to
-    train, STACK-NOTES) run in the autocast dtype (``experts.py``); None keeps transformers' default."""
+    train, STACK-NOTES) run in the autocast dtype (``experts.py``); None keeps transformers' default.
+    ``attention``: see :func:`attention_for`."""
     from transformers import AutoModelForCausalLM
 
     with BUILD_LOCK, torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = AutoModelForCausalLM.from_config(sized.arch.config, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_config(sized.arch.config, dtype=torch.float32,
+                                                 attn_implementation=attention_for(sized.arch.config, device, attention))
     if experts_impl and sized.arch.spec.moe is not None and hasattr(model, "set_experts_implementation"):
         from .experts import register
 
@@ -111,8 +135,8 @@ class Member:
     def done(self) -> bool:
         return self.step >= self.recipe.steps
 
-    def start(self, experts_impl: Optional[str] = "grouped") -> "Member":
-        self.model = build_model(self.sized, self.recipe.seed, self.device, experts_impl)
+    def start(self, experts_impl: Optional[str] = "grouped", attention: Optional[str] = "auto") -> "Member":
+        self.model = build_model(self.sized, self.recipe.seed, self.device, experts_impl, attention)
         if self.recipe.compile and self.device.type == "cuda":
             self.model.forward = torch.compile(self.model.forward, dynamic=False)
         self.optimizer = optimizer_for(self.model, self.recipe, self.device)
