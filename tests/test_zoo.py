@@ -97,3 +97,32 @@ def test_the_leaderboard_covers_every_architecture_with_its_seeds():
         seen = runs[(runs["model"] == rep) & (runs["data"] == "corpus")]["val_loss"]
         assert row["seeds"] == len(seen) >= 1
         assert row["val_loss_mean"] == pytest.approx(seen.mean())
+
+
+def test_fill_finds_the_missing_seeds_and_a_repeated_run_counts_once():
+    from backend.train.zoo import latest_runs, missing_runs
+
+    res = pd.DataFrame([{"model": "a", "data": "corpus", "seed": s, "status": "finished", "val_loss": 4.0 + s}
+                        for s in (0, 1, 2)]
+                       + [{"model": "b", "data": "corpus", "seed": 0, "status": "finished", "val_loss": 5.0},
+                          {"model": "b", "data": "corpus", "seed": 0, "status": "finished", "val_loss": 4.5},
+                          {"model": "b", "data": "corpus", "seed": 1, "status": "failed", "val_loss": None},
+                          {"model": "b", "data": "mqar", "seed": 2, "status": "finished", "val_loss": 7.0}])
+    latest = latest_runs(res)
+    assert len(latest) == 5 and latest[latest["model"] == "b"]["val_loss"].tolist() == [4.5, 7.0]
+    groups = [{"keys": ["a", "a-twin"]}, {"keys": ["b"]}]
+    assert missing_runs(groups, res, (0, 1, 2)) == [
+        ("a", "mqar", 0), ("a", "mqar", 1), ("a", "mqar", 2),
+        ("b", "corpus", 1), ("b", "corpus", 2), ("b", "mqar", 0), ("b", "mqar", 1)]
+
+
+def test_the_shipped_leaderboard_is_what_its_runs_give():
+    """leaderboard.csv equals a rebuild from runs.csv (the last finished run of each model, data and seed)."""
+    from backend.train import zoo as build
+
+    index = json.loads((zoo.zoo_dir() / zoo.INDEX).read_text())
+    gs = build.groups(Recipe.from_dict(index["recipe"]), list(index["models"]))
+    again = build.leaderboard(gs, pd.read_csv(zoo.zoo_dir() / "runs.csv"))
+    shipped = pd.read_csv(zoo.zoo_dir() / zoo.LEADERBOARD)
+    for col in ("val_loss_mean", "mqar_accuracy_mean", "seeds", "mqar_seeds", "total_params"):
+        assert np.allclose(again[col].astype(float), shipped[col].astype(float), equal_nan=True), col

@@ -55,6 +55,8 @@ def add_parser(sub) -> None:
     t.add_argument("--zoo-out", default=None, help="with --zoo: where to write the zoo (default assets/zoo)")
     t.add_argument("--seeds", default="0,1,2", help="with --zoo: seeds of the leaderboard runs")
     t.add_argument("--parallel", type=int, default=16, help="with --zoo: runs at once, each in a worker process")
+    t.add_argument("--fill", action="store_true",
+                   help="with --zoo: train only the seeds' runs the zoo lacks and rebuild its leaderboard")
 
 
 def _models(text: str) -> tuple:
@@ -221,6 +223,10 @@ def _zoo(a) -> int:
     keys = [k for k in _models(a.models)] if a.models else None
     if a.runs_dir:
         os.environ["ARCHLAB_RUNS_DIR"] = str(Path(a.runs_dir).resolve())
+    if a.fill:
+        zoo.fill(Path(a.zoo_out) if a.zoo_out else None, seeds or (0,), parallel=a.parallel,
+                 log=lambda s: print(s, flush=True))
+        return 0
     out = zoo.build(Path(a.zoo_out) if a.zoo_out else None, recipe, seeds or (0,), keys,
                     processes=a.processes if a.processes is not None else 1, parallel=a.parallel,
                     log=lambda s: print(s, flush=True))

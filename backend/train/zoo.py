@@ -67,8 +67,10 @@ def _cost(sized, recipe: Recipe) -> float:
     return recipe.tokens * (3.0 if spec.moe else 1.0) * (4.0 if spec.linear else 1.0)
 
 
-def _run_all(specs: list[RunSpec], root: Path, processes: int, parallel: int, log: Callable[[str], None]) -> list[TrainingRun]:
-    """Run ``specs`` (each in ``processes`` worker processes), ``parallel`` runs at a time."""
+def _run_all(specs: list[RunSpec], root: Path, processes: int, parallel: int, log: Callable[[str], None],
+             on_done: Optional[Callable[[TrainingRun], None]] = None) -> list[TrainingRun]:
+    """Run ``specs`` (each in ``processes`` worker processes), ``parallel`` runs at a time; ``on_done(run)`` is
+    called (one at a time) as each run ends."""
     runs, lock, pending = [], threading.Lock(), list(specs)
 
     def worker() -> None:
@@ -84,6 +86,9 @@ def _run_all(specs: list[RunSpec], root: Path, processes: int, parallel: int, lo
             v = r.view()
             log(f"  run {r.id[:6]} ({spec.recipe.data}, seed {spec.recipe.seed}): {v.status} {v.message} "
                 + ", ".join(f"{m.key} {m.status}" for m in v.models))
+            if on_done is not None:
+                with lock:
+                    on_done(r)
 
     threads = [threading.Thread(target=worker) for _ in range(max(1, parallel))]
     for t in threads:
@@ -190,9 +195,56 @@ def _write(out: Path, gs: list[dict], recipe: Recipe, probe: Recipe, res: pd.Dat
     record_checks(out)
 
 
+def latest_runs(res: pd.DataFrame) -> pd.DataFrame:
+    """Finished runs, one per (model, data, seed): the last one recorded (a rebuild replaces an earlier run)."""
+    done = res[res["status"] == "finished"] if "status" in res else res
+    return done.drop_duplicates(["model", "data", "seed"], keep="last")
+
+
+def missing_runs(gs: list[dict], res: pd.DataFrame, seeds) -> list[tuple[str, str, int]]:
+    """(representative key, data, seed) of every corpus or MQAR run of ``seeds`` without a finished row."""
+    have = set(map(tuple, latest_runs(res)[["model", "data", "seed"]].astype({"seed": int}).values.tolist()))
+    return [(g["keys"][0], data, s) for g in gs for data in ("corpus", "mqar") for s in seeds
+            if (g["keys"][0], data, s) not in have]
+
+
+def fill(out: Optional[Path] = None, seeds=SEEDS, parallel: int = 16, root: Optional[Path] = None,
+         log: Callable[[str], None] = print) -> list[tuple[str, str, int]]:
+    """Train the runs of ``seeds`` that a shipped zoo lacks (e.g. runs that ran out of memory while it was built),
+    with its recorded recipes, and rebuild its ``runs.csv`` and ``leaderboard.csv``; the shipped checkpoints stay
+    as they are. Returns the runs it trained."""
+    out = Path(out or live_zoo.zoo_dir())
+    index = json.loads((out / live_zoo.INDEX).read_text())
+    recipe, probe = Recipe.from_dict(index["recipe"]), Recipe.from_dict(index["mqar_recipe"])
+    res = pd.read_csv(out / "runs.csv")
+    gs = groups(recipe, list(index["models"]))
+    todo = missing_runs(gs, res, seeds)
+    log(f"zoo fill: {len(todo)} run(s) missing: " + ", ".join(f"{k} {d} seed {s}" for k, d, s in todo))
+    if not todo:
+        return []
+    from .data import corpus_data
+
+    corpus_data()
+    specs = [RunSpec((key,), replace(recipe if data == "corpus" else probe, seed=seed), "auto") for key, data, seed in todo]
+    table = {"res": res}
+
+    def record(r: TrainingRun) -> None:  # written as each run ends: a run cut short keeps the others
+        rows = [{**row, "seed": r.spec.recipe.seed, "data": r.spec.recipe.data, "run_id": r.id} for row in r.view().results]
+        if rows:
+            table["res"] = pd.concat([table["res"], pd.DataFrame(rows).drop(columns=["checkpoint"], errors="ignore")],
+                                     ignore_index=True)
+            table["res"].to_csv(out / "runs.csv", index=False)
+            leaderboard(gs, table["res"]).to_csv(out / live_zoo.LEADERBOARD, index=False)
+
+    _run_all(specs, Path(root or tempfile.mkdtemp(prefix="archlab-zoo-")), 1, parallel, log, record)
+    return todo
+
+
 def leaderboard(gs: list[dict], res: pd.DataFrame) -> pd.DataFrame:
     """Per architecture: validation loss (mean, spread and range over seeds), perplexity, MQAR accuracy,
-    parameters and shape, from every finished run's row (``res``: model, data, seed, val_loss, probe_accuracy)."""
+    parameters and shape, from every finished run's row (``res``: model, data, seed, val_loss, probe_accuracy;
+    the last row of a repeated (model, data, seed))."""
+    res = latest_runs(res)
     board = []
     for g in gs:
         rep, s = g["keys"][0], g["sized"]
