@@ -107,7 +107,7 @@ def test_ddp_trains_the_same_run_as_one_process(runs):
 def test_only_rank_0_speaks(runs):
     assert _logs(runs.tmp, 1) == ""
     out = _logs(runs.tmp, 0)
-    assert "DDP over 2 processes" in out and f"finished: " in out and runs.ddp.name in out
+    assert "DDP over 2 processes" in out and "finished: " in out and runs.ddp.name in out
     assert "Traceback" not in out and "Warning" not in out
 
 

@@ -1,7 +1,6 @@
 """Experiments: train architectures on equal footing (same data, budget and recipe) and watch them learn."""
 from __future__ import annotations
 
-import hashlib
 import time
 
 import streamlit as st
@@ -14,7 +13,7 @@ from backend.present import training_charts as tc
 from backend.present.text import md
 from backend.train import data as data_mod
 from backend.train.recipe import PRESETS, RunSpec, parse_amount, preset
-from backend.train.runner import TrainingRun
+from backend.train.runner import TrainingRun, default_processes
 from backend.train.store import read_run
 from views import _live, _state, _ui
 
@@ -111,7 +110,8 @@ def _setup() -> None:
         tokens_text = st.text_input("Training tokens per model", value=f"{r0.tokens / 1e6:g}M", key=f"ex_tokens_{base}")
     with c3:
         device = st.selectbox("Device", ["auto", "cpu"] + (["cuda"] if gpus else []), key="ex_device",
-                              help="auto: the GPU when there is one. Models train in turn on one device.")
+                              help="auto: the GPU when there is one; with several GPUs, one model per GPU in worker processes, "
+                              "at the same time. Otherwise the models take turns, step by step, on one device.")
     with st.expander("Recipe details (shared by every model)"):
         d1, d2, d3, d4 = st.columns(4)
         batch = d1.number_input("Batch (sequences)", 1, 4096, r0.batch, key=f"ex_batch_{base}")
@@ -165,7 +165,8 @@ def _setup() -> None:
             if upload is not None:
                 data_mod.check_enough(upload, recipe.tokens, recipe.seq_len)
             with runs.admit(_live.session_id(), KIND) as ticket:
-                run = TrainingRun(spec, run_id=ticket.id, upload=upload).start()
+                run = TrainingRun(spec, run_id=ticket.id, upload=upload,
+                                  processes=default_processes(device, len(ok))).start()
                 ticket.register(run)
             st.session_state[KEY] = ticket.id
             st.query_params[PARAM] = ticket.id

@@ -8,7 +8,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from .charts import _layout, expert_colors
+from .charts import _layout
 
 
 def _name(labels: Mapping[str, str], key: str) -> str:

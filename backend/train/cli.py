@@ -16,7 +16,6 @@ prints (``distributed.py``).
 from __future__ import annotations
 
 import os
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -136,10 +135,8 @@ def run(a) -> int:
 
 
 def _run(a, launched: bool) -> int:
-    import torch
-
     from . import distributed
-    from .runner import TrainingRun
+    from .runner import TrainingRun, default_processes
 
     if a.zoo:
         return _zoo(a)
@@ -162,8 +159,7 @@ def _run(a, launched: bool) -> int:
         if group is not None:
             run = distributed.start_run(spec, upload, group)
         else:
-            gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-            processes = a.processes if a.processes is not None else (min(gpus, len(spec.models)) if gpus > 1 else 0)
+            processes = a.processes if a.processes is not None else default_processes(spec.device, len(spec.models))
             run = TrainingRun(spec, upload=upload, processes=processes).start()
         say(f"run {run.id}: {len(spec.models)} model(s), {spec.recipe.tokens:,} tokens each, folder {run.folder}"
             + (f", DDP over {group.world} processes" if group is not None else ""), flush=True)

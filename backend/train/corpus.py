@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import configparser
 import hashlib
-import io
 import json
 import lzma
 import re

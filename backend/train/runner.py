@@ -624,6 +624,15 @@ def _vocab(data, task) -> tuple[int, int, int]:
     return data.vocab_size, tok.eos_token_id, tok.pad_token_id
 
 
+def default_processes(device: str, models: int) -> int:
+    """Worker processes a run uses unless told: one per GPU (at most one per model) when ``device`` may use several
+    GPUs (``auto``/``cuda``) and there are several; otherwise 0, the models trained in turn in the run's thread."""
+    import torch
+
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return min(gpus, models) if gpus > 1 and device in ("auto", "cuda") else 0
+
+
 def _devices(name: str, processes: int) -> list:
     """The device(s) models train on: ``auto``/``cuda`` with worker processes spreads them over every GPU."""
     import torch

@@ -24,7 +24,6 @@ import numpy as np
 import pandas as pd
 
 from ..arch import catalog
-from ..arch.architecture import resolve
 from ..arch.errors import ArchLabError
 from ..live import zoo as live_zoo
 from . import budget
@@ -166,9 +165,8 @@ def _write(out: Path, gs: list[dict], recipe: Recipe, probe: Recipe, res: pd.Dat
     index = {"built_with": "python -m backend train --zoo", "recipe": recipe.as_dict(), "mqar_recipe": probe.as_dict(),
              "seeds": list(seeds), "tokenizer": "assets/tokenizer", "models": {}}
     for g in gs:
-        rep, s = g["keys"][0], g["sized"]
+        rep = g["keys"][0]
         corpus = res[(res["model"] == rep) & (res["data"] == "corpus")]
-        mqar = res[(res["model"] == rep) & (res["data"] == "mqar")]
         first = corpus[(corpus["seed"] == seeds[0]) & (corpus["status"] == "finished")]
         folder_name = rep
         shipped = None
@@ -181,7 +179,6 @@ def _write(out: Path, gs: list[dict], recipe: Recipe, probe: Recipe, res: pd.Dat
             info.update({"val_loss_fp32_training": info.get("val_loss"), "val_loss": shipped,
                          "shipped_dtype": "bf16", "catalog_keys": g["keys"]})
             (out / folder_name / "training.json").write_text(json.dumps(info, indent=1) + "\n")
-        sp = s.arch.spec
         for key in g["keys"]:
             if shipped is None:
                 continue
