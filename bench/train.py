@@ -196,6 +196,80 @@ def zoo_check(processes: int, tolerance: float = 0.02) -> dict:
             "tolerance": tolerance}
 
 
+def saved_for_backward(row: dict, recipe, device) -> dict:
+    """Where a measured peak goes, for train-memory.json: one training step of ``row``'s miniature (the trainer's
+    ``Member``, same batch shape) under ``torch.autograd.graph.saved_tensors_hooks``. ``saved_bytes``: the most
+    bytes autograd held for the backward pass at once (each storage once, while a tensor saved in it is alive;
+    parameters excluded), i.e. at the start of the backward pass; ``saved_weight_copy_bytes``: the autocast copies
+    of parameters among them; ``step_start_bytes``: allocated as the step starts (fp32 weights, optimizer states,
+    library workspaces). ``backend.arch.train_memory`` estimates ``saved_bytes`` as its activations + weight
+    copies + the saved log-softmax."""
+    import weakref
+    from dataclasses import replace
+
+    import numpy as np
+    import torch
+
+    from backend.arch.architecture import resolve
+    from backend.train.budget import Sized
+    from backend.train.trainer import Member
+
+    arch = resolve(dict(row["config"]))
+    r = replace(recipe, batch=row["batch"], seq_len=row["seq_len"])
+    m = Member(row["model"], Sized(arch.label, dict(row["config"]), arch, "active", 0.0, 0.0, arch.counts.total,
+                                   arch.counts.active), r, device).start()
+    rng = np.random.default_rng(0)
+    batch = lambda: rng.integers(0, arch.spec.vocab_size, (r.batch, r.seq_len + 1))  # noqa: E731
+    m.train_step(batch())  # optimizer states exist from the first step on
+    params = {p.untyped_storage().data_ptr() for p in m.model.parameters()}
+    live: dict[int, list] = {}  # storage address -> [bytes, weight copy?, saved tensors alive]
+    now = {"all": 0, "copies": 0, "peak": 0, "peak_copies": 0}
+
+    def weight_copy(t) -> bool:  # an autocast cast of a parameter (through views)
+        g = t.grad_fn
+        for _ in range(6):
+            if g is None:
+                return False
+            if g.name() == "ToCopyBackward0":
+                return any(n is not None and "AccumulateGrad" in n.name() for n, _ in g.next_functions)
+            if len(g.next_functions) != 1:
+                return False
+            g = g.next_functions[0][0]
+        return False
+
+    def release(ptr: int, e: list) -> None:
+        e[2] -= 1
+        if e[2] == 0 and live.get(ptr) is e:
+            del live[ptr]
+            now["all"] -= e[0]
+            now["copies"] -= e[0] if e[1] else 0
+
+    def pack(t):
+        st = t.untyped_storage()
+        ptr = st.data_ptr()
+        if ptr not in params:
+            e = live.get(ptr)
+            if e is None:
+                e = live[ptr] = [st.nbytes(), weight_copy(t), 0]
+                now["all"] += e[0]
+                now["copies"] += e[0] if e[1] else 0
+                if now["all"] > now["peak"]:
+                    now["peak"], now["peak_copies"] = now["all"], now["copies"]
+            e[2] += 1
+            weakref.finalize(t, release, ptr, e)
+        return t
+
+    torch.cuda.synchronize(device)
+    start = torch.cuda.memory_allocated(device)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        m.train_step(batch())
+    torch.cuda.synchronize(device)
+    m.close()
+    del m
+    torch.cuda.empty_cache()
+    return {"saved_bytes": now["peak"], "saved_weight_copy_bytes": now["peak_copies"], "step_start_bytes": int(start)}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--gpu", action="store_true")
@@ -239,7 +313,8 @@ def main() -> int:
             out["concurrent"] = concurrent(keys, recipe, a.concurrent_steps, a.concurrent)
         if a.memory:
             rows = [{"model": r["model"], "config": r["config"], "batch": r["batch"], "seq_len": r["seq_len"],
-                     "dtype": "bf16", "master_fp32": True, "checkpointing": False, "measured_peak_bytes": r["peak_bytes"]}
+                     "dtype": "bf16", "master_fp32": True, "checkpointing": False, "measured_peak_bytes": r["peak_bytes"],
+                     **saved_for_backward(r, recipe, torch.device("cuda"))}
                     for r in out["throughput"] if r["variant"] == "default"]
             (RESULTS / "train-memory.json").write_text(json.dumps({"gpu": torch.cuda.get_device_name(0), "rows": rows},
                                                                   indent=1) + "\n")

@@ -74,50 +74,79 @@ def test_fp8_on_a_gpu_without_fp8_is_weight_only():
     assert h.compute_dtype == "fp8"
 
 
+# What bf16 autocast training (fp32 parameters, bf16 matmuls, as backend/train/trainer.py) keeps per layer and
+# token, counted tensor by tensor with saved_tensors_hooks on the trained miniatures (on a GPU, and on the CPU by
+# tests/test_train_memory_audit.py). The earlier hand count (168,064 B for a Llama 3 8B layer) counted the norms'
+# inputs in bf16 and one projection input per sublayer; autocast keeps more:
+# - each RMSNorm on the fp32 residual stream keeps its fp32 input, the fp32 normalised tensor and 1/RMS (4 B);
+# - autocast casts a linear layer's fp32 input to bf16 once per call (q, k and v each make their own copy).
+L_NORM = 4 * 4096 + 4 * 4096 + 4
+L_ATTN_SAVED = 2 * (32 * 128 + 8 * 128 + 8 * 128 + 32 * 128) + 4 * 32  # SDPA: q, k, v, out + fp32 LSE per head
+L_LAYER = 2 * L_NORM + 5 * 2 * 4096 + L_ATTN_SAVED + 4 * 2 * 14336   # casts for q, k, v, gate, up; SwiGLU's 4
+L_HEAD_SAVED = 16 + L_NORM + 2 * 4096  # token ids (embedding, targets), final norm, the LM head's bf16 input
+L_MATRICES = L_PARAMS - L_NORMS - L_HEAD  # read through bf16 copies (the embedding table is looked up in fp32)
+L_LOSS = 128256 * (2 + 4 + 4 + 4)  # bf16 logits, fp32 log-softmax, its gradient in and out (start of backward)
+
+
 def test_llama_training_memory():
     r = train_memory.training_memory("llama3-8b", batch=1, seq_len=2048, dtype="bf16", master_fp32=True,
                                      checkpointing=False)
-    # per layer and token: 2 norm inputs + 2 projection inputs (4 × 4096), q, k, v, out (32·128 + 8·128 + 8·128
-    # + 32·128), SwiGLU gate/up/act/product (4 × 14336), all bf16, + fp32 log-sum-exp per head (4 × 32)
-    per_layer = (4 * 4096 + (32 * 128 + 8 * 128 + 8 * 128 + 32 * 128) + 4 * 14336) * 2 + 4 * 32
-    assert per_layer == 168_064
+    per_layer = L_LAYER
+    assert per_layer == 241_800
     assert r.activation_per_token == 32 * per_layer
-    assert r.parts["weights"] == 2 * L_PARAMS and r.parts["gradients"] == 2 * L_PARAMS
+    # at the start of the backward pass (the peak): the bf16 weight copies, no gradients yet (the previous
+    # step's were freed by zero_grad(set_to_none=True)); fp32 parameters and AdamW's m, v
+    assert r.moment == "backward"
+    assert r.parts["weights"] == 2 * L_MATRICES and r.parts["gradients"] == 0
     assert r.parts["master_weights"] == 4 * L_PARAMS and r.parts["optimizer_states"] == 8 * L_PARAMS
-    assert r.parts["activations"] == 2048 * 32 * per_layer
-    assert r.parts["loss"] == 2048 * 128256 * (2 + 8)
-    assert r.total == 16 * L_PARAMS + 2048 * 32 * per_layer + 2048 * 128256 * 10
+    assert r.parts["activations"] == 2048 * (32 * per_layer + L_HEAD_SAVED)
+    assert r.parts["loss"] == 2048 * L_LOSS
+    assert r.total == 2 * L_MATRICES + 12 * L_PARAMS + 2048 * (32 * per_layer + L_HEAD_SAVED) + 2048 * L_LOSS
+    # with checkpointing each layer keeps its fp32 input (the residual stream under autocast: 4 bytes, was 2)
+    # plus one recomputed layer; the start of backward then holds less than the optimizer step, where the fp32
+    # gradients (4 bytes a parameter) are all there, so that is the peak
     ck = train_memory.training_memory("llama3-8b", 1, 2048, checkpointing=True)
-    assert ck.parts["activations"] == 2048 * (32 * 4096 * 2 + per_layer)
+    assert ck.activation_per_token_ckpt == 32 * 4096 * 4 + per_layer
+    assert ck.working.value("activations") == 2048 * (32 * 4096 * 4 + per_layer + L_HEAD_SAVED)
+    start = 2 * L_MATRICES + 12 * L_PARAMS + 2048 * (32 * 4096 * 4 + per_layer + L_HEAD_SAVED) + 2048 * L_LOSS
+    assert ck.working.value("at the start of the backward pass") == start
+    assert ck.moment == "optimizer" and start < 16 * L_PARAMS
+    assert ck.parts["gradients"] == 4 * L_PARAMS and ck.parts["activations"] == 0 and ck.parts["weights"] == 0
+    assert ck.total == 16 * L_PARAMS
     pure = train_memory.training_memory("llama3-8b", 1, 2048, master_fp32=False)
     assert pure.parts["master_weights"] == 0 and pure.parts["optimizer_states"] == 4 * L_PARAMS  # m, v in bf16
 
 
 def test_llama_training_split_over_gpus():
     z3 = train_memory.training_memory("llama3-8b", 1, 2048, parallel="zero3", gpus=8)
-    assert z3.parts["weights"] == round(2 * L_PARAMS / 8) and z3.parts["optimizer_states"] == round(8 * L_PARAMS / 8)
+    # weights: the bf16 copies of the matrices (L_MATRICES, not every parameter), sharded
+    assert z3.parts["weights"] == round(2 * L_MATRICES / 8) and z3.parts["optimizer_states"] == round(8 * L_PARAMS / 8)
     per_layer_params = (L_PARAMS - 2 * L_HEAD) / 32
     assert z3.parts["gathered"] == round(2 * per_layer_params * 2 * 7 / 8)
+    # the layouts keep gradient buffers (DDP buckets, ZeRO partitions, pipeline micro-batches), so they hold the
+    # gradients at the start of the backward pass too; fp32 (4 bytes) as the fp32 parameters they belong to
     z1 = train_memory.training_memory("llama3-8b", 1, 2048, parallel="zero1", gpus=8)
-    assert z1.parts["weights"] == 2 * L_PARAMS and z1.parts["gradients"] == 2 * L_PARAMS
+    assert z1.parts["weights"] == 2 * L_MATRICES and z1.parts["gradients"] == 4 * L_PARAMS
     assert z1.parts["optimizer_states"] == round(8 * L_PARAMS / 8) and z1.parts["master_weights"] == round(4 * L_PARAMS / 8)
     z2 = train_memory.training_memory("llama3-8b", 1, 2048, parallel="zero2", gpus=8)
-    assert z2.parts["gradients"] == round(2 * L_PARAMS / 8)
+    assert z2.parts["gradients"] == round(4 * L_PARAMS / 8)
     ddp = train_memory.training_memory("llama3-8b", 1, 2048, parallel="ddp", gpus=8)
-    assert ddp.total == train_memory.training_memory("llama3-8b", 1, 2048).total
+    # DDP replicates everything, and its gradient buckets are there at the start of backward (one GPU: not yet)
+    assert ddp.total == train_memory.training_memory("llama3-8b", 1, 2048).total + 4 * L_PARAMS
     tp = train_memory.training_memory("llama3-8b", 1, 2048, parallel="tp", gpus=4)
-    assert tp.parts["weights"] == round(2 * ((L_PARAMS - L_NORMS) / 4 + L_NORMS))
-    wide = 4 * 4096 * 2
-    rest = (32 * 128 + 8 * 128 + 8 * 128 + 32 * 128 + 4 * 14336) * 2 + 4 * 32
-    assert tp.parts["activations"] == round(2048 * 32 * (wide + rest / 4))
-    assert tp.parts["loss"] == round(2048 * 128256 * 10 / 4)
+    assert tp.parts["weights"] == round(2 * L_MATRICES / 4)  # norms (replicated) are not among the matrices
+    wide = 2 * L_NORM + 5 * 2 * 4096           # norms and the bf16 copies of H-wide inputs: whole on every GPU
+    rest = L_ATTN_SAVED + 4 * 2 * 14336        # heads and MLP widths: split
+    assert tp.parts["activations"] == round(2048 * (32 * (wide + rest / 4) + (L_HEAD_SAVED - 16) + 16 / 4))
+    assert tp.parts["loss"] == round(2048 * L_LOSS / 4)
     pp = train_memory.training_memory("llama3-8b", 1, 2048, parallel="pp", gpus=4)
-    # first stage: 8 layers + embeddings; last: 8 layers + final norm? (norms spread per layer) + LM head
-    body = (L_PARAMS - 2 * L_HEAD) / 32
-    assert pp.parts["weights"] == round(2 * (8 * body + L_HEAD))
-    # 1F1B: the first stage keeps 4 micro-batches of its 8 layers; the last keeps 1 plus the loss
-    first = 4 * 2048 * 8 * 168_064
-    last = 1 * 2048 * 8 * 168_064 + 2048 * 128256 * 10
+    # first stage: 8 layers + embeddings; last: 8 layers + LM head; the matrices read through bf16 copies: the
+    # attention and MLP matrices of 8 layers, + the LM head on the last stage
+    assert pp.parts["weights"] == round(2 * (8 * (L_ATTN + L_MLP) / 32 + L_HEAD))
+    # 1F1B: the first stage keeps 4 micro-batches of its 8 layers; the last keeps 1 plus the loss and what is
+    # saved outside the layers
+    first = 4 * 2048 * 8 * L_LAYER
+    last = 1 * 2048 * 8 * L_LAYER + 2048 * L_HEAD_SAVED + 2048 * L_LOSS
     assert pp.parts["activations"] + pp.parts["loss"] == max(first, last)
 
 
@@ -148,13 +177,26 @@ def test_qwen_training_expert_parallel():
     r = train_memory.training_memory("qwen3-30b-a3b", 2, 1024, parallel="ep", gpus=4)
     routed = 48 * 128 * Q_EXPERT
     total = 30_532_122_624
-    assert r.parts["weights"] == round(2 * (total - routed + routed / 4))
-    # per layer and token: 4 H-wide tensors; q, k, v, out + per-head QK-norm inputs; router scores (128);
-    # per routed expert (8): gathered input + output (2 H) and SwiGLU's 4 × 768
-    per_layer = (4 * 2048 + (32 * 128 + 4 * 128 + 4 * 128 + 32 * 128) + (32 * 128 + 4 * 128)
-                 + 128 + 8 * (2 * 2048 + 4 * 768)) * 2 + 4 * 32
+    # the bf16 weight copies cover the matrices: all but the untied embedding table (151,936 × 2,048) and the
+    # norms (48 layers × (2 × 2,048 + 2 × 128 QK-norm weights) + the final 2,048)
+    matrices = total - 151936 * 2048 - (48 * (2 * 2048 + 2 * 128) + 2048)
+    assert r.parts["weights"] == round(2 * (matrices - routed + routed / 4))
+    # per layer and token (bf16 autocast; the earlier count, 2 bytes for everything, missed the fp32 norm tensors,
+    # the per-linear bf16 copies and the router's fp32 softmax):
+    per_layer = (2 * (8 * 2048 + 4)                        # 2 RMSNorms on the fp32 stream: input, normalised, 1/RMS
+                 + 4 * 2 * 2048                              # bf16 copies of the inputs of q, k, v and the router
+                 + (4 + 2) * 32 * 128 + 4 * 32              # per-head QK-norm on q: fp32 copy, bf16 normalised, 1/RMS
+                 + (4 + 2) * 4 * 128 + 4 * 4                # ... on k
+                 + 2 * (32 * 128 + 4 * 128 + 4 * 128 + 32 * 128) + 4 * 32  # SDPA: q, k, v, out, fp32 LSE
+                 + 4 * 128 + 8 * 8 + 4 * 8 + 4              # router: fp32 softmax, top-8 indices, weights, their sum
+                 + 4 * 128                                   # the load-balancing loss's fp32 probabilities
+                 # per routed expert (8): gathered token, gate_up (2 × 768), SiLU, product, expert output, weight
+                 # (bf16), 3 int64 sort/gather indices
+                 + 8 * (2 * (2 * 2048 + 4 * 768 + 1) + 3 * 8))
+    assert per_layer == 211_532
     assert r.activation_per_token == 48 * per_layer
-    assert r.parts["activations"] == 2048 * 48 * per_layer
+    head = 16 + (8 * 2048 + 4) + 2 * 2048  # token ids, final norm, LM head input
+    assert r.parts["activations"] == 2048 * (48 * per_layer + head)
     with pytest.raises(ArchLabError, match="needs a model with routed experts"):
         train_memory.training_memory("llama3-8b", 1, 128, parallel="ep", gpus=2)
 
@@ -194,10 +236,20 @@ def test_deepseek_kv_bytes_per_token():
 
 def test_deepseek_training_activations():
     r = train_memory.training_memory("deepseek-v3", 1, 4096)
-    wide = 4 * 7168
-    attn = 2 * 1536 + (512 + 64) + 512 + 128 * 192 * 2 + 128 * 128 * 2
-    dense = (wide + attn + 4 * 18432) * 2 + 4 * 128
-    moe = (wide + attn + 256 + 8 * (2 * 7168 + 4 * 2048) + 4 * 2048) * 2 + 4 * 128
+    # bf16 autocast: 2 RMSNorms on the fp32 stream, bf16 copies of the q_a and kv_a inputs, the latent norms
+    # (fp32 copy of the bf16 latent, bf16 normalised, 1/RMS) and the latents fed to q_b / kv_b, fused SDPA over
+    # 128 heads (q·k 192 wide, v 128: multiples of 8) with its fp32 LSE, and the head-major output made contiguous
+    # for o_proj (MLA concatenates q's rope and nope parts). The earlier count put everything at 2 bytes, one
+    # input per projection and no output copy.
+    attn = (2 * (8 * 7168 + 4) + 2 * 2 * 7168 + (4 + 2) * 1536 + 4 + 2 * 1536 + (4 + 2) * 512 + 4 + 2 * 512
+            + 2 * 128 * (192 + 192 + 128 + 128) + 4 * 128 + 2 * 128 * 128)
+    dense = attn + 2 * 2 * 7168 + 4 * 2 * 18432
+    # MoE: router input copy, sigmoid scores (bf16), top-2 per group (8 groups, int64), top-8 indices, weights and
+    # their sum (bf16); 8 routed experts (gathered token, gate_up, SiLU, product, output, weight; 3 int64 indices);
+    # the shared expert as a dense SwiGLU of width 2,048; no balancing loss (bias-corrected router)
+    moe = (attn + 2 * 7168 + 2 * 256 + 2 * 8 * 8 + 8 * 8 + 2 * 9 + 8 * (2 * (2 * 7168 + 4 * 2048 + 1) + 3 * 8)
+           + 2 * 2 * 7168 + 4 * 2 * 2048)
+    assert (dense, moe) == (533_008, 777_650)
     assert r.activation_per_token == 3 * dense + 58 * moe
 
 
@@ -227,10 +279,18 @@ def test_gemma_kv_cache_by_hand():
 
 def test_gemma_training_with_checkpointing():
     r = train_memory.training_memory("gemma3-27b", 1, 4096, checkpointing=True)
-    per_layer = (6 * 5376 + (32 * 128 + 16 * 128 + 16 * 128 + 32 * 128) + (32 * 128 + 16 * 128) + 4 * 21504) * 2 \
-        + 4 * 32
-    assert r.activation_per_token_ckpt == 62 * 5376 * 2 + per_layer
-    assert r.parts["activations"] == 4096 * (62 * 5376 * 2 + per_layer)
+    # the largest layer is a sliding one (window 1,024 < 4,096 tokens): 4 RMSNorms (2 on the fp32 stream, 2 on
+    # bf16 sublayer outputs, which Gemma normalises in fp32: 8 bytes a channel either way, + 1/RMS), bf16 copies
+    # of the inputs of q, k, v, gate, up, per-head QK-norms kept in fp32, SDPA with the window's additive bf16 mask
+    # (so transformers repeats k and v to all 32 heads), GeGLU's 4 tensors. The earlier count had 2 bytes for
+    # everything and no mask.
+    per_layer = (4 * (8 * 5376 + 4) + 5 * 2 * 5376 + (8 * 32 * 128 + 4 * 32) + (8 * 16 * 128 + 4 * 16)
+                 + 2 * (32 * 128 + 32 * 128 + 32 * 128 + 32 * 128) + 4 * 32 + 2 * 4096 + 4 * 2 * 21504)
+    assert per_layer == 488_272
+    # checkpointing keeps each layer's input: the fp32 residual stream under autocast (4 bytes, was 2)
+    assert r.activation_per_token_ckpt == 62 * 5376 * 4 + per_layer
+    head = 16 + (8 * 5376 + 4) + 2 * 5376  # token ids, final norm, the tied LM head's bf16 input
+    assert r.working.value("activations") == 4096 * (62 * 5376 * 4 + per_layer + head)
 
 
 def test_window_helpers():
