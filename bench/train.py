@@ -9,7 +9,8 @@ trainer's own step (``backend.train.trainer.Member``), tokens/s, and MFU = train
 (``budget.flops_per_token``) × tokens/s ÷ the GPU's published dense bf16 peak (``assets/gpus.json``).
 "default" is the trainer as it runs (MoE experts through grouped GEMMs in the autocast dtype, ``train/experts.py``);
 "fp32-grouped" is transformers' grouped_mm as is (fp32 under autocast with fp32 master weights); "stock" leaves
-transformers' default expert kernel; "compile" adds torch.compile. Carry flash-linear-attention (+ fla-core, einops)
+transformers' default expert kernel and attention; "default-attention" only transformers' default attention (eager
+for gpt-oss, whose sinks SDPA lacks; the trainer takes flex attention there on a GPU); "compile" adds torch.compile. Carry flash-linear-attention (+ fla-core, einops)
 for Qwen3-Next's gated delta rule on a GPU. ``--concurrent N`` trains N architectures at once in N worker
 processes through ``TrainingRun`` (the app's path) and reports their aggregate tokens/s. Peak memory per
 model alone is written to bench/results/train-memory.json (for the Parameters page's training-memory check).
@@ -70,7 +71,8 @@ def throughput(keys, recipe, steps: int, variant: str, device) -> list[dict]:
                                   max_positions=max(1024, recipe.seq_len), layers=recipe.layers,
                                   min_head_dim=recipe.min_head_dim)
         r = recipe if variant != "compile" else replace(recipe, compile=True)
-        m = Member(key, s, r, device).start(experts_impl={"stock": None, "fp32-grouped": "grouped_mm"}.get(variant, "grouped"))
+        m = Member(key, s, r, device).start(experts_impl={"stock": None, "fp32-grouped": "grouped_mm"}.get(variant, "grouped"),
+                                            attention=None if variant in ("stock", "default-attention") else "auto")
         warm = 8 if variant == "compile" else 3
         for _ in range(warm):
             m.train_step(stream[m.step])
@@ -90,7 +92,7 @@ def throughput(keys, recipe, steps: int, variant: str, device) -> list[dict]:
         row = {"model": key, "variant": variant, "params": s.total, "active_nonemb": int(s.value) if r.budget_metric == "active" else None,
                "experts": s.experts, "steps": steps, "step_ms": dt / steps * 1e3, "tok_s": tok_s,
                "flops_per_token": fpt, "mfu": fpt * tok_s / peak if peak else None,
-               "minutes_per_20M": 20e6 / tok_s / 60, "last_loss": losses[-1] if losses else None,
+               "minutes_per_20M": 20e6 / tok_s / 60, "last_loss": losses[-1] if losses else None, "losses": losses,
                "peak_bytes": int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None,
                "config": s.config, "batch": r.batch, "seq_len": r.seq_len}
         rows.append(row)
@@ -155,7 +157,7 @@ def cpu_probe(keys, minutes_target: float = 5.0) -> dict:
     return out
 
 
-def zoo_check(processes: int, tolerance: float = 0.02) -> dict:
+def zoo_check(processes: int, tolerance: float = 0.02, only: tuple = ()) -> dict:
     """Retrain the shipped zoo's seed-0 corpus models with its recorded recipe and compare each final validation
     loss (bf16 checkpoint evaluated as shipped) with the shipped one."""
     import tempfile
@@ -172,7 +174,7 @@ def zoo_check(processes: int, tolerance: float = 0.02) -> dict:
         raise SystemExit("no shipped zoo to check (assets/zoo/index.json)")
     recipe = replace(Recipe.from_dict(index["recipe"]), seed=index["seeds"][0])
     gs = zoo.groups(recipe, sorted(index["models"], key=list(index["models"]).index))
-    reps = [g["keys"][0] for g in gs]
+    reps = [g["keys"][0] for g in gs if not only or set(g["keys"]) & set(only)]
     root = Path(tempfile.mkdtemp())
     t0 = time.perf_counter()
     runs = zoo._run_all([RunSpec(tuple(reps[i:i + MAX_MODELS]), recipe, "auto") for i in range(0, len(reps), MAX_MODELS)],
@@ -294,7 +296,7 @@ def main() -> int:
 
     out["transformers"] = transformers.__version__
     if a.zoo:
-        out["zoo_check"] = zoo_check(a.processes)
+        out["zoo_check"] = zoo_check(a.processes, only=tuple(a.models.split(",")) if a.models else ())
     elif not a.gpu:
         out["cpu_mqar"] = cpu_probe(a.models.split(",") if a.models else CPU_MODELS)
     else:

@@ -381,7 +381,7 @@ def test_measurements_pair_with_estimates_of_the_same_shape():
     assert rows, "bench/results/gpu-*.json are part of the repository"
     for m in rows:
         e = m.estimate()
-        assert m.gpu is not None and m.gpu.key == "h100"
+        assert m.gpu is not None and m.device in m.gpu.device_names  # the GPU table's row of the device measured on
         assert e.batch == 1 and e.dtype == "bf16" and e.context == 32 + m.tokens // 2
         if m.layers < m.full_layers:  # fewer layers at full width: the estimate has exactly that many
             assert "[" in m.label and e.model.endswith(f"[{m.layers} of {m.full_layers} layers]")
