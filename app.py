@@ -28,19 +28,39 @@ PAGES = (
 )
 #: pages whose modules import torch (the runtime, training): on a fresh server they wait for it under a spinner
 NEEDS_TORCH = ("playground", "routing", "experiments")
+#: seconds between the end of a fresh server's first page and the start of its warm-up
+WARMUP_DELAY_S = 3.0
 
 st.set_page_config(page_title="ArchLab", page_icon=":material/account_tree:", layout="wide")
 pages = [st.Page(str(ROOT / f), title=t, icon=i, url_path=u, default=n == 0)
          for n, (f, t, i, u) in enumerate(PAGES) if (ROOT / f).is_file()]
 nav = st.navigation(pages)
-st.sidebar.title("ArchLab")
-st.sidebar.caption("Compare LLM architectures side by side: exact parameters, memory and block diagrams "
-                   "from the published configs.")
-_state.sidebar()
-if nav.url_path in NEEDS_TORCH and not libs.loaded():
+
+
+def _sidebar() -> None:
+    st.sidebar.title("ArchLab")
+    st.sidebar.caption("Compare LLM architectures side by side: exact parameters, memory and block diagrams "
+                       "from the published configs.")
+    _state.sidebar()
+
+
+# The sidebar's widgets go out after the page's content: a browser fetches a widget's code the first time it shows
+# one (the model picker and the uploader: ~35 small files over its 6 connections), and on a first visit those
+# requests queued before the page's own, Plotly's 4.7 MB bundle among them. The page reads the selection restored
+# here. A page that first waits for PyTorch gets its sidebar at once.
+_state.restore_selection()
+sidebar_first = nav.url_path in NEEDS_TORCH and not libs.loaded()
+if sidebar_first:
+    _sidebar()
     with st.spinner("Loading PyTorch and transformers (once after the server starts, a few seconds)…"):
         libs.load()
 try:
     nav.run()
-finally:  # once this first page is drawn (or left), warm up what the next pages need: once per server
-    warmup.start([m.id for m in _state.selected() if m.id in catalog.keys()] or _state.DEFAULT_MODELS)
+finally:
+    if not sidebar_first:
+        _sidebar()
+    # Once this first page is sent, warm up what the next pages need (once per server), after a pause or at the
+    # next run, whichever comes first: the browser is still fetching the page's code and drawing it, and the
+    # warm-up's imports hold the GIL that the server's event loop needs to send those files.
+    warmup.start([m.id for m in _state.selected() if m.id in catalog.keys()] or _state.DEFAULT_MODELS,
+                 delay=WARMUP_DELAY_S)

@@ -142,14 +142,22 @@ def _restore_models() -> None:
                              f"Valid keys are catalog keys such as {', '.join(DEFAULT_MODELS)}.")
 
 
-def sidebar() -> list[Model]:
-    """Draw the shared model picker in the sidebar; return the selected models."""
+def restore_selection() -> None:
+    """The selection for this run, before anything is drawn: restored from the URL on a session's first run,
+    models that are gone dropped, mirrored into the URL. :func:`sidebar` draws its widgets (after the page)."""
     ss = _ss()
     ss.setdefault("custom_configs", {})
     ss.setdefault("checkpoint_path", "")
     _restore_models()
     options = catalog.keys() + list(ss["custom_configs"])
     ss["models"] = [m for m in ss["models"] if m in options]
+    _mirror_models()
+
+
+def sidebar() -> list[Model]:
+    """Draw the shared model picker in the sidebar (after :func:`restore_selection`); return the selected models."""
+    ss = _ss()
+    options = catalog.keys() + list(ss["custom_configs"])
     with st.sidebar:
         st.multiselect("Models to compare", options, key="models", format_func=label_of,
                        max_selections=MAX_MODELS, help="Catalog models use their published config.json. "
@@ -168,7 +176,6 @@ def sidebar() -> list[Model]:
                 st.error(md(ss["checkpoint_error"]))
             elif ss["checkpoint_path"]:
                 st.caption(f"Using checkpoint folder {md(ss['checkpoint_path'])}")
-    _mirror_models()
     return selected()
 
 
@@ -185,14 +192,9 @@ def _mirror_models() -> None:
     st.query_params["models"] = ",".join(keys)
 
 
-def setting(name: str, default: Any, widget: Callable[..., Any], parse: Callable[[str], Any] = str,
-            url: bool = True, **kwargs) -> Any:
-    """A page setting: restored from ?name= on first use, kept across pages, mirrored to the URL
-    (``url=False``: kept across pages and reruns only, e.g. a long prompt).
-
-    ``widget`` is a Streamlit input (st.number_input, st.selectbox, ...) called with ``kwargs``.
-    A value in the URL that ``parse`` rejects (or the widget refuses) falls back to ``default``.
-    """
+def restored(name: str, default: Any, parse: Callable[[str], Any] = str, url: bool = True) -> Any:
+    """The value the widget of :func:`setting` ``name`` shows in this run, known before it is drawn (restored
+    from ?name= on first use, as :func:`setting` does): what depends on it can be drawn first."""
     ss = _ss()
     wkey = f"_w_{name}"
     if name not in ss:
@@ -205,6 +207,20 @@ def setting(name: str, default: Any, widget: Callable[..., Any], parse: Callable
                 st.warning(f"Ignored ?{name}={md(raw)} in the URL (not a valid value); using {default}.")
     if wkey not in ss:  # Streamlit forgets a widget's state when its page is left
         ss[wkey] = ss[name]
+    return ss[wkey]
+
+
+def setting(name: str, default: Any, widget: Callable[..., Any], parse: Callable[[str], Any] = str,
+            url: bool = True, **kwargs) -> Any:
+    """A page setting: restored from ?name= on first use, kept across pages, mirrored to the URL
+    (``url=False``: kept across pages and reruns only, e.g. a long prompt).
+
+    ``widget`` is a Streamlit input (st.number_input, st.selectbox, ...) called with ``kwargs``.
+    A value in the URL that ``parse`` rejects (or the widget refuses) falls back to ``default``.
+    """
+    ss = _ss()
+    wkey = f"_w_{name}"
+    restored(name, default, parse, url)
     try:
         value = widget(key=wkey, **kwargs)
     except StreamlitAPIException:  # a URL value outside the widget's range or options

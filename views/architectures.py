@@ -25,9 +25,10 @@ def _figures(models: dict, colors: dict, baseline: str | None) -> tuple[dict, di
     return diagram.comparison_figures(specs, colors, baseline), diagram.legend_items(list(specs.values()))
 
 
-def _baseline(models: list[_state.Model]) -> _state.Model | None:
+def _baseline(models: list[_state.Model], draw: bool = True) -> _state.Model | None:
     """The "Compare against" choice (URL ``?base=``, default the first selected model): the baseline model,
-    or None for "differs from any" (and for a single model: nothing to compare)."""
+    or None for "differs from any" (and for a single model: nothing to compare). ``draw=False``: the choice
+    that this run's box will show, before it is drawn."""
     ids = [m.id for m in models]
     if len(ids) < 2:
         return None
@@ -35,6 +36,9 @@ def _baseline(models: list[_state.Model]) -> _state.Model | None:
     ss = st.session_state
     if "base" in ss and ss["base"] not in options:  # the baseline was taken out of the selection
         ss["base"] = ss["_w_base"] = ids[0]
+    if not draw:
+        value = _state.restored("base", ids[0], choice(options))
+        return None if value == ANY else next((m for m in models if m.id == value), models[0])
     labels = {m.id: m.label for m in models}
     value = setting("base", ids[0], st.selectbox, choice(options), label="Compare against", options=options,
                     format_func=lambda i: labels.get(i, "any of them (what differs between any)"), width=420,
@@ -134,9 +138,16 @@ st.caption("What the selected models are made of, drawn from their published con
            "(no weights are downloaded).")
 models = _state.selected()
 if _ui.need_models(models):
-    base = _baseline(models)
+    # The diagrams go out before the "Compare against" box above them: a first visit's browser fetches the
+    # box's code (two dozen small files) when it first shows one, and Plotly's bundle would queue behind them.
+    picker = st.container() if len(models) > 1 else None
+    base = _baseline(models, draw=False)
     with _ui.guard("the block diagrams"):
         _diagrams(models, base)
+    if picker is not None:
+        with picker:
+            if _baseline(models) != base:  # the box shows the value read above; should it not, draw again
+                st.rerun()
     with _ui.guard("the feature matrix"):
         _matrix(models, base)
     with _ui.guard("the model notes"):

@@ -27,13 +27,15 @@ TOKS = st.column_config.NumberColumn(format="%,.1f")
 RATIO = st.column_config.NumberColumn(format="%.2f")
 
 
-@st.cache_data(show_spinner=False, max_entries=256)
+# Spinners show only when a call takes over half a second: measured_table builds the measured shapes' meta models
+# (1-3 s on a fresh server, PyTorch's import included when the warm-up has not done it yet).
+@st.cache_data(show_spinner="Computing…", max_entries=256)
 def _est(name: str, models: Mapping, **kwargs):
     """A backend.present.estimates function of the selected models, cached by its arguments."""
     return getattr(estimates, name)(dict(models), **kwargs)
 
 
-@st.cache_data(show_spinner=False, max_entries=64, ttl=60)
+@st.cache_data(show_spinner="Reading…", max_entries=64, ttl=60)  # a checkpoint's headers: many files
 def _call(name: str, **kwargs):
     """A backend.present.estimates function of files (checkpoints, measurements), cached for a minute."""
     return getattr(estimates, name)(**kwargs)

@@ -1,4 +1,5 @@
-"""Warm-up of a fresh server, in one background thread, after its first page is drawn.
+"""Warm-up of a fresh server, in one background thread, once its first page is sent (app.py lets it wait a few
+seconds, or until the next page, while the browser fetches and draws that page).
 
 The first page (Architectures) needs no torch (catalog specs come from ``assets/specs.json``), but the next
 ones do: the Parameters page counts tensors of meta models and plans device maps, the Playground and Routing
@@ -23,18 +24,21 @@ from ..arch.errors import ArchLabError
 log = logging.getLogger("archlab.warmup")
 _lock = threading.Lock()
 _thread: threading.Thread | None = None
+_go = threading.Event()  # ends a delayed start's wait
 #: what the warm-up did: step -> seconds (read by the benchmark and the tests)
 done: dict[str, float] = {}
 
 
-def start(keys: Iterable[str]) -> bool:
-    """Start the warm-up of ``keys`` (catalog keys) unless it was started before in this process.
-    Returns True when this call started it."""
+def start(keys: Iterable[str], delay: float = 0.0) -> bool:
+    """Start the warm-up of ``keys`` (catalog keys) unless it was started before in this process: after ``delay``
+    seconds, or at the next call (e.g. the visitor's next page) if that comes first. Returns True when this call
+    started it."""
     global _thread
     with _lock:
         if _thread is not None:
+            _go.set()
             return False
-        _thread = threading.Thread(target=_run, args=(tuple(keys),), daemon=True, name="archlab-warmup")
+        _thread = threading.Thread(target=_run, args=(tuple(keys), delay), daemon=True, name="archlab-warmup")
     _thread.start()
     return True
 
@@ -73,7 +77,8 @@ def _trained(keys: tuple[str, ...]) -> None:
     preload([runtime.ModelRequest(key, mode="trained") for key in keys if zoo.has(key)])
 
 
-def _run(keys: tuple[str, ...]) -> None:
+def _run(keys: tuple[str, ...], delay: float = 0.0) -> None:
+    _go.wait(delay)
     try:
         _step("torch + transformers", libs.load)
         _step("accelerate", lambda: __import__("accelerate"))
