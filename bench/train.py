@@ -172,7 +172,6 @@ def zoo_check(processes: int, tolerance: float = 0.02, only: tuple = ()) -> dict
     from backend.live import zoo as live_zoo
     from backend.train import zoo
     from backend.train.recipe import MAX_MODELS, Recipe, RunSpec
-    from backend.train.runner import TrainingRun
 
     index = live_zoo.index()
     if not index:
@@ -219,6 +218,7 @@ def saved_for_backward(row: dict, recipe, device) -> dict:
 
     from backend.arch.architecture import resolve
     from backend.train.budget import Sized
+    from backend.train.saved import is_weight_copy
     from backend.train.trainer import Member
 
     arch = resolve(dict(row["config"]))
@@ -231,18 +231,6 @@ def saved_for_backward(row: dict, recipe, device) -> dict:
     params = {p.untyped_storage().data_ptr() for p in m.model.parameters()}
     live: dict[int, list] = {}  # storage address -> [bytes, weight copy?, saved tensors alive]
     now = {"all": 0, "copies": 0, "peak": 0, "peak_copies": 0}
-
-    def weight_copy(t) -> bool:  # an autocast cast of a parameter (through views)
-        g = t.grad_fn
-        for _ in range(6):
-            if g is None:
-                return False
-            if g.name() == "ToCopyBackward0":
-                return any(n is not None and "AccumulateGrad" in n.name() for n, _ in g.next_functions)
-            if len(g.next_functions) != 1:
-                return False
-            g = g.next_functions[0][0]
-        return False
 
     def release(ptr: int, e: list) -> None:
         e[2] -= 1
@@ -257,7 +245,7 @@ def saved_for_backward(row: dict, recipe, device) -> dict:
         if ptr not in params:
             e = live.get(ptr)
             if e is None:
-                e = live[ptr] = [st.nbytes(), weight_copy(t), 0]
+                e = live[ptr] = [st.nbytes(), is_weight_copy(t), 0]
                 now["all"] += e[0]
                 now["copies"] += e[0] if e[1] else 0
                 if now["all"] > now["peak"]:

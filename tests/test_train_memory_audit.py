@@ -30,25 +30,12 @@ torch = pytest.importorskip("torch")
 
 from backend.arch import train_memory  # noqa: E402
 from backend.arch.architecture import resolve  # noqa: E402
+from backend.train.saved import is_weight_copy  # noqa: E402
 
 ROWS = Path(__file__).resolve().parents[1] / "bench" / "results" / "train-memory.json"
 SEQ = 256
 BATCH = 2
 TOLERANCE = 0.01
-
-
-def _weight_copy(t) -> bool:
-    """A cast of a parameter (autocast's bf16 copy of a weight), seen through views."""
-    g = t.grad_fn
-    for _ in range(6):
-        if g is None:
-            return False
-        if g.name() == "ToCopyBackward0":
-            return any(n is not None and "AccumulateGrad" in n.name() for n, _ in g.next_functions)
-        if len(g.next_functions) != 1:
-            return False
-        g = g.next_functions[0][0]
-    return False
 
 
 def measure(config: dict, batch: int = BATCH) -> tuple:
@@ -81,7 +68,7 @@ def measure(config: dict, batch: int = BATCH) -> tuple:
         if ptr not in params:
             e = live.get(ptr)
             if e is None:
-                e = live[ptr] = [st.nbytes(), _weight_copy(t), 0]
+                e = live[ptr] = [st.nbytes(), is_weight_copy(t), 0]
             e[2] += 1
             weakref.finalize(t, release, ptr, e)
         return t
