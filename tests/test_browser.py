@@ -1,4 +1,5 @@
 """One end-to-end run in a real Chromium: two MoE models stream side by side, then the Routing heatmap."""
+import contextlib
 import socket
 import subprocess
 import sys
@@ -34,6 +35,26 @@ def _wait_healthy(port: int, server: subprocess.Popen, timeout: float = 30) -> N
     raise TimeoutError("streamlit did not become healthy")
 
 
+@contextlib.contextmanager
+def served(env: dict | None = None):
+    """A fresh ``streamlit run app.py`` on a free port (as the README starts it), healthy; yields the port."""
+    port = _free_port()
+    server = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
+                               "--server.port", str(port), "--server.address", "127.0.0.1",
+                               "--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false"],
+                              cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_healthy(port, server)
+        yield port
+    finally:
+        server.terminate()
+        try:
+            server.wait(10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait(5)
+
+
 def _texts(page) -> list[str]:
     return page.locator("[data-testid='stCode'] code").all_inner_texts()
 
@@ -42,13 +63,7 @@ def _texts(page) -> list[str]:
 def test_two_moe_models_stream_and_routing_renders(chromium):
     sync_api = pytest.importorskip("playwright.sync_api")
     ARTIFACTS.mkdir(exist_ok=True)
-    port = _free_port()
-    server = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
-                               "--server.port", str(port), "--server.address", "127.0.0.1",
-                               "--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false"],
-                              cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        _wait_healthy(port, server)
+    with served() as port:
         with sync_api.sync_playwright() as p:
             browser = p.chromium.launch(executable_path=chromium, args=ARGS)
             try:
@@ -87,10 +102,3 @@ def test_two_moe_models_stream_and_routing_renders(chromium):
                 page.screenshot(path=str(ARTIFACTS / "routing.png"), full_page=True)
             finally:
                 browser.close()
-    finally:
-        server.terminate()
-        try:
-            server.wait(10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait(5)

@@ -1,12 +1,10 @@
 """A run's link in a real Chromium: a second browser (its own context: other cookies, other session) opens the
 link of a run that is streaming and sees the same tokens and the same routing; a bad link is one line."""
-import subprocess
-import sys
 import urllib.parse
 
 import pytest
 
-from test_browser import ARGS, ARTIFACTS, ROOT, _free_port, _texts, _wait_healthy
+from test_browser import ARGS, ARTIFACTS, _texts, served
 
 HEATMAP = "() => { const p = document.querySelector('.js-plotly-plot'); return p && p.data ? JSON.stringify(p.data) : null }"
 
@@ -26,14 +24,8 @@ def _routing_final(page) -> str:
 def test_a_run_link_opens_the_same_run_in_another_browser(chromium):
     sync_api = pytest.importorskip("playwright.sync_api")
     ARTIFACTS.mkdir(exist_ok=True)
-    port = _free_port()
-    base = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
-                               "--server.port", str(port), "--server.address", "127.0.0.1",
-                               "--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false"],
-                              cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        _wait_healthy(port, server)
+    with served() as port:
+        base = f"http://127.0.0.1:{port}"
         with sync_api.sync_playwright() as p:
             browser = p.chromium.launch(executable_path=chromium, args=ARGS)
             try:
@@ -84,10 +76,3 @@ def test_a_run_link_opens_the_same_run_in_another_browser(chromium):
                 assert stranger.locator(".js-plotly-plot").count() == 0
             finally:
                 browser.close()
-    finally:
-        server.terminate()
-        try:
-            server.wait(10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait(5)

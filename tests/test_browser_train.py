@@ -1,12 +1,10 @@
 """In a real Chromium: train two tiny architectures side by side on the Experiments page and watch both learning
 curves stream, then see the final table."""
 import json
-import subprocess
-import sys
 
 import pytest
 
-from test_browser import ARGS, ARTIFACTS, ROOT, _free_port, _wait_healthy
+from test_browser import ARGS, ARTIFACTS, served
 
 #: points per trace of the learning-curve chart (its first plot), by trace name
 CURVES = """() => { const p = document.querySelector('.js-plotly-plot');
@@ -21,14 +19,8 @@ CURVES = """() => { const p = document.querySelector('.js-plotly-plot');
 def test_two_tiny_models_train_and_both_curves_stream(chromium, tmp_path):
     sync_api = pytest.importorskip("playwright.sync_api")
     ARTIFACTS.mkdir(exist_ok=True)
-    port = _free_port()
     env = {**__import__("os").environ, "ARCHLAB_RUNS_DIR": str(tmp_path)}
-    server = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
-                               "--server.port", str(port), "--server.address", "127.0.0.1",
-                               "--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false"],
-                              cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        _wait_healthy(port, server)
+    with served(env) as port:
         with sync_api.sync_playwright() as p:
             browser = p.chromium.launch(executable_path=chromium, args=ARGS)
             try:
@@ -68,9 +60,3 @@ def test_two_tiny_models_train_and_both_curves_stream(chromium, tmp_path):
                 assert page.get_by_text("same as the others").count()
             finally:
                 browser.close()
-    finally:
-        server.terminate()
-        try:
-            server.wait(10)
-        except subprocess.TimeoutExpired:
-            server.kill()
