@@ -210,7 +210,6 @@ def saved_for_backward(row: dict, recipe, device) -> dict:
     of parameters among them; ``step_start_bytes``: allocated as the step starts (fp32 weights, optimizer states,
     library workspaces). ``backend.arch.train_memory`` estimates ``saved_bytes`` as its activations + weight
     copies + the saved log-softmax."""
-    import weakref
     from dataclasses import replace
 
     import numpy as np
@@ -218,7 +217,7 @@ def saved_for_backward(row: dict, recipe, device) -> dict:
 
     from backend.arch.architecture import resolve
     from backend.train.budget import Sized
-    from backend.train.saved import is_weight_copy
+    from backend.train.saved import SavedTensors
     from backend.train.trainer import Member
 
     arch = resolve(dict(row["config"]))
@@ -228,41 +227,15 @@ def saved_for_backward(row: dict, recipe, device) -> dict:
     rng = np.random.default_rng(0)
     batch = lambda: rng.integers(0, arch.spec.vocab_size, (r.batch, r.seq_len + 1))  # noqa: E731
     m.train_step(batch())  # optimizer states exist from the first step on
-    params = {p.untyped_storage().data_ptr() for p in m.model.parameters()}
-    live: dict[int, list] = {}  # storage address -> [bytes, weight copy?, saved tensors alive]
-    now = {"all": 0, "copies": 0, "peak": 0, "peak_copies": 0}
-
-    def release(ptr: int, e: list) -> None:
-        e[2] -= 1
-        if e[2] == 0 and live.get(ptr) is e:
-            del live[ptr]
-            now["all"] -= e[0]
-            now["copies"] -= e[0] if e[1] else 0
-
-    def pack(t):
-        st = t.untyped_storage()
-        ptr = st.data_ptr()
-        if ptr not in params:
-            e = live.get(ptr)
-            if e is None:
-                e = live[ptr] = [st.nbytes(), is_weight_copy(t), 0]
-                now["all"] += e[0]
-                now["copies"] += e[0] if e[1] else 0
-                if now["all"] > now["peak"]:
-                    now["peak"], now["peak_copies"] = now["all"], now["copies"]
-            e[2] += 1
-            weakref.finalize(t, release, ptr, e)
-        return t
-
     torch.cuda.synchronize(device)
     start = torch.cuda.memory_allocated(device)
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    with SavedTensors(m.model) as saved:
         m.train_step(batch())
     torch.cuda.synchronize(device)
     m.close()
     del m
     torch.cuda.empty_cache()
-    return {"saved_bytes": now["peak"], "saved_weight_copy_bytes": now["peak_copies"], "step_start_bytes": int(start)}
+    return {"saved_bytes": saved.peak, "saved_weight_copy_bytes": saved.peak_copies, "step_start_bytes": int(start)}
 
 
 def main() -> int:

@@ -21,7 +21,6 @@ norms' fp32 normalised tensors alone are 8·H bytes a layer (13 % of this Llama 
 projection inputs 10·H (17 %), so the check fails on any of those (``test_the_check_can_fail``).
 """
 import json
-import weakref
 from pathlib import Path
 
 import pytest
@@ -30,7 +29,7 @@ torch = pytest.importorskip("torch")
 
 from backend.arch import train_memory  # noqa: E402
 from backend.arch.architecture import resolve  # noqa: E402
-from backend.train.saved import is_weight_copy  # noqa: E402
+from backend.train.saved import SavedTensors  # noqa: E402
 
 ROWS = Path(__file__).resolve().parents[1] / "bench" / "results" / "train-memory.json"
 SEQ = 256
@@ -54,29 +53,10 @@ def measure(config: dict, batch: int = BATCH) -> tuple:
         model.set_experts_implementation(register())
     model.train()
     routers = RouterStats(model, s, getattr(arch.config, "router_aux_loss_coef", 0.0), 1e-3) if s.moe else None
-    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    live: dict[int, list] = {}  # storage address -> [bytes, weight copy?, saved tensors alive]
-
-    def release(ptr, e):
-        e[2] -= 1
-        if e[2] == 0 and live.get(ptr) is e:
-            del live[ptr]
-
-    def pack(t):
-        st = t.untyped_storage()
-        ptr = st.data_ptr()
-        if ptr not in params:
-            e = live.get(ptr)
-            if e is None:
-                e = live[ptr] = [st.nbytes(), is_weight_copy(t), 0]
-            e[2] += 1
-            weakref.finalize(t, release, ptr, e)
-        return t
-
     V = s.vocab_size
     x = torch.randint(0, V, (batch, SEQ))
     y = torch.randint(0, V, (batch, SEQ))
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    with SavedTensors(model) as kept:
         with torch.autocast("cpu", dtype=torch.bfloat16):
             logits = model(input_ids=x, use_cache=False).logits
         loss = F.cross_entropy(logits.float().reshape(-1, V), y.reshape(-1))
@@ -84,8 +64,7 @@ def measure(config: dict, batch: int = BATCH) -> tuple:
             aux = routers.aux_loss()
             if aux is not None:
                 loss = loss + aux
-    saved = sum(n for n, copy, _ in live.values() if not copy)
-    copies = sum(n for n, copy, _ in live.values() if copy)
+    saved, copies = kept.bytes - kept.copy_bytes, kept.copy_bytes
     del loss, logits
     if routers is not None:
         routers.remove()
