@@ -220,18 +220,32 @@ def sharding_check(key: str = "qwen3-0.6b", n: int = 24) -> dict:
 
 
 def _stream_speed(request, tokens: int) -> dict:
-    """Our streaming path (GenerationRun, routing on) on a loaded request: steady tok/s and path."""
+    """Our streaming path (GenerationRun, routing on) on a loaded request: steady tok/s and path; ``serial_tok_s``:
+    the same with the fast path's step pipelining off (``generation.PIPELINE_STEPS``), runs alternating, the best
+    of two each; ``serial_tokens_equal``: both paths gave the same tokens."""
+    from backend.live import generation
     from backend.live.generation import GenerationRun, GenerationSettings
 
-    speeds = []
-    for _ in range(2):  # the first run warms up (and captures the graph on one GPU)
-        run = GenerationRun([request], "The history of", GenerationSettings(max_new_tokens=tokens, ignore_eos=True))
-        run.start().join(300)
-        speeds.append(run.stats(0))
-    s = speeds[-1]
+    def once(pipelined: bool):
+        generation.PIPELINE_STEPS = pipelined
+        try:
+            run = GenerationRun([request], "The history of", GenerationSettings(max_new_tokens=tokens, ignore_eos=True))
+            run.start().join(300)
+        finally:
+            generation.PIPELINE_STEPS = True
+        return run
+
+    once(True)  # warms up (and captures the graph on one GPU)
+    runs = {True: [], False: []}
+    for pipelined in (True, False, True, False):
+        runs[pipelined].append(once(pipelined))
+    best = {p: max(rs, key=lambda r: r.stats(0)["tokens_per_s"] or 0) for p, rs in runs.items()}
+    run, s = best[True], best[True].stats(0)
     trace = run.routing(0)
     return {"tok_s": s["tokens_per_s"], "fast_path": s["fast_path"], "device": s["device"], "status": s["status"],
-            "error": s["error"], "tokens": run.token_ids(0), "routing_steps": len(trace.steps) if trace else 0}
+            "error": s["error"], "tokens": run.token_ids(0), "routing_steps": len(trace.steps) if trace else 0,
+            "serial_tok_s": best[False].stats(0)["tokens_per_s"],
+            "serial_tokens_equal": best[False].token_ids(0) == run.token_ids(0)}
 
 
 def multi_gpu_check(key: str = "llama3-8b", tokens: int = 64) -> dict:
@@ -488,7 +502,8 @@ def run_model(key: str, depths, tokens: int, bw: float, skip_hf: bool, compile_m
                                         "step_ms": est.step_s * 1e3, "shallower_step_ms": est.shallower_step_s * 1e3}
         row["hf_tok_s"] = None if skip_hf else hf_generate_speed(model, min(tokens, 32))
         app = _stream_speed(request, tokens)  # the Playground's path: worker thread, detokenizing, events
-        row.update(app_stream_tok_s=app["tok_s"], app_fast_path=app["fast_path"])
+        row.update(app_stream_tok_s=app["tok_s"], app_fast_path=app["fast_path"], app_serial_tok_s=app["serial_tok_s"],
+                   app_serial_tokens_equal=app["serial_tokens_equal"])
         row["peak_bytes"] = torch.cuda.max_memory_allocated() - base
         log(json.dumps({k: v for k, v in row.items() if k != "kv"}, default=str))
         for kv in row["kv"]:

@@ -54,8 +54,29 @@ def _peak_flops() -> float | None:
     return g.bf16_flops if g else None
 
 
-def throughput(keys, recipe, steps: int, variant: str, device) -> list[dict]:
-    """Steps/s, tokens/s and MFU of each architecture trained alone for ``steps`` steps (after warm-up)."""
+def _profile(m, stream, steps: int = 3, top: int = 15) -> list[dict]:
+    """The device kernels of ``steps`` training steps, by total device time (torch.profiler), top ``top``."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            m.train_step(stream[m.step])
+        torch.cuda.synchronize()
+    events = [e for e in prof.key_averages() if e.device_time_total > 0 and e.device_type == torch.autograd.DeviceType.CUDA]
+    events.sort(key=lambda e: -e.device_time_total)
+    total = sum(e.device_time_total for e in events) or 1.0
+    rows = [{"kernel": e.key[:90], "calls": e.count, "ms_per_step": e.device_time_total / 1e3 / steps,
+             "share": e.device_time_total / total} for e in events[:top]]
+    print(f"    device time per step {total / 1e3 / steps:.1f} ms; top kernels:")
+    for r in rows:
+        print(f"      {r['ms_per_step']:7.2f} ms {r['share'] * 100:5.1f}%  x{r['calls'] // steps:<5d} {r['kernel']}")
+    return rows
+
+
+def throughput(keys, recipe, steps: int, variant: str, device, profile: bool = False) -> list[dict]:
+    """Steps/s, tokens/s and MFU of each architecture trained alone for ``steps`` steps (after warm-up);
+    ``profile``: also the top device kernels of three more steps."""
     from dataclasses import replace
 
     import torch
@@ -97,6 +118,8 @@ def throughput(keys, recipe, steps: int, variant: str, device) -> list[dict]:
                "peak_bytes": int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None,
                "config": s.config, "batch": r.batch, "seq_len": r.seq_len}
         rows.append(row)
+        if profile and device.type == "cuda":
+            row["profile"] = _profile(m, stream)
         print(f"  {key:20s} {variant:8s} {row['step_ms']:8.1f} ms/step {tok_s:12,.0f} tok/s "
               f"MFU {row['mfu'] * 100 if row['mfu'] else float('nan'):5.1f}%  20M tokens: {row['minutes_per_20M']:.1f} min",
               flush=True)
@@ -133,6 +156,9 @@ def concurrent(keys, recipe, steps: int, processes: int) -> dict:
     print(f"  concurrent: {len(keys)} models in {processes} processes: {trained:,} tokens, wall {wall:.1f} s "
           f"(incl. start-up), {out['aggregate_tok_s_wall']:,.0f} tok/s over the wall, "
           f"{out['aggregate_tok_s_training'] or 0:,.0f} tok/s over the training itself", flush=True)
+    if out["aggregate_tok_s_wall"]:
+        out["minutes_for_20M_each"] = len(keys) * 20e6 / out["aggregate_tok_s_wall"] / 60
+        print(f"  at that rate, {len(keys)} models × 20M tokens take {out['minutes_for_20M_each']:.1f} min", flush=True)
     return out
 
 
@@ -250,6 +276,7 @@ def main() -> int:
     ap.add_argument("--concurrent-steps", type=int, default=60)
     ap.add_argument("--memory", action="store_true", help="write bench/results/train-memory.json (GPU)")
     ap.add_argument("--tag", default="")
+    ap.add_argument("--profile", action="store_true", help="also print each model's top device kernels (GPU)")
     ap.add_argument("--zoo", action="store_true", help="retrain the shipped zoo (seed 0) and check its validation losses")
     ap.add_argument("--processes", type=int, default=8)
     a = ap.parse_args()
@@ -276,7 +303,7 @@ def main() -> int:
         for variant in a.variants.split(","):
             print(f"{variant}: {len(keys)} architectures at {recipe.budget:,.0f} {recipe.budget_metric} parameters, "
                   f"batch {recipe.batch} × {recipe.seq_len}", flush=True)
-            out["throughput"] += throughput(keys, recipe, a.steps, variant, torch.device("cuda"))
+            out["throughput"] += throughput(keys, recipe, a.steps, variant, torch.device("cuda"), a.profile)
         if a.concurrent:
             out["concurrent"] = concurrent(keys, recipe, a.concurrent_steps, a.concurrent)
         if a.memory:

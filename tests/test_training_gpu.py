@@ -15,6 +15,7 @@ def test_autocast_grouped_experts_match_the_fp32_ones():
     r = preset("small", budget=1e6)
     fast = Member("a", s, r, torch.device("cuda")).start()                       # experts in bf16 under autocast
     slow = Member("b", s, r, torch.device("cuda")).start(experts_impl="grouped_mm")  # transformers' as is (fp32)
+    assert fast.model.config._experts_implementation != slow.model.config._experts_implementation
     x = torch.randint(0, 2048, (4, 64), device="cuda")
     with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
         a = fast.model(input_ids=x, use_cache=False).logits.float()

@@ -43,5 +43,8 @@ def load() -> None:
             PreTrainedTokenizerFast,
             StaticCache,
         )
+        # the model classes' shared machinery (~2 s): imported by the first from_config/from_pretrained, which
+        # runs under meta.BUILD_LOCK, so every model build and load of the process would queue behind it
+        import transformers.modeling_utils  # noqa: F401
         import_seconds = time.perf_counter() - t
         _ready.set()

@@ -225,8 +225,18 @@ class _PlainStepper:
         return next_id, layers
 
 
+#: the GPU fast path launches a step's successor before it waits for the step's host copy (bench/gpu.py's
+#: ``app_serial_tok_s`` measures it off); the tokens are the same either way
+PIPELINE_STEPS = True
+
+
 class _GraphStepper:
-    """GPU fast path: static cache, decode step replayed as a CUDA graph, routing packed on device."""
+    """GPU fast path: static cache, decode step replayed as a CUDA graph, routing packed on device.
+
+    Pipelined once the step's graph is captured: the next step (fed with the token sampled on the device) is
+    launched before the host waits for this step's copy, so the host's work on a token (detokenizing, routing
+    records, events) overlaps the GPU's next step instead of idling it. When the run ends, the one step launched
+    ahead is dropped (the next run resets the cache)."""
 
     fast = True
 
@@ -239,23 +249,38 @@ class _GraphStepper:
             lm.decoder = GraphDecoder(lm.model, size, capture_routing=capture, compile=lm.request.compile)
         self.dec = lm.decoder
         self.tok = None
+        self._ahead = None  # the step launched ahead: (host copy, its event, unpack, has routing)
 
     def __enter__(self):
         self.dec.reset()
+        self.tok, self._ahead = None, None
         return self
 
     def __exit__(self, *exc):
-        pass
+        self._ahead = None
 
-    def advance(self, ids: list[int], settings: GenerationSettings, gen):
-        """The prompt ``ids`` first, then the token sampled on the device last time (``ids`` unused)."""
+    def _launch(self, ids: list[int], settings: GenerationSettings, gen):
+        """Queue one step (the prompt first) and its token's and routing's copy to pinned host memory."""
         import torch
 
         out = self.dec.prefill(torch.tensor([ids])) if self.tok is None else self.dec.step(self.tok)
         self.tok = sample(out.logits, settings.temperature, settings.top_p, gen)
         packed, unpack = pack_step(self.tok, out)
-        next_id, layers = unpack(packed.cpu())  # the one host copy of a step
-        return next_id, ({layer: (i, w) for layer, i, w in layers} if out.routing else None)
+        host = torch.empty(packed.shape, dtype=packed.dtype, pin_memory=True)  # fresh: unpack returns views of it
+        host.copy_(packed, non_blocking=True)
+        done = torch.cuda.Event()
+        done.record(torch.cuda.current_stream(packed.device))  # the copy's stream (a sharded model's last GPU)
+        return host, done, unpack, bool(out.routing)
+
+    def advance(self, ids: list[int], settings: GenerationSettings, gen):
+        """The prompt ``ids`` first, then the token sampled on the device last time (``ids`` unused)."""
+        step, self._ahead = self._ahead or self._launch(ids, settings, gen), None
+        if PIPELINE_STEPS and self.dec.graphs and self.dec.length + 1 <= self.dec.max_cache_len:
+            self._ahead = self._launch(ids, settings, gen)  # the GPU runs it while the host handles this token
+        host, done, unpack, routed = step
+        done.synchronize()  # the one host wait of a step
+        next_id, layers = unpack(host)
+        return next_id, ({layer: (i, w) for layer, i, w in layers} if routed else None)
 
 
 #: shortest static cache of the GPU fast path; longer requests get the next power of two

@@ -9,6 +9,7 @@ log interval, so a GPU step needs no host synchronisation.
 from __future__ import annotations
 
 import contextlib
+import copy
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,7 +77,9 @@ def build_model(sized: Sized, seed: int, device: torch.device, experts_impl: Opt
 
     with BUILD_LOCK, torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = AutoModelForCausalLM.from_config(sized.arch.config, dtype=torch.float32,
+        # a copy: the model keeps its config, and set_experts_implementation writes to it (two models built
+        # from one Sized would otherwise share, and switch, each other's expert kernel)
+        model = AutoModelForCausalLM.from_config(copy.deepcopy(sized.arch.config), dtype=torch.float32,
                                                  attn_implementation=attention_for(sized.arch.config, device, attention))
     if experts_impl and sized.arch.spec.moe is not None and hasattr(model, "set_experts_implementation"):
         from .experts import register
