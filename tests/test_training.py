@@ -314,3 +314,24 @@ def test_attention_kernel_choice():
     narrow = dict(catalog.raw_config("gpt-oss-20b"), head_dim=8)
     assert attention_for(resolve(narrow).config, cuda) is None
     assert attention_for(resolve("llama3-8b").config, cuda) is None
+
+
+def test_probe_loss_on_answer_rows_equals_the_ignore_index_mean():
+    import numpy as np
+    import torch.nn.functional as F
+
+    from backend.train.probes import IGNORE, ProbeBatch
+    from backend.train.trainer import token_loss
+
+    rng = np.random.default_rng(0)
+    labels = np.full((4, 32), IGNORE)
+    labels[:, [7, 19, 30]] = rng.integers(0, 50, (4, 3))
+    batch = ProbeBatch(rng.integers(0, 50, (4, 32)), labels, np.zeros((4, 32), dtype=np.int64))
+    logits = torch.randn(4, 32, 50, requires_grad=True)
+    y = torch.from_numpy(labels)
+    mine = token_loss(logits, y, batch)
+    full = F.cross_entropy(logits.reshape(-1, 50), y.reshape(-1), ignore_index=IGNORE)
+    assert torch.allclose(mine, full, rtol=1e-6)
+    (g1,) = torch.autograd.grad(mine, logits)
+    (g2,) = torch.autograd.grad(full, logits)
+    assert torch.allclose(g1, g2, atol=1e-8) and g1[:, 8].abs().sum() == 0

@@ -1,17 +1,18 @@
-"""MoE experts while training: transformers' token-sorted grouped GEMMs, run in the autocast dtype.
+"""MoE experts while training: token-sorted grouped GEMMs, run in the autocast dtype.
 
-``torch.nn.functional.grouped_mm`` is not autocast-aware: with fp32 master weights under bf16 autocast,
-transformers casts the tokens to the weights' fp32 and the grouped GEMMs run in fp32. This implementation
-hands transformers' own ``grouped_mm`` forward a view of the experts module whose floating-point parameters
-are cast to the autocast dtype (the cast is differentiable, so gradients still reach the fp32 masters), the
-way autocast treats an ordinary linear layer. Outside autocast, or when the expert widths are not multiples
-of 8 (bf16 grouped GEMMs need 16-byte rows), the GEMMs run in the weights' dtype.
+transformers' ``grouped_mm`` experts (``integrations/moe.py``) with three changes for training:
 
-Expert biases (gpt-oss): transformers gathers each sorted token's bias row (``bias[expert_ids]``), and the
-gradient of that gather is CUDA's index-put backward, which serialises on repeated indices: every expert's row
-repeats for all its tokens, and on an H200 that one kernel took 89 % of a gpt-oss miniature's step (213 of 240
-ms, ``bench/train.py --profile``). Here the same gather's gradient is a one-hot matrix product (experts × tokens
-@ tokens × width), saving only the indices, as the gather did.
+- **Autocast.** ``torch.nn.functional.grouped_mm`` is not autocast-aware: with fp32 master weights under bf16
+  autocast, transformers casts the tokens to the weights' fp32 and the grouped GEMMs run in fp32. Here the
+  expert weights are cast to the autocast dtype (a differentiable cast, so gradients reach the fp32 masters),
+  the way autocast treats an ordinary linear layer; when the expert widths are not multiples of 8 (bf16 grouped
+  GEMMs need 16-byte rows) the GEMMs run in the weights' dtype.
+- **Gathers whose gradients are cheap.** transformers gathers the sorted tokens with advanced indexing, whose
+  gradient is an index-put with accumulation: 9x slower than ``index_select``'s on the CPU (2,048 × 48 rows).
+  The expert biases (gpt-oss) were gathered per token the same way, and on a GPU that gradient serialises on
+  repeated indices (every expert's row repeats for all its tokens): one kernel took 89 % of a gpt-oss
+  miniature's step on an H200 (213 of 240 ms, ``bench/train.py --profile``); here it is a one-hot GEMM.
+- Models with expert parallelism or a post-expert norm keep transformers' function (the trainer uses neither).
 """
 from __future__ import annotations
 
@@ -38,31 +39,17 @@ class _ExpertRows(torch.autograd.Function):
         return onehot.t() @ grad, None
 
 
-class _Rows:
-    """A bias table read as ``table[idx]`` through :class:`_ExpertRows`."""
-
-    def __init__(self, table: torch.Tensor):
-        self._table = table
-
-    def __getitem__(self, idx: torch.Tensor) -> torch.Tensor:
-        return _ExpertRows.apply(self._table, idx)
+def _expert_rows(table: torch.Tensor, expert_ids: torch.Tensor) -> torch.Tensor:
+    return _ExpertRows.apply(table, expert_ids)
 
 
-class _View:
-    """The experts module with its floating-point parameters read in ``dtype`` (None: as they are) and its
-    per-expert bias tables gathered through :class:`_Rows`."""
+def _linear(x: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor, bias: Optional[torch.Tensor],
+            expert_ids: torch.Tensor, transposed: bool) -> torch.Tensor:
+    """Each expert's run of rows of ``x`` times its weight (+ its bias)."""
+    from transformers.integrations.moe import _grouped_mm
 
-    def __init__(self, module: torch.nn.Module, dtype: Optional[torch.dtype]):
-        self._module, self._dtype = module, dtype
-
-    def __getattr__(self, name: str):
-        value = getattr(self._module, name)
-        if isinstance(value, torch.nn.Parameter) and value.is_floating_point():
-            if self._dtype is not None:
-                value = value.to(self._dtype)
-            if name.endswith("_bias") and value.dim() == 2:
-                return _Rows(value)
-        return value
+    out = _grouped_mm(x, weight if transposed else weight.transpose(-2, -1), offs=offsets)
+    return out if bias is None else out + _expert_rows(bias, expert_ids)
 
 
 def _aligned(module: torch.nn.Module) -> bool:
@@ -73,13 +60,31 @@ def _aligned(module: torch.nn.Module) -> bool:
 def forward(self, hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor) -> torch.Tensor:
     from transformers.integrations.moe import grouped_mm_experts_forward
 
+    if getattr(self, "_is_expert_parallel", False) or getattr(self, "has_post_expert_norm", False):
+        return grouped_mm_experts_forward(self, hidden_states, top_k_index, top_k_weights)
     kind = hidden_states.device.type
-    if torch.is_autocast_enabled(kind) and _aligned(self):
-        dtype = torch.get_autocast_dtype(kind)
-        out = grouped_mm_experts_forward(_View(self, dtype), hidden_states.to(dtype), top_k_index,
-                                         top_k_weights.to(dtype))
-        return out.to(hidden_states.dtype)
-    return grouped_mm_experts_forward(_View(self, None), hidden_states, top_k_index, top_k_weights)
+    dtype = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) and _aligned(self) else None
+    cast = (lambda t: t.to(dtype)) if dtype is not None else (lambda t: t)  # noqa: E731
+    x = cast(hidden_states)
+    tokens, k = top_k_index.shape
+    expert_ids, perm = torch.sort(top_k_index.reshape(-1))
+    rows = x.index_select(0, perm // k)
+    weights = cast(top_k_weights).reshape(-1).index_select(0, perm)
+    # histc, not bincount: no host sync (CUDA takes ints, the CPU floats)
+    counts = torch.histc(expert_ids.float() if kind in ("cpu", "mps") else expert_ids.int(), bins=self.num_experts,
+                         min=0, max=self.num_experts - 1)
+    offsets = torch.cumsum(counts, dim=0, dtype=torch.int32)
+    up, up_bias = (self.gate_up_proj, "gate_up_proj_bias") if self.has_gate else (self.up_proj, "up_proj_bias")
+    bias = lambda name: cast(getattr(self, name)) if self.has_bias else None  # noqa: E731
+    h = _linear(rows, cast(up), offsets, bias(up_bias), expert_ids, self.is_transposed)
+    h = self._apply_gate(h) if self.has_gate else self.act_fn(h)
+    out = _linear(h, cast(self.down_proj), offsets, bias("down_proj_bias"), expert_ids, self.is_transposed)
+    out = out * weights.unsqueeze(-1)
+    # back to token order (an index_select by the inverse permutation: its gradient saves only the indices),
+    # then each token's k experts summed
+    inverse = torch.empty_like(perm).scatter_(0, perm, torch.arange(perm.numel(), device=perm.device))
+    out = out.index_select(0, inverse)
+    return out.view(tokens, k, -1).sum(dim=1).to(hidden_states.dtype)
 
 
 def register() -> str:

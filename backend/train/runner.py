@@ -599,16 +599,14 @@ def _probe_eval_batch(task: ProbeTask, r):
 def _probe_loss(m, batch) -> float:
     """Cross-entropy on the answers of a held-out probe batch."""
     import torch
-    import torch.nn.functional as F
 
-    from .trainer import _autocast, _tensors
+    from .trainer import _autocast, _tensors, token_loss
 
     m.model.eval()
     try:
         with torch.no_grad(), _autocast(m.device, m.recipe):
             x, y = _tensors(batch, m.device)
-            logits = m.model(input_ids=x, use_cache=False).logits
-            return float(F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1), ignore_index=-100))
+            return float(token_loss(m.model(input_ids=x, use_cache=False).logits, y, batch))
     finally:
         if m.routers is not None:
             m.routers.discard_step()

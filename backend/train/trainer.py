@@ -107,6 +107,19 @@ def _tensors(batch, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
             torch.from_numpy(np.ascontiguousarray(y, dtype=np.int64)).to(device, non_blocking=True))
 
 
+def token_loss(logits: torch.Tensor, y: torch.Tensor, batch) -> torch.Tensor:
+    """Mean next-token cross-entropy over the labelled positions. A probe batch labels only its answers (a few
+    per sequence): only their rows of logits enter the softmax, picked by indices computed on the host from the
+    batch (no device sync); the mean is the one ``ignore_index`` gives over all rows."""
+    flat, target = logits.reshape(-1, logits.shape[-1]), y.reshape(-1)
+    if isinstance(batch, ProbeBatch):
+        keep = np.flatnonzero(batch.labels.reshape(-1) != IGNORE)
+        if 0 < len(keep) < len(target):
+            rows = torch.from_numpy(keep).to(logits.device, non_blocking=True)
+            flat, target = flat.index_select(0, rows), target.index_select(0, rows)
+    return F.cross_entropy(flat.float(), target, ignore_index=IGNORE)
+
+
 def batch_array(batch) -> np.ndarray:
     """What a batch consists of, for the stream hash."""
     return np.concatenate([batch.inputs, batch.labels], axis=1) if isinstance(batch, ProbeBatch) else batch
@@ -165,7 +178,7 @@ class Member:
         with _autocast(self.device, self.recipe):
             logits = (self.model if self.shard is None else self.shard.ddp)(input_ids=x, use_cache=False).logits
         if self.shard is None:
-            loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1), ignore_index=IGNORE)
+            loss = token_loss(logits, y, batch)
             total = loss
         else:
             loss, total = self.shard.loss(logits, y)  # the global mean; what this process backpropagates
