@@ -3,6 +3,7 @@
     python bench/train.py                       # CPU: tiny preset, 4-architecture MQAR comparison (wall time)
     python bench/train.py --gpu [--budget 5M] [--steps 30] [--variants default,stock,compile] [--concurrent 8]
     python bench/train.py --zoo                 # retrain the shipped zoo (GPU) and check its validation losses
+    python bench/train.py --experts-ab          # ms per step: the trainer's experts vs transformers' grouped_mm
 
 Per architecture (sized by backend.train.budget to the same budget, batch 64 × 256 on a GPU): steps/s of the
 trainer's own step (``backend.train.trainer.Member``), tokens/s, and MFU = training FLOPs per token
@@ -228,6 +229,45 @@ def zoo_check(processes: int, tolerance: float = 0.02, only: tuple = ()) -> dict
             "tolerance": tolerance}
 
 
+def experts_ab(keys, rounds: int = 4, steps: int = 8) -> list[dict]:
+    """The trainer's MoE experts (``backend/train/experts.py``) against transformers' ``grouped_mm`` on this
+    device's default, side by side: one model each from the same seed, the tiny preset's MQAR batch, their timed
+    steps alternating (``rounds`` × ``steps``), ms per step."""
+    import torch
+
+    from backend.train import budget
+    from backend.train.probes import probe_task
+    from backend.train.recipe import preset
+    from backend.train.trainer import Member
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    r = preset("tiny", data="mqar")
+    batch = probe_task("mqar", r.probe_vocab, r.seq_len).batch(0, 0, r.batch)
+    out = []
+    for key in keys:
+        s = budget.size_to_budget(key, r.budget, r.budget_metric, seq_len=r.seq_len, vocab=r.probe_vocab,
+                                  layers=r.layers, min_head_dim=r.min_head_dim)
+        members = {impl: Member(key, s, r, device).start(experts_impl=impl) for impl in ("grouped", "grouped_mm")}
+        times = {impl: [] for impl in members}
+        for _ in range(rounds):
+            for impl, m in members.items():
+                for _ in range(2):
+                    m.train_step(batch)
+                m.sync_time()
+                t = time.perf_counter()
+                for _ in range(steps):
+                    m.train_step(batch)
+                m.sync_time()
+                times[impl].append((time.perf_counter() - t) / steps * 1e3)
+        row = {"model": key, "device": str(device), "ms_per_step": times,
+               "ratio_of_medians": float(sorted(times["grouped_mm"])[rounds // 2] / sorted(times["grouped"])[rounds // 2])}
+        out.append(row)
+        print(f"  {key:20s} ours {min(times['grouped']):6.1f}–{max(times['grouped']):6.1f} ms/step   transformers' "
+              f"grouped_mm {min(times['grouped_mm']):6.1f}–{max(times['grouped_mm']):6.1f}   "
+              f"ratio {row['ratio_of_medians']:.2f}x", flush=True)
+    return out
+
+
 def saved_for_backward(row: dict, recipe, device) -> dict:
     """Where a measured peak goes, for train-memory.json: one training step of ``row``'s miniature (the trainer's
     ``Member``, same batch shape) under ``torch.autograd.graph.saved_tensors_hooks``. ``saved_bytes``: the most
@@ -279,6 +319,7 @@ def main() -> int:
     ap.add_argument("--profile", action="store_true", help="also print each model's top device kernels (GPU)")
     ap.add_argument("--zoo", action="store_true", help="retrain the shipped zoo (seed 0) and check its validation losses")
     ap.add_argument("--processes", type=int, default=8)
+    ap.add_argument("--experts-ab", action="store_true", help="the trainer's experts vs transformers' grouped_mm")
     a = ap.parse_args()
     import torch
 
@@ -288,7 +329,9 @@ def main() -> int:
     import transformers
 
     out["transformers"] = transformers.__version__
-    if a.zoo:
+    if a.experts_ab:
+        out["experts_ab"] = experts_ab(a.models.split(",") if a.models else ("qwen3-30b-a3b", "deepseek-v3", "gpt-oss-20b"))
+    elif a.zoo:
         out["zoo_check"] = zoo_check(a.processes, only=tuple(a.models.split(",")) if a.models else ())
     elif not a.gpu:
         out["cpu_mqar"] = cpu_probe(a.models.split(",") if a.models else CPU_MODELS)
