@@ -72,9 +72,10 @@ def test_warmup_runs_once_in_the_background():
     code = ("import sys; from backend.present import warmup; from backend.arch import libs; "
             "from backend.arch.architecture import resolve; "
             "assert warmup.start(['gpt2', 'qwen3-30b-a3b']) and not warmup.start(['gpt2']); assert warmup.join(600); "
-            "print(sorted(warmup.done), libs.loaded(), all('meta_model' in resolve(k).__dict__ "
+            "print(sorted(warmup.done), libs.loaded() and libs.models_loaded(), all('meta_model' in resolve(k).__dict__ "
             "for k in ('gpt2', 'qwen3-30b-a3b')), 'backend.live.tokenizer' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == ("['accelerate', 'model gpt2', 'model qwen3-30b-a3b', 'tokenizer', "
-                                                   "'torch + transformers', 'trained miniatures'] True True True")
+                                                   "'torch + transformers', 'trained miniatures', 'transformers model code'] "
+                                                   "True True True")

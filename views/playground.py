@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from backend.arch import libs
 from backend.live import runtime
 from backend.live.runs import valid_id
 from backend.live.generation import MAX_NEW_TOKENS, GenerationSettings
@@ -204,6 +205,9 @@ def _page() -> None:
                      help="Kept while you switch pages. Every model gets the same prompt.")
     s = _settings(hw)
     _mode_note(models, s["mode"])
+    if not libs.models_loaded():  # before Generate is drawn: a first click would wait for this import
+        with st.spinner("Loading transformers' model code (once after the server starts)…"):
+            libs.load_models()
     if s["mode"] == playground.TRAINED and models:  # load them while the visitor reads: Generate finds them ready
         runs = playground.requests_for([(m.id, m.source) for m in models], s["mode"], s["device"], bool(s["compile"]))
         playground.prefetch([r for _, _, r in runs], hw)

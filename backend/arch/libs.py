@@ -43,8 +43,27 @@ def load() -> None:
             PreTrainedTokenizerFast,
             StaticCache,
         )
-        # the model classes' shared machinery (~2 s): imported by the first from_config/from_pretrained, which
-        # runs under meta.BUILD_LOCK, so every model build and load of the process would queue behind it
-        import transformers.modeling_utils  # noqa: F401
         import_seconds = time.perf_counter() - t
         _ready.set()
+
+
+_models_ready = threading.Event()
+
+
+def models_loaded() -> bool:
+    """True once :func:`load_models` has run (no waiting)."""
+    return _models_ready.is_set()
+
+
+def load_models() -> None:
+    """:func:`load`, then transformers' model machinery (``modeling_utils``, ~2 s), once. Model builds call it
+    before they take ``meta.BUILD_LOCK``: imported lazily by the first ``from_config`` under that lock, it made
+    every other build and load of the process queue behind it (a fresh server's first Generate waited ~2.8 s)."""
+    if _models_ready.is_set():
+        return
+    load()
+    with _lock:
+        if not _models_ready.is_set():
+            import transformers.modeling_utils  # noqa: F401
+
+            _models_ready.set()

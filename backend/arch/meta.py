@@ -1,6 +1,7 @@
 """Full-size models on the meta device: shapes without memory, built once per config."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 
@@ -10,6 +11,14 @@ from .errors import ArchLabError
 #: Held while transformers constructs a model: it switches torch's process-wide default dtype to the config's
 #: (bf16 for most) during construction, so a build in another thread would get tensors of the wrong dtype.
 BUILD_LOCK = threading.RLock()
+
+
+@contextlib.contextmanager
+def building():
+    """Hold :data:`BUILD_LOCK` for a model build, with transformers' model code imported before (not under) it."""
+    libs.load_models()
+    with BUILD_LOCK:
+        yield
 
 
 def build_meta_model(cfg):
@@ -24,7 +33,7 @@ def build_meta_model(cfg):
     tlog.setLevel(logging.ERROR)
     try:
         # Not accelerate.init_empty_weights: it allocates fused expert tensors and unties embeddings.
-        with BUILD_LOCK, torch.device("meta"):
+        with building(), torch.device("meta"):
             model = AutoModelForCausalLM.from_config(cfg)
     except ValueError as e:
         raise ArchLabError(f"transformers has no causal-LM class for {cfg.model_type!r}: {str(e).splitlines()[0][:200]}") from None

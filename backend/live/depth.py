@@ -81,12 +81,12 @@ def shallower(model, layers: int):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from ..arch.meta import BUILD_LOCK
+    from ..arch.meta import building
 
     d = model.config.to_dict()
     d.pop("quantization_config", None)
     cfg = resolve(with_layers(d, layers)).config
-    with BUILD_LOCK, torch.device("meta"):
+    with building(), torch.device("meta"):
         view = AutoModelForCausalLM.from_config(cfg, dtype=next(model.parameters()).dtype)
     state = model.state_dict()
     missing = [k for k in view.state_dict() if k not in state]

@@ -390,9 +390,9 @@ def _random_model(cfg, placement: Placement, seed: Optional[int]):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from ..arch.meta import BUILD_LOCK
+    from ..arch.meta import building
 
-    with BUILD_LOCK, torch.device("meta"):
+    with building(), torch.device("meta"):
         model = AutoModelForCausalLM.from_config(cfg, dtype=_torch_dtype(placement.dtype))
     for name, dev in sorted(placement.device_map.items(), key=lambda kv: kv[0].count(".")):
         (model.get_submodule(name) if name else model).to_empty(device=dev, recurse=True)
@@ -497,10 +497,10 @@ def _load_folder(request: ModelRequest, folder: Path, arch: Architecture, label:
     with _admitted(arch, request.device, request.dtype) as placement:
         progress(f"loading {label} on {placement.kind} ({_gib(placement.need_bytes)} of {placement.dtype} weights)")
         dmap = placement.device_map if placement.kind == "multi-gpu" else placement.device_map[""]
-        from ..arch.meta import BUILD_LOCK
+        from ..arch.meta import building
 
         try:
-            with BUILD_LOCK:  # default dtype switched while it builds (see meta.BUILD_LOCK)
+            with building():  # default dtype switched while it builds (see meta.BUILD_LOCK)
                 model = AutoModelForCausalLM.from_pretrained(
                     str(folder), dtype=_torch_dtype(placement.dtype), device_map=dmap, local_files_only=True,
                     trust_remote_code=False, use_safetensors=True)

@@ -4,7 +4,7 @@ seconds, or until the next page, while the browser fetches and draws that page).
 The first page (Architectures) needs no torch (catalog specs come from ``assets/specs.json``), but the next
 ones do: the Parameters page counts tensors of meta models and plans device maps, the Playground and Routing
 pages import the runtime. :func:`start` does that work once per process in a daemon thread: torch and
-transformers (:func:`backend.arch.libs.load`), accelerate, the configs, meta models, specs and exact counts of
+transformers (:func:`backend.arch.libs.load`) and their model code (``libs.load_models``), accelerate, the configs, meta models, specs and exact counts of
 the given models (device plans read the meta models), the offline tokenizer, and on a CPU-only server the
 given models' shipped trained miniatures (the Playground's default). Nothing waits for it: a page that needs one of these before the
 thread got there builds it itself (the libraries and every cache are shared and thread-safe, so the work is
@@ -81,6 +81,7 @@ def _run(keys: tuple[str, ...], delay: float = 0.0) -> None:
     _go.wait(delay)
     try:
         _step("torch + transformers", libs.load)
+        _step("transformers model code", libs.load_models)
         _step("accelerate", lambda: __import__("accelerate"))
         for key in keys:
             _step(f"model {key}", lambda k=key: _model(k))

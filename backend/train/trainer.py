@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..arch.meta import BUILD_LOCK
+from ..arch.meta import building
 from .budget import Sized
 from .data import StreamHash
 from .probes import IGNORE, ProbeBatch, ProbeTask, accuracy, accuracy_by_distance
@@ -75,7 +75,7 @@ def build_model(sized: Sized, seed: int, device: torch.device, experts_impl: Opt
     ``attention``: see :func:`attention_for`."""
     from transformers import AutoModelForCausalLM
 
-    with BUILD_LOCK, torch.random.fork_rng(devices=[]):
+    with building(), torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         # a copy: the model keeps its config, and set_experts_implementation writes to it (two models built
         # from one Sized would otherwise share, and switch, each other's expert kernel)
