@@ -14,10 +14,18 @@ def _finished(page) -> None:
 
 
 def _routing_final(page) -> str:
-    """The heatmap's data once the run has ended (download buttons appear then)."""
+    """The heatmap's data once the run has ended (download buttons appear then) and the page has settled: the
+    last live frame and the final one can both be in the page for a moment on a slow machine."""
     page.get_by_role("button", name="PNG").first.wait_for(timeout=120_000)
     page.wait_for_function(HEATMAP)
-    return page.evaluate(HEATMAP)
+    last = None
+    for _ in range(60):
+        now = page.evaluate(HEATMAP)
+        if now == last and not page.locator("[data-stale='true']").count():
+            return now
+        last = now
+        page.wait_for_timeout(1000)
+    return last
 
 
 @pytest.mark.browser

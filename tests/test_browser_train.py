@@ -57,6 +57,6 @@ def test_two_tiny_models_train_and_both_curves_stream(chromium, tmp_path):
                         counts.setdefault(k, []).append(n)
                 grew = [k for k, ns in counts.items() if max(ns) > ns[0]]
                 assert {k.split(":")[0] for k in grew} >= {"Llama 3 8B", "Qwen3 30B-A3B"}, counts
-                assert page.get_by_text("same as the others").count()
+                page.get_by_text("same as the others").first.wait_for(state="attached")  # drawn after the results
             finally:
                 browser.close()

@@ -385,6 +385,7 @@ def simulate_oom(monkeypatch, victim: ModelRequest, other: ModelRequest, after_c
 
     monkeypatch.setattr(cls, "forward", forward)
     del lm
+    load(other)  # already resident, so the RSS difference is the victim's alone
     gc.collect()
     rss0 = _rss()
     run = GenerationRun([victim, other], "The quick brown fox", GenerationSettings(max_new_tokens=8, ignore_eos=True))

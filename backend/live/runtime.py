@@ -620,8 +620,20 @@ def is_loaded(request: ModelRequest) -> bool:
     return request.key() in _cache
 
 
+def _trim_heap() -> None:
+    """Hand freed heap pages back to the OS (glibc keeps them otherwise, so an unloaded model's RAM would
+    still count against the machine's free memory); a no-op where there is no glibc."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def _free() -> None:
     gc.collect()
+    _trim_heap()
     try:
         import torch
 
