@@ -156,12 +156,22 @@ def test_parameters_settings_from_url_and_bad_values():
     assert at.selectbox(key="_w_kvdtype").value == "fp8" and at.toggle(key="_w_logx").value is False
 
 
-def test_warm_rerun_is_fast():
+def test_a_warm_rerun_builds_nothing(monkeypatch):
+    """A rerun (any widget change) reuses every config and spec built before: no transformers config, no meta
+    model. What reruns cost in seconds is bench/ui.py's business."""
+    from backend.arch import configs, meta
+    from backend.present import warmup
+
     at = app()
-    t = time.perf_counter()
     at.run()
-    assert time.perf_counter() - t < 1.0, "Architectures"
     at.switch_page("views/parameters.py").run()
-    t = time.perf_counter()
+    at.switch_page("views/architectures.py").run()  # both pages drawn once
+    assert warmup.join(120)  # the server's background warm-up builds models too: not what is measured here
+    built = []
+    monkeypatch.setattr(configs, "build_config", lambda *a: built.append("config"))
+    monkeypatch.setattr(meta, "build_meta_model", lambda *a: built.append("model"))
     at.run()
-    assert time.perf_counter() - t < 1.0, "Parameters & Memory"
+    assert not at.exception and not built, "Architectures"
+    at.switch_page("views/parameters.py").run()
+    at.run()
+    assert not at.exception and not built, "Parameters & Memory"

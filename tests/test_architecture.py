@@ -57,3 +57,30 @@ def test_a_config_with_every_layer_linear_attention_is_read():
     assert {layer.attention for layer in arch.spec.layers} == {"linear"}
     short, long = memory.kv_cache(arch, 1024), memory.kv_cache(arch, 65536)
     assert short.per_token_bytes == 0 and short.total_bytes == long.total_bytes > 0
+
+
+def test_llama4_equal_rope_factors_do_not_warn_on_every_build():
+    """Llama 4's real configs set high_freq_factor == low_freq_factor (1.0); transformers warned on every build
+    (50 lines in one zoo sizing). Equal factors are quiet now; reversed ones still warn."""
+    import logging
+
+    from backend.arch import libs
+    from backend.arch.configs import build_config, canonical
+
+    libs.load()
+    rope = logging.getLogger("transformers.modeling_rope_utils")
+    seen: list[str] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: seen.append(record.getMessage())
+    level = rope.level
+    rope.addHandler(handler)
+    rope.setLevel(logging.WARNING)
+    try:
+        build_config(canonical("llama4-scout"))
+        rope.warning("`rope_parameters`'s high_freq_factor field must be greater than low_freq_factor, got "
+                     "high_freq_factor=1.0 and low_freq_factor=4.0")
+    finally:
+        rope.removeHandler(handler)
+        rope.setLevel(level)
+    assert not [m for m in seen if "high_freq_factor=1.0 and low_freq_factor=1.0" in m]
+    assert [m for m in seen if "high_freq_factor=1.0 and low_freq_factor=4.0" in m]

@@ -39,7 +39,7 @@ def test_a_run_link_opens_the_same_run_in_another_browser(chromium):
             try:
                 owner = browser.new_context(viewport={"width": 1400, "height": 1100}).new_page()
                 owner.set_default_timeout(30_000)
-                owner.goto(f"{base}/playground?models=deepseek-v3,qwen3-30b-a3b&tokens=1500")
+                owner.goto(f"{base}/playground?models=deepseek-v3,qwen3-30b-a3b&tokens=800")
                 generate = owner.get_by_role("button", name="Generate")
                 generate.wait_for()
                 owner.wait_for_timeout(1000)

@@ -31,9 +31,9 @@ def test_two_tiny_models_train_and_both_curves_stream(chromium, tmp_path):
                 train.wait_for()
                 page.wait_for_timeout(1000)
                 tokens = page.get_by_label("Training tokens per model")
-                tokens.fill("200k")
+                tokens.fill("100k")
                 tokens.press("Enter")
-                page.get_by_text("97 steps", exact=False).first.wait_for()
+                page.get_by_text("48 steps", exact=False).first.wait_for()
                 train.click()
                 page.get_by_text("Link to this run").wait_for()
                 seen = []

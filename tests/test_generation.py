@@ -103,10 +103,10 @@ def test_cancel_stops_within_a_step():
     seen = 0
     while seen < 3:
         seen += sum(isinstance(e, Token) for e in run.poll(0.05))
+    at_cancel = run.stats(0)["new_tokens"]
     run.cancel()
-    t = time.perf_counter()
     run.join(10)
-    assert time.perf_counter() - t < 1.0
+    assert run.stats(0)["new_tokens"] - at_cancel <= 1  # at most the step in flight
     events = run.poll(0)
     fin = [e for e in events if isinstance(e, Finished)][0]
     assert fin.reason == "cancelled"

@@ -102,14 +102,12 @@ def check_backend(d: dict) -> str:
     return "ok"
 
 
-@settings(max_examples=120, deadline=15_000, derandomize=True,
+@settings(max_examples=120, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(mutated_config())
 def test_mutated_configs_give_a_spec_or_archlaberror(case):
     d, _kinds = case
-    t = time.perf_counter()
     check_backend(d)
-    assert time.perf_counter() - t < 15
 
 
 def _peak_bytes(fn) -> int:
@@ -127,13 +125,16 @@ def _peak_bytes(fn) -> int:
                                          ("hidden_size", 10 ** 9), ("vocab_size", 10 ** 12),
                                          ("moe_intermediate_size", 10 ** 9), ("num_experts_per_tok", 10 ** 9),
                                          ("num_attention_heads", 2 ** 40)])
-def test_absurd_sizes_refused_before_anything_is_built(field, value):
+def test_absurd_sizes_refused_before_anything_is_built(field, value, monkeypatch):
+    from backend.arch import meta
+
     d = dict(catalog.raw_config("qwen3-30b-a3b"), **{field: value}, _name_or_path=f"absurd {field}")
-    load_config("gpt2")  # transformers imported: time the refusal only
-    t = time.perf_counter()
+    load_config("gpt2")  # transformers imported: measure the refusal only
+    built = []
+    monkeypatch.setattr(meta, "build_meta_model", lambda cfg: built.append(cfg))
     with pytest.raises(ArchLabError, match="beyond any real model"):
         arch_spec(d)
-    assert time.perf_counter() - t < 0.5  # refused from the JSON, no model built
+    assert not built  # refused from the JSON, no model built
     assert _peak_bytes(lambda: arch_spec(d)) < 2_000_000
 
 
@@ -159,10 +160,15 @@ def test_malformed_uploads(text, match):
 
 def test_huge_upload_refused_without_parsing():
     text = '{"model_type": "gpt2", "junk": "' + "x" * (50 * configs.MAX_CONFIG_BYTES) + '"}'
-    t = time.perf_counter()
-    with pytest.raises(ArchLabError, match="limit"):
-        parse_config_text(text)
-    assert time.perf_counter() - t < 0.05
+    parsed = []
+    real = configs.json.loads
+    configs.json.loads = lambda *a, **k: parsed.append(1) or real(*a, **k)
+    try:
+        with pytest.raises(ArchLabError, match="limit"):
+            parse_config_text(text)
+    finally:
+        configs.json.loads = real
+    assert not parsed
 
 
 @pytest.mark.parametrize("d,match", [
@@ -511,6 +517,7 @@ def cancel_latency(request: ModelRequest, after_tokens: int = 3) -> dict:
     times = []
     while len(times) < after_tokens:
         times += [e.elapsed_s for e in run.poll(0.01) if isinstance(e, Token)]
+    at_cancel = run.stats(0)["new_tokens"]
     run.cancel()
     t = time.perf_counter()
     fin = None
@@ -523,14 +530,15 @@ def cancel_latency(request: ModelRequest, after_tokens: int = 3) -> dict:
     if free:
         lm.lock.release()
     return {"cancel_s": latency, "step_s": (times[-1] - times[0]) / (len(times) - 1), "lock_free": free,
-            "worker_alive": any(th.is_alive() for th in run._threads)}
+            "worker_alive": any(th.is_alive() for th in run._threads),
+            "steps_after_cancel": run.stats(0)["new_tokens"] - at_cancel}
 
 
 def test_cancel_takes_effect_within_a_step(monkeypatch):
     slow_steps(monkeypatch, QWEN, 0.05)
     r = cancel_latency(QWEN)
     assert r["step_s"] >= 0.05
-    assert r["cancel_s"] < 2 * r["step_s"] + 0.05, r  # at most the step in flight
+    assert r["steps_after_cancel"] <= 1, r  # at most the step in flight (its latency: bench/reliability.py)
     assert r["lock_free"] and not r["worker_alive"]
 
 
@@ -540,12 +548,10 @@ def test_cancel_session_stops_only_that_session():
     other = GenerationRun([QWEN], "c", GenerationSettings(max_new_tokens=30, ignore_eos=True), session_id="tab-2").start()
     time.sleep(0.3)
     assert set(generation.session_runs("tab-1")) == set(mine)
-    t = time.perf_counter()
     assert cancel_session("tab-1") == 2
     for run in mine:
         events = _drain(run, 10)
         assert [e.reason for e in events if isinstance(e, Finished)] == ["cancelled"]
-    assert time.perf_counter() - t < 5
     _drain(other)
     assert other.stats(0)["reason"] == "length" and other.stats(0)["new_tokens"] == 30
     assert generation.session_runs("tab-1") == [] and cancel_session("tab-1") == 0

@@ -9,6 +9,8 @@ in one thread and the others wait for it; after that ``load`` is a flag check.
 """
 from __future__ import annotations
 
+import logging
+import re
 import threading
 import time
 
@@ -43,8 +45,21 @@ def load() -> None:
             PreTrainedTokenizerFast,
             StaticCache,
         )
+        logging.getLogger("transformers.modeling_rope_utils").addFilter(_equal_llama3_rope_factors)
         import_seconds = time.perf_counter() - t
         _ready.set()
+
+
+_EQUAL_FACTORS = re.compile(r"high_freq_factor field must be greater than low_freq_factor, "
+                            r"got high_freq_factor=(\S+) and low_freq_factor=(\S+)$")
+
+
+def _equal_llama3_rope_factors(record: logging.LogRecord) -> bool:
+    """Drop transformers' warning about equal llama3 rope factors: Llama 4's real configs set both to 1.0 (the
+    scaling then degenerates to a plain factor, which transformers computes fine), and every build of one
+    repeated it (50 lines in a zoo sizing). Factors that really are reversed still warn."""
+    m = _EQUAL_FACTORS.search(record.getMessage())
+    return not (m and m.group(1) == m.group(2))
 
 
 _models_ready = threading.Event()
