@@ -9,7 +9,11 @@ move it onto the budget: the hidden size (coarse) and a multiplier on every MLP/
 """
 from __future__ import annotations
 
+import copy
+import json
 import math
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from typing import Optional
 
@@ -117,6 +121,13 @@ class Shape:
                      max_positions=self.max_positions, keep_top_k=True, width_step=self.align, name=name)
 
 
+#: sizings done in this process, by their arguments (a search builds ~50 meta models; the Experiments page's
+#: preview and the run it starts, or a zoo rebuild after a run, ask for the same ones)
+_sized: "OrderedDict[str, Sized | ArchLabError]" = OrderedDict()
+_sized_lock = threading.Lock()
+_SIZED_MAX = 256
+
+
 def size_to_budget(source: Source, target: float, metric: str = "active", *, seq_len: int = 256, vocab: int,
                    eos: int = 0, pad: int = 1, max_positions: int = 1024, max_total: Optional[int] = None,
                    layers: int = 8, min_head_dim: int = MIN_HEAD_DIM) -> Sized:
@@ -126,7 +137,32 @@ def size_to_budget(source: Source, target: float, metric: str = "active", *, seq
     ``max_total``: a cap on total parameters (embeddings included), e.g. for shipping checkpoints; routed
     experts are then reduced (halved, keeping top-k and groups valid) until the miniature fits.
     ArchLabError (one line) when no miniature of this architecture can meet the budget.
+    Remembered per process (results and refusals); each caller gets its own copy of the config dict.
     """
+    args = dict(target=target, metric=metric, seq_len=seq_len, vocab=vocab, eos=eos, pad=pad,
+                max_positions=max_positions, max_total=max_total, layers=layers, min_head_dim=min_head_dim)
+    key = None if isinstance(source, Architecture) else json.dumps([source, args], sort_keys=True, default=repr)
+    with _sized_lock:
+        hit = _sized.get(key) if key else None
+        if hit is not None:
+            _sized.move_to_end(key)
+    if hit is None:
+        try:
+            hit = _size(source, **args)
+        except ArchLabError as e:
+            hit = e
+        if key:
+            with _sized_lock:
+                _sized[key] = hit
+                while len(_sized) > _SIZED_MAX:
+                    _sized.popitem(last=False)
+    if isinstance(hit, ArchLabError):
+        raise ArchLabError(str(hit))
+    return replace(hit, config=copy.deepcopy(hit.config))
+
+
+def _size(source: Source, target: float, metric: str, *, seq_len: int, vocab: int, eos: int, pad: int,
+          max_positions: int, max_total: Optional[int], layers: int, min_head_dim: int) -> Sized:
     if metric not in METRICS:
         raise ArchLabError(f"unknown budget {metric!r}; choose one of {', '.join(METRICS)}")
     if not isinstance(target, (int, float)) or not math.isfinite(target) or target <= 0:
