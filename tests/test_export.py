@@ -59,7 +59,12 @@ def test_diagrams_render_through_one_kaleido_server(monkeypatch):
 
     starts = []
     orig = kaleido.start_sync_server
-    monkeypatch.setattr(kaleido, "start_sync_server", lambda *a, **k: (starts.append(1), orig(*a, **k))[1])
+
+    def start(*a, **k):
+        starts.append(1)
+        return orig(*a, **k)
+
+    monkeypatch.setattr(kaleido, "start_sync_server", start)
     was_started = export._server_started
     for key in ("gpt2", "deepseek-v3"):
         png = export.figure_image(diagram.block_figure(arch_spec(key), key), "png")

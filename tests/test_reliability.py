@@ -158,16 +158,13 @@ def test_malformed_uploads(text, match):
         parse_config_text(text)
 
 
-def test_huge_upload_refused_without_parsing():
+def test_huge_upload_refused_without_parsing(monkeypatch):
     text = '{"model_type": "gpt2", "junk": "' + "x" * (50 * configs.MAX_CONFIG_BYTES) + '"}'
     parsed = []
     real = configs.json.loads
-    configs.json.loads = lambda *a, **k: parsed.append(1) or real(*a, **k)
-    try:
-        with pytest.raises(ArchLabError, match="limit"):
-            parse_config_text(text)
-    finally:
-        configs.json.loads = real
+    monkeypatch.setattr(configs.json, "loads", lambda *a, **k: parsed.append(1) or real(*a, **k))
+    with pytest.raises(ArchLabError, match="limit"):
+        parse_config_text(text)
     assert not parsed
 
 

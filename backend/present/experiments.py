@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Optional, Sequence
 
 import numpy as np
@@ -31,12 +30,7 @@ def _vocab(recipe: Recipe) -> tuple[int, int, int]:
     return len(tok), tok.eos_token_id, tok.pad_token_id
 
 
-@lru_cache(maxsize=512)
-def _sized_row(source_json: str, recipe_json: str) -> dict:
-    import json
-
-    source = json.loads(source_json)
-    recipe = Recipe.from_dict(json.loads(recipe_json))
+def _sized_row(source, recipe: Recipe) -> dict:
     vocab, eos, pad = _vocab(recipe)
     label = resolve(source).label
     try:
@@ -63,12 +57,10 @@ def _sized_row(source_json: str, recipe_json: str) -> dict:
 
 def preview(models: Sequence, recipe: Recipe) -> pd.DataFrame:
     """One row per model: the miniature the budget gives it (exact parameters, shape) or why there is none.
-    Cached per (model, recipe), so every visitor reuses the sizing."""
-    import json
-
-    rj = json.dumps(recipe.validate().as_dict(), sort_keys=True)
-    rows = [_sized_row(json.dumps(m, sort_keys=True), rj) for m in models]
-    return pd.DataFrame(rows)
+    The sizing is remembered per process (``budget.size_to_budget``), so every visitor and the run that Train
+    starts reuse it."""
+    recipe = recipe.validate()
+    return pd.DataFrame([_sized_row(m, recipe) for m in models])
 
 
 # ----------------------------------------------------------------- a run's frames
