@@ -5,11 +5,12 @@ estimates of the whole catalog on every GPU of the table.
 
 Cold = a fresh Python process (imports included); warm = the same calls again in that process.
 Targets: params + memory warm < 100 ms, cold < 5 s (issue 2); speed estimates of catalog × GPU table
-(decode and prefill, with their worked formulas) warm < 50 ms (issue 14). Writes bench/results/catalog.json.
+(decode and prefill, with their worked formulas) warm < 50 ms (issue 14). Writes bench/results/catalog-cpu<cores>.json.
 """
 from __future__ import annotations
 
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -69,7 +70,7 @@ def main() -> None:
     warm_speed = min(r["speed_warm_s"] for r in runs)
     print(f"target: speed estimates warm < 50 ms ({'met' if max(r['speed_warm_s'] for r in runs) < 0.05 else 'MISSED'}; "
           f"best {warm_speed * 1e3:.1f} ms)")
-    out = ROOT / "bench" / "results" / "catalog.json"
+    out = ROOT / "bench" / "results" / f"catalog-cpu{os.cpu_count()}.json"
     out.write_text(json.dumps({"machine": platform.platform(), "python": platform.python_version(),
                                "runs": runs}, indent=2))
     print(f"wrote {out.relative_to(ROOT)}")

@@ -1,5 +1,5 @@
 """Generation benchmark: per architecture build time, TTFT, tok/s with and without routing capture;
-then 4 miniatures streaming side by side vs solo. Writes JSON + CSV to bench/results/.
+then 4 miniatures streaming side by side vs solo. Writes JSON + CSV to bench/results/generation-cpu<cores>.*.
 
     .venv/bin/python -m bench.generation [--size small] [--tokens 64] [--repeats 3]
 """
@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import platform
 import statistics
 import time
@@ -111,13 +112,14 @@ def main(argv=None) -> int:
     meta = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": platform.machine(), "hardware": hardware(),
             "torch": torch.__version__, "torch_threads": default_threads, "size": args.size,
             "tokens": args.tokens, "repeats": args.repeats, "prompt": PROMPT}
-    (RESULTS / "generation.json").write_text(json.dumps({"meta": meta, "per_architecture": rows,
+    out = RESULTS / f"generation-cpu{os.cpu_count()}"
+    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "per_architecture": rows,
                                                          "side_by_side": sbs}, indent=1, default=float))
-    with open(RESULTS / "generation.csv", "w", newline="") as f:
+    with open(out.with_suffix(".csv"), "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    print(f"\nwrote {RESULTS / 'generation.json'} and generation.csv")
+    print(f"\nwrote {out}.json and .csv")
     return 0
 
 

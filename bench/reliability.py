@@ -1,6 +1,6 @@
 """Reliability figures (issues 6 and 15): bad inputs tried by kind and crashes, concurrent sessions, cancel
 latency, memory returned after a simulated OOM; paths outside the allowed model folders, run ids, per-visitor
-quotas with 8 sessions, runs re-attached by id. Prints them and writes bench/results/reliability.json.
+quotas with 8 sessions, runs re-attached by id. Prints them and writes bench/results/reliability-cpu<cores>.json.
 
     .venv/bin/python -m bench.reliability [--examples 1000] [--tokens 16]
 
@@ -251,8 +251,9 @@ def main() -> None:
           f"(limits {rt['kept_limit']} in all, {rt['kept_per_session_limit']} a session); after {rt['ttl_s']:.0f} s: "
           f"{rt['kept_after_ttl']}")
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "reliability.json").write_text(json.dumps(fig, indent=2, default=str))
-    print(f"wrote {RESULTS / 'reliability.json'} ({fig['seconds']:.0f} s)")
+    out = RESULTS / f"reliability-cpu{os.cpu_count()}.json"
+    out.write_text(json.dumps(fig, indent=2, default=str))
+    print(f"wrote {out} ({fig['seconds']:.0f} s)")
 
 
 if __name__ == "__main__":

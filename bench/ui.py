@@ -22,9 +22,9 @@
 - **trained miniatures** (``--trained-only``, issue 12): the Playground's default mode, each model set on fresh
   servers; milliseconds from the click on Generate to generated text on screen in the first column and in every
   column: the first click as soon as the button shows (models not loaded), the first click once the page is idle
-  (its background load may be done) and ``--trained`` more. Writes ui-trained[-TAG].json. Target <= 1 s.
+  (its background load may be done) and ``--trained`` more. Writes ui-trained-cpu<cores>[-TAG].json. Target <= 1 s.
 
-Chromium is Debian's (/usr/bin/chromium). Prints a table, writes bench/results/ui[-TAG].json.
+Chromium is Debian's (/usr/bin/chromium). Prints a table, writes bench/results/ui-cpu<cores>[-TAG].json.
 Timings on a shared 2-core machine are noisy: medians are reported with every repeat kept in the JSON.
 """
 from __future__ import annotations
@@ -406,7 +406,7 @@ def trained_ttft(browser, root: Path, clicks: int, tokens: int, settle_s: float 
 
 
 def trained_main(a) -> None:
-    """``--trained-only``: the trained-miniature TTFT alone; prints a table, writes bench/results/ui-trained[-TAG].json."""
+    """``--trained-only``: the trained-miniature TTFT alone; prints a table, writes bench/results/ui-trained-cpu<cores>[-TAG].json."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
@@ -432,7 +432,7 @@ def trained_main(a) -> None:
     worst = max((v for row in summary.values() for v in row.values() if v is not None), default=None)
     print(f"target: first token on screen <= {TRAINED_TARGET_MS} ms after Generate for a trained miniature: "
           f"{'not measured' if worst is None else 'met in every case' if worst <= TRAINED_TARGET_MS else 'MISSED in some (see above)'}")
-    out = ROOT / "bench" / "results" / (f"ui-trained-{a.tag}.json" if a.tag else "ui-trained.json")
+    out = ROOT / "bench" / "results" / f"ui-trained-cpu{os.cpu_count()}{'-' + a.tag if a.tag else ''}.json"
     out.write_text(json.dumps({"machine": platform.platform(), "python": platform.python_version(),
                                "cores": os.cpu_count(), "load_average": os.getloadavg(),
                                "when": time.strftime("%Y-%m-%d %H:%M"), "tokens": a.tokens, "settle_s": a.trained_settle,
@@ -523,7 +523,7 @@ def main() -> None:
           f"page switch <= 1 s ({'not measured' if not any(switches.values()) else 'met' if all(_med(v) <= 1 for v in switches.values() if v) else 'MISSED'}; "
           f"painted: {'met' if all((_med(v) or 0) <= 1 for v in painted.values()) else 'MISSED'}), "
           f"browser TTFT <= 150 ms ({'not measured' if not clicks else 'met' if _med([c['paint_ms'] for c in clicks]) <= 150 else 'MISSED'})")
-    out = ROOT / "bench" / "results" / (f"ui-{a.tag}.json" if a.tag else "ui.json")
+    out = ROOT / "bench" / "results" / f"ui-cpu{os.cpu_count()}{'-' + a.tag if a.tag else ''}.json"
     out.write_text(json.dumps({"machine": platform.platform(), "python": platform.python_version(),
                                "cores": os.cpu_count(), "when": time.strftime("%Y-%m-%d %H:%M"),
                                "first_visit": visits, "switches": switches, "switches_painted": painted,
