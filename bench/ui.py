@@ -68,16 +68,16 @@ def _free_port() -> int:
 
 class Server:
     """``streamlit run app.py`` on a free port, as the README starts it (the project's .streamlit/config.toml
-    applies); its log is kept for the warnings check."""
+    applies), with ``args`` added to its command line; its log is kept for the warnings check."""
 
-    def __init__(self, root: Path = ROOT) -> None:
+    def __init__(self, root: Path = ROOT, args: tuple[str, ...] = ()) -> None:
         self.port = _free_port()
         self.log = open(f"/tmp/archlab-bench-ui-{self.port}.log", "w+")
         t = time.perf_counter()
         env = dict(os.environ, HF_HUB_OFFLINE="1")
         self.proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
                                       "--server.port", str(self.port), "--server.address", "127.0.0.1",
-                                      "--browser.gatherUsageStats", "false"],
+                                      "--browser.gatherUsageStats", "false", *args],
                                      cwd=root, stdout=self.log, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + 60
         while True:
