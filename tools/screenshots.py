@@ -21,7 +21,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from bench.ui import ARGS, CHROMIUM, Server  # noqa: E402  (the browser benchmark's server and Chromium flags)
+from bench.ui import ARGS, CHROMIUM, Server  # the browser benchmark's server and Chromium flags
 
 OUT = ROOT / "docs" / "img"
 WIDTH, HEIGHT = 1280, 800
