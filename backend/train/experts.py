@@ -23,24 +23,11 @@ import torch
 IMPL = "archlab_grouped_autocast"
 
 
-class _ExpertRows(torch.autograd.Function):
-    """``bias[idx]`` whose gradient is ``one_hot(idx).T @ grad`` (a GEMM) instead of an index-put backward."""
-
-    @staticmethod
-    def forward(ctx, bias: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(idx)
-        ctx.rows = bias.shape[0]
-        return bias[idx]
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        (idx,) = ctx.saved_tensors
-        onehot = torch.nn.functional.one_hot(idx, ctx.rows).to(grad.dtype)
-        return onehot.t() @ grad, None
-
-
 def _expert_rows(table: torch.Tensor, expert_ids: torch.Tensor) -> torch.Tensor:
-    return _ExpertRows.apply(table, expert_ids)
+    """``table[expert_ids]`` as ``one_hot(expert_ids) @ table``: exact (one 1.0 per row), and its gradient is a GEMM
+    (``one_hotᵀ @ grad``) instead of an index-put that serialises on repeated indices."""
+    onehot = torch.nn.functional.one_hot(expert_ids, table.shape[0]).to(table.dtype)
+    return onehot @ table
 
 
 def _linear(x: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor, bias: Optional[torch.Tensor],
@@ -52,33 +39,41 @@ def _linear(x: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor, bias: 
     return out if bias is None else out + _expert_rows(bias, expert_ids)
 
 
-def _aligned(module: torch.nn.Module) -> bool:
-    """Whether every expert weight's rows are 16-byte aligned in 2-byte floats (grouped GEMMs refuse others)."""
-    return all(p.shape[-1] % 8 == 0 and p.shape[-2] % 8 == 0 for p in module.parameters() if p.dim() == 3)
-
-
 def forward(self, hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor) -> torch.Tensor:
     from transformers.integrations.moe import grouped_mm_experts_forward
 
     if getattr(self, "_is_expert_parallel", False) or getattr(self, "has_post_expert_norm", False):
         return grouped_mm_experts_forward(self, hidden_states, top_k_index, top_k_weights)
+    up = self.gate_up_proj if self.has_gate else self.up_proj
+    biases = (getattr(self, "gate_up_proj_bias" if self.has_gate else "up_proj_bias"), self.down_proj_bias) \
+        if self.has_bias else (None, None)
+    return grouped(self, hidden_states, top_k_index, top_k_weights, up, self.down_proj, *biases)
+
+
+def grouped(module: torch.nn.Module, hidden_states: torch.Tensor, top_k_index: torch.Tensor,
+            top_k_weights: torch.Tensor, up: torch.Tensor, down: torch.Tensor, up_bias: Optional[torch.Tensor],
+            down_bias: Optional[torch.Tensor]) -> torch.Tensor:
+    """The experts of ``module`` (its gate function and layout flags) with weights ``up [E, ...]``, ``down [E, ...]``
+    (and biases) on ``hidden_states [N, H]`` routed by ``top_k_index``/``top_k_weights [N, k]``; the number of
+    experts is read from ``up`` (stacked training folds several runs' experts into one set, ``vmapped.py``)."""
     kind = hidden_states.device.type
-    dtype = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) and _aligned(self) else None
+    aligned = all(t.shape[-1] % 8 == 0 and t.shape[-2] % 8 == 0 for t in (up, down))
+    dtype = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) and aligned else None
     cast = (lambda t: t.to(dtype)) if dtype is not None else (lambda t: t)  # noqa: E731
     x = cast(hidden_states)
     tokens, k = top_k_index.shape
-    expert_ids, perm = torch.sort(top_k_index.reshape(-1))
+    experts = up.shape[0]
+    expert_ids, perm = torch.sort(top_k_index.reshape(-1), stable=True)
     rows = x.index_select(0, perm // k)
     weights = cast(top_k_weights).reshape(-1).index_select(0, perm)
-    # histc, not bincount: no host sync (CUDA takes ints, the CPU floats)
-    counts = torch.histc(expert_ids.float() if kind in ("cpu", "mps") else expert_ids.int(), bins=self.num_experts,
-                         min=0, max=self.num_experts - 1)
+    # a scatter-add, not bincount: no host sync; exact for any number of experts (histc's float bins are not)
+    counts = torch.zeros(experts, dtype=torch.int64, device=expert_ids.device).scatter_add_(
+        0, expert_ids, torch.ones_like(expert_ids))
     offsets = torch.cumsum(counts, dim=0, dtype=torch.int32)
-    up, up_bias = (self.gate_up_proj, "gate_up_proj_bias") if self.has_gate else (self.up_proj, "up_proj_bias")
-    bias = lambda name: cast(getattr(self, name)) if self.has_bias else None  # noqa: E731
-    h = _linear(rows, cast(up), offsets, bias(up_bias), expert_ids, self.is_transposed)
-    h = self._apply_gate(h) if self.has_gate else self.act_fn(h)
-    out = _linear(h, cast(self.down_proj), offsets, bias("down_proj_bias"), expert_ids, self.is_transposed)
+    transposed = module.is_transposed
+    h = _linear(rows, cast(up), offsets, None if up_bias is None else cast(up_bias), expert_ids, transposed)
+    h = module._apply_gate(h) if module.has_gate else module.act_fn(h)
+    out = _linear(h, cast(down), offsets, None if down_bias is None else cast(down_bias), expert_ids, transposed)
     out = out * weights.unsqueeze(-1)
     # back to token order (an index_select by the inverse permutation: its gradient saves only the indices),
     # then each token's k experts summed

@@ -56,6 +56,7 @@ class Recipe:
     weight_decay: float = 0.1
     betas: tuple[float, float] = (0.9, 0.95)
     grad_clip: float = 1.0
+    z_loss: float = 0.0           # coefficient of the z-loss z × mean(log² Z) on the output logits (OLMo 2: 1e-4)
     precision: str = "auto"       # auto: bf16 autocast on a GPU, fp32 on the CPU
     seed: int = 0
     eval_every: int = 0           # steps between validation losses (0: about 20 in a run)
@@ -107,6 +108,7 @@ class Recipe:
             (isinstance(self.betas, (tuple, list)) and len(self.betas) == 2 and all(_num(b) and 0 <= b < 1 for b in self.betas),
              "betas must be two numbers in [0, 1)"),
             (_num(self.grad_clip) and self.grad_clip >= 0, "grad_clip must be >= 0 (0: off)"),
+            (_num(self.z_loss) and 0 <= self.z_loss <= 1, "z_loss must be in [0, 1] (0: off)"),
             (self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}"),
             (_int(self.seed) and 0 <= self.seed < 2 ** 31, "seed must be an integer from 0 to 2**31 - 1"),
             (_int(self.eval_every) and self.eval_every >= 0, "eval_every must be an integer >= 0"),
