@@ -410,22 +410,6 @@ def _attention_mla(model, config, arg) -> list:
     return made
 
 
-def _attention_gqa(model, config, arg) -> list:
-    """Standard attention (MHA/GQA/MQA by ``num_key_value_heads``, width ``head_dim``, RoPE on the whole head) in
-    a class built for MLA (DeepSeek V3): every ``self_attn`` becomes transformers' ``LlamaAttention``, and the
-    model's rotary module is rebuilt for ``head_dim`` dimensions."""
-    from transformers.models.llama.modeling_llama import LlamaAttention
-
-    made = []
-    for layer, attn in _attentions(model):
-        new = _fit(LlamaAttention(config, attn.layer_idx), attn)
-        layer.self_attn = new
-        made.append(new)
-    base, old, rotary = _rotary_for(model, config, _head_dim(config))
-    base.rotary_emb = rotary
-    return made
-
-
 def _ffn_moe(model, config, arg) -> list:
     """Mixture of experts in a dense class: every decoder block's MLP becomes transformers' ``DeepseekV3MoE``
     (``num_local_experts`` routed experts of width ``moe_intermediate_size`` as fused 3-D tensors, a sigmoid
@@ -456,8 +440,7 @@ PATCHES: dict[str, Patch] = {p.name: p for p in (
     Patch("norm", _norm_placement, PLACEMENTS, _norm_placement.__doc__),
     Patch("nope", _nope, doc=_nope.__doc__),
     Patch("partial_rotary", _partial_rotary, doc=_partial_rotary.__doc__),
-    Patch("attention", lambda m, c, a: (_attention_mla if a == "mla" else _attention_gqa)(m, c, a), ("mla", "gqa"),
-          (_attention_mla.__doc__ or "") + " " + (_attention_gqa.__doc__ or "")),
+    Patch("attention", _attention_mla, ("mla",), _attention_mla.__doc__),
     Patch("ffn", _ffn_moe, ("moe",), _ffn_moe.__doc__),
 )}
 #: the order patches are listed in (and applied): what replaces modules before what changes their behaviour

@@ -295,8 +295,7 @@ def _read_spec(cfg, model) -> ArchSpec:
 
     # --- attention ---
     mla = None
-    if _get(cfg, "kv_lora_rank") is not None and any(
-            _child(_child(l, "self_attn", "attn", "attention"), "kv_b_proj") is not None for l in layers):
+    if _get(cfg, "kv_lora_rank") is not None:
         mla = MLASpec(cfg.q_lora_rank, cfg.kv_lora_rank, cfg.qk_nope_head_dim, cfg.qk_rope_head_dim, cfg.v_head_dim)
         head_dim, v_head_dim, kind = mla.qk_nope_head_dim + mla.qk_rope_head_dim, mla.v_head_dim, "MLA"
         kv_heads = heads
