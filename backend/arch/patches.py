@@ -377,7 +377,7 @@ def _partial_rotary(model, config, arg) -> list:
     frac = _rope(config)[2]
     hd = _head_dim(config)
     rotated = int(round(frac * hd))
-    if not 0 < frac < 1 or rotated < 2 or rotated % 2 or rotated >= hd:
+    if not 0 < frac < 1 or abs(frac * hd - rotated) > 1e-6 or rotated < 2 or rotated % 2 or rotated >= hd:
         raise ArchLabError(f"partial rotary needs rope_parameters.partial_rotary_factor giving an even width "
                            f"from 2 to below the head width {hd}, got {frac!r}")
     from .patch_modules import PartialRotary
