@@ -24,6 +24,7 @@ from __future__ import annotations
 import copy
 import json
 import types
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -123,7 +124,9 @@ def from_config(config, **kwargs):
     same device context and lock as a plain build)."""
     from transformers import AutoModelForCausalLM
 
-    return apply(AutoModelForCausalLM.from_config(config, **kwargs))
+    with warnings.catch_warnings():  # zero shared experts are built zero wide (DeepSeek V3's class, ffn:moe)
+        warnings.filterwarnings("ignore", "Initializing zero-element tensors is a no-op")
+        return apply(AutoModelForCausalLM.from_config(config, **kwargs))
 
 
 def has_patches(config: Any) -> bool:
