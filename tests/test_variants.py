@@ -2,6 +2,8 @@
 its own values, refusals are one line, and variants are sized to their base's budget with its shape."""
 import re
 
+import numpy as np
+
 import pytest
 
 from backend.arch import catalog
@@ -229,3 +231,27 @@ def test_moe_variants_meet_the_active_budget_at_the_base_hidden_size():
     assert all(abs(s.deviation) <= 0.05 for s in out)
     assert {s.arch.spec.hidden_size for s in out} == {mini.hidden_size}
     assert out[1].width > out[0].width  # the routed experts widen to make up for the shared one
+
+
+def test_a_patched_variant_trains_with_the_project_trainer():
+    """build_model applies the patches, the MoE patch gets the grouped expert kernel and its routers are watched."""
+    import torch
+
+    from backend.train import data
+    from backend.train.budget import size_to_budget
+    from backend.train.experts import register
+    from backend.train.recipe import preset
+    from backend.train.trainer import Member
+
+    v = make_variant("olmo2-7b", [("ffn", "moe:8:2:1")])
+    s = size_to_budget(v.config, 100_000, "active", vocab=VOCAB, layers=2)
+    recipe = preset("tiny", budget=100_000, layers=2, batch=4, seq_len=32, tokens=4 * 32 * 4)
+    m = Member("v", s, recipe, torch.device("cpu")).start()
+    assert m.model.config._experts_implementation == register()
+    assert len(m.routers.routers) == s.arch.spec.num_layers
+    stream = data.BatchStream(data.corpus_data().train, 4, 32, 0)
+    for i in range(2):
+        m.train_step(stream[i])
+    assert m.step == 2 and np.isfinite(m.routers.snapshot(2).load).all()
+    assert m.model.model.layers[0].post_attention_layernorm is not None  # OLMo 2's post-norm kept
+    m.close()

@@ -175,13 +175,16 @@ def _is_tied(model, key: str) -> bool:
 
 
 def set_experts_implementation(model, implementation: str) -> None:
-    """``model.set_experts_implementation``; a class that has no experts of its own (a dense class given experts by
-    the ``ffn:moe`` patch) refuses it, and then the patched experts read the choice from the config directly."""
+    """``model.set_experts_implementation``. A class without experts of its own (a dense class given experts by the
+    ``ffn:moe`` patch) refuses the choice or ignores it; its patched experts then read it from the config, set
+    directly."""
+    patched = any(name == "ffn" for name, _ in entries(model.config))
     try:
         model.set_experts_implementation(implementation)
     except Exception:
-        if not any(name == "ffn" for name, _ in entries(model.config)):
+        if not patched:
             raise
+    if patched:
         model.config._experts_implementation_internal = implementation
 
 
