@@ -85,7 +85,7 @@ class Variant:
     @property
     def label(self) -> str:
         """The changes alone, e.g. ``qk_norm=off, norm=pre``."""
-        return ", ".join(f"{a}={_text(v)}" for a, v in self.changes)
+        return _changes(self.changes)
 
 
 # ----------------------------------------------------------------- parsing values
@@ -614,14 +614,8 @@ def make_variant(base: Source, changes: Union[Mapping[str, Any], Sequence[tuple[
     items = list(changes.items()) if isinstance(changes, Mapping) else [tuple(x) for x in changes]
     if not items:
         raise ArchLabError("a variant changes at least one axis")
-    seen = [a for a, _ in items]
-    if len(set(seen)) < len(seen):
-        raise ArchLabError(f"an axis is given twice: {', '.join(seen)}")
-    canon = []
-    for axis, value in items:
-        if axis_role(axis) == "recipe":
-            raise ArchLabError(f"{axis} is a recipe field: the ablation runner varies it, not the architecture")
-        canon.append((axis, parse_value(axis, value, arch)))
+    _check_axes([a for a, _ in items])
+    canon = [(axis, parse_value(axis, value, arch)) for axis, value in items]
     ctx = _Ctx(arch)
     listed = [name for name, _ in entries(ctx.d)]
     for axis, value in canon:
@@ -636,7 +630,7 @@ def make_variant(base: Source, changes: Union[Mapping[str, Any], Sequence[tuple[
                 a.apply(ctx, value)
         except _Refused as e:
             raise ArchLabError(f"{arch.label} cannot build {axis}={_text(value)}: {e}") from None
-    name = f"{arch.label} [{', '.join(f'{a}={_text(v)}' for a, v in canon)}]"
+    name = f"{arch.label} [{_changes(canon)}]"
     is_base = all(AXES[a].holds(arch.spec, v) if a in AXES else arch.config.to_dict().get(a) == v
                   for a, v in canon)
     if is_base:
@@ -658,6 +652,15 @@ def make_variant(base: Source, changes: Union[Mapping[str, Any], Sequence[tuple[
 
 def _changes(canon) -> str:
     return ", ".join(f"{a}={_text(v)}" for a, v in canon)
+
+
+def _check_axes(names: Sequence[str]) -> None:
+    """ArchLabError for an axis given twice or a recipe field (the runner varies those)."""
+    if len(set(names)) < len(names):
+        raise ArchLabError(f"an axis is given twice: {', '.join(names)}")
+    for axis in names:
+        if axis_role(axis) == "recipe":
+            raise ArchLabError(f"{axis} is a recipe field: the ablation runner varies it, not the architecture")
 
 
 #: axes whose value another axis's change decides (not reported as side effects of it)
@@ -687,12 +690,9 @@ def variants(base: Source, varies: Sequence[tuple[str, Sequence[Any]]]) -> list[
     recipe field, or a value the axis does not have."""
     arch = resolve(base)
     names = [a for a, _ in varies]
-    if len(set(names)) < len(names):
-        raise ArchLabError(f"an axis is varied twice: {', '.join(names)}")
+    _check_axes(names)
     cleaned = []
     for axis, values in varies:
-        if axis_role(axis) == "recipe":
-            raise ArchLabError(f"{axis} is a recipe field: the ablation runner varies it, not the architecture")
         vals = [parse_value(axis, v, arch) for v in values]
         if not vals:
             raise ArchLabError(f"{axis} has no values")
