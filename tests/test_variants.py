@@ -255,3 +255,19 @@ def test_a_patched_variant_trains_with_the_project_trainer():
     assert m.step == 2 and np.isfinite(m.routers.snapshot(2).load).all()
     assert m.model.model.layers[0].post_attention_layernorm is not None  # OLMo 2's post-norm kept
     m.close()
+
+
+@pytest.mark.parametrize("key,changes,marked", [
+    ("olmo2-7b", {"qk_norm": "off"}, {"attention": {"qk_norm"}}),
+    ("olmo2-7b", {"norm": "pre"}, {"norm_attn_pre": {"*"}, "norm_attn_post": {"*"}, "norm_mlp_pre": {"*"},
+                                   "norm_mlp_post": {"*"}}),
+    ("llama3-8b", {"positions": "nope:4"}, {"attention": {"nope"}, "pattern": {"summary", "pos"}}),
+    ("llama3-8b", {"tied": "on"}, {"lm_head": {"tied"}}),
+    ("gemma3-27b", {"attention_pattern": "global"}, {"attention": {"window"}, "pattern": {"summary", "attn"}}),
+])
+def test_the_diagram_marks_exactly_the_changed_boxes(key, changes, marked):
+    from backend.present import diagram
+
+    v = make_variant(key, changes)
+    specs = {"base": resolve(key).spec, "variant": resolve(v.config).spec}
+    assert diagram.marks(specs, "base") == {"base": {}, "variant": marked}
