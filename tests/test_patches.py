@@ -297,3 +297,27 @@ def test_a_patched_checkpoint_with_wrong_weights_is_refused(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ArchLabError, match="do not fit"):
         patches.from_pretrained(tmp_path)
+
+
+def test_zero_shared_experts_build_and_train():
+    """DeepSeek V3's class with n_shared_experts 0 (shared_expert=off) builds them zero wide: no parameters, no
+    shared expert in the spec, and a training step stays finite."""
+    m = tiny("deepseek_v3", [], **{**MLA, "n_routed_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 32,
+                                   "n_shared_experts": 0, "first_k_dense_replace": 1, "n_group": 1, "topk_group": 1})
+    assert sum(p.numel() for p in m.model.layers[1].mlp.shared_experts.parameters()) == 0
+    ids = torch.randint(0, 97, (2, 12))
+    loss = m.train()(input_ids=ids, labels=ids).loss
+    loss.backward()
+    torch.optim.AdamW(m.parameters(), lr=1e-2).step()
+    assert torch.isfinite(loss) and all(torch.isfinite(p).all() for p in m.parameters())
+    spec = full("deepseek-v3", [], n_shared_experts=0).spec
+    assert spec.moe.num_shared == 0 and spec.moe.shared_width == 0
+
+
+def test_a_seed_gives_the_same_patched_weights():
+    extra = {**MLA, **MOE, "no_rope_layers": [1, 0]}
+    a, b = (tiny("llama", ["attention:mla", "ffn:moe", "nope", "norm:post"], seed=3, **extra) for _ in range(2))
+    c = tiny("llama", ["attention:mla", "ffn:moe", "nope", "norm:post"], seed=4, **extra)
+    sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert not torch.equal(sa["model.layers.0.mlp.gate.weight"], sc["model.layers.0.mlp.gate.weight"])
