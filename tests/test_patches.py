@@ -50,8 +50,8 @@ def test_olmo2_without_qk_norm_has_no_qk_norm_and_otherwise_equal_modules():
     assert set(b) <= set(a) and all(a[n] == b[n] for n in b)
     assert len(gone) == 2 * base.spec.num_layers
     counts_agree(off)
-    assert base.counts.total - off.counts.total == base.spec.num_layers * (base.spec.num_heads + base.spec.num_kv_heads) \
-        * base.spec.head_dim
+    s = base.spec
+    assert base.counts.total - off.counts.total == s.num_layers * (s.num_heads + s.num_kv_heads) * s.head_dim
 
 
 def test_qk_norm_off_refused_where_there_is_none():
