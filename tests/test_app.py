@@ -175,3 +175,51 @@ def test_a_warm_rerun_builds_nothing(monkeypatch):
     at.switch_page("views/parameters.py").run()
     at.run()
     assert not at.exception and not built, "Parameters & Memory"
+
+
+def _badges(fig: dict) -> int:
+    return sum("≠ baseline" in a.get("text", "") for a in fig["layout"].get("annotations", []))
+
+
+def test_adding_a_variant_draws_it_beside_its_base_with_the_change_marked():
+    at = app(models="olmo2-7b")
+    no_errors(at)
+    at.selectbox(key="variant_base").set_value("olmo2-7b")
+    at.selectbox(key="variant_axis").set_value("qk_norm").run()
+    assert any("has qk_norm=on" in c.value for c in at.caption)  # the model's own value
+    at.selectbox(key="variant_value_qk_norm").set_value("off")
+    next(b for b in at.button if b.label == "Add variant").click().run()
+    no_errors(at)
+    name = "variant:OLMo 2 7B [qk_norm=off]"
+    assert at.sidebar.multiselect[0].value == ["olmo2-7b", name]
+    assert at.selectbox(key="_w_base").value == "olmo2-7b"  # the base is the baseline
+    assert at.query_params["models"] == "olmo2-7b"  # a visitor's variant is not mirrored into links
+    base_fig, var_fig = charts(at)
+    assert _badges(base_fig) == 0 and _badges(var_fig) == 1  # exactly the attention box: its QK-Norm line
+    text = json.dumps(var_fig)
+    assert "QK-Norm" not in text and "QK-Norm" in json.dumps(base_fig)
+    assert any("Variant of" in m.value and "qk_norm=off" in shown(m.value) for m in at.markdown)
+    assert any("qk_norm_off" in c.value for c in at.caption)  # its patch is listed
+    # a free-form field, and one that the class cannot build: one line each, the selection kept
+    at.selectbox(key="variant_axis").set_value(_state_free()).run()
+    at.text_input(key=f"variant_value_{_state_free()}").set_value("rms_norm_eps=1e-5")
+    next(b for b in at.button if b.label == "Add variant").click().run()
+    no_errors(at)
+    assert at.sidebar.multiselect[0].value[-1] == "variant:OLMo 2 7B [rms_norm_eps=1e-05]"
+    at.selectbox(key="variant_base").set_value("olmo2-7b")
+    at.selectbox(key="variant_axis").set_value("attention_pattern").run()
+    at.selectbox(key="variant_value_attention_pattern").set_value("5:1")
+    next(b for b in at.button if b.label == "Add variant").click().run()
+    assert not at.exception and len(at.error) == 1 and "cannot build attention_pattern=5:1" in shown(at.error[0].value)
+    assert "\n" not in at.error[0].value.strip()
+    assert len(at.sidebar.multiselect[0].value) == 3
+    at.switch_page("views/parameters.py").run()  # the variant's config travels to the other pages
+    no_errors(at)
+    assert any("OLMo 2 7B [qk_norm=off]" in str(df.value.index.tolist() + list(df.value.columns))
+               for df in at.dataframe)
+
+
+def _state_free() -> str:
+    from views._state import FREE
+
+    return FREE

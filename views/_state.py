@@ -4,8 +4,10 @@ Session-state keys (read these from any page):
   "models"          list[str]  selected model ids, in order (the multiselect's key)
   "custom_configs"  dict[str, dict]  id -> config dict for ids that are not catalog keys
   "checkpoint_path" str  resolved path of a checkpoint folder (under backend.live.roots) holding a config.json, or ""
-Model ids: a catalog key ("gpt2"), "custom:<file stem>" (uploaded config.json) or
-"local:<absolute folder path>" (config.json of a local checkpoint folder).
+  "variant_info"    dict[str, dict]  id -> {"base", "changes", "patches", "notes"} for variant ids
+Model ids: a catalog key ("gpt2"), "custom:<file stem>" (uploaded config.json),
+"local:<absolute folder path>" (config.json of a local checkpoint folder) or "variant:<name>" (a selected model
+with one component changed, backend.arch.variants; its config dict is carried like an upload's).
 Query params: "models" (comma-separated catalog keys); pages add their own through :func:`setting`.
 """
 from __future__ import annotations
@@ -21,13 +23,16 @@ from backend.arch import catalog
 from backend.arch.architecture import arch_spec
 from backend.arch.configs import MAX_CONFIG_BYTES, ModelSource, parse_config_text
 from backend.arch.errors import ArchLabError
+from backend.arch.variants import AXES, make_variant, parse_vary
 from backend.live.runtime import resolve_checkpoint
 from backend.present.colors import model_colors
 from backend.present.text import md
 
 DEFAULT_MODELS = ["gpt2", "deepseek-v3", "qwen3-30b-a3b"]
 MAX_MODELS = 6
-CUSTOM, LOCAL = "custom:", "local:"
+CUSTOM, LOCAL, VARIANT = "custom:", "local:", "variant:"
+#: the variant picker's choice for "any other config field (key=value)"
+FREE = "other field"
 
 
 @dataclass(frozen=True)
@@ -48,6 +53,8 @@ def label_of(model_id: str) -> str:
         return f"{model_id[len(CUSTOM):]} (uploaded)"
     if model_id.startswith(LOCAL):
         return f"{Path(model_id[len(LOCAL):]).name} (local folder)"
+    if model_id.startswith(VARIANT):
+        return model_id[len(VARIANT):]
     try:
         return catalog.get(model_id).name
     except ArchLabError:
@@ -111,6 +118,52 @@ def use_checkpoint(path: str) -> str | None:
         return model_id
     ss["checkpoint_path"] = ""
     return None
+
+
+def add_variant(base: Model, axis: str, value: str) -> str:
+    """A variant of ``base`` with ``axis`` set to ``value`` (``axis`` :data:`FREE`: ``value`` is ``key=value`` for any
+    field of its config), registered and selected beside its base, the base set as the baseline ("Compare
+    against"). ArchLabError with a one-line message otherwise; the selection is unchanged then."""
+    value = (value or "").strip()
+    if not value:
+        raise ArchLabError("type a value for the variant")
+    if axis == FREE:
+        key, values = parse_vary(value, base.source)
+        if len(values) != 1:
+            raise ArchLabError(f"one value at a time, got {len(values)} for {key}")
+        changes = {key: values[0]}
+    elif axis in AXES:
+        changes = {axis: value}
+    else:
+        raise ArchLabError(f"unknown component {axis!r}; choose one of {', '.join(AXES)}")
+    v = make_variant(base.source, changes)
+    if v.is_base:
+        raise ArchLabError(f"{base.label} already has {v.label}: that variant is the model itself")
+    ss = _ss()
+    model_id = VARIANT + v.name
+    ss.setdefault("custom_configs", {})[model_id] = v.config
+    ss.setdefault("variant_info", {})[model_id] = {"base": base.label, "changes": v.label, "patches": list(v.patches),
+                                                   "notes": list(v.notes)}
+    selected = [m for m in ss.get("models", []) if m != model_id] + [model_id]
+    while len(selected) > MAX_MODELS:  # drop the oldest, never the base
+        selected.remove(next(m for m in selected if m != base.id))
+    ss["models"] = selected
+    ss["base"] = ss["_w_base"] = base.id
+    return model_id
+
+
+def on_add_variant() -> None:
+    """The variant picker's button: its choices read from the session, a refusal kept in ``variant_error``."""
+    ss = _ss()
+    ss["variant_error"] = ""
+    base = next((m for m in selected() if m.id == ss.get("variant_base")), None)
+    axis = ss.get("variant_axis", "")
+    try:
+        if base is None:
+            raise ArchLabError("choose the model to change")
+        add_variant(base, axis, ss.get(f"variant_value_{axis}", ""))
+    except ArchLabError as e:
+        ss["variant_error"] = str(e)
 
 
 def _on_upload() -> None:
@@ -188,7 +241,7 @@ def selected() -> list[Model]:
 
 
 def _mirror_models() -> None:
-    keys = [m for m in _ss().get("models", []) if not m.startswith((CUSTOM, LOCAL))]
+    keys = [m for m in _ss().get("models", []) if not m.startswith((CUSTOM, LOCAL, VARIANT))]
     st.query_params["models"] = ",".join(keys)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from backend.arch.architecture import arch_spec, resolve
+from backend.arch.variants import AXES, base_values
 from backend.present import diagram
 from backend.present.colors import HIGHLIGHT
 from backend.present.text import md, swatch
@@ -44,9 +45,39 @@ def _baseline(models: list[_state.Model], draw: bool = True) -> _state.Model | N
                     format_func=lambda i: labels.get(i, "any of them (what differs between any)"), width=420,
                     help="Mark what differs from this model (the baseline), or what differs between any of the "
                     "selected models. Applies to the block diagrams and the feature matrix.")
-    if value.startswith((_state.CUSTOM, _state.LOCAL)):  # a visitor's own model: not mirrored into links
+    if value.startswith((_state.CUSTOM, _state.LOCAL, _state.VARIANT)):  # a visitor's own model: not in links
         st.query_params.pop("base", None)
     return None if value == ANY else next(m for m in models if m.id == value)
+
+
+def _variant_picker(models: list[_state.Model]) -> None:
+    """Add a variant of a selected model: one component changed (an axis and its value, or any config field as
+    key=value), drawn beside its base with the base as the baseline."""
+    ss = st.session_state
+    with st.expander("Add a variant: one component changed", expanded=bool(ss.get("variant_error"))):
+        st.caption("Start from a selected model and change one component; the variant is drawn beside it and "
+                   "marked where it differs. Components a model's transformers class lacks are added as small, "
+                   "named module patches (listed under *About each model*). The same variants train in an ablation.")
+        labels = {m.id: m.label for m in models}
+        if ss.get("variant_base") not in labels:
+            ss["variant_base"] = models[0].id
+        cols = st.columns([3, 2, 3])
+        base_id = cols[0].selectbox("Model", list(labels), key="variant_base", format_func=labels.get)
+        axis = cols[1].selectbox("Component", list(AXES) + [_state.FREE], key="variant_axis",
+                                 format_func=lambda a: "other field (key=value)" if a == _state.FREE else a)
+        base = next(m for m in models if m.id == base_id)
+        if axis == _state.FREE:
+            cols[2].text_input("Field = value", key=f"variant_value_{axis}", placeholder="rms_norm_eps=1e-5",
+                               help="Any field of the model's config.json, with one value (read as JSON).")
+        else:
+            a = AXES[axis]
+            cols[2].selectbox("Value", a.examples, key=f"variant_value_{axis}", accept_new_options=True,
+                              help=f"{a.description}. Values: {' | '.join(a.values)}. How: {a.applies}.")
+            with _ui.guard("the model's own value"):
+                st.caption(f"{md(base.label)} has {axis}={md(base_values(base.source)[axis])}.")
+        st.button("Add variant", on_click=_state.on_add_variant)
+        if ss.get("variant_error"):
+            st.error(md(ss["variant_error"]))
 
 
 def _legend(items: dict[str, str]) -> None:
@@ -121,6 +152,15 @@ def _notes(models: list[_state.Model]) -> None:
             with st.container(horizontal=True, gap="small"):  # the label may be a visitor's text: never in HTML
                 st.markdown(swatch(m.color), unsafe_allow_html=True, width="content")
                 st.markdown(f"**{md(m.label)}**")
+            info = st.session_state.get("variant_info", {}).get(m.id)
+            if info is not None:
+                st.markdown(f"Variant of **{md(info['base'])}**: {md(info['changes'])}.")
+                if info["patches"]:
+                    st.caption("Module patches (the class has no such component): " +
+                               ", ".join(f"`{p}`" for p in info["patches"]))
+                for note in info["notes"]:
+                    st.caption(md(note))
+                continue
             if e is None:
                 st.caption("Custom model from your config.json; no catalog note.")
                 continue
@@ -148,6 +188,8 @@ if _ui.need_models(models):
         with picker:
             if _baseline(models) != base:  # the box shows the value read above; should it not, draw again
                 st.rerun()
+    with _ui.guard("the variant picker"):
+        _variant_picker(models)
     with _ui.guard("the feature matrix"):
         _matrix(models, base)
     with _ui.guard("the model notes"):

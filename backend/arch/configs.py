@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from typing import Any, Union
 
-from . import catalog, libs
+from . import catalog, libs, patches
 from .errors import ArchLabError
 
 #: A model is named by a catalog key or given as a config dict (e.g. an uploaded config.json).
@@ -134,6 +134,7 @@ def build_config(canon: str):
     if model_type not in CONFIG_MAPPING:
         raise ArchLabError(f"unknown model_type {model_type!r}: this transformers version does not know it")
     _check_sizes(d)
+    patches.entries(d)  # an unknown or malformed patch list fails here, with one line
     for k in _DROP:
         d.pop(k, None)
     d.pop("model_type")

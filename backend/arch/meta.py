@@ -22,10 +22,11 @@ def building():
 
 
 def build_meta_model(cfg):
-    """The full-size model of a validated config on the meta device (``Architecture`` keeps it)."""
+    """The full-size model of a validated config on the meta device, its patches applied (``Architecture`` keeps it)."""
     libs.load()
     import torch
-    from transformers import AutoModelForCausalLM
+
+    from .patches import from_config
 
     # Quiet transformers' config warnings (e.g. Llama 4's rope factors) while building.
     tlog = logging.getLogger("transformers")
@@ -34,7 +35,9 @@ def build_meta_model(cfg):
     try:
         # Not accelerate.init_empty_weights: it allocates fused expert tensors and unties embeddings.
         with building(), torch.device("meta"):
-            model = AutoModelForCausalLM.from_config(cfg)
+            model = from_config(cfg)  # with the patches the config lists (backend.arch.patches)
+    except ArchLabError:
+        raise
     except ValueError as e:
         raise ArchLabError(f"transformers has no causal-LM class for {cfg.model_type!r}: {str(e).splitlines()[0][:200]}") from None
     except Exception as e:

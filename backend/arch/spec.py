@@ -250,6 +250,8 @@ def _moe(cfg, model_layers, hidden: int) -> Optional[MoESpec]:
         raise ArchLabError(f"MoE groups do not fit: {num} experts in n_group={n_group!r} groups, "
                            f"topk_group={topk_group!r}, top-k {top_k}")
     shared = _child(first, "shared_experts", "shared_expert", "shared_mlp")
+    if shared is not None and not sum(p.numel() for p in shared.parameters()):
+        shared = None  # zero shared experts: DeepSeek's class builds them zero wide
     shared_width = _linear_out(_child(shared, "up_proj", "gate_proj", "w3")) if shared is not None else 0
     router = _child(first, "gate", "router")
     bias_corrected = router is not None and any("correction_bias" in n for n, _ in router.named_buffers())
@@ -327,8 +329,9 @@ def _read_spec(cfg, model) -> ArchSpec:
     out_bias = any(n.split(".")[0] in ("o_proj", "c_proj", "out_proj") and n.endswith("bias") for n in ap)
     q_proj = _child(attn, "q_proj")
     output_gate = mla is None and q_proj is not None and _linear_out(q_proj) == 2 * heads * head_dim
-    if "q_norm.weight" in ap:
-        qk_norm = "per-head" if ap["q_norm.weight"].numel() == head_dim else "full-width"
+    q_norm = ap.get("q_norm.weight", ap.get("q_proj.norm.weight"))  # the latter: the qk_norm_on patch
+    if q_norm is not None:
+        qk_norm = "per-head" if q_norm.numel() == head_dim else "full-width"
     elif getattr(cfg, "use_qk_norm", False) or any(_child(_child(l, "self_attn") or l, "qk_norm") is not None for l in layers):
         qk_norm = "L2 (no weights)"
     else:

@@ -79,15 +79,15 @@ def num_layers(model) -> int:
 def shallower(model, layers: int):
     """A view of ``model`` with only its first ``layers`` decoder layers, sharing its weight tensors."""
     import torch
-    from transformers import AutoModelForCausalLM
 
+    from ..arch import patches
     from ..arch.meta import building
 
     d = model.config.to_dict()
     d.pop("quantization_config", None)
     cfg = resolve(with_layers(d, layers)).config
     with building(), torch.device("meta"):
-        view = AutoModelForCausalLM.from_config(cfg, dtype=next(model.parameters()).dtype)
+        view = patches.from_config(cfg, dtype=next(model.parameters()).dtype)
     state = model.state_dict()
     missing = [k for k in view.state_dict() if k not in state]
     if missing:

@@ -16,6 +16,7 @@ from typing import Any, Optional
 from ..arch.architecture import Architecture, Source, resolve
 from ..arch.configs import ALIASES
 from ..arch.errors import ArchLabError
+from ..arch.patches import PATCH_FIELD
 from ..arch.spec import ArchSpec
 
 #: preset -> knobs. ``layers`` is a target: a layer pattern's period is never cut.
@@ -126,7 +127,10 @@ class Knobs:
     exactly (heads raised to two KV groups if needed) instead of the nearest divisor. ``min_head_dim``: head
     width floor when the config has its own ``head_dim``. ``vocab``/``eos``/``pad``: the tokenizer's (default:
     the shipped one). ``max_positions``: learned absolute position tables cut to this length. ``keep_top_k``: the
-    real top-k when experts are capped (else presets scale it down with the experts).
+    real top-k when experts are capped (else presets scale it down with the experts). ``head_dim``: this exact head
+    width (the value width for MLA, whose other head widths keep their ratios to it) instead of one derived from
+    the hidden size, so variants of one ablation keep their base's heads (a class that ignores a config's head_dim
+    keeps hidden / heads).
     """
     hidden: int
     heads: int
@@ -142,6 +146,7 @@ class Knobs:
     max_positions: Optional[int] = None
     keep_top_k: bool = False
     width_step: int = 4
+    head_dim: Optional[int] = None
     name: str = "miniature"
 
     @classmethod
@@ -188,6 +193,9 @@ def shrink(source: Source, knobs: Knobs) -> dict[str, Any]:
         q_ratio = spec.num_heads * spec.head_dim / spec.hidden_size  # query width over hidden, as in the real model
         head_dim = max(knobs.min_head_dim, _round8(q_ratio * hidden / heads))
         has_head_dim = True
+    if knobs.head_dim:
+        head_dim = knobs.head_dim
+        has_head_dim = has_head_dim or spec.mla is None
     _set(d, "hidden_size", hidden)
     _set(d, "num_attention_heads", heads)
     if any(name in d for name in ALIASES["num_key_value_heads"]):
@@ -231,7 +239,7 @@ def shrink(source: Source, knobs: Knobs) -> dict[str, Any]:
     # Per-layer patterns: lists as long as the stack are resampled through the plan; lists of
     # layer indices are rebuilt from the plan's dense/MoE layers.
     for key, v in list(d.items()):
-        if isinstance(v, list) and len(v) == n_full and key not in ("eos_token_id",):
+        if isinstance(v, list) and len(v) == n_full and key not in ("eos_token_id", PATCH_FIELD):
             d[key] = [v[i] for i in plan]
     moe_idx = [j for j, i in enumerate(plan) if spec.layers[i].mlp == "moe"]
     dense_idx = [j for j, i in enumerate(plan) if spec.layers[i].mlp == "dense"]

@@ -388,12 +388,12 @@ _no_lock = contextlib.nullcontext()
 def _random_model(cfg, placement: Placement, seed: Optional[int]):
     """Random weights, built on the meta device and materialised straight onto the planned devices."""
     import torch
-    from transformers import AutoModelForCausalLM
 
+    from ..arch import patches
     from ..arch.meta import building
 
     with building(), torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(cfg, dtype=_torch_dtype(placement.dtype))
+        model = patches.from_config(cfg, dtype=_torch_dtype(placement.dtype))
     for name, dev in sorted(placement.device_map.items(), key=lambda kv: kv[0].count(".")):
         (model.get_submodule(name) if name else model).to_empty(device=dev, recurse=True)
     for t in list(model.parameters()) + list(model.buffers()):
@@ -491,8 +491,11 @@ def _trained(request: ModelRequest, progress, t0: float) -> LoadedModel:
 
 def _load_folder(request: ModelRequest, folder: Path, arch: Architecture, label: str, progress, t0: float,
                  tokenizer=None) -> LoadedModel:
-    """``from_pretrained`` of a checked folder onto the planned devices (its own tokenizer unless given one)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """``from_pretrained`` of a checked folder onto the planned devices (its own tokenizer unless given one; a
+    patched checkpoint built from its config and patched first, see ``arch.patches.from_pretrained``)."""
+    from transformers import AutoTokenizer
+
+    from ..arch import patches
 
     with _admitted(arch, request.device, request.dtype) as placement:
         progress(f"loading {label} on {placement.kind} ({_gib(placement.need_bytes)} of {placement.dtype} weights)")
@@ -501,7 +504,7 @@ def _load_folder(request: ModelRequest, folder: Path, arch: Architecture, label:
 
         try:
             with building():  # default dtype switched while it builds (see meta.BUILD_LOCK)
-                model = AutoModelForCausalLM.from_pretrained(
+                model = patches.from_pretrained(
                     str(folder), dtype=_torch_dtype(placement.dtype), device_map=dmap, local_files_only=True,
                     trust_remote_code=False, use_safetensors=True)
             if tokenizer is None:

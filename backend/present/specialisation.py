@@ -192,18 +192,18 @@ def _write(path: Path, tr: TextRouting) -> None:
 
 def _model(z: ZooMoE, which: str):
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig
 
-    from ..arch import libs
+    from ..arch import libs, patches
 
     libs.load()
     if which == TRAINED:
-        return AutoModelForCausalLM.from_pretrained(str(z.folder), dtype=torch.float32, local_files_only=True,
-                                                    use_safetensors=True).eval()
+        return patches.from_pretrained(str(z.folder), dtype=torch.float32, local_files_only=True,
+                                       use_safetensors=True).eval()
     config = AutoConfig.from_pretrained(str(z.folder), local_files_only=True)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(untrained_seed())
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        model = patches.from_config(config, dtype=torch.float32)
     return model.eval()
 
 

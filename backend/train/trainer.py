@@ -73,19 +73,19 @@ def build_model(sized: Sized, seed: int, device: torch.device, experts_impl: Opt
     ``experts_impl``: the MoE expert kernel; "grouped" is transformers' token-sorted grouped GEMMs (fastest to
     train, STACK-NOTES) run in the autocast dtype (``experts.py``); None keeps transformers' default.
     ``attention``: see :func:`attention_for`."""
-    from transformers import AutoModelForCausalLM
+    from ..arch import patches
 
     with building(), torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         # a copy: the model keeps its config, and set_experts_implementation writes to it (two models built
         # from one Sized would otherwise share, and switch, each other's expert kernel)
-        model = AutoModelForCausalLM.from_config(copy.deepcopy(sized.arch.config), dtype=torch.float32,
-                                                 attn_implementation=attention_for(sized.arch.config, device, attention))
+        model = patches.from_config(copy.deepcopy(sized.arch.config), dtype=torch.float32,
+                                    attn_implementation=attention_for(sized.arch.config, device, attention))
     if experts_impl and sized.arch.spec.moe is not None and hasattr(model, "set_experts_implementation"):
         from .experts import register
 
         with contextlib.suppress(Exception):
-            model.set_experts_implementation(register() if experts_impl == "grouped" else experts_impl)
+            patches.set_experts_implementation(model, register() if experts_impl == "grouped" else experts_impl)
     return model.to(device).train()
 
 

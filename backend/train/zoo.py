@@ -138,11 +138,10 @@ def _shipped_val_loss(folder: Path, recipe: Recipe, windows: Optional[int] = FIN
     first ``windows`` validation sequences (``FINAL_WINDOWS``: what training reports)."""
     import torch
     import torch.nn.functional as F
-    from transformers import AutoModelForCausalLM
-
+    from ..arch import patches
     from .data import corpus_data, validation_windows
 
-    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32, local_files_only=True).eval()
+    model = patches.from_pretrained(str(folder), dtype=torch.float32, local_files_only=True).eval()
     windows = validation_windows(corpus_data().validation, recipe.seq_len, windows)
     total = n = 0.0
     with torch.no_grad():
@@ -157,7 +156,8 @@ def _shipped_val_loss(folder: Path, recipe: Recipe, windows: Optional[int] = FIN
 
 def _write(out: Path, gs: list[dict], recipe: Recipe, probe: Recipe, res: pd.DataFrame, seeds) -> None:
     import torch
-    from transformers import AutoModelForCausalLM
+
+    from ..arch import patches
 
     if out.exists():
         shutil.rmtree(out)
@@ -172,7 +172,7 @@ def _write(out: Path, gs: list[dict], recipe: Recipe, probe: Recipe, res: pd.Dat
         shipped = None
         if not first.empty:
             src = Path(first.iloc[0]["checkpoint"])
-            model = AutoModelForCausalLM.from_pretrained(str(src), dtype=torch.float32, local_files_only=True)
+            model = patches.from_pretrained(str(src), dtype=torch.float32, local_files_only=True)
             model.to(torch.bfloat16).save_pretrained(str(out / folder_name))
             info = json.loads((src / "training.json").read_text())
             shipped = _shipped_val_loss(out / folder_name, recipe)
