@@ -18,6 +18,11 @@ from .budget import METRICS
 DATA_KINDS = ("corpus", "upload", "mqar", "distance")
 PRECISIONS = ("auto", "fp32", "bf16")
 MAX_MODELS = 8
+#: an ablation's variants, and the runs of a run (variants × learning rates × seeds)
+MAX_VARIANTS = 64
+MAX_MEMBERS = 1024
+#: recipe fields that may differ between the runs of one run (a sweep): everything else is shared
+PER_RUN = ("lr", "min_lr_ratio", "warmup", "weight_decay", "grad_clip", "seed", "z_loss")
 MAX_TOKENS = 10_000_000_000
 MAX_BUDGET = 2_000_000_000
 _SUFFIX = {"": 1, "k": 1e3, "K": 1e3, "m": 1e6, "M": 1e6, "g": 1e9, "G": 1e9, "b": 1e9, "B": 1e9}
@@ -174,23 +179,56 @@ def preset(name: str, **overrides) -> Recipe:
 
 @dataclass(frozen=True)
 class RunSpec:
-    """What a run trains: models (catalog keys or config dicts) under one recipe; JSON for any scheduler."""
+    """What a run trains: models (catalog keys or config dicts) under one recipe; JSON for any scheduler.
+
+    ``members``: the runs, when they are more than one per model (a sweep): each ``{"model": index into models,
+    "key": its name, "recipe": {field: value}}`` with only :data:`PER_RUN` fields overridden. Empty: one run per
+    model under the shared recipe, named by the model.
+    """
     models: tuple = ()
     recipe: Recipe = field(default_factory=Recipe)
     device: str = "auto"          # auto | cpu | cuda | cuda:N
+    members: tuple = ()
 
     def validate(self) -> "RunSpec":
-        if not 1 <= len(self.models) <= MAX_MODELS:
-            raise ArchLabError(f"a run trains 1 to {MAX_MODELS} models, got {len(self.models)}")
+        most = MAX_VARIANTS if self.members else MAX_MODELS
+        if not 1 <= len(self.models) <= most:
+            raise ArchLabError(f"a run trains 1 to {most} models, got {len(self.models)}")
         if not all(isinstance(m, (str, dict)) for m in self.models):
             raise ArchLabError("each model is a catalog key or a config object")
         if not (self.device in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d{1,2}", str(self.device))):
             raise ArchLabError(f"device must be auto, cpu, cuda or cuda:N, not {self.device!r}")
         self.recipe.validate()
+        if self.members:
+            self.runs()
         return self
 
+    def runs(self) -> list[tuple[int, str, Recipe]]:
+        """(model index, key, recipe) of every run; one-line ArchLabError for a malformed member."""
+        if not self.members:
+            return [(i, k, self.recipe) for i, k in enumerate(model_keys(self.models))]
+        if len(self.members) > MAX_MEMBERS:
+            raise ArchLabError(f"a run trains at most {MAX_MEMBERS} runs, got {len(self.members)}")
+        out, seen = [], set()
+        for m in self.members:
+            if not isinstance(m, dict) or set(m) - {"model", "key", "recipe"}:
+                raise ArchLabError('each member is {"model": index, "key": name, "recipe": {field: value}}')
+            i, key, over = m.get("model"), m.get("key"), m.get("recipe") or {}
+            if not _int(i) or not 0 <= i < len(self.models):
+                raise ArchLabError(f"member model index must be from 0 to {len(self.models) - 1}, got {i!r}")
+            if not isinstance(key, str) or not key or len(key) > 200 or key in seen:
+                raise ArchLabError(f"each member needs its own name (a non-empty string), got {key!r}")
+            if not isinstance(over, dict) or set(over) - set(PER_RUN):
+                raise ArchLabError(f"a member may change only {', '.join(PER_RUN)}; got {sorted(over)}")
+            seen.add(key)
+            out.append((i, key, replace(self.recipe, **over).validate()))
+        return out
+
     def to_json(self) -> str:
-        return json.dumps({"models": list(self.models), "recipe": self.recipe.as_dict(), "device": self.device}, indent=1)
+        d = {"models": list(self.models), "recipe": self.recipe.as_dict(), "device": self.device}
+        if self.members:
+            d["members"] = list(self.members)
+        return json.dumps(d, indent=1)
 
     @classmethod
     def from_json(cls, text: str | bytes) -> "RunSpec":
@@ -200,8 +238,21 @@ class RunSpec:
             raise ArchLabError(f"run spec is not valid JSON: {str(e)[:200]}") from None
         if not isinstance(d, dict) or not isinstance(d.get("models"), list):
             raise ArchLabError('a run spec is a JSON object with "models" (a list) and optionally "recipe" and "device"')
-        unknown = sorted(set(d) - {"models", "recipe", "device"})
+        unknown = sorted(set(d) - {"models", "recipe", "device", "members"})
         if unknown:
             raise ArchLabError(f"unknown run-spec field(s): {', '.join(unknown)}")
         recipe = Recipe.from_dict(d.get("recipe") or {})
-        return cls(tuple(d["models"]), recipe, d.get("device", "auto")).validate()
+        members = d.get("members") or ()
+        if not isinstance(members, list | tuple):
+            raise ArchLabError('"members" must be a list')
+        return cls(tuple(d["models"]), recipe, d.get("device", "auto"), tuple(members)).validate()
+
+
+def model_keys(models) -> list[str]:
+    """A unique key per model (catalog key, or the config's name), numbered when repeated."""
+    keys, seen = [], {}
+    for m in models:
+        base = m if isinstance(m, str) else str(m.get("_name_or_path") or m.get("model_type") or "custom")
+        seen[base] = seen.get(base, 0) + 1
+        keys.append(base if seen[base] == 1 else f"{base}#{seen[base]}")
+    return keys

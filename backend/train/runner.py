@@ -119,11 +119,16 @@ class TrainingRun:
     processes at once (models spread over ``spec.device``'s GPUs round-robin when it is ``auto``/``cuda``).
     ``group``: under a distributed launch (``distributed.Group``), every process of the launch runs the same
     run with the same ``run_id`` and trains each model in turn with DDP; rank 0 alone writes the folder.
+    ``sizer``: sizes the models together (an ablation's variants, ``budget.size_variants``), called as
+    ``sizer(budget, metric, **shape)`` → one Sized or ArchLabError per model. ``stacked``: runs with the same
+    shapes train as one stacked model (``sweep.py``); False trains every run on its own, in turn.
     """
 
     def __init__(self, spec: RunSpec, *, run_id: Optional[str] = None, root: Optional[Path] = None,
-                 upload: Optional[data_mod.TokenData] = None, processes: int = 0, group=None):
+                 upload: Optional[data_mod.TokenData] = None, processes: int = 0, group=None, sizer=None,
+                 stacked: bool = True):
         self.spec = spec.validate()
+        self.sizer, self.stacked = sizer, stacked
         if spec.recipe.data == "upload" and upload is None:
             raise ArchLabError("data 'upload' needs an uploaded .txt file")
         if isinstance(processes, bool) or not isinstance(processes, int) or not 0 <= processes <= 64:
@@ -134,15 +139,19 @@ class TrainingRun:
         self.id = run_id or new_id()
         self.folder = run_folder(self.id, root)
         self.upload, self.processes = upload, processes
-        self.keys = _keys(spec.models)
+        self.members = spec.runs()  # (model index, key, recipe) of every run
+        self.keys = [k for _, k, _ in self.members]
         self._lock = threading.Lock()
         self._cancel = threading.Event()
         self._thread: Optional[threading.Thread] = None
         self.status, self.message = "created", ""
-        self.models = [ModelStatus(k, _label(m), steps=spec.recipe.steps) for k, m in zip(self.keys, spec.models)]
+        labels = [_label(m) for m in spec.models]
+        self.models = [ModelStatus(k, labels[i] if not spec.members else k, steps=r.steps)
+                       for i, k, r in self.members]
         self.metrics: list[dict] = []
         self.routing: list[dict] = []
         self.probes: list[dict] = []
+        self.stability: list[dict] = []
         self.results: list[dict] = []
         self.shared: dict = {}
         self.version = 0
@@ -223,7 +232,7 @@ class TrainingRun:
             self._set(status="preparing", message="preparing the data")
             data, task = self._data()
             sized = self._size(data, task)
-            jobs = [(i, s) for i, s in enumerate(sized) if s is not None]
+            jobs = [(n, s, self.members[n][2]) for n, s in enumerate(sized) if s is not None]
             devices = _devices(self.spec.device, self.processes) if self.group is None else [self.group.device]
             self._write_recipe(data, task, devices[0])
             self._set(status="training", message="")
@@ -231,9 +240,9 @@ class TrainingRun:
                 self._train_in_processes(jobs, data, task, devices)
             else:
                 train_loop(jobs, self.keys, self.spec, data, task, devices[0], self, self.writer.folder,
-                           self._cancel, self.started, self.group)
+                           self._cancel, self.started, self.group, stacked=self.stacked)
             stopped = self._cancel.is_set()
-            done = [m for m in self.models if m.status in ("finished", "stopped")]
+            done = [m for m in self.models if m.status in ("finished", "stopped", "diverged")]
             if not done:
                 failed = "; ".join(f"{m.key}: {m.error}" for m in self.models if m.error)
                 self._set(status="failed", message=f"no model finished ({failed[:400]})")
@@ -264,28 +273,42 @@ class TrainingRun:
         return None, probe_task(r.data, r.probe_vocab, r.seq_len)
 
     def _size(self, data, task) -> list[Optional[Sized]]:
+        """Each run's sized miniature (runs of one model share it); a model that cannot be sized fails its runs."""
         r = self.spec.recipe
         vocab, eos, pad = _vocab(data, task)
-        out = []
-        for i, source in enumerate(self.spec.models):
-            if self._cancel.is_set():
-                out.append(None)
-                continue
-            self.model(i, status="sizing")
-            try:
-                s = size_to_budget(source, r.budget, r.budget_metric, seq_len=r.seq_len, vocab=vocab, eos=eos,
-                                   pad=pad, max_positions=max(1024, r.seq_len), max_total=r.max_total, layers=r.layers,
-                                   min_head_dim=r.min_head_dim)
-            except ArchLabError as e:
-                self.model(i, status="failed", error=str(e))
-                out.append(None)
-                continue
-            c = s.arch.counts
-            self.model(i, status="queued", total=c.total, active=c.active, nonemb_active=non_embedding(c, "active"),
-                       nonemb_total=non_embedding(c, "total"), budget_value=s.value, deviation=s.deviation,
-                       flops_per_token=flops_per_token(s.arch, r.seq_len), experts=s.experts,
-                       real_experts=s.real_experts, notes=s.notes)
-            out.append(s)
+        common = dict(seq_len=r.seq_len, vocab=vocab, eos=eos, pad=pad, max_positions=max(1024, r.seq_len),
+                      max_total=r.max_total, layers=r.layers, min_head_dim=r.min_head_dim)
+        runs_of = {}
+        for n, (i, _, _) in enumerate(self.members):
+            runs_of.setdefault(i, []).append(n)
+        for runs in runs_of.values():
+            for n in runs:
+                self.model(n, status="sizing")
+        if self.sizer is not None:
+            by_model = self.sizer(r.budget, r.budget_metric, **common)
+        else:
+            by_model = []
+            for i, source in enumerate(self.spec.models):
+                if self._cancel.is_set() or i not in runs_of:
+                    by_model.append(None)
+                    continue
+                try:
+                    by_model.append(size_to_budget(source, r.budget, r.budget_metric, **common))
+                except ArchLabError as e:
+                    by_model.append(e)
+        out: list[Optional[Sized]] = [None] * len(self.members)
+        for i, runs in runs_of.items():
+            s = by_model[i]
+            for n in runs:
+                if isinstance(s, ArchLabError) or s is None:
+                    self.model(n, status="failed" if s is not None else "stopped", error=str(s or ""))
+                    continue
+                c = s.arch.counts
+                self.model(n, status="queued", total=c.total, active=c.active, nonemb_active=non_embedding(c, "active"),
+                           nonemb_total=non_embedding(c, "total"), budget_value=s.value, deviation=s.deviation,
+                           flops_per_token=flops_per_token(s.arch, r.seq_len), experts=s.experts,
+                           real_experts=s.real_experts, notes=s.notes)
+                out[n] = s
         if not any(out):
             raise ArchLabError("no model of this run could be sized to the budget: "
                                + "; ".join(m.error for m in self.models if m.error)[:400])
@@ -334,7 +357,8 @@ class TrainingRun:
             payload = {"spec": self.spec.to_json(), "keys": self.keys, "tokens": tokens,
                        "data_name": data.name if data is not None else "", "device": str(devices[k % len(devices)]),
                        "folder": str(self.folder), "started": self.started,
-                       "jobs": [(i, s.config, s.value, s.experts, s.real_experts) for i, s in group]}
+                       "jobs": [(i, s.config, s.value, s.experts, s.real_experts) for i, s, _ in group],
+                       "stacked": self.stacked}
             p = ctx.Process(target=_child, args=(payload, q, cancel), daemon=True, name=f"archlab-train-{k}")
             p.start()
             procs.append(p)
@@ -349,7 +373,7 @@ class TrainingRun:
         for p in procs:
             p.join(5)
             if p.exitcode not in (0, None):
-                for i, _ in jobs:
+                for i, *_ in jobs:
                     if self.models[i].status in ("queued", "training", "evaluating"):
                         self.model(i, status="failed", error=f"its worker process exited with code {p.exitcode}")
 
@@ -381,14 +405,15 @@ def _child(payload: dict, q, cancel) -> None:
         data = data_mod.load_tokens(Path(payload["tokens"]), payload["data_name"]) if payload["tokens"] else None
         task = None if data is not None else probe_task(r.data, r.probe_vocab, r.seq_len)
         jobs = []
+        runs = spec.runs()
         for i, config, value, experts, real in payload["jobs"]:
             arch = resolve(config)
             jobs.append((i, Sized(arch.label, config, arch, r.budget_metric, r.budget, value, arch.counts.total,
-                                  arch.counts.active, experts, real)))
+                                  arch.counts.active, experts, real), runs[i][2]))
         import torch
 
         train_loop(jobs, payload["keys"], spec, data, task, torch.device(payload["device"]), sink,
-                   Path(payload["folder"]), cancel, payload["started"])
+                   Path(payload["folder"]), cancel, payload["started"], stacked=payload.get("stacked", True))
     except Exception as e:
         for i, *_ in payload["jobs"]:
             sink.model(i, status="failed", error=_one_line(e))
@@ -396,28 +421,35 @@ def _child(payload: dict, q, cancel) -> None:
         restore()
 
 
-def train_loop(jobs: list[tuple[int, Sized]], keys: list[str], spec: RunSpec, data, task, device, sink: Sink,
-               folder: Path, cancel, started: float, group=None) -> None:
-    """Train ``jobs`` ((model index, sized miniature)) in turn on ``device``, reporting to ``sink``.
+def train_loop(jobs: list[tuple[int, Sized, Any]], keys: list[str], spec: RunSpec, data, task, device, sink: Sink,
+               folder: Path, cancel, started: float, group=None, stacked: bool = True) -> None:
+    """Train ``jobs`` ((run index, sized miniature, its recipe)) on ``device``, reporting to ``sink``.
 
-    ``group`` (a distributed launch): every process runs this loop in step with the others, each model with DDP;
-    they stop together, rank 0 evaluates, and a failure ends the process (the launcher stops the others)."""
+    ``stacked``: runs with the same shapes train as one stacked model (``sweep.train_stacked``); otherwise each
+    run trains on its own, the runs in turn. ``group`` (a distributed launch): every process runs this loop in step
+    with the others, each model with DDP; they stop together, rank 0 evaluates, and a failure ends the process
+    (the launcher stops the others)."""
     import torch
 
     from .data import BatchStream, validation_windows
     from .trainer import Member
 
+    if stacked and group is None:
+        from .sweep import train_stacked
+
+        return train_stacked(jobs, keys, spec, data, task, device, sink, folder, cancel, started)
     r = spec.recipe
     members: dict[int, Any] = {}
-    for i, s in jobs:
+    for i, s, recipe in jobs:
         try:
-            members[i] = Member(keys[i], s, r, device, group=group).start()
+            members[i] = Member(keys[i], s, recipe, device, group=group).start()
             sink.model(i, status="training", device=str(device))
         except Exception as e:
             if group is not None:
                 raise
             sink.model(i, status="failed", error=_one_line(e))
-    stream = BatchStream(data.train, r.batch, r.seq_len, r.seed) if data is not None else None
+    streams = {m.recipe.seed: BatchStream(data.train, r.batch, r.seq_len, m.recipe.seed)
+               for m in members.values()} if data is not None else None
     eval_windows = validation_windows(data.validation, r.seq_len, r.eval_windows) if data is not None else None
     probe_eval = _probe_eval_batch(task, r) if task is not None else None
     active = list(members)
@@ -432,7 +464,8 @@ def train_loop(jobs: list[tuple[int, Sized]], keys: list[str], spec: RunSpec, da
                 break
             m = members[i]
             try:
-                batch = stream[m.step] if stream is not None else task.batch(r.seed, m.step, r.batch)
+                batch = streams[m.recipe.seed][m.step] if streams is not None else \
+                    task.batch(m.recipe.seed, m.step, r.batch)
                 m.train_step(batch)
                 if m.step % r.eval_interval == 0 or m.done:
                     val = None if not evaluates else \
@@ -472,7 +505,7 @@ class _Reporter:
         self.sink, self.r, self.started = sink, spec.recipe, started
 
     def flush(self, i: int, m, val: Optional[float], members: dict) -> None:
-        r = self.r
+        r = m.recipe
         first = m.step - len(m._losses)
         losses = m.take_losses()
         m.sync_time()
@@ -543,7 +576,7 @@ def _record(i: int, m, data, task, spec: RunSpec, sink: Sink, folder: Path, stop
     from .data import validation_windows
     from .store import RunWriter
 
-    r = spec.recipe
+    r = m.recipe
     val = None
     by_setting, by_distance = {}, {}
     if data is not None:
@@ -555,35 +588,54 @@ def _record(i: int, m, data, task, spec: RunSpec, sink: Sink, folder: Path, stop
             by_setting, by_distance = m.probe_accuracy(task, r.probe_examples)
     writer = RunWriter(folder)
     model_dir = writer.model_dir(m.key)
-    tokenizer = None
-    if data is not None:
-        from ..live.tokenizer import load_offline
+    m.save(model_dir, _tokenizer(data))
+    return report_result(i, sink, folder, key=m.key, sized=m.sized, recipe=r, status="stopped" if stopped else "finished",
+                         step=m.step, tokens=m.tokens, val=val, by_setting=by_setting, by_distance=by_distance,
+                         stream=m.stream, train_seconds=m.train_seconds, peak_bytes=m.peak_bytes, model_dir=model_dir,
+                         data=data, task=task)
 
-        tokenizer = load_offline()
-    m.save(model_dir, tokenizer)
+
+def _tokenizer(data):
+    """The shipped tokenizer for a text run's checkpoints (None for probes)."""
+    if data is None:
+        return None
+    from ..live.tokenizer import load_offline
+
+    return load_offline()
+
+
+def report_result(i: int, sink: Sink, folder: Path, *, key: str, sized: Sized, recipe, status: str, step: int,
+                  tokens: int, val: Optional[float], by_setting: dict, by_distance: dict, stream, train_seconds: float,
+                  peak_bytes: Optional[int], model_dir: Optional[Path], data, task, extra: Optional[dict] = None) -> dict:
+    """A finished (or stopped, or diverged) run's probe rows, training.json beside its checkpoint, its row of the
+    final table (plus ``extra`` columns) and its status; returns the status fields."""
+    from .store import RunWriter
+
+    r = recipe
     sink.rows("probes.csv", PROBE_COLUMNS,
-              [{"model": m.key, "probe": task.name, "kv_pairs": kv, "seq_len": t, "distance": "", "accuracy": a}
+              [{"model": key, "probe": task.name, "kv_pairs": kv, "seq_len": t, "distance": "", "accuracy": a}
                for (kv, t), a in by_setting.items()]
-              + [{"model": m.key, "probe": "distance", "kv_pairs": "", "seq_len": r.seq_len, "distance": d,
+              + [{"model": key, "probe": "distance", "kv_pairs": "", "seq_len": r.seq_len, "distance": d,
                   "accuracy": a} for d, a in by_distance.items()])
-    s = m.sized
-    status = "stopped" if stopped else "finished"
-    info = {"key": m.key, "label": s.source_label, "run_id": folder.name, "status": status, "step": m.step,
-            "tokens": m.tokens, "val_loss": val, "stream_sha256": m.stream.hexdigest(), "batches": m.stream.batches,
-            "recipe": r.as_dict(), "data": data.name if data is not None else task.name,
+    finite = val is not None and math.isfinite(val)
+    info = {"key": key, "label": sized.source_label, "run_id": folder.name, "status": status, "step": step,
+            "tokens": tokens, "val_loss": val if finite else None, "stream_sha256": stream.hexdigest(),
+            "batches": stream.batches, "recipe": r.as_dict(), "data": data.name if data is not None else task.name,
             "data_sha256": data.sha256 if data is not None else ""}
-    writer.write_json(f"models/{model_dir.name}/training.json", info)
-    c = s.arch.counts
-    sink.result({"model": m.key, "label": s.source_label, "status": status, "steps": m.step, "tokens": m.tokens,
-                 "val_loss": val, "perplexity": math.exp(val) if data is not None and val < 50 else None,
+    saved = model_dir is not None and model_dir.is_dir()
+    if saved:
+        RunWriter(folder).write_json(f"models/{model_dir.name}/training.json", info)
+    c = sized.arch.counts
+    sink.result({"model": key, "label": sized.source_label, "status": status, "steps": step, "tokens": tokens,
+                 "val_loss": val, "perplexity": math.exp(val) if data is not None and finite and val < 50 else None,
                  "probe_accuracy": float(np.mean(list(by_setting.values()))) if by_setting else None,
                  "total_params": c.total, "active_params": c.active,
-                 "nonemb_active_params": non_embedding(c, "active"), "budget_value": s.value,
-                 "tok_s": m.tokens / m.train_seconds if m.train_seconds else None, "peak_bytes": m.peak_bytes,
-                 "train_seconds": m.train_seconds, "experts": s.experts, "stream_sha256": m.stream.hexdigest(),
-                 "checkpoint": str(model_dir)})
-    outcome = {"status": status, "val_loss": val, "checkpoint": str(model_dir), "stream_sha256": m.stream.hexdigest(),
-               "batches": m.stream.batches}
+                 "nonemb_active_params": non_embedding(c, "active"), "budget_value": sized.value,
+                 "tok_s": tokens / train_seconds if train_seconds else None, "peak_bytes": peak_bytes,
+                 "train_seconds": train_seconds, "experts": sized.experts, "stream_sha256": stream.hexdigest(),
+                 "checkpoint": str(model_dir) if saved else "", **(extra or {})})
+    outcome = {"status": status, "val_loss": val, "checkpoint": str(model_dir) if saved else "",
+               "stream_sha256": stream.hexdigest(), "batches": stream.batches}
     sink.model(i, **outcome)
     return outcome
 
@@ -657,13 +709,3 @@ def _label(source) -> str:
         return resolve(source).label
     except ArchLabError:
         return str(source)[:60] if isinstance(source, str) else "custom model"
-
-
-def _keys(models) -> list[str]:
-    """A unique key per model (catalog key, or the config's name), numbered when repeated."""
-    keys, seen = [], {}
-    for m in models:
-        base = m if isinstance(m, str) else str(m.get("_name_or_path") or m.get("model_type") or "custom")
-        seen[base] = seen.get(base, 0) + 1
-        keys.append(base if seen[base] == 1 else f"{base}#{seen[base]}")
-    return keys

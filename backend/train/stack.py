@@ -32,12 +32,13 @@ from . import graphs, vmapped
 from .budget import Sized
 from .data import StreamHash
 from .probes import IGNORE, ProbeBatch, ProbeTask, accuracy, accuracy_by_distance
+from . import recipe as recipe_mod
 from .recipe import Recipe
 from .stacked_optim import StackedAdamW
 from .trainer import _autocast, batch_array, build_model
 
 #: recipe fields that may differ between the runs of one stack (everything else must be equal)
-PER_RUN = ("lr", "min_lr_ratio", "warmup", "weight_decay", "grad_clip", "seed", "z_loss", "name")
+PER_RUN = recipe_mod.PER_RUN + ("name",)
 
 
 def stack_key(recipe: Recipe) -> tuple:
@@ -107,6 +108,13 @@ class _Routers:
             h.remove()
 
 
+def _no_gradient_at_padding(module, args, output):
+    """An embedding's padding row gets no gradient from its lookups (``padding_idx``): vmap's batching rule for the
+    embedding backward honours it for the first run of a stack only, so the stack blocks those gradients itself."""
+    ids = args[0]
+    return torch.where((ids == module.padding_idx).unsqueeze(-1), output.detach(), output)
+
+
 class Stack:
     """R runs of one sized miniature, trained together on ``device``; see the module docstring.
 
@@ -133,6 +141,9 @@ class Stack:
         self.base = models[0]  # its own tensors are never used: functional_call swaps in the stacked ones
         for p in self.base.parameters():
             p.requires_grad_(False)
+        for m in self.base.modules():
+            if isinstance(m, torch.nn.Embedding) and m.padding_idx is not None:
+                m.register_forward_hook(_no_gradient_at_padding)
         del models
         cfg = self.base.config
         cfg._attn_implementation = vmapped.ATTENTION

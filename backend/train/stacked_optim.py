@@ -36,8 +36,10 @@ class StackedAdamW:
         grads = [p.grad for p in self.params.values() if p.grad is not None]
         runs = grads[0].shape[0]
         # each run's slice of each gradient reduced on its own (as clip_grad_norm_ reduces each tensor of one
-        # model): the norms do not depend on how many runs share the stack
-        per = torch._foreach_norm([g[r].float() for g in grads for r in range(runs)], 2)
+        # model), so that the norms do not depend on how many runs share the stack; on the CPU from an aligned copy,
+        # since a vectorised reduction adds in another order when a slice starts off a SIMD boundary
+        cpu = grads[0].device.type == "cpu"
+        per = torch._foreach_norm([(g[r].clone() if cpu else g[r]).float() for g in grads for r in range(runs)], 2)
         total = torch.linalg.vector_norm(torch.stack(per).view(len(grads), runs), 2, dim=0)
         coef = torch.where(max_norm > 0, (max_norm / (total + 1e-6)).clamp(max=1.0), torch.ones_like(total))
         for g in grads:

@@ -3,7 +3,9 @@
     <runs dir>/<run id>/
       recipe.json      the run spec, what every model shared (tokenizer, data and its hash, batch order, optimizer,
                        schedule, precision, seed) and per model: its sized config, parameters, stream hash
-      metrics.csv      one row per model and step: model, step, tokens, train_loss, val_loss (where measured), lr, elapsed_s
+      metrics.csv      one row per model and step: model, step, tokens, train_loss, val_loss (where measured), lr,
+                       elapsed_s, grad_norm (before clipping), max_attn_logit and log_z (where sampled)
+      stability.csv    the largest attention logit per model, sampled step and layer
       routing.csv      MoE models, one row per model, log point and MoE layer: max/mean load, entropy, experts
                        never chosen, aux loss, and the load vector
       probes.csv       probe runs: accuracy per model and setting (KV pairs, sequence length) or distance
@@ -29,7 +31,10 @@ from ..arch.errors import ArchLabError
 from ..live.roots import runs_dir
 from ..live.runs import NOT_FOUND, valid_id
 
-METRIC_COLUMNS = ("model", "step", "tokens", "train_loss", "val_loss", "lr", "elapsed_s")
+METRIC_COLUMNS = ("model", "step", "tokens", "train_loss", "val_loss", "lr", "elapsed_s", "grad_norm",
+                  "max_attn_logit", "log_z")
+#: the largest attention logit of each layer, sampled during training (stacked runs)
+STABILITY_COLUMNS = ("model", "step", "layer", "max_attn_logit")
 ROUTING_COLUMNS = ("model", "step", "tokens", "layer", "max_over_mean", "entropy", "never_chosen", "aux_loss", "load")
 PROBE_COLUMNS = ("model", "probe", "kv_pairs", "seq_len", "distance", "accuracy")
 
@@ -100,6 +105,7 @@ class RunRecord:
     routing: pd.DataFrame
     probes: pd.DataFrame
     results: pd.DataFrame
+    stability: Optional[pd.DataFrame] = None
 
 
 def _csv(path: Path, columns) -> pd.DataFrame:
@@ -114,7 +120,8 @@ def read_run(run_id: str, root: Optional[Path] = None) -> RunRecord:
     load = lambda n: json.loads((folder / n).read_text()) if (folder / n).is_file() else {}
     return RunRecord(run_id, folder, load("recipe.json"), load("status.json"),
                      _csv(folder / "metrics.csv", METRIC_COLUMNS), _csv(folder / "routing.csv", ROUTING_COLUMNS),
-                     _csv(folder / "probes.csv", PROBE_COLUMNS), _csv(folder / "results.csv", ()))
+                     _csv(folder / "probes.csv", PROBE_COLUMNS), _csv(folder / "results.csv", ()),
+                     _csv(folder / "stability.csv", STABILITY_COLUMNS))
 
 
 @dataclass(frozen=True)
