@@ -272,6 +272,18 @@ def _moe(cfg, model_layers, hidden: int) -> Optional[MoESpec]:
     )
 
 
+def _check_heads(cfg, hidden: int, heads: int, kv_heads: int, mla: bool) -> None:
+    """Refuse head layouts that transformers builds but that do not fit together: latent attention expands a
+    key and a value for every query head; without a ``head_dim`` a head is hidden_size / num_attention_heads
+    wide, so the heads must divide the hidden size. (Head ratios are checked with the config: configs.py.)"""
+    if mla and kv_heads != heads:
+        raise ArchLabError(f"config field 'num_key_value_heads' = {kv_heads} must equal 'num_attention_heads' = "
+                           f"{heads}: latent attention expands a key and a value for every query head")
+    if not mla and not _get(cfg, "head_dim") and hidden % heads:
+        raise ArchLabError(f"config field 'num_attention_heads' = {heads} must divide 'hidden_size' = {hidden}: "
+                           f"without a 'head_dim' each head is hidden_size / num_attention_heads wide")
+
+
 def read_spec(cfg, model) -> ArchSpec:
     """The spec of a validated config and its meta-device model (``Architecture.spec`` keeps it)."""
     try:
@@ -292,16 +304,6 @@ def _read_spec(cfg, model) -> ArchSpec:
     kv_heads = int(_get(cfg, "num_key_value_heads", "num_kv_heads", default=heads))
 
     # --- attention ---
-    mla = None
-    if _get(cfg, "kv_lora_rank") is not None:
-        mla = MLASpec(cfg.q_lora_rank, cfg.kv_lora_rank, cfg.qk_nope_head_dim, cfg.qk_rope_head_dim, cfg.v_head_dim)
-        head_dim, v_head_dim, kind = mla.qk_nope_head_dim + mla.qk_rope_head_dim, mla.v_head_dim, "MLA"
-        kv_heads = heads
-    else:
-        head_dim = int(_get(cfg, "head_dim", default=hidden // heads))
-        v_head_dim = head_dim
-        kind = "MHA" if kv_heads == heads else ("MQA" if kv_heads == 1 else "GQA")
-
     raw_types = getattr(cfg, "layer_types", None)
     if raw_types:
         types = [LAYER_TYPES.get(t, t) for t in raw_types[:n_layers]]
@@ -320,6 +322,17 @@ def _read_spec(cfg, model) -> ArchSpec:
     attn_layer = next((l for l, t in zip(layers, types) if t != "linear"), layers[0])
     attn = _child(attn_layer, "self_attn", "attn", "attention")
     ap = _params(attn) if attn is not None else {}  # None: every layer is linear attention
+    mla = None
+    if _child(attn, "kv_b_proj") is not None:  # latent attention: the modules say so, not the config fields
+        mla = MLASpec(cfg.q_lora_rank, cfg.kv_lora_rank, cfg.qk_nope_head_dim, cfg.qk_rope_head_dim, cfg.v_head_dim)
+        head_dim, v_head_dim, kind = mla.qk_nope_head_dim + mla.qk_rope_head_dim, mla.v_head_dim, "MLA"
+    else:
+        head_dim = int(_get(cfg, "head_dim", default=hidden // heads))
+        v_head_dim = head_dim
+        kind = "MHA" if kv_heads == heads else ("MQA" if kv_heads == 1 else "GQA")
+    _check_heads(cfg, hidden, heads, kv_heads, mla is not None)
+    if mla is not None:
+        kv_heads = heads
     module_head_dim = getattr(attn, "head_dim", None)
     if mla is None and isinstance(module_head_dim, int) and module_head_dim != head_dim:
         head_dim = v_head_dim = module_head_dim  # the module's width wins (GPT-2 ignores a config head_dim)
