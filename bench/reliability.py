@@ -314,7 +314,7 @@ def main() -> None:
     print(f"retention: {rt['finished_runs']} finished runs from {rt['sessions']} sessions -> {rt['kept']} kept "
           f"(limits {rt['kept_limit']} in all, {rt['kept_per_session_limit']} a session); after {rt['ttl_s']:.0f} s: "
           f"{rt['kept_after_ttl']}")
-    _write(fig)
+    _write(fig, fig["seconds"])
 
 
 def _totals(fig: dict) -> None:
@@ -347,13 +347,13 @@ def only_configs(host: dict, examples: int, seed: Optional[int]) -> None:
     fig["config_mutations"] = config_mutations(examples, seed)
     _totals(fig)
     _print_inputs(fig)
-    _write(fig)
+    _write(fig, fig["config_mutations"]["seconds"])
 
 
-def _write(fig: dict) -> None:
+def _write(fig: dict, seconds: float) -> None:
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "reliability.json").write_text(json.dumps(fig, indent=2, default=str))
-    print(f"wrote {RESULTS / 'reliability.json'}" + (f" ({fig['seconds']:.0f} s)" if "seconds" in fig else ""))
+    print(f"wrote {RESULTS / 'reliability.json'} ({seconds:.0f} s)")
 
 
 if __name__ == "__main__":

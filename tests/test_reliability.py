@@ -202,6 +202,8 @@ FOUND = [
     ("olmo2-32b", {"num_attention_heads": 1}, "num_key_value_heads"),  # more KV heads than query heads
     ("gpt2", {"add_cross_attention": True}, "add_cross_attention"),  # GPT-2 builds cross-attention layers
     ("kimi-k2", {"model_type": "llama"}, "counted"),  # MLA fields in a class without latent attention
+    ("llama3-8b", {"model_type": "gpt2"}, "counted"),  # GPT-2 ignores num_key_value_heads: one KV head per head
+    ("gpt-oss-20b", {"model_type": "qwen3_next"}, "layer_types"),  # a layer type the class builds no attention for
 ]
 
 

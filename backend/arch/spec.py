@@ -284,6 +284,25 @@ def _check_heads(cfg, hidden: int, heads: int, kv_heads: int, mla: bool) -> None
                            f"without a 'head_dim' each head is hidden_size / num_attention_heads wide")
 
 
+def _refuse_layer_type(cfg, i: int, layer) -> None:
+    """A layer whose attention module does not match its config entry (a layer_types entry the class builds no
+    attention for, or linear attention where the class builds softmax attention)."""
+    got = "linear" if _child(layer, "linear_attn") is not None else (
+        "softmax" if _child(layer, "self_attn", "attn", "attention") is not None else "no")
+    raw = getattr(cfg, "layer_types", None)
+    entry = f"config field 'layer_types' has {raw[i]!r} at layer {i}" if raw and i < len(raw) else f"layer {i}"
+    raise ArchLabError(f"{entry}, but {type(layer).__name__} builds {got} attention there")
+
+
+def _module_kv_heads(attn, heads: int, head_dim: int, config_kv_heads: int) -> int:
+    """KV heads of an attention module: its key projection's width over the head width; one per query head for
+    a fused QKV projection (GPT-2's c_attn, whose class ignores a num_key_value_heads field)."""
+    k_proj = _child(attn, "k_proj")
+    if k_proj is not None:
+        return _linear_out(k_proj) // head_dim
+    return heads if _child(attn, "c_attn") is not None else config_kv_heads
+
+
 def read_spec(cfg, model) -> ArchSpec:
     """The spec of a validated config and its meta-device model (``Architecture.spec`` keeps it)."""
     try:
@@ -313,6 +332,8 @@ def _read_spec(cfg, model) -> ArchSpec:
     for i, layer in enumerate(layers):  # trust the modules over the config
         if _child(layer, "linear_attn") is not None:
             types[i] = "linear"
+        elif _child(layer, "self_attn", "attn", "attention") is None or types[i] == "linear":
+            _refuse_layer_type(cfg, i, layer)
     window = None
     if "chunked" in types:
         window = int(cfg.attention_chunk_size)
@@ -328,14 +349,16 @@ def _read_spec(cfg, model) -> ArchSpec:
         head_dim, v_head_dim, kind = mla.qk_nope_head_dim + mla.qk_rope_head_dim, mla.v_head_dim, "MLA"
     else:
         head_dim = int(_get(cfg, "head_dim", default=hidden // heads))
-        v_head_dim = head_dim
-        kind = "MHA" if kv_heads == heads else ("MQA" if kv_heads == 1 else "GQA")
     _check_heads(cfg, hidden, heads, kv_heads, mla is not None)
-    if mla is not None:
+    if mla is None:
+        module_head_dim = getattr(attn, "head_dim", None)
+        if isinstance(module_head_dim, int) and module_head_dim != head_dim:
+            head_dim = module_head_dim  # the module's width wins (GPT-2 ignores a config head_dim)
+        v_head_dim = head_dim
+        kv_heads = _module_kv_heads(attn, heads, head_dim, kv_heads)
+        kind = "MHA" if kv_heads == heads else ("MQA" if kv_heads == 1 else "GQA")
+    else:
         kv_heads = heads
-    module_head_dim = getattr(attn, "head_dim", None)
-    if mla is None and isinstance(module_head_dim, int) and module_head_dim != head_dim:
-        head_dim = v_head_dim = module_head_dim  # the module's width wins (GPT-2 ignores a config head_dim)
     qkv_bias = any(n.endswith("bias") and n.split(".")[0] in ("q_proj", "k_proj", "v_proj", "c_attn", "qkv_proj", "q_a_proj", "kv_a_proj_with_mqa") for n in ap)
     out_bias = any(n.split(".")[0] in ("o_proj", "c_proj", "out_proj") and n.endswith("bias") for n in ap)
     q_proj = _child(attn, "q_proj")
