@@ -385,8 +385,8 @@ def _read_spec(cfg, model) -> ArchSpec:
     theta, scaling, frac = _rope(cfg)
     if mla is not None:
         frac = mla.qk_rope_head_dim / head_dim
-    rope_flags = getattr(cfg, "no_rope_layers", None)
-    rope = [not absolute and (bool(rope_flags[i]) if rope_flags else True) for i in range(n_layers)]
+    # NoPE layers: the attention module's own flag (classes that ignore a no_rope_layers field have none)
+    rope = [not absolute and bool(getattr(_child(l, "self_attn", "attn", "attention"), "use_rope", True)) for l in layers]
 
     # --- MLP / MoE ---
     moe = _moe(cfg, layers, hidden)
