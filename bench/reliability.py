@@ -2,7 +2,12 @@
 latency, memory returned after a simulated OOM; paths outside the allowed model folders, run ids, per-visitor
 quotas with 8 sessions, runs re-attached by id. Prints them and writes bench/results/reliability-cpu<cores>.json.
 
-    .venv/bin/python -m bench.reliability [--examples 1000] [--tokens 16]
+    .venv/bin/python -m bench.reliability [--examples 20000] [--seed N] [--tokens 16]
+    .venv/bin/python -m bench.reliability --only configs [--examples 20000]   # the config fuzz alone
+
+The config fuzz draws random mutated catalog configs (hypothesis, not derandomized; the seed is in the results)
+and holds each to: the formula count from the ArchSpec equals the meta model's, or a one-line refusal. A failure
+(a crash or a count mismatch) is printed with its minimal diff against the catalog config.
 
 Uses the helpers of tests/test_reliability.py and tests/test_runs.py, so the bench measures what the tests check.
 """
@@ -14,15 +19,20 @@ import json
 import math
 import os
 import platform
+import random
 import shutil
 import statistics
 import tempfile
 import time
+import warnings
 from pathlib import Path
+from typing import Optional
 
 import pytest
 import torch
 from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import seed as hseed
+from transformers.utils import logging as transformers_logging
 
 from backend.arch import configs
 from backend.arch.errors import ArchLabError
@@ -46,24 +56,76 @@ def _outcome(fn) -> str:
         return "crash"
 
 
-def config_mutations(examples: int) -> dict:
-    kinds, outcomes, crashes = collections.Counter(), collections.Counter(), []
+FAILURES = ("mismatch", "crash")
 
+
+def _outcome_of(d: dict) -> tuple[str, str]:
+    """(outcome, message) of config ``d``: 'ok' (counted, formula == meta model), 'refused' (one-line
+    ArchLabError), or a failure: 'mismatch' (formula != meta model) or 'crash' (anything else)."""
+    try:
+        return T.check_backend(d), ""
+    except T.CountMismatch as e:
+        return "mismatch", str(e)
+    except Exception as e:  # noqa: BLE001 - that is what we count
+        return "crash", f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}"
+
+
+def minimal_diff(key: str, d: dict, kind: str) -> dict:
+    """The smallest part of ``d``'s diff against catalog config ``key`` that still fails the same way (each
+    change reverted in turn while the failure stays)."""
+    diff = T.config_diff(key, d)
+    changed = True
+    while changed and len(diff) > 1:
+        changed = False
+        for f in list(diff):
+            trial = {k: v for k, v in diff.items() if k != f}
+            if _outcome_of(T.apply_diff(key, trial))[0] == kind:
+                diff, changed = trial, True
+    return diff
+
+
+def config_mutations(examples: int, seed: Optional[int] = None, show: int = 20) -> dict:
+    """``examples`` random mutated catalog configs (hypothesis, not derandomized; ``seed`` replays a run) through
+    config -> spec -> counts -> KV. Each failure is printed when found, with its minimal diff."""
+    seed = random.SystemRandom().getrandbits(64) if seed is None else seed
+    kinds, outcomes, failures = collections.Counter(), collections.Counter(), {}
+    t0 = time.perf_counter()
+
+    @hseed(seed)
     @settings(max_examples=examples, deadline=None, database=None, phases=[Phase.generate],
               suppress_health_check=list(HealthCheck))
     @given(T.mutated_config())
     def run(case):
-        d, ks = case
-        kinds.update(ks)
-        try:
-            outcomes[T.check_backend(d)] += 1
-        except Exception as e:  # noqa: BLE001
-            outcomes["crash"] += 1
-            crashes.append(f"{type(e).__name__}: {str(e)[:200]}")
+        kinds.update(case.kinds)
+        kind, message = _outcome_of(case.config)
+        outcomes[kind] += 1
+        if kind in FAILURES:
+            minimal = T.diff_text(case.key, minimal_diff(case.key, case.config, kind))
+            if minimal not in failures:
+                drawn = T.diff_text(case.key, T.config_diff(case.key, case.config))
+                failures[minimal] = {"kind": kind, "minimal_diff": minimal, "message": message, "drawn": drawn,
+                                     "count": 0}
+                print(f"  {kind}: {minimal}\n    {message}\n    (drawn: {drawn})", flush=True)
+            failures[minimal]["count"] += 1
+        n = sum(outcomes.values())
+        if n % 1000 == 0:
+            dt = time.perf_counter() - t0
+            print(f"  {n:,} configs in {dt:.0f} s ({n / dt:.1f}/s): {dict(outcomes)}", flush=True)
 
-    run()
-    return {"configs": sum(outcomes.values()), "mutations_by_kind": dict(kinds), "outcomes": dict(outcomes),
-            "crash_examples": crashes[:5]}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch's zero-element tensor notes on meta builds
+        level = transformers_logging.get_verbosity()
+        transformers_logging.set_verbosity_error()  # config warnings (token ids outside the vocabulary, ...)
+        try:
+            run()
+        finally:
+            transformers_logging.set_verbosity(level)
+    seconds = time.perf_counter() - t0
+    n = sum(outcomes.values())
+    return {"configs": n, "seed": seed, "seconds": seconds, "configs_per_s": n / seconds if seconds else 0.0,
+            "mutations_by_kind": dict(kinds), "outcomes": dict(outcomes),
+            "crashes": outcomes.get("crash", 0), "count_mismatches": outcomes.get("mismatch", 0),
+            "distinct_failures": len(failures), "failures": list(failures.values())[:show]}
 
 
 def direct_inputs() -> dict:
@@ -188,19 +250,23 @@ def retention_figures(sessions: int = 50, each: int = 20) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--examples", type=int, default=1000)
+    ap.add_argument("--examples", type=int, default=20_000, help="random mutated configs to try")
+    ap.add_argument("--seed", type=int, default=None, help="replay a config fuzz (its seed is in the results)")
+    ap.add_argument("--only", choices=["configs"], default=None,
+                    help="configs: run only the config fuzz and update its section of the results")
     ap.add_argument("--tokens", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=5)
     a = ap.parse_args()
     t0 = time.perf_counter()
-    fig = {"host": {"python": platform.python_version(), "torch": torch.__version__,
-                    "threads": torch.get_num_threads(), "cuda": torch.cuda.is_available()}}
-    fig["config_mutations"] = config_mutations(a.examples)
+    host = {"python": platform.python_version(), "torch": torch.__version__,
+            "threads": torch.get_num_threads(), "cuda": torch.cuda.is_available()}
+    if a.only == "configs":
+        only_configs(host, a.examples, a.seed)
+        return
+    fig = {"host": host}
+    fig["config_mutations"] = config_mutations(a.examples, a.seed)
     fig["direct_inputs"] = direct_inputs()
-    crashes = fig["config_mutations"]["outcomes"].get("crash", 0) + sum(
-        c.get("crash", 0) for c in fig["direct_inputs"].values())
-    fig["inputs_tried"] = fig["config_mutations"]["configs"] + sum(sum(c.values()) for c in fig["direct_inputs"].values())
-    fig["crashes"] = crashes
+    _totals(fig)
     c = T.concurrent_sessions([T.QWEN, T.MOE], T.PROMPTS, a.tokens)
     fig["concurrency"] = dict(c, tokens_per_run=a.tokens)
     fig["cancel"] = cancel_figures(a.repeats)
@@ -219,9 +285,7 @@ def main() -> None:
     fig["retention"] = retention_figures()
     fig["seconds"] = time.perf_counter() - t0
 
-    cm = fig["config_mutations"]
-    print(f"inputs tried: {fig['inputs_tried']:,}   crashes: {fig['crashes']}")
-    print(f"  mutated configs: {cm['configs']} ({cm['outcomes']}); mutations by kind: {cm['mutations_by_kind']}")
+    _print_inputs(fig)
     for kind, counts in fig["direct_inputs"].items():
         print(f"  {kind}: {sum(counts.values())} {counts}")
     print(f"concurrent sessions: {c['sessions']} x {c['models']} models x {a.tokens} tokens in {c['seconds']:.2f} s; "
@@ -250,10 +314,47 @@ def main() -> None:
     print(f"retention: {rt['finished_runs']} finished runs from {rt['sessions']} sessions -> {rt['kept']} kept "
           f"(limits {rt['kept_limit']} in all, {rt['kept_per_session_limit']} a session); after {rt['ttl_s']:.0f} s: "
           f"{rt['kept_after_ttl']}")
+    _write(fig, fig["seconds"])
+
+
+def _totals(fig: dict) -> None:
+    """Inputs tried, crashes and count mismatches over the config fuzz and the direct inputs."""
+    direct = fig.get("direct_inputs", {})
+    cm = fig["config_mutations"]
+    fig["inputs_tried"] = cm["configs"] + sum(sum(c.values()) for c in direct.values())
+    fig["crashes"] = cm["outcomes"].get("crash", 0) + sum(c.get("crash", 0) for c in direct.values())
+    fig["count_mismatches"] = cm["outcomes"].get("mismatch", 0)
+
+
+def _print_inputs(fig: dict) -> None:
+    cm = fig["config_mutations"]
+    print(f"inputs tried: {fig['inputs_tried']:,}   crashes: {fig['crashes']}   "
+          f"formula != meta model: {fig['count_mismatches']}")
+    print(f"  mutated configs: {cm['configs']:,} in {cm['seconds']:.0f} s, seed {cm['seed']} ({cm['outcomes']}); "
+          f"mutations by kind: {cm['mutations_by_kind']}")
+    for f in cm["failures"]:
+        print(f"    {f['kind']} x{f['count']}: {f['minimal_diff']}: {f['message']}")
+
+
+def only_configs(host: dict, examples: int, seed: Optional[int]) -> None:
+    """The config fuzz alone: its section of the results file is replaced, the other sections kept."""
+    path = RESULTS / f"reliability-cpu{os.cpu_count()}.json"
+    try:
+        fig = json.loads(path.read_text())
+    except (OSError, ValueError):
+        fig = {}
+    fig["host"] = host
+    fig["config_mutations"] = config_mutations(examples, seed)
+    _totals(fig)
+    _print_inputs(fig)
+    _write(fig, fig["config_mutations"]["seconds"])
+
+
+def _write(fig: dict, seconds: float) -> None:
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"reliability-cpu{os.cpu_count()}.json"
     out.write_text(json.dumps(fig, indent=2, default=str))
-    print(f"wrote {out} ({fig['seconds']:.0f} s)")
+    print(f"wrote {out} ({seconds:.0f} s)")
 
 
 if __name__ == "__main__":

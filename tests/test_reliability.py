@@ -1,11 +1,14 @@
 """Reliability and security (issue 6): bad input, resource guards, OOM, concurrency, cancel.
 
-The property test mutates catalog configs (delete / retype / tiny, huge, negative values / junk) and holds
-the backend to: an ArchSpec with consistent counts, or an ArchLabError; never another exception.
+The property test mutates catalog configs (delete / retype / tiny, huge, negative values / junk / plausible
+near values) and holds the backend to: an ArchSpec whose formula count equals the count of the model transformers
+builds, or an ArchLabError; never another exception. Cases a long fuzz (bench/reliability.py) found stay here as
+fixed examples (FOUND).
 """
 from __future__ import annotations
 
 import copy
+import functools
 import gc
 import json
 import math
@@ -13,10 +16,11 @@ import threading
 import time
 import tracemalloc
 import weakref
+from typing import NamedTuple
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from backend.arch import catalog, configs
@@ -33,7 +37,7 @@ from backend.arch.spec import ArchSpec
 
 # ----------------------------------------------------------------- config mutations
 
-#: Fields a mutation may add even if the base config lacks them.
+#: Fields a mutation may add even if the base config lacks them (besides those its config class defines).
 EXTRA_FIELDS = ("num_experts", "num_experts_per_tok", "n_routed_experts", "kv_lora_rank", "q_lora_rank",
                 "sliding_window", "layer_types", "head_dim", "auto_map", "trust_remote_code", "model_type",
                 "tie_word_embeddings", "rope_parameters", "n_group", "topk_group", "first_k_dense_replace",
@@ -55,35 +59,122 @@ VALUES = {
     "bool/none": st.sampled_from([True, False, None]),
     "nested junk": JUNK,
 }
-KINDS = tuple(VALUES) + ("delete", "retype")
+#: "near": a value a user might write instead (a flag flipped, a size halved, doubled or off by one, another
+#: catalog model's value of the field): such configs mostly build, so they test the counts, not only refusals.
+KINDS = tuple(VALUES) + ("delete", "retype", "near")
+#: Half the configs are mutated only plausibly (near values, deletions): most of those build and get counted.
+PLAUSIBLE = ("near", "near", "near", "delete")
+#: A deleted field in a diff against a catalog config.
+DELETED = "<deleted>"
+
+
+class Mutated(NamedTuple):
+    config: dict
+    kinds: list[str]
+    key: str  # the catalog config it was made from
+
+
+@functools.lru_cache(maxsize=None)
+def class_defaults(model_type: str) -> dict:
+    """The fields the transformers config class of a catalog model type defines, with their defaults."""
+    from transformers import CONFIG_MAPPING
+
+    return CONFIG_MAPPING[model_type]().to_dict()
+
+
+@functools.lru_cache(maxsize=None)
+def catalog_values(field: str) -> tuple:
+    """The distinct values a field takes across the catalog's configs."""
+    seen = {json.dumps(catalog.raw_config(k)[field], sort_keys=True)
+            for k in catalog.keys() if field in catalog.raw_config(k)}
+    return tuple(json.loads(v) for v in sorted(seen))
+
+
+def _near(draw, field: str, v):
+    if isinstance(v, bool) or v is None:
+        options = [not v, 1, 2]
+    elif isinstance(v, int):
+        options = [1, 2, 3, v // 2, v - 1, v + 1, v * 2]
+    elif isinstance(v, float):
+        options = [v / 2, v * 2, 0.5, 1.0]
+    elif isinstance(v, list):
+        options = [v[: len(v) // 2], v[::-1], v + v[:1]]
+    elif isinstance(v, dict):
+        options = [{k: x for k, x in v.items() if k != drop} for drop in v] or [None]
+    else:
+        options = [None]
+    return copy.deepcopy(draw(st.sampled_from(options + list(catalog_values(field)))))
 
 
 @st.composite
-def mutated_config(draw) -> tuple[dict, list[str]]:
-    """(a catalog config with 1-4 mutations, the kinds of mutation applied)."""
+def mutated_config(draw) -> Mutated:
+    """A catalog config with 1-4 mutations, the kinds of mutation applied and the catalog key."""
     key = draw(st.sampled_from(catalog.keys()))
     d = copy.deepcopy(catalog.raw_config(key))
+    defaults = class_defaults(d["model_type"])
+    extra = sorted(set(EXTRA_FIELDS) | set(defaults))
+    drawn_kinds = PLAUSIBLE if draw(st.booleans()) else KINDS
     kinds = []
     for _ in range(draw(st.integers(1, 4))):
-        field = draw(st.sampled_from(sorted(d) + [f for f in EXTRA_FIELDS if f not in d]))
-        kind = draw(st.sampled_from(KINDS))
+        field = draw(st.sampled_from(sorted(d) + [f for f in extra if f not in d]))
+        kind = draw(st.sampled_from(drawn_kinds))
         kinds.append(kind)
         if kind == "delete":
             d.pop(field, None)
-        elif kind == "retype":
+            continue
+        if kind == "retype":
             v = d.get(field)
             d[field] = draw(st.sampled_from([str(v), [v], {"v": v}] + ([float(v)] if isinstance(v, int) else [])))
+            continue
+        v = _near(draw, field, d.get(field, defaults.get(field))) if kind == "near" else draw(VALUES[kind])
+        if field in CAPS and isinstance(v, int) and not isinstance(v, bool) and CAPS[field] < v <= LIMITS.get(
+                "num_experts" if "expert" in field else field, CAPS[field]):
+            v = CAPS[field]
+        d[field] = v
+    return Mutated(d, kinds, key)
+
+
+def config_diff(key: str, d: dict) -> dict:
+    """The fields of ``d`` that differ from catalog config ``key`` (DELETED where a field was removed)."""
+    base = catalog.raw_config(key)
+    return {f: d.get(f, DELETED) for f in sorted(set(base) | set(d)) if f not in d or f not in base or base[f] != d[f]}
+
+
+def apply_diff(key: str, diff: dict) -> dict:
+    """Catalog config ``key`` with ``diff`` (from :func:`config_diff`) applied."""
+    d = copy.deepcopy(catalog.raw_config(key))
+    for f, v in diff.items():
+        if v == DELETED:
+            d.pop(f, None)
         else:
-            v = draw(VALUES[kind])
-            if field in CAPS and isinstance(v, int) and not isinstance(v, bool) and CAPS[field] < v <= LIMITS.get(
-                    "num_experts" if "expert" in field else field, CAPS[field]):
-                v = CAPS[field]
-            d[field] = v
-    return d, kinds
+            d[f] = copy.deepcopy(v)
+    return d
+
+
+def diff_text(key: str, diff: dict) -> str:
+    """A diff as one line, e.g. ``deepseek-v3 with attention_bias: true, rope_theta: <deleted>``."""
+    items = ", ".join(f"{f}: {v if v == DELETED else json.dumps(v, default=repr)[:200]}" for f, v in diff.items())
+    return f"{key} with {items or 'no change'}"
+
+
+class CountMismatch(AssertionError):
+    """The formula from the ArchSpec disagrees with the tensors of the meta model."""
+
+
+def count_mismatch(meta, formula) -> str:
+    """What differs between two ParamCounts, one line ('' when they are equal)."""
+    if meta == formula:
+        return ""
+    comps = sorted(set(meta.components) | set(formula.components))
+    diffs = [f"{c} {meta.components.get(c, 0) - formula.components.get(c, 0):+,}" for c in comps
+             if meta.components.get(c, 0) != formula.components.get(c, 0)]
+    return (f"meta model - formula: total {meta.total - formula.total:+,}, active {meta.active - formula.active:+,}"
+            + (f" ({', '.join(diffs)})" if diffs else ""))
 
 
 def check_backend(d: dict) -> str:
-    """Run config -> spec -> counts -> KV; 'ok' or 'refused'. Fails the test on anything inconsistent."""
+    """Run config -> spec -> counts -> KV; 'ok' or 'refused'. CountMismatch when a catalog class's formula count
+    differs from its meta model's; another AssertionError on anything else inconsistent."""
     try:
         load_config(d)
         spec = arch_spec(d)
@@ -97,17 +188,49 @@ def check_backend(d: dict) -> str:
     assert all(v >= 0 for v in count.components.values()), count.components
     assert 0 <= count.active <= count.total
     if spec.model_type in {catalog.raw_config(k)["model_type"] for k in catalog.keys()}:
-        assert formula_params(d) == count, (formula_params(d), count)
+        mismatch = count_mismatch(count, formula_params(d))
+        if mismatch:
+            raise CountMismatch(mismatch)
     assert kv.total_bytes >= 0 and kv.per_token_bytes >= 0
     return "ok"
 
 
+#: What the long fuzz (bench/reliability.py) found, as (catalog key, minimal diff, expected): "counted" (the
+#: formula equals the meta model's count) or the config field that the one-line refusal must name.
+FOUND = [
+    ("deepseek-v3", {"attention_bias": True, "rope_theta": DELETED}, "counted"),  # biases of MLA projections
+    ("olmo2-32b", {"num_attention_heads": 1}, "num_key_value_heads"),  # more KV heads than query heads
+    ("gpt2", {"add_cross_attention": True}, "add_cross_attention"),  # GPT-2 builds cross-attention layers
+    ("kimi-k2", {"model_type": "llama"}, "counted"),  # MLA fields in a class without latent attention
+    ("llama3-8b", {"model_type": "gpt2"}, "counted"),  # GPT-2 ignores num_key_value_heads: one KV head per head
+    ("gpt-oss-20b", {"model_type": "qwen3_next"}, "layer_types"),  # a layer type the class builds no attention for
+]
+
+
+def _with_found(test):
+    for key, diff, _ in FOUND:
+        test = example(Mutated(apply_diff(key, diff), ["found"], key))(test)
+    return test
+
+
+@_with_found
 @settings(max_examples=120, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(mutated_config())
 def test_mutated_configs_give_a_spec_or_archlaberror(case):
-    d, _kinds = case
-    check_backend(d)
+    check_backend(case.config)
+
+
+@pytest.mark.parametrize("key,diff,expect", FOUND, ids=[diff_text(k, d) for k, d, _ in FOUND])
+def test_what_the_long_fuzz_found(key, diff, expect):
+    d = apply_diff(key, diff)
+    if expect == "counted":
+        assert check_backend(d) == "ok"
+        assert count_params(d).total != count_params(key).total  # the change does change the count
+        return
+    with pytest.raises(ArchLabError) as e:
+        arch_spec(d)
+    assert f"config field {expect!r}" in str(e.value) and "\n" not in str(e.value), str(e.value)
 
 
 def _peak_bytes(fn) -> int:

@@ -81,6 +81,32 @@ def _check_sizes(d: dict[str, Any]) -> None:
                 raise ArchLabError(f"config field {name!r} = {v:,} is beyond any real model (limit {LIMITS[canon]:,})")
 
 
+def _field(d: dict[str, Any], canon: str) -> str:
+    """The name a config uses for a field (its own alias if it has one, else the canonical name)."""
+    return next((n for n in ALIASES.get(canon, (canon,)) if n in d), canon)
+
+
+def _check_heads(cfg, d: dict[str, Any]) -> None:
+    """Refuse head ratios transformers builds but that do not fit together (``d``: the config as given, for field
+    names): each KV head serves a whole group of query heads, each linear-attention key head a whole group of
+    value heads. Refuse cross-attention (decoder-only models only). Head widths are checked with the modules
+    (spec.py)."""
+    def get(name: str) -> Any:
+        v = getattr(cfg, name, None)
+        return v if isinstance(v, int) and not isinstance(v, bool) and v > 0 else None
+
+    for many, few, why in (("num_attention_heads", "num_key_value_heads", "KV head serves a group of query heads"),
+                           ("linear_num_value_heads", "linear_num_key_heads",
+                            "linear-attention key head serves a group of value heads")):
+        m, f = get(many), get(few)
+        if m and f and m % f:
+            raise ArchLabError(f"config field {_field(d, few)!r} = {f} must divide {_field(d, many)!r} = {m}: "
+                               f"each {why} of the same size")
+    if getattr(cfg, "add_cross_attention", False):
+        raise ArchLabError("config field 'add_cross_attention' must be false: ArchLab builds decoder-only models "
+                           "(cross-attention layers need an encoder)")
+
+
 def parse_config_text(text: str | bytes) -> dict[str, Any]:
     """Parse an uploaded config.json; one-line ArchLabError on anything malformed."""
     if len(text) > MAX_CONFIG_BYTES:
@@ -145,4 +171,5 @@ def build_config(canon: str):
         raise ArchLabError(f"transformers rejected this {model_type} config: "
                            f"{(str(e).splitlines() or [type(e).__name__])[0][:300]}") from None
     _check_sizes(built)
+    _check_heads(cfg, d)
     return cfg

@@ -110,7 +110,12 @@ def _attention(s: ArchSpec, layer_type: str) -> tuple[int, int]:
         else:
             q, q_norm = H * nh * qk, 0
         kv = H * (m.kv_lora_rank + m.qk_rope_head_dim) + m.kv_lora_rank * nh * (m.qk_nope_head_dim + m.v_head_dim)
-        return q + kv + nh * m.v_head_dim * H, q_norm + m.kv_lora_rank
+        params = q + kv + nh * m.v_head_dim * H
+        if s.qkv_bias:  # on the down-projections into the latents (the up-projections carry none)
+            params += (m.q_lora_rank or 0) + m.kv_lora_rank + m.qk_rope_head_dim
+        if s.out_bias:
+            params += H
+        return params, q_norm + m.kv_lora_rank
     q_out = s.num_heads * s.head_dim * (2 if s.output_gate else 1)
     kv_out = s.num_kv_heads * (s.head_dim + s.v_head_dim)
     params = H * (q_out + kv_out) + s.num_heads * s.v_head_dim * H

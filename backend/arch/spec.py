@@ -274,6 +274,37 @@ def _moe(cfg, model_layers, hidden: int) -> Optional[MoESpec]:
     )
 
 
+def _check_heads(cfg, hidden: int, heads: int, kv_heads: int, mla: bool) -> None:
+    """Refuse head layouts that transformers builds but that do not fit together: latent attention expands a
+    key and a value for every query head; without a ``head_dim`` a head is hidden_size / num_attention_heads
+    wide, so the heads must divide the hidden size. (Head ratios are checked with the config: configs.py.)"""
+    if mla and kv_heads != heads:
+        raise ArchLabError(f"config field 'num_key_value_heads' = {kv_heads} must equal 'num_attention_heads' = "
+                           f"{heads}: latent attention expands a key and a value for every query head")
+    if not mla and not _get(cfg, "head_dim") and hidden % heads:
+        raise ArchLabError(f"config field 'num_attention_heads' = {heads} must divide 'hidden_size' = {hidden}: "
+                           f"without a 'head_dim' each head is hidden_size / num_attention_heads wide")
+
+
+def _refuse_layer_type(cfg, i: int, layer) -> None:
+    """A layer whose attention module does not match its config entry (a layer_types entry the class builds no
+    attention for, or linear attention where the class builds softmax attention)."""
+    got = "linear" if _child(layer, "linear_attn") is not None else (
+        "softmax" if _child(layer, "self_attn", "attn", "attention") is not None else "no")
+    raw = getattr(cfg, "layer_types", None)
+    entry = f"config field 'layer_types' has {raw[i]!r} at layer {i}" if raw and i < len(raw) else f"layer {i}"
+    raise ArchLabError(f"{entry}, but {type(layer).__name__} builds {got} attention there")
+
+
+def _module_kv_heads(attn, heads: int, head_dim: int, config_kv_heads: int) -> int:
+    """KV heads of an attention module: its key projection's width over the head width; one per query head for
+    a fused QKV projection (GPT-2's c_attn, whose class ignores a num_key_value_heads field)."""
+    k_proj = _child(attn, "k_proj")
+    if k_proj is not None:
+        return _linear_out(k_proj) // head_dim
+    return heads if _child(attn, "c_attn") is not None else config_kv_heads
+
+
 def read_spec(cfg, model) -> ArchSpec:
     """The spec of a validated config and its meta-device model (``Architecture.spec`` keeps it)."""
     try:
@@ -294,16 +325,6 @@ def _read_spec(cfg, model) -> ArchSpec:
     kv_heads = int(_get(cfg, "num_key_value_heads", "num_kv_heads", default=heads))
 
     # --- attention ---
-    mla = None
-    if _get(cfg, "kv_lora_rank") is not None:
-        mla = MLASpec(cfg.q_lora_rank, cfg.kv_lora_rank, cfg.qk_nope_head_dim, cfg.qk_rope_head_dim, cfg.v_head_dim)
-        head_dim, v_head_dim, kind = mla.qk_nope_head_dim + mla.qk_rope_head_dim, mla.v_head_dim, "MLA"
-        kv_heads = heads
-    else:
-        head_dim = int(_get(cfg, "head_dim", default=hidden // heads))
-        v_head_dim = head_dim
-        kind = "MHA" if kv_heads == heads else ("MQA" if kv_heads == 1 else "GQA")
-
     raw_types = getattr(cfg, "layer_types", None)
     if raw_types:
         types = [LAYER_TYPES.get(t, t) for t in raw_types[:n_layers]]
@@ -313,6 +334,8 @@ def _read_spec(cfg, model) -> ArchSpec:
     for i, layer in enumerate(layers):  # trust the modules over the config
         if _child(layer, "linear_attn") is not None:
             types[i] = "linear"
+        elif _child(layer, "self_attn", "attn", "attention") is None or types[i] == "linear":
+            _refuse_layer_type(cfg, i, layer)
     window = None
     if "chunked" in types:
         window = int(cfg.attention_chunk_size)
@@ -322,9 +345,22 @@ def _read_spec(cfg, model) -> ArchSpec:
     attn_layer = next((l for l, t in zip(layers, types) if t != "linear"), layers[0])
     attn = _child(attn_layer, "self_attn", "attn", "attention")
     ap = _params(attn) if attn is not None else {}  # None: every layer is linear attention
-    module_head_dim = getattr(attn, "head_dim", None)
-    if mla is None and isinstance(module_head_dim, int) and module_head_dim != head_dim:
-        head_dim = v_head_dim = module_head_dim  # the module's width wins (GPT-2 ignores a config head_dim)
+    mla = None
+    if _child(attn, "kv_b_proj") is not None:  # latent attention: the modules say so, not the config fields
+        mla = MLASpec(cfg.q_lora_rank, cfg.kv_lora_rank, cfg.qk_nope_head_dim, cfg.qk_rope_head_dim, cfg.v_head_dim)
+        head_dim, v_head_dim, kind = mla.qk_nope_head_dim + mla.qk_rope_head_dim, mla.v_head_dim, "MLA"
+    else:
+        head_dim = int(_get(cfg, "head_dim", default=hidden // heads))
+    _check_heads(cfg, hidden, heads, kv_heads, mla is not None)
+    if mla is None:
+        module_head_dim = getattr(attn, "head_dim", None)
+        if isinstance(module_head_dim, int) and module_head_dim != head_dim:
+            head_dim = module_head_dim  # the module's width wins (GPT-2 ignores a config head_dim)
+        v_head_dim = head_dim
+        kv_heads = _module_kv_heads(attn, heads, head_dim, kv_heads)
+        kind = "MHA" if kv_heads == heads else ("MQA" if kv_heads == 1 else "GQA")
+    else:
+        kv_heads = heads
     qkv_bias = any(n.endswith("bias") and n.split(".")[0] in ("q_proj", "k_proj", "v_proj", "c_attn", "qkv_proj", "q_a_proj", "kv_a_proj_with_mqa") for n in ap)
     out_bias = any(n.split(".")[0] in ("o_proj", "c_proj", "out_proj") and n.endswith("bias") for n in ap)
     q_proj = _child(attn, "q_proj")
@@ -352,8 +388,8 @@ def _read_spec(cfg, model) -> ArchSpec:
     theta, scaling, frac = _rope(cfg)
     if mla is not None:
         frac = mla.qk_rope_head_dim / head_dim
-    rope_flags = getattr(cfg, "no_rope_layers", None)
-    rope = [not absolute and (bool(rope_flags[i]) if rope_flags else True) for i in range(n_layers)]
+    # NoPE layers: the attention module's own flag (classes that ignore a no_rope_layers field have none)
+    rope = [not absolute and bool(getattr(_child(l, "self_attn", "attn", "attention"), "use_rope", True)) for l in layers]
 
     # --- MLP / MoE ---
     moe = _moe(cfg, layers, hidden)
