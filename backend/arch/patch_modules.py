@@ -52,7 +52,8 @@ class PartialRotary(nn.Module):
 
 class NoPE:
     """Mixed into an attention class: the rotation it is handed becomes the identity (cos 1, sin 0), so the layer
-    sees no positions but the causal mask."""
+    sees no positions but the causal mask. ``use_rope`` says so, as SmolLM3's and Llama 4's attention do."""
+    use_rope = False
 
     def forward(self, *args, **kwargs):
         cos, sin = kwargs["position_embeddings"]
