@@ -306,3 +306,26 @@ def write_summary(folder: Path, summary: dict) -> Path:
 
     RunWriter(folder).write_json("summary.json", summary)
     return folder / "summary.json"
+
+
+#: training FLOP/s a stack of miniatures reaches, by device kind, for the estimate before an ablation starts:
+#: measured with bench/train.py --sweep (docs/performance.md): an H100 (bf16, CUDA graphs, 15 runs of 1 M
+#: parameters, batch 64 × 256) and this 2-core CPU (fp32, tiny preset)
+RATES = {"cuda": 17e12, "cpu": 3e9}
+
+
+def estimate(plan_: Plan, sized: Sequence, device: str) -> dict:
+    """How long the ablation would train on ``device`` (``cuda`` or ``cpu``): training FLOPs of every run (6 ×
+    parameters + attention, ``budget.flops_per_token``) over the measured rate of stacked miniatures there. An
+    estimate for deciding before starting, not a promise."""
+    from .budget import flops_per_token
+
+    r = plan_.spec.recipe
+    per_model = [flops_per_token(s.arch, r.seq_len) if s is not None and not isinstance(s, Exception) else 0.0
+                 for s in sized]
+    total = sum(per_model[m["model"]] * r.tokens for m in plan_.run.members)
+    kind = "cuda" if str(device).startswith("cuda") else "cpu"
+    seconds = total / RATES[kind]
+    return {"flops": total, "seconds": seconds, "device": kind, "rate": RATES[kind],
+            "basis": f"{total:.3g} training FLOPs at ~{RATES[kind]:.2g} FLOP/s, the rate of stacked miniatures "
+                     f"measured on {'an H100' if kind == 'cuda' else 'a 2-core CPU'} (bench/train.py --sweep)"}
