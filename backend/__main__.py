@@ -19,7 +19,7 @@ from .arch import catalog
 from .arch.architecture import Architecture, resolve
 from .arch.configs import parse_config_text
 from .arch.errors import ArchLabError
-from .train import ablate_cli
+from .train import ablate_cli, findings_cli
 from .train import cli as train_cli
 
 GB = 1e9
@@ -203,12 +203,15 @@ def main(argv: list[str] | None = None) -> int:
     ss.add_argument("--fp8-tflops", type=float, default=None, help="custom GPU: dense fp8 TFLOP/s")
     train_cli.add_parser(sub)
     ablate_cli.add_parser(sub)
+    findings_cli.add_parser(sub)
     try:
         a = p.parse_args(argv)
         if a.cmd == "train":
             return train_cli.run(a)
         if a.cmd == "ablate":
             return ablate_cli.run(a)
+        if a.cmd == "findings":
+            return findings_cli.run(a)
         if a.cmd == "list":
             rows = list_rows()
         elif a.cmd == "params":

@@ -4,6 +4,7 @@
     python bench/train.py --gpu [--budget 5M] [--steps 30] [--variants default,stock,compile] [--concurrent 8]
     python bench/train.py --zoo                 # retrain the shipped zoo (GPU) and check its validation losses
     python bench/train.py --experts-ab          # ms per step: the trainer's experts vs transformers' grouped_mm
+    python bench/train.py --sweep [--gpu]       # many runs at once: one run at a time vs stacked (see sweep())
 
 Per architecture (sized by backend.train.budget to the same budget, batch 64 × 256 on a GPU): steps/s of the
 trainer's own step (``backend.train.trainer.Member``), tokens/s, and MFU = training FLOPs per token
@@ -304,6 +305,129 @@ def saved_for_backward(row: dict, recipe, device) -> dict:
     return {"saved_bytes": saved.peak, "saved_weight_copy_bytes": saved.peak_copies, "step_start_bytes": int(start)}
 
 
+#: the sweep of the sweeps benchmark: OLMo 2's norm placement × QK-Norm, 5 learning rates from 1e-3 to 3e-1, 3 seeds
+SWEEP_VARY = (("norm", ("pre", "post")), ("qk_norm", ("off", "on")))
+SWEEP_LRS = (0.001, 0.004, 0.017, 0.07, 0.3)
+
+
+def _timed(step, n: int, device) -> float:
+    """Seconds per call of ``step`` over ``n`` calls (device synchronised at both ends)."""
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    for _ in range(n):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return (time.perf_counter() - t0) / n
+
+
+def sweep_rates(recipe, lrs, seeds, steps: int, device, base: str = "olmo2-7b", vary=SWEEP_VARY,
+                modes=("alone", "alone-graph", "stacked")) -> dict:
+    """Per cell of an ablation: tokens/s of its runs trained one at a time (the single-model trainer, as runs
+    took turns before stacking), of one run as a stack of one (the CUDA-graph step), and of all the cell's runs as
+    one stack; each after warm-up steps, timed over ``steps`` steps on the same device in this process. The
+    minutes for the whole sweep (every run × ``recipe.tokens``) follow from the rates."""
+    from dataclasses import replace
+
+    import torch
+
+    from backend.train import budget, data
+    from backend.train.ablation import AblationSpec, plan
+    from backend.train.stack import Stack
+    from backend.train.sweep import max_runs
+    from backend.train.trainer import Member
+
+    d = data.corpus_data()
+    spec = AblationSpec(base, vary, lrs, seeds, recipe, str(device))
+    p = plan(spec)
+    shape = dict(seq_len=recipe.seq_len, vocab=d.vocab_size, eos=0, pad=1, max_positions=max(1024, recipe.seq_len),
+                 max_total=recipe.max_total, layers=recipe.layers, min_head_dim=recipe.min_head_dim)
+    from backend.live.tokenizer import load_offline
+
+    tok = load_offline()
+    shape.update(eos=tok.eos_token_id, pad=tok.pad_token_id)
+    sized = p.sizer()(recipe.budget, recipe.budget_metric, **shape)
+    peak = _peak_flops()
+    rows, runs_per_cell = [], len(lrs) * len(seeds)
+    for cell in p.cells:
+        s = sized[cell.model]
+        recipes = [replace(recipe, lr=lr, seed=seed) for lr in lrs for seed in seeds]
+        streams = {r.seed: data.BatchStream(d.train, recipe.batch, recipe.seq_len, r.seed) for r in recipes}
+        fpt = budget.flops_per_token(s.arch, recipe.seq_len)
+        row = {"cell": cell.name, "runs": runs_per_cell, "nonemb_active": s.value, "flops_per_token": fpt}
+        if "alone" in modes:
+            m = Member(cell.name, s, recipes[0], device).start()
+            step = lambda: m.train_step(streams[m.recipe.seed][m.step])  # noqa: E731
+            for _ in range(3):
+                step()
+            sec = _timed(step, steps, device)
+            row["alone_tok_s"] = recipe.batch * recipe.seq_len / sec
+            m.close()
+        if "alone-graph" in modes:
+            st = Stack(s, recipes[:1], ["x"], device)
+            step = lambda: st.train_step([streams[st.runs[0].recipe.seed][st.step]])  # noqa: E731
+            for _ in range(6):
+                step()
+            sec = _timed(step, steps, device)
+            row["alone_graph_tok_s"], row["alone_graph_step"] = recipe.batch * recipe.seq_len / sec, st.graph_note
+            st.close()
+        if "stacked" in modes:
+            most = max_runs(s, recipe, device)
+            chunk = recipes[:most]
+            st = Stack(s, chunk, [f"r{i}" for i in range(len(chunk))], device)
+            step = lambda: st.train_step([streams[r.recipe.seed][st.step] for r in st.runs])  # noqa: E731
+            for _ in range(6):
+                step()
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            sec = _timed(step, steps, device)
+            row.update({"stacked_tok_s": len(chunk) * recipe.batch * recipe.seq_len / sec, "stack_runs": len(chunk),
+                        "stacked_step": st.graph_note, "stacked_step_ms": sec * 1e3,
+                        "stacked_peak_bytes": int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None})
+            st.close()
+        for k in ("alone", "alone_graph", "stacked"):
+            if f"{k}_tok_s" in row:
+                row[f"{k}_mfu"] = fpt * row[f"{k}_tok_s"] / peak if peak else None
+                row[f"{k}_minutes"] = runs_per_cell * recipe.tokens / row[f"{k}_tok_s"] / 60
+        rows.append(row)
+        print("  " + "  ".join(f"{k} {v:,.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()), flush=True)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    total = {k: sum(r[f"{k}_minutes"] for r in rows) for k in ("alone", "alone_graph", "stacked")
+             if all(f"{k}_minutes" in r for r in rows)}
+    tok = {k: len(rows) * runs_per_cell * recipe.tokens / (total[k] * 60) for k in total}
+    return {"base": base, "vary": [list(x) for x in vary], "lrs": list(lrs), "seeds": list(seeds),
+            "runs": len(rows) * runs_per_cell, "tokens_per_run": recipe.tokens, "steps_timed": steps,
+            "recipe": recipe.as_dict(), "cells": rows, "sweep_minutes": total, "sweep_tok_s": tok,
+            "speedup_stacked_vs_alone": total["alone"] / total["stacked"] if "alone" in total and "stacked" in total else None}
+
+
+def sweep_end_to_end(recipe, lrs, seeds, base: str = "olmo2-7b", vary=SWEEP_VARY, device: str = "cpu") -> dict:
+    """The whole ablation through the app's path (``TrainingRun``: sizing, training, validation, checkpoints),
+    stacked and then one run at a time, wall-clock seconds each, the same recipe."""
+    from backend.train.ablation import AblationSpec, plan
+    from backend.train.runner import TrainingRun
+
+    out = {"base": base, "vary": [list(x) for x in vary], "lrs": list(lrs), "seeds": list(seeds),
+           "recipe": recipe.as_dict()}
+    for stacked in (True, False):
+        p = plan(AblationSpec(base, vary, lrs, seeds, recipe, device))
+        t0 = time.perf_counter()
+        run = TrainingRun(p.run, sizer=p.sizer(), stacked=stacked).start()
+        run.join()
+        v = run.view()
+        key = "stacked" if stacked else "one_at_a_time"
+        out[key] = {"seconds": time.perf_counter() - t0, "status": v.status, "runs": len(v.models),
+                    "finished": sum(m.status == "finished" for m in v.models),
+                    "val_losses": {m.key: m.val_loss for m in v.models}}
+        print(f"  {key}: {out[key]['seconds']:.0f} s, {out[key]['finished']}/{out[key]['runs']} finished", flush=True)
+    out["speedup"] = out["one_at_a_time"]["seconds"] / out["stacked"]["seconds"]
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--gpu", action="store_true")
@@ -320,6 +444,11 @@ def main() -> int:
     ap.add_argument("--zoo", action="store_true", help="retrain the shipped zoo (seed 0) and check its validation losses")
     ap.add_argument("--processes", type=int, default=8)
     ap.add_argument("--experts-ab", action="store_true", help="the trainer's experts vs transformers' grouped_mm")
+    ap.add_argument("--sweep", action="store_true",
+                    help="OLMo 2's 2 × 2 (norm × QK-Norm) sweep: one run at a time vs stacked (GPU: rates and minutes "
+                         "at 1M parameters × 10M tokens, 5 learning rates × 3 seeds, and a DeepSeek MoE sweep; "
+                         "CPU: the tiny preset end to end, 2 learning rates × 2 seeds)")
+    ap.add_argument("--tokens", default=None, help="tokens per run (sweep)")
     a = ap.parse_args()
     import torch
 
@@ -329,7 +458,22 @@ def main() -> int:
     import transformers
 
     out["transformers"] = transformers.__version__
-    if a.experts_ab:
+    if a.sweep:
+        if a.gpu:
+            if not torch.cuda.is_available():
+                print("no CUDA GPU", file=sys.stderr)
+                return 2
+            dev = torch.device("cuda")
+            recipe = preset("small", budget=parse_amount(a.budget or "1M"), tokens=int(parse_amount(a.tokens or "10M")),
+                            batch=64, seq_len=256)
+            out["sweep"] = sweep_rates(recipe, SWEEP_LRS, (0, 1, 2), a.steps, dev)
+            out["moe_sweep"] = sweep_rates(recipe, (1e-3, 3e-3, 1e-2, 3e-2, 1e-1), (0, 1, 2), a.steps, dev,
+                                           base="deepseek-v3", vary=(("shared_expert", ("on",)),),
+                                           modes=("alone", "stacked"))
+        else:
+            recipe = preset("tiny", **({"tokens": int(parse_amount(a.tokens))} if a.tokens else {}))
+            out["sweep_cpu"] = sweep_end_to_end(recipe, (3e-3, 1e-1), (0, 1))
+    elif a.experts_ab:
         out["experts_ab"] = experts_ab(a.models.split(",") if a.models else ("qwen3-30b-a3b", "deepseek-v3", "gpt-oss-20b"))
     elif a.zoo:
         out["zoo_check"] = zoo_check(a.processes, only=tuple(a.models.split(",")) if a.models else ())

@@ -19,6 +19,7 @@ Value syntax (``--vary axis=v1,v2``; knobs after ``:``):
 - ``shared_expert``: ``on`` | ``off``
 - ``attention_pattern``: ``global`` | ``L:G`` (L sliding-window layers, then G global) | ``sliding``, each with
   ``[:window=W]``
+- ``mixer``: ``attention`` | ``L:G`` (L linear-attention layers, then G attention layers) | ``linear``
 - ``tied``: ``on`` | ``off``
 - any other field of the base's config: ``key=v1,v2`` (values read as JSON where they parse)
 
@@ -472,6 +473,36 @@ def _apply_pattern(c: _Ctx, v: str) -> None:
             c.d["use_sliding_window"] = True
 
 
+def _parse_mixer(v: str) -> str:
+    if v in ("attention", "linear"):
+        return v
+    parts = v.split(":")
+    if len(parts) == 2:
+        return f"{_int(parts[0])}:{_int(parts[1])}"
+    raise ValueError(v)
+
+
+def _read_mixer(s: ArchSpec) -> str:
+    linear = [layer.attention == "linear" for layer in s.layers]
+    if not any(linear):
+        return "attention"
+    if all(linear):
+        return "linear"
+    unit = linear[:_period(linear)]
+    return f"{sum(unit)}:{len(unit) - sum(unit)}"
+
+
+def _apply_mixer(c: _Ctx, v: str) -> None:
+    if c.spec.linear is None or not c.has("layer_types"):
+        raise _Refused(f"{c.cls} has no linear-attention layers (no linear_attention in layer_types)")
+    if v in ("attention", "linear"):
+        c.d["layer_types"] = [f"{'full' if v == 'attention' else 'linear'}_attention"] * c.layers
+    else:
+        n_linear, n_full = (int(x) for x in v.split(":"))
+        unit = ["linear_attention"] * n_linear + ["full_attention"] * n_full
+        c.d["layer_types"] = [unit[i % len(unit)] for i in range(c.layers)]
+
+
 def _apply_tied(c: _Ctx, v: str) -> None:
     c.d["tie_word_embeddings"] = v == "on"
 
@@ -515,6 +546,10 @@ AXES: dict[str, Axis] = {a.name: a for a in (
          f"the window W defaults to the base's, else {DEFAULT_WINDOW}",
          "layer_types and sliding_window (classes without layer_types: all layers or none)",
          (), _parse_pattern, _read_pattern, _apply_pattern, _matches_pattern),
+    Axis("mixer", ("attention", "L:G", "linear"), ("attention", "3:1", "linear"),
+         "token mixer of a linear-attention hybrid: softmax attention in every layer, L linear-attention layers "
+         "then G attention layers (Qwen3-Next 3:1), or linear attention in every layer",
+         "layer_types (classes with linear_attention layers)", (), _parse_mixer, _read_mixer, _apply_mixer),
     Axis("tied", ("on", "off"), ("on", "off"), "the LM head shares the input embedding matrix",
          "tie_word_embeddings", (), _parse_choice("on", "off"), _read_tied, _apply_tied),
 )}
