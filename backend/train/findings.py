@@ -149,9 +149,9 @@ def thin_curves(metrics: pd.DataFrame, points: int = CURVE_POINTS) -> pd.DataFra
 # ----------------------------------------------------------------- training a claim
 
 def run_claim(name: str, mode: str = "full", device: str = "auto", out: Optional[Path] = None,
-              log: Callable[[str], None] = print, cancel=None) -> dict:
-    """Train every ablation of claim ``name`` (the ``mode`` recipe) and judge it; the evidence goes to ``out``
-    (default: the run folders' parent under the runs dir, ``findings/<claim>/<mode>``). Returns the verdict."""
+              log: Callable[[str], None] = print, cancel=None, only: Optional[list] = None) -> dict:
+    """Train the ablations of claim ``name`` (every one, or those named in ``only``; the ``mode`` recipe) and judge
+    it; the evidence goes to ``out`` (default: ``findings/<claim>/<mode>`` under the runs dir). Returns the verdict."""
     from ..live.roots import runs_dir
     from .runner import TrainingRun
     from .store import read_run
@@ -159,7 +159,13 @@ def run_claim(name: str, mode: str = "full", device: str = "auto", out: Optional
     c = claim(name)
     out = out or runs_dir() / "findings" / c.name / mode
     evidence = {}
+    if only:
+        unknown = sorted(set(only) - {a["name"] for a in c.ablations})
+        if unknown:
+            raise ArchLabError(f"claim {c.name} has no ablation {', '.join(unknown)}")
     for a in c.ablations:
+        if only and a["name"] not in only:
+            continue
         spec = ablation_spec(c, a["name"], mode, device)
         p = plan(spec)
         log(f"{c.name}/{a['name']} ({mode}): {len(p.cells)} cells × {len(spec.lrs)} lrs × {len(spec.seeds)} seeds = "
@@ -329,8 +335,11 @@ def judge(c: Claim, evidence: dict[str, Evidence]) -> dict:
         else:
             overall = "inconclusive at this scale"
     seeds = sorted({len(ev.spec.seeds) for ev in evidence.values()})
+    missing = [a["name"] for a in c.ablations if a["name"] not in evidence]
+    if missing and overall != "not run":
+        overall += f" (not run: {', '.join(missing)})"
     return {"claim": c.name, "verdict": overall, "sanity": checks, "comparisons": comps,
-            "ablations": sorted(evidence), "seeds": seeds}
+            "ablations": sorted(evidence), "not_run": missing, "seeds": seeds}
 
 
 def _num(x) -> bool:

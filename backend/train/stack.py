@@ -446,8 +446,11 @@ class Stack:
             self.peak_bytes = int(torch.cuda.max_memory_allocated(self.device))
 
     def close(self) -> None:
+        """Free the stack: weights, optimizer state, the captured graph and its memory pool, the input buffers."""
         if self.routers is not None:
             self.routers.remove()
         vmapped.forget(self.base)
         self.params = self.buffers = {}
+        self.optimizer = self.graph = self.inputs = self._host = None
+        self._events, self._log = [], {"loss": [], "grad_norm": []}
 

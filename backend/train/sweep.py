@@ -9,7 +9,8 @@ which on a GPU still gains the CUDA-graph step). Stacks larger than the device's
 curves advance together. Each run reports as a model of the run does: its losses, validation losses, gradient
 norm before clipping, sampled largest attention logit per layer and output log-partition, routers' load; at
 the end its checkpoint, its row of the final table, and whether it diverged (a loss that was not finite: the
-run is then taken out of its stack, and its row says so; the others go on).
+run is then taken out of its stack, and its row says so; the others go on). Stacks that do not fit the device
+together train in waves: a stack starts when the memory of a finished one is free.
 """
 from __future__ import annotations
 
@@ -57,6 +58,7 @@ class _Unit:
     stack: Stack
     index: list[int]
     jobs: list
+    bytes: int = 0                                    # its runs' training-memory estimate
     init_loss: list = field(default_factory=list)
     grad_norms: dict = field(default_factory=dict)    # run index -> every step's gradient norm
     losses: dict = field(default_factory=dict)        # run index -> every step's training loss
@@ -69,31 +71,41 @@ def plan(jobs: list[tuple[int, Sized, Any]], device) -> list[list[tuple[int, Siz
     for job in jobs:
         _, s, recipe = job
         groups.setdefault((s.arch.canon, stack_key(recipe)), []).append(job)
+    budget = memory_budget(device)
     out = []
     for group in groups.values():
-        most = max_runs(group[0][1], group[0][2], device)
+        most = max(1, int(budget // max(run_bytes(group[0][1], group[0][2], device), 1)))
         out += [group[k:k + most] for k in range(0, len(group), most)]
     return out
 
 
-def max_runs(sized: Sized, recipe, device) -> int:
-    """How many runs of ``sized`` fit one stack on ``device`` (from the training-memory estimate per run)."""
-    import torch
-
+def run_bytes(sized: Sized, recipe, device) -> int:
+    """Training memory of one run of ``sized`` (the training-memory estimate, ``arch.train_memory``)."""
     from ..arch.train_memory import training_memory
 
     try:
-        per_run = training_memory(sized.arch, recipe.batch, recipe.seq_len,
-                                  "bf16" if device.type == "cuda" and recipe.precision != "fp32" else "fp32").total
+        return training_memory(sized.arch, recipe.batch, recipe.seq_len,
+                               "bf16" if device.type == "cuda" and recipe.precision != "fp32" else "fp32").total
     except ArchLabError:
-        return 1
+        return 0
+
+
+def memory_budget(device) -> int:
+    """Bytes the run's stacks may hold at once: a share of the device's free memory (RAM on the CPU)."""
+    import torch
+
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
     else:
         import os
 
         free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    return max(1, int(MEMORY_SHARE * free // max(per_run, 1)))
+    return int(MEMORY_SHARE * free)
+
+
+def max_runs(sized: Sized, recipe, device) -> int:
+    """How many runs of ``sized`` fit one stack on ``device``."""
+    return max(1, int(memory_budget(device) // max(run_bytes(sized, recipe, device), 1)))
 
 
 def train_stacked(jobs: list[tuple[int, Sized, Any]], keys: list[str], spec: RunSpec, data, task, device, sink,
@@ -105,14 +117,12 @@ def train_stacked(jobs: list[tuple[int, Sized, Any]], keys: list[str], spec: Run
 
     r = spec.recipe
     ctx = _Context(sink, folder, data, task, started)
-    units: list[_Unit] = []
-    for group in plan(jobs, device):
-        units += _build(group, keys, device, sink)
+    pending = plan(jobs, device)
+    budget = memory_budget(device)
     streams = {}
     if data is not None:
-        for u in units:
-            for _, _, rec in u.jobs:
-                streams.setdefault(rec.seed, BatchStream(data.train, r.batch, r.seq_len, rec.seed))
+        for _, _, rec in jobs:
+            streams.setdefault(rec.seed, BatchStream(data.train, r.batch, r.seq_len, rec.seed))
     eval_windows = validation_windows(data.validation, r.seq_len, r.eval_windows) if data is not None else None
     probe_eval = _probe_eval_batch(task, r) if task is not None else None
     every = max(5, r.steps // STABILITY_SAMPLES)
@@ -124,9 +134,24 @@ def train_stacked(jobs: list[tuple[int, Sized, Any]], keys: list[str], spec: Run
     def validate(u: _Unit) -> np.ndarray:
         return u.stack.loss_on(eval_windows) if eval_windows is not None else u.stack.probe_loss(probe_eval)
 
-    for u in units:  # the loss at initialisation (LR sensitivity and divergence are judged against it)
-        u.init_loss = [float(x) for x in validate(u)]
-    active = list(units)
+    def start(units_now: list) -> list[_Unit]:
+        """Stacks of the pending groups while they fit the memory budget beside the running ones (at least one)."""
+        used = sum(u.bytes for u in units_now)
+        out = []
+        while pending and not cancel.is_set():
+            g = pending[0]
+            need = sum(run_bytes(j[1], j[2], device) for j in g)
+            if (units_now or out) and used + need > budget:
+                break
+            pending.pop(0)
+            for u in _build(g, keys, device, sink):
+                u.bytes = need * len(u.jobs) // len(g)
+                u.init_loss = [float(x) for x in validate(u)]  # LR sensitivity and divergence are judged against it
+                out.append(u)
+            used += need
+        return out
+
+    active = start([])
     last_flush = time.monotonic()
     while active and not cancel.is_set():
         for u in list(active):
@@ -145,15 +170,20 @@ def train_stacked(jobs: list[tuple[int, Sized, Any]], keys: list[str], spec: Run
                 active.remove(u)
                 split = _split_after_failure(u, e, keys, device, sink)
                 for v in split:
+                    v.bytes = u.bytes * len(v.jobs) // max(1, len(u.jobs))
                     v.init_loss = [float(x) for x in validate(v)]
                 active += split
                 continue
             if u.stack is not None and st.step >= r.steps:
                 active.remove(u)
                 _finish(u, ctx, stopped=False)
+                _release(device)
+                active += start(active)
             elif u.stack is not None and not u.index:  # every run of it diverged
                 active.remove(u)
                 st.close()
+                _release(device)
+                active += start(active)
         if time.monotonic() - last_flush >= FLUSH_S:
             for u in active:
                 _flush(u, None, ctx)
@@ -161,6 +191,17 @@ def train_stacked(jobs: list[tuple[int, Sized, Any]], keys: list[str], spec: Run
     for u in active:  # stopped: keep what they learned
         _flush(u, None, ctx)
         _finish(u, ctx, stopped=True)
+    for group in pending:  # never started: stopped before their turn
+        for i, *_ in group:
+            sink.model(i, status="stopped", error="stopped before it started")
+
+
+def _release(device) -> None:
+    """Give a finished stack's memory (its CUDA graph's pool too) back before the next one starts."""
+    if device.type == "cuda":
+        import torch
+
+        torch.cuda.empty_cache()
 
 
 def _build(group: list, keys: list[str], device, sink) -> list[_Unit]:

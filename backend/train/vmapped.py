@@ -9,7 +9,8 @@ product), but two have no efficient batching rule:
   calls the fused kernel once; autograd records that call, so the backward is the kernel's own.
 - **MoE experts.** The token-sorted grouped GEMMs (``experts.py``) depend on data (how many tokens each expert
   got). Their vmap rule folds the runs into the experts: run r's expert e becomes expert ``r·E + e``, every
-  run's tokens are sorted together, and one set of grouped GEMMs serves all runs.
+  run's tokens are sorted together, and one set of grouped GEMMs serves all runs (in chunks of runs when R·E
+  would exceed the grouped GEMM's 1,024 groups).
 
 Both are registered with transformers (``AttentionInterface``, its mask interface, ``ExpertsInterface``) under
 names that a stacked model's config selects. Attention sinks (gpt-oss) and logit soft-capping take an explicit
@@ -165,21 +166,30 @@ def _(hidden, index, weights, up, down, up_bias, down_bias, module):
     return hidden.new_empty(hidden.shape)
 
 
+#: grouped GEMMs take at most this many groups (torch._grouped_mm on a GPU): runs are folded in chunks below it
+MAX_GROUPS = 1024
+
+
 @_experts_op.register_vmap
 def _(info, in_dims, hidden, index, weights, up, down, up_bias, down_bias, module):
     from .experts import grouped
 
     runs = info.batch_size
     hd, xd, wd, ud, dd, ubd, dbd = in_dims[:7]
-    experts = up.shape[1 if ud == 0 else 0] if ud is not None else up.shape[0]
-    x = _fold(hidden, hd, runs)
-    n = x.shape[0] // runs
-    idx = index.movedim(xd, 0) if xd is not None else index.unsqueeze(0).expand(runs, *index.shape)
-    idx = (idx + experts * torch.arange(runs, device=idx.device).view(runs, 1, 1)).reshape(runs * n, -1)
-    folded = [_fold(t, d, runs) if d is not None else (None if t is None else t.repeat(runs, *[1] * (t.dim() - 1)))
-              for t, d in ((up, ud), (down, dd), (up_bias, ubd), (down_bias, dbd))]
-    out = grouped(_EXPERT_MODULES[module], x, idx, _fold(weights, wd, runs), *folded)
-    return out.reshape(runs, n, *out.shape[1:]), 0
+    moved = [None if t is None else (t.movedim(d, 0) if d is not None else t.unsqueeze(0).expand(runs, *t.shape))
+             for t, d in ((hidden, hd), (index, xd), (weights, wd), (up, ud), (down, dd), (up_bias, ubd),
+                          (down_bias, dbd))]
+    experts = moved[3].shape[1]
+    per_chunk = max(1, MAX_GROUPS // experts)
+    outs = []
+    for lo in range(0, runs, per_chunk):  # run r's expert e becomes expert (r - lo)·E + e of its chunk
+        x, idx, w, *weights_ = [None if t is None else t[lo:lo + per_chunk] for t in moved]
+        n_runs, n = x.shape[0], x.shape[1]
+        idx = (idx + experts * torch.arange(n_runs, device=idx.device).view(n_runs, 1, 1)).reshape(n_runs * n, -1)
+        folded = [None if t is None else t.reshape(n_runs * t.shape[1], *t.shape[2:]) for t in weights_]
+        out = grouped(_EXPERT_MODULES[module], x.reshape(n_runs * n, -1), idx, w.reshape(n_runs * n, -1), *folded)
+        outs.append(out.reshape(n_runs, n, *out.shape[1:]))
+    return torch.cat(outs) if len(outs) > 1 else outs[0], 0
 
 
 def experts_forward(self, hidden_states: torch.Tensor, top_k_index: torch.Tensor,
