@@ -449,6 +449,7 @@ def main() -> int:
                          "at 1M parameters × 10M tokens, 5 learning rates × 3 seeds, and a DeepSeek MoE sweep; "
                          "CPU: the tiny preset end to end, 2 learning rates × 2 seeds)")
     ap.add_argument("--tokens", default=None, help="tokens per run (sweep)")
+    ap.add_argument("--sweep-parts", default="olmo2,moe", help="GPU sweep parts: olmo2 (the 2 × 2), moe (DeepSeek)")
     a = ap.parse_args()
     import torch
 
@@ -466,10 +467,13 @@ def main() -> int:
             dev = torch.device("cuda")
             recipe = preset("small", budget=parse_amount(a.budget or "1M"), tokens=int(parse_amount(a.tokens or "10M")),
                             batch=64, seq_len=256)
-            out["sweep"] = sweep_rates(recipe, SWEEP_LRS, (0, 1, 2), a.steps, dev)
-            out["moe_sweep"] = sweep_rates(recipe, (1e-3, 3e-3, 1e-2, 3e-2, 1e-1), (0, 1, 2), a.steps, dev,
-                                           base="deepseek-v3", vary=(("shared_expert", ("on",)),),
-                                           modes=("alone", "stacked"))
+            parts = a.sweep_parts.split(",")
+            if "olmo2" in parts:
+                out["sweep"] = sweep_rates(recipe, SWEEP_LRS, (0, 1, 2), a.steps, dev)
+            if "moe" in parts:
+                out["moe_sweep"] = sweep_rates(recipe, (1e-3, 3e-3, 1e-2, 3e-2, 1e-1), (0, 1, 2), a.steps, dev,
+                                               base="deepseek-v3", vary=(("shared_expert", ("on",)),),
+                                               modes=("alone", "stacked"))
         else:
             recipe = preset("tiny", **({"tokens": int(parse_amount(a.tokens))} if a.tokens else {}))
             out["sweep_cpu"] = sweep_end_to_end(recipe, (3e-3, 1e-1), (0, 1))

@@ -59,7 +59,7 @@ class StackedAdamW:
             g = p.grad
             if g is None:
                 continue
-            g = torch.where(_per_run(finite, g), g, torch.zeros_like(g))
+            g.masked_fill_(~_per_run(finite, g), 0.0)  # in place: a run that is not finite takes no step
             if self.decays[name]:
                 p.mul_(1 - _per_run(lr * weight_decay * move, p))
             m, v = self.exp_avg[name], self.exp_avg_sq[name]

@@ -166,8 +166,8 @@ def _(hidden, index, weights, up, down, up_bias, down_bias, module):
     return hidden.new_empty(hidden.shape)
 
 
-#: grouped GEMMs take at most this many groups (torch._grouped_mm on a GPU): runs are folded in chunks below it
-MAX_GROUPS = 1024
+#: grouped GEMMs take fewer than 1,024 groups (torch._grouped_mm on a GPU): runs are folded in chunks of at most this
+MAX_GROUPS = 1023
 
 
 @_experts_op.register_vmap
