@@ -106,7 +106,7 @@ def _form() -> Optional[tuple[AblationSpec, _train_form.Chosen]]:
             with col:
                 chosen.append((axis, _axis_values(base, axis, own[axis])))
     free = st.text_area("Other fields to vary, one `key=v1,v2` per line (optional)", key=f"{PREFIX}_free",
-                        height=68, placeholder="rope_theta=10000,500000\nwarmup=0.01,0.1",
+                        height=68, placeholder="rms_norm_eps=1e-6,1e-5\nwarmup=0.01,0.1",
                         help="Any field of the base's config (values read as JSON), or a per-run recipe field: "
                         + ", ".join(RECIPE_AXES) + ". Every line is one more factor of the factorial.")
     c1, c2, c3, c4 = st.columns([2, 2, 1, 1])

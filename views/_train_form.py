@@ -10,7 +10,7 @@ from typing import Optional
 
 import streamlit as st
 
-from backend.present.text import md
+from backend.present.text import amount, md
 from backend.train import data as data_mod
 from backend.train.recipe import PRESETS, Recipe, parse_amount, preset
 
@@ -49,7 +49,7 @@ def _keys(prefix: str, name: str) -> dict[str, str]:
 
 def _defaults(prefix: str, name: str, r: Recipe) -> dict[str, object]:
     k = _keys(prefix, name)
-    return {k["budget"]: f"{r.budget / 1e6:g}M", k["tokens"]: f"{r.tokens / 1e6:g}M", k["batch"]: r.batch,
+    return {k["budget"]: amount(r.budget), k["tokens"]: amount(r.tokens), k["batch"]: r.batch,
             k["seq"]: r.seq_len, k["layers"]: r.layers, k["lr"]: r.lr, k["warm"]: r.warmup,
             k["wd"]: r.weight_decay, k["z"]: r.z_loss}
 

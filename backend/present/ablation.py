@@ -414,6 +414,8 @@ DASHES = ("solid", "dash", "dot", "dashdot", "longdash", "longdashdot")
 
 def shade(color: str, amount: float) -> str:
     """``color`` (#rrggbb) mixed with white by ``amount`` (0: unchanged)."""
+    if amount <= 0:
+        return color
     r, g, b = (int(color[i:i + 2], 16) for i in (1, 3, 5))
     return "#" + "".join(f"{round(x + (255 - x) * amount):02x}" for x in (r, g, b))
 
