@@ -24,7 +24,8 @@ LINKED = abl.AblationSpec("olmo2-7b", (("qk_norm", ("off", "on")), ("norm", ("pr
                           "cpu", "olmo 2 question")
 #: the tiny ablation trained for the results tests: 2 cells × 2 learning rates × 2 seeds, 16 steps each
 TINY = abl.AblationSpec("olmo2-7b", (("qk_norm", ("off", "on")),), (1e-3, 1e-2), (0, 1),
-                        preset("tiny", budget=50_000, layers=2, batch=4, seq_len=32, tokens=2048, eval_windows=4), "cpu")
+                        preset("tiny", budget=50_000, layers=2, batch=4, seq_len=32, tokens=2048, eval_windows=4),
+                        "cpu")
 
 
 def page(**query) -> AppTest:
