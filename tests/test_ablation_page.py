@@ -6,7 +6,6 @@ import os
 import shutil
 
 import pytest
-from streamlit.testing.v1 import AppTest
 
 from backend.arch.errors import ArchLabError
 from backend.arch.variants import make_variant
@@ -14,8 +13,8 @@ from backend.present import ablation as ab
 from backend.train import ablation as abl
 from backend.train.recipe import preset
 from backend.train.runner import TrainingRun
+from test_experiments_page import page
 
-TIMEOUT = 180
 #: a 2 × 2 whose every field differs from the form's defaults (a config field and a recipe field among the axes)
 LINKED = abl.AblationSpec("olmo2-7b", (("qk_norm", ("off", "on")), ("norm", ("pre", "post")),
                                        ("rms_norm_eps", (1e-6, 1e-5)), ("warmup", (0.01, 0.1))),
@@ -26,14 +25,6 @@ LINKED = abl.AblationSpec("olmo2-7b", (("qk_norm", ("off", "on")), ("norm", ("pr
 TINY = abl.AblationSpec("olmo2-7b", (("qk_norm", ("off", "on")),), (1e-3, 1e-2), (0, 1),
                         preset("tiny", budget=50_000, layers=2, batch=4, seq_len=32, tokens=2048, eval_windows=4),
                         "cpu")
-
-
-def page(**query) -> AppTest:
-    at = AppTest.from_file("../app.py", default_timeout=TIMEOUT)
-    for k, v in query.items():
-        at.query_params[k] = v
-    at.run()
-    return at.switch_page("views/experiments.py").run()
 
 
 def _errors(at) -> list[str]:
@@ -127,6 +118,8 @@ def test_run_keys_parse_and_style_by_cell_lr_and_seed():
     assert st.colors[keys[0]] == st.colors[keys[2]] == st.cells["qk_norm=off, norm=pre"]  # seed 0, both lrs
     assert st.colors[keys[1]] != st.colors[keys[0]]  # seed 1: a lighter shade of the cell's colour
     assert st.dashes[keys[0]] == st.dashes[keys[1]] != st.dashes[keys[2]]  # one dash per learning rate
+    assert st.legend() == "solid: lr 0.001, dash: lr 0.01"
+    assert {st.groups[k] for k in keys[:4]} == {"qk_norm=off, norm=pre"}  # one legend entry per cell
 
 
 # ----------------------------------------------------------------- a finished tiny ablation
@@ -183,6 +176,8 @@ def test_a_finished_ablation_reattaches_with_its_results(finished):
     hashes = _table(at, "same batches for every cell and learning rate")
     assert list(hashes["seed"]) == [0, 1] and hashes["same batches for every cell and learning rate"].all()
     assert (hashes["runs"] == 4).all()
+    shared = _table(at, "shared by every model").set_index("shared by every model")["value"]
+    assert shared["seed"].startswith("per run: 0, 1") and "0.001, 0.01" in shared["schedule"]
     charts = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
     titles = [c["layout"]["title"]["text"] for c in charts]
     assert any(t.startswith("Final validation loss against the learning rate") for t in titles)
@@ -270,3 +265,36 @@ def test_a_bad_spec_link_is_one_line():
     assert not at.exception
     assert len(at.error) == 1 and "not valid JSON" in _errors(at)[0]
     assert ab.decode_spec(at.query_params["spec"]).base == "olmo2-7b"  # the default form took its place
+
+
+def test_charts_mark_diverged_runs_and_group_the_legend_by_cell():
+    import pandas as pd
+
+    from backend.present import ablation_charts as abc
+    from backend.present import training_charts as tc
+
+    p = abl.plan(TINY)
+    loss = {("qk_norm=off", 1e-3): 6.6, ("qk_norm=off", 1e-2): 6.1, ("qk_norm=on", 1e-3): 6.5,
+            ("qk_norm=on", 1e-2): 6.0}
+    rows = [{"model": abl.run_key(c, lr, s), "status": "finished", "val_loss": v + 0.01 * s, "init_loss": 7.6,
+             "diverged": False} for (c, lr), v in loss.items() for s in (0, 1)]
+    rows[3].update(val_loss=float("nan"), diverged=True)  # qk_norm=off, lr 1e-2, seed 1
+    summary = abl.summarize(p, rows)
+    styles = ab.run_styles([r["model"] for r in rows])
+    fig = abc.loss_vs_lr(summary, styles.cells)
+    crosses = [t for t in fig.data if t.marker.symbol == "x"]
+    assert len(crosses) == 1 and list(crosses[0].x) == [1e-2] and list(crosses[0].y) == [7.6]
+    assert crosses[0].text == ("1 diverged",)
+    stars = {t.legendgroup: (t.x[0], t.y[0]) for t in fig.data if t.marker.symbol == "star"}
+    assert stars == {"qk_norm=off": (1e-3, pytest.approx(6.605)), "qk_norm=on": (1e-2, pytest.approx(6.005))}
+    assert fig.layout.yaxis.range[0] < 6.0 and fig.layout.yaxis.range[1] > 7.6  # the cross is inside the axis
+    assert list(fig.layout.xaxis.ticktext) == ["0.001", "0.01"]
+    metrics = pd.DataFrame([{"model": r["model"], "step": s, "tokens": 128 * s, "grad_norm": 1.0 + s,
+                             "max_attn_logit": 2.0 * s if s % 2 else None, "log_z": None} for r in rows
+                            for s in (1, 2, 3)])
+    fig = tc.stability_curves(metrics, styles.colors, {r["model"]: r["model"] for r in rows}, styles.dashes,
+                              styles.groups)
+    assert [t.name for t in fig.data if t.showlegend] == ["qk_norm=off", "qk_norm=on"]
+    assert len(fig.data) == 16  # 8 runs × (gradient norm, attention logit); log Z was not sampled
+    heat = abc.score_heatmaps(summary)
+    assert [t.zmax for t in heat.data][:1] == [1.0]  # no spike measured: the scale does not paint zeros red

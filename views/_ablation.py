@@ -199,8 +199,9 @@ def header(spec: AblationSpec, run_id: str) -> None:
     vary = " × ".join(f"{a} = {ab.values_text(v)}" for a, v in spec.vary)
     st.markdown(f"**Ablation of {md(_state.label_of(spec.base) if isinstance(spec.base, str) else 'a config')}**: "
                 f"{md(vary)}; learning rates {md(ab.values_text(spec.lrs))}; seeds {md(ab.values_text(spec.seeds))}.")
-    st.caption(f":material/edit: Re-open this ablation's form, every field filled: "
-               f"{md(_page_url() + '?' + ab.spec_query(spec))}")
+    st.link_button("Re-open this ablation's form", _page_url() + "?" + ab.spec_query(spec), icon=":material/edit:",
+                   help="Opens the Ablation mode with every field of this ablation filled in (in a new tab), to run it "
+                   "again or change it.")
 
 
 def results(folder: Path, f: ex.Frames, styles: ab.Styles) -> None:
@@ -227,7 +228,8 @@ def results(folder: Path, f: ex.Frames, styles: ab.Styles) -> None:
     _ui.chart(abc.loss_vs_lr(summary, colors), "loss against learning rate",
               "Each cell's seeds (dots), their mean (line) and 95 % interval (band) at every learning rate; the star "
               "is its best learning rate. Runs that diverged (NaN, inf or above the initial loss) or are missing "
-              "are crosses at the initial loss, counted, not dropped; a learning rate with one is never a cell's best.")
+              "are crosses at the initial loss, counted, not dropped; a learning rate with one is never a cell's best. "
+              "The axis spans the points: a band wider than that (two seeds give wide intervals) is cut at its edge.")
     _ui.frame(ab.grid_table(summary), "ablation grid", hide_index=True, width="stretch",
               column_config={"mean loss": LOSS, "CI low": LOSS, "CI high": LOSS,
                              "lr": st.column_config.NumberColumn(format="%g")},

@@ -164,7 +164,7 @@ def _draw(f: ex.Frames, live: bool, tick: int, status: str, message: str,
     elif message:
         st.info(md(message))
     colors = styles.colors if styles else _colors(f)
-    dashes = styles.dashes if styles else None
+    dashes, groups = (styles.dashes, styles.groups) if styles else (None, None)
     prog = ex.progress_table(f)
     if not prog.empty:
         st.dataframe(prog.drop(columns=[c for c in ("error", "device") if c in prog and not prog[c].astype(bool).any()]),
@@ -183,13 +183,13 @@ def _draw(f: ex.Frames, live: bool, tick: int, status: str, message: str,
         st.plotly_chart(fig, width="stretch", config=_ui.PLOTLY_CONFIG, key=f"live_{tick}_{_ui._slug(name)}"),
         st.caption(caption)))
     same = ("Runs of one seed read the same batches in the same order (see the hashes below). Colour: the cell "
-            "(lighter for later seeds); dash: the learning rate. ") if styles else \
-        "Every model read the same batches in the same order (see the hashes below). "
-    show(tc.loss_curves(ex.smoothed(f.metrics), colors, f.labels, dashes=dashes), "learning curves",
+            f"(lighter for later seeds); dash: the learning rate ({styles.legend()}); hover a line for its run. "
+            ) if styles else "Every model read the same batches in the same order (see the hashes below). "
+    show(tc.loss_curves(ex.smoothed(f.metrics), colors, f.labels, dashes=dashes, groups=groups), "learning curves",
          same + "Left: training loss per step (faint) and its moving average; right: loss on held-out text every few "
          "steps" + (" (the final point uses the whole held-out split)." if not live else "."))
     if tc.has_stability(f.metrics):
-        show(tc.stability_curves(f.metrics, colors, f.labels, dashes), "stability while training",
+        show(tc.stability_curves(f.metrics, colors, f.labels, dashes, groups), "stability while training",
              "What QK-Norm and norm placement are for: the gradient norm before clipping (every step, log scale), "
              "the largest attention logit over the layers and the mean log-partition log Z of the output logits "
              "(both sampled every few steps). Runs that blow up show here before their loss does.")
@@ -281,6 +281,8 @@ def _show(run) -> None:
     st.caption("What every model shared, as the run recorded it, and the SHA-256 of the batches each model "
                "actually consumed: equal hashes mean byte-identical batch streams.")
     shared = ex.recipe_table(view if live else run)
+    if found:
+        shared = ab.shared_table(shared, found[0])
     _ui.frame(shared, "shared recipe", hide_index=True, width="stretch", height=38 + 35 * len(shared))
     h = ab.seed_hashes(f.models) if found else ex.hash_table(f)
     if not h.empty:

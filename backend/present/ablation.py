@@ -227,7 +227,6 @@ def prepare(spec: abl.AblationSpec) -> tuple[abl.Plan, Preview]:
     for c in kept.cells:
         s = sizes[c.model]
         rows.append({"cell": c.name, "reference": c.is_reference,
-                     "changes": ", ".join(f"{a}={values_text([v])}" for a, v in c.changes),
                      "config diff against the base": config_diff(base, c.config) or "(the base's own config)",
                      **ex.sized_columns(s, r),
                      "notes": "; ".join(list(c.notes) + list(s.notes))})
@@ -422,10 +421,17 @@ def shade(color: str, amount: float) -> str:
 
 @dataclass(frozen=True)
 class Styles:
-    """How a run's curves look: one colour per cell (lighter for later seeds), one dash per learning rate."""
+    """How a run's curves look: one colour per cell (lighter for later seeds), one dash per learning rate, one
+    legend entry per cell."""
     colors: dict      # run key -> colour
     dashes: dict      # run key -> dash
+    groups: dict      # run key -> its cell (the legend entry)
     cells: dict       # cell -> colour
+    lr_dashes: dict   # learning rate -> dash
+
+    def legend(self) -> str:
+        """What the dashes mean, e.g. ``solid: lr 0.001, dash: lr 0.01``."""
+        return ", ".join(f"{d}: lr {lr:g}" for lr, d in self.lr_dashes.items())
 
 
 def run_styles(keys: Sequence[str]) -> Styles:
@@ -437,14 +443,35 @@ def run_styles(keys: Sequence[str]) -> Styles:
     lrs = sorted({p[1] for p in parsed.values() if p})
     seeds = sorted({p[2] for p in parsed.values() if p})
     cell_color = {c: PALETTE[i % len(PALETTE)] for i, c in enumerate(cells)}
-    colors, dashes = {}, {}
+    lr_dash = {lr: DASHES[i % len(DASHES)] for i, lr in enumerate(lrs)}
+    colors, dashes, groups = {}, {}, {}
     for k, p in parsed.items():
         if p is None:
-            colors[k], dashes[k] = "#444444", "solid"
+            colors[k], dashes[k], groups[k] = "#444444", "solid", k
             continue
-        colors[k] = shade(cell_color[p[0]], 0.45 * seeds.index(p[2]) / max(1, len(seeds) - 1) if len(seeds) > 1 else 0)
-        dashes[k] = DASHES[lrs.index(p[1]) % len(DASHES)]
-    return Styles(colors, dashes, cell_color)
+        light = 0.45 * seeds.index(p[2]) / (len(seeds) - 1) if len(seeds) > 1 else 0.0
+        colors[k], dashes[k], groups[k] = shade(cell_color[p[0]], light), lr_dash[p[1]], p[0]
+    return Styles(colors, dashes, groups, cell_color, lr_dash)
+
+
+def shared_table(table: pd.DataFrame, spec: abl.AblationSpec) -> pd.DataFrame:
+    """The run's shared-recipe table (``experiments.recipe_table``) with what an ablation sets per run said so: the
+    seeds and learning rates of the grid (the recorded values are the base recipe's) and the recipe fields varied."""
+    r = spec.recipe
+    per_run = {
+        "seed": f"per run: {values_text(spec.seeds)} (each seed: the same batches for every cell)",
+        "batch order": "batch i drawn from (the run's seed, i): the same for every cell and learning rate",
+        "schedule": f"linear warm-up over {r.warmup:g} of the steps, then cosine to {r.min_lr_ratio:g} × the peak at "
+                    f"step {r.steps}; peak learning rate per run: {values_text(spec.lrs)}",
+    }
+    out = table.copy()
+    key = out.columns[0]
+    for name, text in per_run.items():
+        out.loc[out[key] == name, out.columns[1]] = text
+    varied = [(a, v) for a, v in spec.vary if variants_mod.axis_role(a) == "recipe"]
+    extra = pd.DataFrame([{key: f"{a.replace('_', ' ')} (varied)", out.columns[1]: values_text(v)} for a, v in varied],
+                         columns=out.columns)
+    return pd.concat([out, extra], ignore_index=True) if varied else out
 
 
 def axes_table() -> pd.DataFrame:

@@ -18,6 +18,7 @@ def loss_vs_lr(summary: dict, colors: Mapping[str, str]) -> go.Figure:
     a cross at the initial loss (the runs are counted there, not dropped)."""
     fig = go.Figure()
     init = summary.get("initial_loss")
+    seen = []   # every loss drawn as a point: the y axis spans these (a wide band is cut at the edge)
     for cell in summary["cells"]:
         name, c = cell["name"], colors.get(cell["name"], "#444")
         lrs = [g["lr"] for g in cell["grid"]]
@@ -37,12 +38,14 @@ def loss_vs_lr(summary: dict, colors: Mapping[str, str]) -> go.Figure:
                         hovertemplate=f"{name}<br>lr %{{x:g}}: mean %{{y:.4f}} over %{{customdata[0]}} seed(s)"
                                       "<br>diverged %{customdata[1]}, missing %{customdata[2]}<extra></extra>")
         dots = [(g["lr"], x) for g in cell["grid"] for x in g["losses"] if x is not None]
+        seen += [d[1] for d in dots] + [m for m in y if m is not None]
         if dots:
             fig.add_scatter(x=[d[0] for d in dots], y=[d[1] for d in dots], mode="markers", legendgroup=name,
                             marker=dict(color=c, size=5, opacity=0.55, line=dict(width=0)), showlegend=False,
                             hovertemplate=f"{name}<br>lr %{{x:g}}: one seed %{{y:.4f}}<extra></extra>")
         bad = [g for g in cell["grid"] if g["diverged"] or g["missing"]]
         if bad and init is not None:
+            seen.append(init)
             fig.add_scatter(x=[g["lr"] for g in bad], y=[init] * len(bad), mode="markers+text", legendgroup=name,
                             marker=dict(symbol="x", color=c, size=11, line=dict(width=1)), showlegend=False,
                             text=[f"{g['diverged']} diverged" + (f", {g['missing']} missing" if g["missing"] else "")
@@ -57,9 +60,15 @@ def loss_vs_lr(summary: dict, colors: Mapping[str, str]) -> go.Figure:
         fig.add_hline(y=init, line_dash="dot", line_color="#999", annotation_text="loss at initialisation",
                       annotation_position="bottom right", annotation_font_size=11)
     n = len(summary.get("seeds", []))
+    yaxis = dict(title="validation loss (nats per token); band: 95 % interval over seeds")
+    if seen:
+        lo, hi = min(seen), max(seen)
+        pad = max(0.15 * (hi - lo), 0.02 * abs(hi), 1e-3)
+        yaxis["range"] = [lo - pad, hi + pad]
+    lrs = list(summary.get("lrs", []))
     return _layout(fig, f"Final validation loss against the learning rate ({n} seed{'s' if n != 1 else ''} each)",
-                   height=460, xaxis=dict(title="peak learning rate", type="log"),
-                   yaxis=dict(title="validation loss (nats per token); band: 95 % interval over seeds"))
+                   height=460, yaxis=yaxis,
+                   xaxis=dict(title="peak learning rate", type="log", tickvals=lrs, ticktext=[f"{x:g}" for x in lrs]))
 
 
 #: the per-cell, per-learning-rate stability scores of a summary: (grid field, panel title)
@@ -77,8 +86,10 @@ def score_heatmaps(summary: dict) -> go.Figure:
         z = [[next((g.get(field) for g in c["grid"] if g["lr"] == lr), None) for lr in lrs] for c in summary["cells"]]
         z = np.array([[np.nan if v is None else float(v) for v in row] for row in z])
         text = [["—" if np.isnan(v) else f"{v:.3g}" for v in row] for row in z]
+        top = float(np.nanmax(z)) if np.isfinite(z).any() else 0.0
         fig.add_trace(go.Heatmap(z=z, x=[f"{lr:g}" for lr in lrs], y=cells, text=text, texttemplate="%{text}",
-                                 colorscale="Reds", showscale=False, hoverongaps=False,
+                                 colorscale="Reds", showscale=False, hoverongaps=False, zmin=0,
+                                 zmax=top if top > 0 else 1.0,
                                  hovertemplate=f"%{{y}}, lr %{{x}}: {title} %{{z:.3g}}<extra></extra>"),
                       row=1, col=col)
         fig.update_xaxes(title_text="learning rate", type="category", row=1, col=col)
