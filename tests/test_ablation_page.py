@@ -148,6 +148,11 @@ def test_the_summary_recomputed_from_disk_equals_the_live_one(finished, tmp_path
     assert (copy / "summary.json").is_file()  # written once the run has ended
     assert ab.headline(disk).equals(ab.headline(live))
     assert ab.grid_table(disk).equals(ab.grid_table(live))
+    cli = tmp_path / "cli"  # a folder python -m backend ablate wrote: summary.json, no ablation.json
+    shutil.copytree(copy, cli, ignore=shutil.ignore_patterns(ab.SPEC_FILE))
+    assert ab.spec_of(cli) == (TINY, {}) and ab.summary_of(cli) == json.loads((copy / "summary.json").read_text())
+    (cli / "summary.json").unlink()
+    assert ab.spec_of(cli) is None and ab.summary_of(cli) is None  # no ablation recorded there
     table = ab.headline(live)
     off, on = table.iloc[0], table.iloc[1]
     assert (on["verdict"], off["reference"], on["reference"]) == ("reference", False, True)

@@ -204,11 +204,12 @@ def header(spec: AblationSpec, run_id: str) -> None:
                    "again or change it.")
 
 
-def results(folder: Path, f: ex.Frames, styles: ab.Styles) -> None:
-    """A finished (or stopped) ablation's results: the headline table, loss against learning rate, the grid,
-    and the stability scores. The summary is read from (or, the first time, written to) ``summary.json``."""
+def results(folder: Path, f: ex.Frames, styles: ab.Styles, ended: bool) -> None:
+    """An ablation's results: the headline table, loss against learning rate, the grid, and the stability scores.
+    The summary is read from ``summary.json``, else computed from the final rows and, once the run has ``ended``,
+    written there."""
     with st.spinner("Judging the ablation…"):
-        summary = ab.summary_of(folder, f.results)
+        summary = ab.summary_of(folder, f.results, finished=ended)
     if summary is None:
         return
     st.subheader("Ablation results")

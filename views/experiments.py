@@ -272,7 +272,7 @@ def _show(run) -> None:
     with holder.container():
         _draw(f, False, 0, status, message, styles)
     if found:
-        _ablation.results(Path(run.folder), f, styles)
+        _ablation.results(Path(run.folder), f, styles, ended=status in ("finished", "stopped", "failed"))
         with st.expander("Every run's final row"):
             _final(f)
     else:
