@@ -55,6 +55,22 @@ def served(env: dict | None = None):
             server.wait(5)
 
 
+@contextlib.contextmanager
+def opened(chromium: str, port: int, path: str, timeout_ms: int = 60_000):
+    """A Chromium page at ``path`` of the app served on ``port`` (1400 × 1100); yields the page."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1100})
+            page.set_default_timeout(timeout_ms)
+            page.goto(f"http://127.0.0.1:{port}{path}")
+            yield page
+        finally:
+            browser.close()
+
+
 def _texts(page) -> list[str]:
     return page.locator("[data-testid='stCode'] code").all_inner_texts()
 

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
+from typing import Optional
 
 import streamlit as st
 
@@ -11,24 +13,16 @@ from backend.live import runs
 from backend.present import experiments as ex
 from backend.present import training_charts as tc
 from backend.present.text import md
+from backend.present import ablation as ab
 from backend.train import data as data_mod
-from backend.train.recipe import PRESETS, RunSpec, parse_amount, preset
+from backend.train.recipe import RunSpec
 from backend.train.runner import TrainingRun, default_processes
 from backend.train.store import read_run
-from views import _live, _state, _ui
+from views import _ablation, _live, _state, _train_form, _ui
 
 PARAM, KIND, KEY = "run", "train", "ex_run"
-DATA = {"corpus": "Shakespeare + King James Bible (shipped, public domain)", "upload": "your own .txt file",
-        "mqar": "MQAR: multi-query associative recall (synthetic)", "distance": "recall at a distance (synthetic)"}
-METRICS = {"active": "non-embedding active parameters", "total": "non-embedding total parameters",
-           "flops": "training FLOPs per token"}
-NUM = st.column_config.NumberColumn(format="%,.0f")
-LOSS = st.column_config.NumberColumn(format="%.4f")
-
-
-@st.cache_data(show_spinner=False, max_entries=8)
-def _upload(data: bytes, name: str):
-    return data_mod.text_data(data, name)
+MODES = {"compare": "Compare architectures", "ablation": "Ablation: change one component"}
+NUM, LOSS = _train_form.NUM, _train_form.LOSS
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
@@ -38,13 +32,6 @@ def _preview(models: tuple, recipe_json: str):
     from backend.train.recipe import Recipe
 
     return ex.preview(list(models), Recipe.from_dict(json.loads(recipe_json)))
-
-
-@st.cache_data(ttl=60, show_spinner=False)
-def _gpus() -> int:
-    from backend.live.runtime import hardware
-
-    return len(hardware()["gpus"])
 
 
 def _attached():
@@ -80,8 +67,26 @@ def _attached():
             return None
 
 
+def _mode() -> str:
+    """The mode switch (compare architectures / ablation), mirrored to ``?mode=``."""
+    ss = st.session_state
+    wanted = st.query_params.get("mode")
+    if wanted in MODES and wanted != ss.get("ex_mode_url"):
+        ss["ex_mode"] = wanted   # a link (e.g. an ablation's ?mode=ablation&spec=...) picks the mode
+    ss["ex_mode_url"] = wanted
+    ss.setdefault("ex_mode", "compare")
+    mode = st.segmented_control("Mode", list(MODES), format_func=MODES.get, key="ex_mode", required=True,
+                                label_visibility="collapsed") or "compare"
+    if mode == "compare":
+        st.query_params.pop("mode", None)
+        st.query_params.pop(_ablation.SPEC_PARAM, None)
+    else:
+        st.query_params["mode"] = mode
+    ss["ex_mode_url"] = st.query_params.get("mode")
+    return mode
+
+
 def _setup() -> None:
-    gpus = _gpus()
     sidebar = [m for m in _state.selected()]
     options = list(dict.fromkeys([m.id for m in sidebar] + catalog.keys()))
     sources = {m.id: m.source for m in sidebar}
@@ -89,58 +94,17 @@ def _setup() -> None:
     chosen = st.multiselect("Architectures to train (2–8)", options, default=default, max_selections=8,
                             format_func=_state.label_of, key="ex_models",
                             help="Starts from the sidebar's selection; any catalog model can be added.")
-    c1, c2, c3 = st.columns([2, 1, 1])
-    with c1:
-        kind = st.radio("Data", list(DATA), format_func=DATA.get, key="ex_data")
-    with c2:
-        names = list(PRESETS)
-        base = st.selectbox("Recipe preset", names, index=names.index("small" if gpus else "tiny"), key="ex_preset",
-                            help="tiny: for the CPU, a comparison in minutes. small: one GPU, about 5 M active "
-                            "parameters and 20 M tokens each. zoo: the recipe of the shipped trained miniatures.")
-    r0 = preset(base)
-    with c3:
-        metric = st.selectbox("Matched budget", list(METRICS), format_func=METRICS.get, key="ex_metric",
-                              help="Every miniature is sized to this budget within ±5 % (hidden size, then the "
-                              "MLP/expert widths), keeping what defines its architecture.")
-    c1, c2, c3 = st.columns(3)
-    with c1:
-        budget_text = st.text_input("Budget per model", value=f"{r0.budget / 1e6:g}M", key=f"ex_budget_{base}",
-                                    help="e.g. 250k, 1M, 5M (FLOPs per token: e.g. 30M)")
-    with c2:
-        tokens_text = st.text_input("Training tokens per model", value=f"{r0.tokens / 1e6:g}M", key=f"ex_tokens_{base}")
-    with c3:
-        device = st.selectbox("Device", ["auto", "cpu"] + (["cuda"] if gpus else []), key="ex_device",
-                              help="auto: the GPU when there is one; with several GPUs, one model per GPU in worker processes, "
-                              "at the same time. Otherwise the models take turns, step by step, on one device.")
-    with st.expander("Recipe details (shared by every model)"):
-        d1, d2, d3, d4 = st.columns(4)
-        batch = d1.number_input("Batch (sequences)", 1, 4096, r0.batch, key=f"ex_batch_{base}")
-        seq = d2.number_input("Sequence length", 16, 8192, r0.seq_len, step=16, key=f"ex_seq_{base}")
-        layers = d3.number_input("Target depth (layers)", 1, 64, r0.layers, key=f"ex_layers_{base}",
-                                 help="Whole periods of each model's layer pattern are kept (Gemma 3: 6).")
-        seed = d4.number_input("Seed", 0, 2**31 - 1, r0.seed, key="ex_seed")
-        e1, e2, e3, _ = st.columns(4)
-        lr = e1.number_input("Peak learning rate", 1e-5, 1.0, r0.lr, format="%.4f", key=f"ex_lr_{base}")
-        warmup = e2.number_input("Warm-up (share of steps)", 0.0, 0.5, r0.warmup, key=f"ex_warm_{base}")
-        precision = e3.selectbox("Precision", ["auto", "fp32", "bf16"], key="ex_precision",
-                                 help="auto: bf16 autocast on a GPU, fp32 on the CPU")
-    upload = None
-    if kind == "upload":
-        f = st.file_uploader("UTF-8 text (.txt)", type=["txt"], key="ex_file",
-                             help=f"{data_mod.MIN_UPLOAD_CHARS:,} characters to {data_mod.MAX_UPLOAD_BYTES / 1e6:g} MB; "
-                             "the last 5 % of its lines is held out for validation.")
-        if f is None:
-            st.info("Upload a .txt file to train on it.")
-            return
-        with st.spinner("Tokenizing the upload…"):
-            upload = _upload(f.getvalue(), f.name)
-        st.caption(md(upload.describe()))
+    try:
+        form = _train_form.inputs("ex", per_run=True)
+    except ArchLabError as e:
+        st.error(md(e))
+        return
+    if form is None:
+        return
     if len(chosen) < 1:
         st.info("Choose at least one architecture (two or more to compare).")
         return
-    recipe = preset(base, data=kind, budget=parse_amount(budget_text), budget_metric=metric,
-                    tokens=int(parse_amount(tokens_text)), batch=int(batch), seq_len=int(seq), layers=int(layers),
-                    seed=int(seed), lr=float(lr), warmup=float(warmup), precision=precision)
+    recipe = form.recipe
     models = tuple(sources.get(k, k) for k in chosen)
     import json
 
@@ -148,29 +112,42 @@ def _setup() -> None:
         pv = _preview(models, json.dumps(recipe.as_dict(), sort_keys=True))
     st.subheader("The miniatures this budget gives")
     st.caption(f"{recipe.steps:,} steps of {recipe.batch} × {recipe.seq_len} tokens each; budget "
-               f"{recipe.budget:,.0f} {METRICS[metric]} (±5 %). Exact counts from the model transformers builds.")
+               f"{recipe.budget:,.0f} {_train_form.METRICS[recipe.budget_metric]} (±5 %). Exact counts from the "
+               "model transformers builds.")
     bad = pv[pv["error"] != ""] if "error" in pv else pv.iloc[0:0]
     for _, row in bad.iterrows():
         st.error(f"{md(row['model'])}: {md(row['error'])}")
     shown = pv.drop(columns=["error"]).dropna(axis=1, how="all") if "error" in pv else pv
     _ui.frame(shown[pv["error"] == ""] if "error" in pv else shown, "experiment preview", hide_index=True,
-              width="stretch", column_config={c: NUM for c in ("total params", "active params", "non-embedding active",
-                                                               "non-embedding total", "budget value",
-                                                               "training FLOPs / token")}
-              | {"off target (%)": st.column_config.NumberColumn(format="%+.1f")})
+              width="stretch", column_config=PARAM_COLUMNS)
     ok = [m for m, e in zip(models, pv["error"]) if not e]
     if st.button("Train", type="primary", icon=":material/play_arrow:", disabled=not ok):
-        with _ui.guard("starting the training run"):
-            spec = RunSpec(tuple(ok), recipe, device).validate()
-            if upload is not None:
-                data_mod.check_enough(upload, recipe.tokens, recipe.seq_len)
-            with runs.admit(_live.session_id(), KIND) as ticket:
-                run = TrainingRun(spec, run_id=ticket.id, upload=upload,
-                                  processes=default_processes(device, len(ok))).start()
-                ticket.register(run)
-            st.session_state[KEY] = ticket.id
-            st.query_params[PARAM] = ticket.id
-            st.rerun()
+        _start(RunSpec(tuple(ok), recipe, form.device), form.upload)
+
+
+#: how the sized parameters of a preview are shown
+PARAM_COLUMNS = {c: NUM for c in ("total params", "active params", "non-embedding active", "non-embedding total",
+                                  "budget value", "training FLOPs / token")} \
+    | {"off target (%)": st.column_config.NumberColumn(format="%+.1f")}
+
+
+def _start(spec: RunSpec, upload, sizer=None, before=None) -> None:
+    """Start a training run as this session's run (within its quota) and show it: ``sizer`` sizes the models
+    together (an ablation's), ``before(run)`` is called before it starts (e.g. to record the ablation)."""
+    with _ui.guard("starting the training run"):
+        spec = spec.validate()
+        if upload is not None:
+            data_mod.check_enough(upload, spec.recipe.tokens, spec.recipe.seq_len)
+        with runs.admit(_live.session_id(), KIND) as ticket:
+            run = TrainingRun(spec, run_id=ticket.id, upload=upload, sizer=sizer,
+                              processes=default_processes(spec.device, len(spec.models)))
+            if before is not None:
+                before(run)
+            run.start()
+            ticket.register(run)
+        st.session_state[KEY] = ticket.id
+        st.query_params[PARAM] = ticket.id
+        st.rerun()
 
 
 def _link(run_id: str) -> str:
@@ -178,13 +155,16 @@ def _link(run_id: str) -> str:
     return f"{base}/experiments?{PARAM}={run_id}"
 
 
-def _draw(f: ex.Frames, live: bool, tick: int, status: str, message: str) -> None:
-    """Status, progress, curves and router charts of a run (charts without export buttons while live)."""
+def _draw(f: ex.Frames, live: bool, tick: int, status: str, message: str,
+          styles: Optional[ab.Styles] = None) -> None:
+    """Status, progress, curves, stability and router charts of a run (charts without export buttons while live).
+    ``styles``: an ablation's (one colour per cell, a dash per learning rate)."""
     if status == "failed":
         st.error(md(message))
     elif message:
         st.info(md(message))
-    colors = _colors(f)
+    colors = styles.colors if styles else _colors(f)
+    dashes, groups = (styles.dashes, styles.groups) if styles else (None, None)
     prog = ex.progress_table(f)
     if not prog.empty:
         st.dataframe(prog.drop(columns=[c for c in ("error", "device") if c in prog and not prog[c].astype(bool).any()]),
@@ -202,10 +182,17 @@ def _draw(f: ex.Frames, live: bool, tick: int, status: str, message: str) -> Non
     show = _ui.chart if not live else (lambda fig, name, caption="": (
         st.plotly_chart(fig, width="stretch", config=_ui.PLOTLY_CONFIG, key=f"live_{tick}_{_ui._slug(name)}"),
         st.caption(caption)))
-    show(tc.loss_curves(ex.smoothed(f.metrics), colors, f.labels), "learning curves",
-         "Every model read the same batches in the same order (see the hashes below). Left: training loss per "
-         "step (faint) and its moving average; right: loss on held-out text every few steps"
-         + (" (the final point uses the whole held-out split)." if not live else "."))
+    same = ("Runs of one seed read the same batches in the same order (see the hashes below). Colour: the cell "
+            f"(lighter for later seeds); dash: the learning rate ({styles.legend()}); hover a line for its run. "
+            ) if styles else "Every model read the same batches in the same order (see the hashes below). "
+    show(tc.loss_curves(ex.smoothed(f.metrics), colors, f.labels, dashes=dashes, groups=groups), "learning curves",
+         same + "Left: training loss per step (faint) and its moving average; right: loss on held-out text every few "
+         "steps" + (" (the final point uses the whole held-out split)." if not live else "."))
+    if tc.has_stability(f.metrics):
+        show(tc.stability_curves(f.metrics, colors, f.labels, dashes, groups), "stability while training",
+             "What QK-Norm and norm placement are for: the gradient norm before clipping (every step, log scale), "
+             "the largest attention logit over the layers and the mean log-partition log Z of the output logits "
+             "(both sampled every few steps). Runs that blow up show here before their loss does.")
     if not f.routing.empty:
         show(tc.router_curves(f.routing, colors, f.labels), "routers while training",
              "For each mixture-of-experts model: the most loaded expert over the mean load, the routers' normalized "
@@ -267,6 +254,10 @@ def _show(run) -> None:
     if live and run.running:
         if st.button("Stop", icon=":material/stop:", help="Stops before the next step; checkpoints are kept."):
             run.cancel()
+    found = ab.spec_of(Path(run.folder))  # an ablation's spec, or None
+    styles = ab.run_styles(list(f.labels)) if found else None
+    if found:
+        _ablation.header(found[0], run_id)
     holder = st.empty()
     if live and run.running:
         tick, seen = 0, -1
@@ -275,18 +266,25 @@ def _show(run) -> None:
             if v.version != seen:
                 seen, tick = v.version, tick + 1
                 with holder.container():
-                    _draw(ex.frames(v), True, tick, v.status, v.message)
+                    _draw(ex.frames(v), True, tick, v.status, v.message, styles)
             time.sleep(1.0)
         st.rerun()
     with holder.container():
-        _draw(f, False, 0, status, message)
-    _final(f)
+        _draw(f, False, 0, status, message, styles)
+    if found:
+        _ablation.results(Path(run.folder), f, styles, ended=status in ("finished", "stopped", "failed"))
+        with st.expander("Every run's final row"):
+            _final(f)
+    else:
+        _final(f)
     st.subheader("Equal footing")
     st.caption("What every model shared, as the run recorded it, and the SHA-256 of the batches each model "
                "actually consumed: equal hashes mean byte-identical batch streams.")
     shared = ex.recipe_table(view if live else run)
+    if found:
+        shared = ab.shared_table(shared, found[0])
     _ui.frame(shared, "shared recipe", hide_index=True, width="stretch", height=38 + 35 * len(shared))
-    h = ex.hash_table(f)
+    h = ab.seed_hashes(f.models) if found else ex.hash_table(f)
     if not h.empty:
         _ui.frame(h, "batch stream hashes", hide_index=True, width="stretch")
 
@@ -327,10 +325,14 @@ st.caption("Train several architectures on equal footing: the same data, the sam
 with _ui.guard("the experiments page"):
     attached = _attached()
     if attached is None:
-        train_tab, board_tab = st.tabs(["Train an experiment", "Leaderboard of the trained zoo"])
-        with train_tab:
-            _setup()
-        with board_tab:
-            _leaderboard()
+        mode = _mode()
+        if mode == "ablation":
+            _ablation.setup(_start)
+        else:
+            train_tab, board_tab = st.tabs(["Train an experiment", "Leaderboard of the trained zoo"])
+            with train_tab:
+                _setup()
+            with board_tab:
+                _leaderboard()
     else:
         _show(attached)

@@ -18,7 +18,10 @@ from ..arch.errors import ArchLabError
 from ..train import budget
 from ..train.recipe import Recipe
 from ..train.runner import RunView
+from ..train.store import METRIC_COLUMNS
 
+#: numeric columns of metrics.csv besides the step counters: losses, learning rate and the stability metrics
+NUMERIC_METRICS = ("train_loss", "val_loss", "lr", "grad_norm", "max_attn_logit", "log_z")
 
 
 def _vocab(recipe: Recipe) -> tuple[int, int, int]:
@@ -30,19 +33,17 @@ def _vocab(recipe: Recipe) -> tuple[int, int, int]:
     return len(tok), tok.eos_token_id, tok.pad_token_id
 
 
-def _sized_row(source, recipe: Recipe) -> dict:
+def sizing_args(recipe: Recipe) -> dict:
+    """The shape every miniature of a run under ``recipe`` is sized with (as the run sizes them)."""
     vocab, eos, pad = _vocab(recipe)
-    label = resolve(source).label
-    try:
-        s = budget.size_to_budget(source, recipe.budget, recipe.budget_metric, seq_len=recipe.seq_len, vocab=vocab,
-                                  eos=eos, pad=pad, max_positions=max(1024, recipe.seq_len),
-                                  max_total=recipe.max_total, layers=recipe.layers,
-                                  min_head_dim=recipe.min_head_dim)
-    except ArchLabError as e:
-        return {"model": label, "error": str(e)}
+    return dict(seq_len=recipe.seq_len, vocab=vocab, eos=eos, pad=pad, max_positions=max(1024, recipe.seq_len),
+                max_total=recipe.max_total, layers=recipe.layers, min_head_dim=recipe.min_head_dim)
+
+
+def sized_columns(s: budget.Sized, recipe: Recipe) -> dict:
+    """A sized miniature's exact parameters and shape, as one table row's columns."""
     sp, c = s.arch.spec, s.arch.counts
-    return {"model": label, "error": "",
-            "total params": c.total, "active params": c.active,
+    return {"total params": c.total, "active params": c.active,
             "non-embedding active": budget.non_embedding(c, "active"),
             "non-embedding total": budget.non_embedding(c, "total"),
             "budget value": s.value, "off target (%)": s.deviation * 100,
@@ -53,6 +54,15 @@ def _sized_row(source, recipe: Recipe) -> dict:
             "experts (kept / real)": "" if s.experts is None else f"{s.experts} / {s.real_experts}",
             "top-k": sp.moe.top_k if sp.moe else None, "shared experts": sp.moe.num_shared if sp.moe else None,
             "notes": "; ".join(s.notes)}
+
+
+def _sized_row(source, recipe: Recipe) -> dict:
+    label = resolve(source).label
+    try:
+        s = budget.size_to_budget(source, recipe.budget, recipe.budget_metric, **sizing_args(recipe))
+    except ArchLabError as e:
+        return {"model": label, "error": str(e)}
+    return {"model": label, "error": "", **sized_columns(s, recipe)}
 
 
 def preview(models: Sequence, recipe: Recipe) -> pd.DataFrame:
@@ -79,8 +89,7 @@ class Frames:
 def frames(view: RunView) -> Frames:
     """DataFrames of a live run's state."""
     num = lambda df, cols: df.assign(**{c: pd.to_numeric(df[c], errors="coerce") for c in cols if c in df})
-    metrics = num(pd.DataFrame(view.metrics, columns=["model", "step", "tokens", "train_loss", "val_loss", "lr",
-                                                      "elapsed_s"]), ["train_loss", "val_loss", "lr"])
+    metrics = num(pd.DataFrame(view.metrics, columns=list(METRIC_COLUMNS)), NUMERIC_METRICS)
     routing = num(pd.DataFrame(view.routing, columns=["model", "step", "tokens", "layer", "max_over_mean", "entropy",
                                                       "never_chosen", "aux_loss", "load"]), ["aux_loss"])
     probes = num(pd.DataFrame(view.probes, columns=["model", "probe", "kv_pairs", "seq_len", "distance", "accuracy"]),
@@ -94,7 +103,9 @@ def frames_from_record(record) -> Frames:
     """The same tables from a run folder read back by ``store.read_run``."""
     models = pd.DataFrame(record.status.get("models", []))
     labels = dict(zip(models["key"], models["label"])) if not models.empty else {}
-    return Frames(record.metrics, record.routing, record.probes, record.results, models, labels)
+    metrics = record.metrics.assign(**{c: pd.to_numeric(record.metrics[c], errors="coerce") if c in record.metrics
+                                       else np.nan for c in NUMERIC_METRICS})
+    return Frames(metrics, record.routing, record.probes, record.results, models, labels)
 
 
 def progress_table(f: Frames) -> pd.DataFrame:

@@ -28,3 +28,11 @@ def swatch(color: str) -> str:
     if not isinstance(color, str) or not _HEX.match(color):
         raise ValueError(f"not a #rrggbb colour: {color!r}")
     return f"<span style='color:{color}'>■</span>"
+
+
+def amount(x: float) -> str:
+    """An amount as the forms take it (``recipe.parse_amount``'s inverse): 2048 -> ``2.048k``, 2e7 -> ``20M``."""
+    for unit, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(x) >= unit:
+            return f"{x / unit:.12g}{suffix}"
+    return f"{x:.12g}"

@@ -15,34 +15,94 @@ def _name(labels: Mapping[str, str], key: str) -> str:
     return labels.get(key, key)
 
 
+def _look(key: str, colors: Mapping[str, str], labels: Mapping[str, str], dashes: Optional[Mapping[str, str]],
+          groups: Optional[Mapping[str, str]]) -> tuple[str, str, str, str]:
+    """(colour, name, dash, legend group) of one run's traces."""
+    return colors.get(key, "#444"), _name(labels, key), (dashes or {}).get(key, "solid"), (groups or {}).get(key, key)
+
+
+def _runs(metrics: pd.DataFrame, labels: Mapping[str, str]):
+    """(model key, its rows) in the order of ``labels`` (the run's order), models without a label last."""
+    order = {k: i for i, k in enumerate(labels)}
+    return sorted(metrics.groupby("model", sort=False), key=lambda kv: order.get(kv[0], len(order)))
+
+
 def loss_curves(metrics: pd.DataFrame, colors: Mapping[str, str], labels: Mapping[str, str],
-                log_y: bool = False) -> go.Figure:
+                log_y: bool = False, dashes: Optional[Mapping[str, str]] = None,
+                groups: Optional[Mapping[str, str]] = None) -> go.Figure:
     """Training loss (moving average, raw faint) and validation loss against tokens seen, every model on the
-    same axes; the two panels share their y axis."""
+    same axes; the two panels share their y axis. ``dashes``: a line dash per model (default solid); ``groups``: a
+    legend entry per group of models (e.g. an ablation's cells) instead of one per model."""
     fig = make_subplots(rows=1, cols=2, shared_yaxes=True, horizontal_spacing=0.04,
                         subplot_titles=("training loss (moving average of 20 steps)", "validation loss (held-out)"))
-    for key, g in metrics.groupby("model", sort=False):
-        c, name = colors.get(key, "#444"), _name(labels, key)
+    shown: set = set()
+    for key, g in _runs(metrics, labels):
+        c, name, dash, group = _look(key, colors, labels, dashes, groups)
+        legend = dict(name=group if groups else name, legendgroup=group)
         g = g.sort_values("step")
         t = g[g["train_loss"].notna()]
         if len(t):
             fig.add_scatter(x=t["tokens"], y=t["train_loss"], mode="lines", line=dict(color=c, width=1), opacity=0.25,
-                            name=name, legendgroup=key, showlegend=False, hoverinfo="skip", row=1, col=1)
-            fig.add_scatter(x=t["tokens"], y=t["train_smooth"], mode="lines", line=dict(color=c, width=2.2), name=name,
-                            legendgroup=key, hovertemplate=f"{name}<br>%{{x:,}} tokens: %{{y:.3f}}<extra></extra>",
-                            row=1, col=1)
+                            showlegend=False, hoverinfo="skip", row=1, col=1, **legend)
+            fig.add_scatter(x=t["tokens"], y=t["train_smooth"], mode="lines", line=dict(color=c, width=2.2, dash=dash),
+                            showlegend=group not in shown, **legend,
+                            hovertemplate=f"{name}<br>%{{x:,}} tokens: %{{y:.3f}}<extra></extra>", row=1, col=1)
+            shown.add(group)
         v = g[g["val_loss"].notna()]
         if len(v):
-            fig.add_scatter(x=v["tokens"], y=v["val_loss"], mode="lines+markers", line=dict(color=c, width=2),
-                            marker=dict(size=6), name=name, legendgroup=key, showlegend=not len(t),
+            fig.add_scatter(x=v["tokens"], y=v["val_loss"], mode="lines+markers",
+                            line=dict(color=c, width=2, dash=dash), marker=dict(size=6),
+                            showlegend=group not in shown, **legend,
                             hovertemplate=f"{name}<br>%{{x:,}} tokens: validation %{{y:.3f}}<extra></extra>",
                             row=1, col=2)
+            shown.add(group)
     for col in (1, 2):
         fig.update_xaxes(title_text="tokens seen", row=1, col=col)
     fig.update_yaxes(title_text="cross-entropy (nats per token)", type="log" if log_y else "linear", row=1, col=1)
     fig.update_annotations(font_size=12)
     return _layout(fig, "Learning curves on equal footing", height=430, margin=dict(l=10, r=10, t=100, b=10),
                    legend=dict(orientation="h", yanchor="bottom", y=1.1, xanchor="right", x=1))
+
+
+#: the stability metrics of metrics.csv drawn live: (column, panel title, log scale)
+STABILITY = (("grad_norm", "gradient norm before clipping (every step)", True),
+             ("max_attn_logit", "largest attention logit (sampled, max over layers)", False),
+             ("log_z", "output log Z (sampled, mean over tokens)", False))
+
+
+def has_stability(metrics: pd.DataFrame) -> bool:
+    """Whether a run's metrics hold any stability metric (runs trained as stacks record them)."""
+    return any(c in metrics and metrics[c].notna().any() for c, _, _ in STABILITY)
+
+
+def stability_curves(metrics: pd.DataFrame, colors: Mapping[str, str], labels: Mapping[str, str],
+                     dashes: Optional[Mapping[str, str]] = None,
+                     groups: Optional[Mapping[str, str]] = None) -> go.Figure:
+    """Gradient norm, largest attention logit and output log-partition against tokens seen, every run on the same
+    axes (one panel each), styled as in :func:`loss_curves`."""
+    fig = make_subplots(rows=1, cols=3, subplot_titles=[t for _, t, _ in STABILITY], horizontal_spacing=0.06)
+    shown = set()
+    for key, g in _runs(metrics, labels):
+        c, name, dash, group = _look(key, colors, labels, dashes, groups)
+        g = g.sort_values("step")
+        for col, (metric, _, _) in enumerate(STABILITY, start=1):
+            if metric not in g:
+                continue
+            v = g[g[metric].notna()]
+            if not len(v):
+                continue
+            fig.add_scatter(x=v["tokens"], y=v[metric], mode="lines" if metric == "grad_norm" else "lines+markers",
+                            line=dict(color=c, width=1.6, dash=dash), marker=dict(size=5),
+                            name=group if groups else name, legendgroup=group, showlegend=group not in shown,
+                            hovertemplate=f"{name}<br>%{{x:,}} tokens: %{{y:.3g}}<extra></extra>", row=1, col=col)
+            shown.add(group)
+    for col, (_, _, log) in enumerate(STABILITY, start=1):
+        fig.update_xaxes(title_text="tokens seen", row=1, col=col)
+        if log:
+            fig.update_yaxes(type="log", row=1, col=col)
+    fig.update_annotations(font_size=11)
+    return _layout(fig, "Stability while training", height=400, margin=dict(l=10, r=10, t=110, b=10),
+                   legend=dict(orientation="h", yanchor="bottom", y=1.14, xanchor="right", x=1))
 
 
 def speed_bars(progress: pd.DataFrame, colors_by_label: Mapping[str, str]) -> go.Figure:
