@@ -508,10 +508,12 @@ class _Reporter:
         r = m.recipe
         first = m.step - len(m._losses)
         losses = m.take_losses()
+        norms = m.take_norms()
         m.sync_time()
         now = round(time.time() - self.started, 3)
         rows = [{"model": m.key, "step": first + j + 1, "tokens": (first + j + 1) * r.batch * r.seq_len,
-                 "train_loss": loss, "val_loss": "", "lr": r.lr_at(first + j), "elapsed_s": now}
+                 "train_loss": loss, "val_loss": "", "lr": r.lr_at(first + j), "elapsed_s": now,
+                 "grad_norm": norms[j] if j < len(norms) else ""}
                 for j, loss in enumerate(losses)]
         if val is not None:
             if rows:

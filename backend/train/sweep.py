@@ -5,7 +5,8 @@ weight decay, clipping, seed, z-loss) train as one :class:`~backend.train.stack.
 with its learning rates and seeds, the zoo's seeds of one architecture, a single model too (a stack of one,
 which on a GPU still gains the CUDA-graph step). Stacks larger than the device's memory allows are split
 (the training-memory estimate per run, ``arch.train_memory``); a stack whose model class cannot run stacked
-(its first step fails) is split in halves until it can, down to single runs. Stacks take steps in turn, so their
+(its first step fails) is split in halves until it can, down to single runs, and a single run that still cannot
+trains with the single-model trainer (``solo.py``), which its notes say. Stacks take steps in turn, so their
 curves advance together. Each run reports as a model of the run does: its losses, validation losses, gradient
 norm before clipping, sampled largest attention logit per layer and output log-partition, routers' load; at
 the end its checkpoint, its row of the final table, and whether it diverged (a loss that was not finite: the
@@ -215,14 +216,29 @@ def _build(group: list, keys: list[str], device, sink) -> list[_Unit]:
         return []
     except Exception as e:
         if len(group) == 1:
-            log.error("building %s failed:\n%s", keys[group[0][0]], traceback.format_exc())
-            sink.model(group[0][0], status="failed", error=_one_line(e))
-            return []
+            return _solo(group[0], keys, device, sink, e)
         half = len(group) // 2
         return _build(group[:half], keys, device, sink) + _build(group[half:], keys, device, sink)
     for i, *_ in group:
         sink.model(i, status="training", device=str(device), notes=_notes(s, st))
     return [_Unit(st, [j[0] for j in group], list(group))]
+
+
+def _solo(job, keys, device, sink, why: Exception) -> list[_Unit]:
+    """A run whose stack of one failed: the single-model trainer (``solo.Solo``), or its failure in one line."""
+    from .solo import Solo
+
+    i, s, recipe = job
+    log.warning("%s cannot take the stacked step (%s); training it with the single-model trainer",
+                keys[i], _one_line(why))
+    try:
+        st = Solo(s, recipe, keys[i], device, _one_line(why))
+    except Exception as e:
+        log.error("building %s failed:\n%s", keys[i], traceback.format_exc())
+        sink.model(i, status="failed", error=_one_line(e))
+        return []
+    sink.model(i, status="training", device=str(device), notes=tuple(s.notes) + (st.graph_note,))
+    return [_Unit(st, [i], [job])]
 
 
 def _notes(s: Sized, st: Stack) -> tuple:
@@ -245,6 +261,8 @@ def _split_after_failure(u: _Unit, e: Exception, keys, device, sink) -> list[_Un
         half = len(u.jobs) // 2
         log.warning("a stack of %d runs failed (%s); trying halves", len(u.jobs), _one_line(e))
         return _build(u.jobs[:half], keys, device, sink) + _build(u.jobs[half:], keys, device, sink)
+    if first and not oom and isinstance(st, Stack):  # one run that cannot take the stacked step
+        return _solo(u.jobs[0], keys, device, sink, e)
     if not oom:
         log.error("stack failed:\n%s", traceback.format_exc())
     msg = "out of memory on the GPU (the model was freed; try a smaller budget or batch)" if oom else _one_line(e)

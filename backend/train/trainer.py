@@ -139,6 +139,7 @@ class Member:
     step: int = 0
     train_seconds: float = 0.0
     _losses: list = field(default_factory=list)
+    _norms: list = field(default_factory=list)   # gradient norms before clipping, on the device
     peak_bytes: Optional[int] = None
     group: Optional[object] = None   # distributed.Group under accelerate launch / torchrun: DDP over its processes
     shard: Optional[object] = None   # its distributed.Shard (set by start)
@@ -187,8 +188,9 @@ class Member:
             if aux is not None:
                 total = total + aux
         total.backward()
-        if self.recipe.grad_clip:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.recipe.grad_clip)
+        # the norm before clipping, kept for the stability metrics (an infinite threshold measures without clipping)
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.recipe.grad_clip or float("inf"))
+        self._norms.append(norm.detach())
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         if self.routers is not None:
@@ -196,6 +198,14 @@ class Member:
         self._losses.append(loss.detach())
         self.step += 1
         self.train_seconds += time.perf_counter() - t0
+
+    def take_norms(self) -> list[float]:
+        """Gradient norms before clipping since the last call (one host copy)."""
+        if not self._norms:
+            return []
+        values = torch.stack(self._norms).float().cpu().tolist()
+        self._norms.clear()
+        return values
 
     def take_losses(self) -> list[float]:
         """Training losses since the last call (one host copy)."""
