@@ -10,7 +10,13 @@ A KEY may also be the path of a config.json. Errors print one line and exit with
 """
 from __future__ import annotations
 
-import argparse
+import os
+
+# Before torch is first imported: idle OpenMP threads sleep instead of spinning (as app.py does), so that a CLI
+# sharing the machine's cores with other work does not stall its own thread team.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse  # noqa: E402
 import json
 import sys
 from pathlib import Path
