@@ -156,8 +156,12 @@ class TrainingRun:
         self.shared: dict = {}
         self.version = 0
         self.started = time.time()
+        self.trackers = None
         if group is None or group.main:
             self.writer = RunWriter(self.folder)
+            from .trackers import Trackers
+
+            self.trackers = Trackers(self.folder, {k: r.as_dict() for _, k, r in self.members})
         else:
             from .distributed import NullWriter
 
@@ -207,6 +211,8 @@ class TrainingRun:
             getattr(self, name.split(".")[0]).extend(rows)
             self.version += 1
         self.writer.append(name, columns, rows)
+        if name == "metrics.csv" and self.trackers is not None:
+            self.trackers.log(rows)
 
     def result(self, row: dict) -> None:
         import pandas as pd
@@ -256,6 +262,8 @@ class TrainingRun:
             self._set(status="failed", message=_one_line(e))
         finally:
             restore()
+            if self.trackers is not None:
+                self.trackers.close()
             self.writer.write_json("status.json", {"status": self.status, "message": self.message,
                                                    "models": [asdict(m) for m in self.models]})
             if torch.cuda.is_available():
