@@ -115,7 +115,7 @@ def test_ddp_checkpoints_load_and_hold_the_trained_weights(runs):
     from transformers import AutoModelForCausalLM
 
     from backend.train.probes import probe_task
-    from backend.train.runner import _probe_eval_batch, _probe_loss
+    from backend.train.outcome import probe_eval_batch as _probe_eval_batch, probe_loss as _probe_loss
 
     r = runs.spec.recipe
     task = probe_task(r.data, r.probe_vocab, r.seq_len)

@@ -109,6 +109,10 @@ def test_verdicts_follow_the_rules_on_worked_cases():
                            "on": [(0.01, s, 7.8 + 0.01 * s) for s in range(3)]})
     v = F.judge(c, {"abl": unlearned})
     assert v["verdict"].startswith("no verdict") and v["comparisons"][0]["verdict"] == "no verdict (sanity not shown)"
+    assert "not met by qk_norm=off (not below), qk_norm=on (not below)" in v["verdict"]  # says which cells failed
+    failed = _evidence({"off": [(0.01, s, float("nan")) for s in range(3)],
+                        "on": [(0.01, s, 3.2 + 0.012 * s) for s in range(3)]})
+    assert "qk_norm=off (every learning rate diverged or failed)" in F.judge(c, {"abl": failed})["verdict"]
 
 
 def test_a_quick_mqar_run_on_the_cpu_learns_the_task_above_chance():

@@ -231,18 +231,23 @@ def test_stop_takes_effect_within_a_step_and_keeps_checkpoints(tmp_path):
         assert (tmp_path / r.id / "models" / m.key / "model.safetensors").is_file()
 
 
-def test_one_failing_model_does_not_stop_the_others(tmp_path, monkeypatch):
-    from backend.train import trainer
+@pytest.mark.parametrize("stacked", [True, False])
+def test_one_failing_model_does_not_stop_the_others(tmp_path, monkeypatch, stacked):
+    """Out of memory in one model's step, stacked (the default) or one model at a time: that model fails with one
+    line, the other finishes."""
+    from backend.train import stack, trainer
 
-    real = trainer.Member.train_step
+    cls, method = (stack.Stack, "train_step") if stacked else (trainer.Member, "train_step")
+    real = getattr(cls, method)
+    key_of = (lambda self: self.runs[0].key) if stacked else (lambda self: self.key)
 
     def flaky(self, batch):
-        if self.key == "olmo2-7b" and self.step == 2:
+        if key_of(self) == "olmo2-7b" and self.step == 2:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return real(self, batch)
 
-    monkeypatch.setattr(trainer.Member, "train_step", flaky)
-    r = run(["llama3-8b", "olmo2-7b"], tiny(tokens=8 * 64 * 6), tmp_path)
+    monkeypatch.setattr(cls, method, flaky)
+    r = run(["llama3-8b", "olmo2-7b"], tiny(tokens=8 * 64 * 6), tmp_path, stacked=stacked)
     v = r.view()
     by = {m.key: m for m in v.models}
     assert by["olmo2-7b"].status == "failed" and "out of memory" in by["olmo2-7b"].error

@@ -76,7 +76,7 @@ def test_each_axis_changes_only_what_it_names(key, axis, value, fields, modules)
 def test_base_values_read_the_catalog():
     assert base_values("olmo2-7b") == {"attention": "mha", "qk_norm": "on", "norm": "post", "positions": "rope",
                                        "ffn": "dense", "shared_expert": "off", "attention_pattern": "global",
-                                       "tied": "off"}
+                                       "tied": "off", "mixer": "attention"}
     g = base_values("gemma3-27b")
     assert (g["norm"], g["attention_pattern"], g["tied"]) == ("sandwich", "5:1", "on")
     assert base_values("smollm3-3b")["positions"] == "nope:4"

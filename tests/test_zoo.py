@@ -126,3 +126,22 @@ def test_the_shipped_leaderboard_is_what_its_runs_give():
     shipped = pd.read_csv(zoo.zoo_dir() / zoo.LEADERBOARD)
     for col in ("val_loss_mean", "mqar_accuracy_mean", "seeds", "mqar_seeds", "total_params"):
         assert np.allclose(again[col].astype(float), shipped[col].astype(float), equal_nan=True), col
+
+
+def test_a_zoo_build_trains_each_architectures_seeds_as_one_stack(tmp_path):
+    """build() runs one training run per architecture and data, its seeds as members (one stack); the leaderboard
+    counts every seed, and the index ships the first seed's checkpoint."""
+    from backend.train import zoo as zoo_train
+    from backend.train.recipe import preset
+
+    r = preset("zoo", budget=100_000, layers=2, tokens=64 * 256 * 6)
+    out = zoo_train.build(tmp_path / "zoo", r, seeds=(0, 1), keys=["llama3-8b"], parallel=1, root=tmp_path / "runs",
+                          log=lambda s: None)
+    runs = pd.read_csv(out / "runs.csv")
+    assert sorted(runs["data"].unique()) == ["corpus", "mqar"]
+    assert len(runs) == 4 and set(runs["model"]) == {"llama3-8b"} and sorted(runs["seed"].unique()) == [0, 1]
+    assert set(runs["stack_runs"]) == {2}  # the two seeds of a run shared one stack
+    board = pd.read_csv(out / "leaderboard.csv")
+    assert int(board.loc[0, "seeds"]) == 2 and int(board.loc[0, "mqar_seeds"]) == 2
+    index = json.loads((out / "index.json").read_text())
+    assert index["models"]["llama3-8b"]["folder"] == "llama3-8b"

@@ -6,3 +6,8 @@ class ArchLabError(ValueError):
 
     The message is one line, meant to be shown to a user as is.
     """
+
+
+def one_line(e: BaseException) -> str:
+    """An exception as one line for a user: an ArchLabError's message as is, anything else its type and first line."""
+    return str(e) if isinstance(e, ArchLabError) else f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:300]}"

@@ -244,6 +244,7 @@ def summarize(plan_: Plan, results: Sequence[dict], metrics: Optional[Sequence[d
                 sens.append(st.lr_sensitivity(per_seed[s], i0))
         out = {"name": cell.name, "changes": [[a, x] for a, x in cell.changes], "reference": cell.is_reference,
                "notes": list(cell.notes), "grid": grid, "best_lr": best["lr"] if best else None,
+               "best_at_edge": bool(best) and len(spec.lrs) > 1 and best["lr"] in (min(spec.lrs), max(spec.lrs)),
                "best": best["interval"] if best else None,
                "lr_sensitivity": st.interval(sens).as_dict(), "lr_sensitivity_per_seed": sens,
                "best_losses": [per_seed[s][list(spec.lrs).index(best["lr"])] for s in seeds] if best else None}

@@ -136,7 +136,7 @@ def run(a) -> int:
 
 def _run(a, launched: bool) -> int:
     from . import distributed
-    from .runner import TrainingRun, default_processes
+    from .runner import TrainingRun, default_processes, start_distributed
 
     if a.zoo:
         return _zoo(a)
@@ -157,7 +157,7 @@ def _run(a, launched: bool) -> int:
     ok = False
     try:
         if group is not None:
-            run = distributed.start_run(spec, upload, group)
+            run = start_distributed(spec, upload, group)
         else:
             processes = a.processes if a.processes is not None else default_processes(spec.device, len(spec.models))
             run = TrainingRun(spec, upload=upload, processes=processes).start()

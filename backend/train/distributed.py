@@ -20,7 +20,6 @@ import logging
 import os
 import warnings
 from datetime import timedelta
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
@@ -33,11 +32,8 @@ from .experts import IMPL as EXPERTS_IMPL
 from .probes import IGNORE, ProbeBatch
 from .recipe import RunSpec
 from .router_stats import RouterStats
-from .store import RunWriter
 
 if TYPE_CHECKING:
-    from .data import TokenData
-    from .runner import TrainingRun
     from .trainer import Member
 
 #: how the launchers (torchrun / accelerate, MPI) announce the world size and this process's rank
@@ -177,27 +173,6 @@ def init(device: str) -> Group:
     return Group(state.process_index, state.num_processes, torch.device(state.device), backend, control)
 
 
-def start_run(spec: RunSpec, upload: Optional[TokenData], group: Group) -> "TrainingRun":
-    """The same run started on every process: rank 0 tokenizes the corpus (the others then read its cache)
-    and makes the run id."""
-    from ..live.runs import new_id
-    from . import data as data_mod
-    from .runner import TrainingRun, _one_line
-
-    made = None
-    if group.main:
-        try:
-            if spec.recipe.data == "corpus":
-                data_mod.corpus_data()
-            made = {"id": new_id()}
-        except Exception as e:
-            made = {"error": _one_line(e)}
-    made = group.broadcast(made)
-    if "error" in made:
-        raise ArchLabError(made["error"])
-    return TrainingRun(spec, run_id=made["id"], upload=upload, group=group).start()
-
-
 #: expert kernels that run every expert's weights in one op: each expert takes a gradient, chosen or not
 WHOLE_EXPERT_KERNELS = (EXPERTS_IMPL, "grouped_mm", "batched_mm")
 _DDP_ARGS = set(inspect.signature(torch.nn.parallel.DistributedDataParallel.__init__).parameters)
@@ -288,17 +263,3 @@ class SyncedRouters(RouterStats):
         self._summed = False
 
 
-class NullWriter(RunWriter):
-    """The run folder as the other processes see it: rank 0 writes it, they write nothing."""
-
-    def __init__(self, folder: Path):
-        self.folder = folder
-
-    def write_json(self, name: str, data: Any) -> None:
-        pass
-
-    def append(self, name: str, columns: tuple[str, ...], rows: list[dict]) -> None:
-        pass
-
-    def table(self, name: str, df) -> None:
-        pass

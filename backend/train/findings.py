@@ -309,6 +309,18 @@ def compare(ev: Evidence, comp: dict) -> dict:
             "measured": measured, "verdict": finding}
 
 
+def _unmet(check: dict) -> str:
+    """Where a sanity check did not hold: the cells (or the reason) that failed it."""
+    if check.get("why"):
+        return check["why"]
+    if check["kind"] == "learns":
+        bad = [f"{x['cell']} ({'not below' if 'loss_drop' in x else x['why']})" if x["holds"] is False
+               else f"{x['cell']} (not measurable)" for x in check["cells"] if x["holds"] is not True]
+        return "not met by " + ", ".join(bad)
+    return "measured " + ", ".join(f"{x['setting']} {x['accuracy']:.0%}" if x["accuracy"] is not None
+                                   else f"{x['setting']} not measured" for x in check.get("points", []))
+
+
 def judge(c: Claim, evidence: dict[str, Evidence]) -> dict:
     """Sanity, comparisons and the claim's verdict from its evidence (see the module docstring)."""
     checks = [sanity(evidence[s["ablation"]], s) for s in c.sanity if s["ablation"] in evidence]
@@ -316,7 +328,7 @@ def judge(c: Claim, evidence: dict[str, Evidence]) -> dict:
     unknown = [s for s in checks if s["holds"] is None]
     comps = [compare(evidence[k["ablation"]], k) for k in c.comparisons if k["ablation"] in evidence]
     if failed or unknown:
-        why = "; ".join(f"{s['ablation']}: {s['rule']}" for s in failed + unknown)
+        why = "; ".join(f"{s['ablation']}: {s['rule']} — {_unmet(s)}" for s in failed + unknown)
         for k in comps:
             if k["verdict"] is not None:
                 k["verdict"] = "no verdict (sanity not shown)"

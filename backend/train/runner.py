@@ -13,7 +13,6 @@ marked failed with one line and the others go on; models that were stopped keep 
 from __future__ import annotations
 
 import logging
-import math
 import multiprocessing as mp
 import queue as queue_mod
 import threading
@@ -21,24 +20,21 @@ import time
 import traceback
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Optional, Protocol
+from typing import Optional
 
-import numpy as np
 
 from ..arch.architecture import resolve
-from ..arch.errors import ArchLabError
+from ..arch.errors import ArchLabError, one_line
 from ..live.runs import new_id
 from . import data as data_mod
 from .budget import METRICS, Sized, flops_per_token, non_embedding, size_to_budget
 from .probes import ProbeTask, probe_task
+from .outcome import FINAL_WINDOWS, FLUSH_S, Sink, vocab_of  # noqa: F401  (re-exported for callers)
 from .recipe import RunSpec
-from .store import METRIC_COLUMNS, PROBE_COLUMNS, ROUTING_COLUMNS, RunWriter, run_folder
+from .store import NullWriter, RunWriter, run_folder
+from .turns import train_loop
 
 log = logging.getLogger("archlab.train")
-#: seconds between reading losses back from the device (and writing them)
-FLUSH_S = 0.5
-#: at most this many validation windows in the final validation loss
-FINAL_WINDOWS = 2048
 
 
 @dataclass
@@ -89,14 +85,6 @@ class RunView:
     version: int
     started: float
     folder: str
-
-
-class Sink(Protocol):
-    """Where a training loop reports (the run itself, or a queue to it from a worker process)."""
-
-    def model(self, i: int, **fields) -> None: ...
-    def rows(self, name: str, columns: tuple, rows: list[dict]) -> None: ...
-    def result(self, row: dict) -> None: ...
 
 
 def _quiet_transformers():
@@ -163,8 +151,6 @@ class TrainingRun:
 
             self.trackers = Trackers(self.folder, {k: r.as_dict() for _, k, r in self.members})
         else:
-            from .distributed import NullWriter
-
             self.writer = NullWriter(self.folder)
 
     # ----- control
@@ -259,7 +245,7 @@ class TrainingRun:
             self._set(status="failed", message=str(e))
         except Exception as e:  # never a traceback for the page; the log has it
             log.error("training run %s failed:\n%s", self.id, traceback.format_exc())
-            self._set(status="failed", message=_one_line(e))
+            self._set(status="failed", message=one_line(e))
         finally:
             restore()
             if self.trackers is not None:
@@ -283,7 +269,7 @@ class TrainingRun:
     def _size(self, data, task) -> list[Optional[Sized]]:
         """Each run's sized miniature (runs of one model share it); a model that cannot be sized fails its runs."""
         r = self.spec.recipe
-        vocab, eos, pad = _vocab(data, task)
+        vocab, eos, pad = vocab_of(data, task)
         common = dict(seq_len=r.seq_len, vocab=vocab, eos=eos, pad=pad, max_positions=max(1024, r.seq_len),
                       max_total=r.max_total, layers=r.layers, min_head_dim=r.min_head_dim)
         runs_of = {}
@@ -424,264 +410,26 @@ def _child(payload: dict, q, cancel) -> None:
                    Path(payload["folder"]), cancel, payload["started"], stacked=payload.get("stacked", True))
     except Exception as e:
         for i, *_ in payload["jobs"]:
-            sink.model(i, status="failed", error=_one_line(e))
+            sink.model(i, status="failed", error=one_line(e))
     finally:
         restore()
 
 
-def train_loop(jobs: list[tuple[int, Sized, Any]], keys: list[str], spec: RunSpec, data, task, device, sink: Sink,
-               folder: Path, cancel, started: float, group=None, stacked: bool = True) -> None:
-    """Train ``jobs`` ((run index, sized miniature, its recipe)) on ``device``, reporting to ``sink``.
-
-    ``stacked``: runs with the same shapes train as one stacked model (``sweep.train_stacked``); otherwise each
-    run trains on its own, the runs in turn. ``group`` (a distributed launch): every process runs this loop in step
-    with the others, each model with DDP; they stop together, rank 0 evaluates, and a failure ends the process
-    (the launcher stops the others)."""
-    import torch
-
-    from .data import BatchStream, validation_windows
-    from .trainer import Member
-
-    if stacked and group is None:
-        from .sweep import train_stacked
-
-        return train_stacked(jobs, keys, spec, data, task, device, sink, folder, cancel, started)
-    r = spec.recipe
-    members: dict[int, Any] = {}
-    for i, s, recipe in jobs:
+def start_distributed(spec: RunSpec, upload: Optional[data_mod.TokenData], group) -> TrainingRun:
+    """The same run started on every process of a distributed launch (``distributed.Group``): rank 0 tokenizes the
+    corpus (the others then read its cache) and makes the run id, which every process takes."""
+    made = None
+    if group.main:
         try:
-            members[i] = Member(keys[i], s, recipe, device, group=group).start()
-            sink.model(i, status="training", device=str(device))
+            if spec.recipe.data == "corpus":
+                data_mod.corpus_data()
+            made = {"id": new_id()}
         except Exception as e:
-            if group is not None:
-                raise
-            sink.model(i, status="failed", error=_one_line(e))
-    streams = {m.recipe.seed: BatchStream(data.train, r.batch, r.seq_len, m.recipe.seed)
-               for m in members.values()} if data is not None else None
-    eval_windows = validation_windows(data.validation, r.seq_len, r.eval_windows) if data is not None else None
-    probe_eval = _probe_eval_batch(task, r) if task is not None else None
-    active = list(members)
-    last_flush = time.monotonic()
-    report = _Reporter(sink, spec, started, keys)
-    # a distributed launch stops when any process was asked to, all at the same step
-    stopping = cancel.is_set if group is None else lambda: group.any(cancel.is_set())
-    evaluates = group is None or group.main
-    while active and not stopping():
-        for i in list(active):
-            if group is None and cancel.is_set():
-                break
-            m = members[i]
-            try:
-                batch = streams[m.recipe.seed][m.step] if streams is not None else \
-                    task.batch(m.recipe.seed, m.step, r.batch)
-                m.train_step(batch)
-                if m.step % r.eval_interval == 0 or m.done:
-                    val = None if not evaluates else \
-                        m.loss_on(eval_windows) if eval_windows is not None else _probe_loss(m, probe_eval)
-                    report.flush(i, m, val, members)
-                    last_flush = time.monotonic()
-            except torch.OutOfMemoryError:
-                if group is not None:
-                    raise
-                _drop(i, members, sink, "out of memory on the GPU (the model was freed; try a smaller budget or batch)")
-                active.remove(i)
-                continue
-            except Exception as e:
-                if group is not None:
-                    raise
-                log.error("model %s failed:\n%s", m.key, traceback.format_exc())
-                _drop(i, members, sink, _one_line(e))
-                active.remove(i)
-                continue
-            if m.done:
-                active.remove(i)
-                _finish(i, m, data, task, spec, sink, folder, stopped=False, group=group)
-                del members[i]
-        if time.monotonic() - last_flush >= FLUSH_S:
-            for i in active:
-                report.flush(i, members[i], None, members)
-            last_flush = time.monotonic()
-    for i in active:  # stopped: keep what they learned
-        report.flush(i, members[i], None, members)
-        _finish(i, members[i], data, task, spec, sink, folder, stopped=True, group=group)
-
-
-class _Reporter:
-    """Turns a member's progress into rows and status for a Sink."""
-
-    def __init__(self, sink: Sink, spec: RunSpec, started: float, keys: list[str]):
-        self.sink, self.r, self.started = sink, spec.recipe, started
-
-    def flush(self, i: int, m, val: Optional[float], members: dict) -> None:
-        r = m.recipe
-        first = m.step - len(m._losses)
-        losses = m.take_losses()
-        norms = m.take_norms()
-        m.sync_time()
-        now = round(time.time() - self.started, 3)
-        rows = [{"model": m.key, "step": first + j + 1, "tokens": (first + j + 1) * r.batch * r.seq_len,
-                 "train_loss": loss, "val_loss": "", "lr": r.lr_at(first + j), "elapsed_s": now,
-                 "grad_norm": norms[j] if j < len(norms) else ""}
-                for j, loss in enumerate(losses)]
-        if val is not None:
-            if rows:
-                rows[-1]["val_loss"] = val
-            else:
-                rows.append({"model": m.key, "step": m.step, "tokens": m.tokens, "train_loss": "", "val_loss": val,
-                             "lr": r.lr_at(max(0, m.step - 1)), "elapsed_s": now})
-        self.sink.rows("metrics.csv", METRIC_COLUMNS, rows)
-        if m.routers is not None and losses:
-            snap = m.routers.snapshot(m.step)
-            summary = snap.summary()
-            self.sink.rows("routing.csv", ROUTING_COLUMNS, [
-                {"model": m.key, "step": m.step, "tokens": m.tokens, "layer": layer,
-                 "max_over_mean": float(summary["max_over_mean"][row]), "entropy": float(summary["entropy"][row]),
-                 "never_chosen": int(summary["never_chosen"][row]),
-                 "aux_loss": snap.aux_loss if snap.aux_loss is not None else "",
-                 "load": " ".join(str(int(x)) for x in snap.load[row])} for row, layer in enumerate(snap.layers)])
-        step_s = m.train_seconds / m.step if m.step else None
-        # models in this loop take turns: the remaining steps wait for each other's steps too
-        turn = sum(o.train_seconds / o.step for o in members.values() if o.step and not o.done)
-        eta = (r.steps - m.step) * max(turn, step_s or 0) if step_s else None
-        fields = {"step": m.step, "tokens": m.tokens, "elapsed_s": m.train_seconds, "eta_s": eta,
-                  "tok_s": m.tokens / m.train_seconds if m.train_seconds > 0 else None, "peak_bytes": m.peak_bytes,
-                  "stream_sha256": m.stream.hexdigest(), "batches": m.stream.batches}
-        if losses:
-            fields["train_loss"] = float(np.mean(losses[-10:]))
-        if val is not None:
-            fields["val_loss"] = val
-        self.sink.model(i, **fields)
-
-
-def _drop(i: int, members: dict, sink: Sink, message: str) -> None:
-    import torch
-
-    members.pop(i).close()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-    sink.model(i, status="failed", error=message)
-
-
-def _finish(i: int, m, data, task, spec: RunSpec, sink: Sink, folder: Path, stopped: bool, group=None) -> None:
-    """Full validation loss (not when stopped), probe accuracy, the checkpoint and the final row (under a
-    distributed launch by rank 0, whose outcome the others wait for and take)."""
-    sink.model(i, status="evaluating")
-    outcome = {}
-    try:
-        if group is None or group.main:
-            outcome = _record(i, m, data, task, spec, sink, folder, stopped)
-    except Exception as e:
-        log.error("finishing %s failed:\n%s", m.key, traceback.format_exc())
-        outcome = {"status": "failed", "error": f"could not evaluate or save: {_one_line(e)}"}
-        sink.model(i, **outcome)
-    finally:
-        if group is not None:
-            outcome = group.broadcast(outcome)
-            if not group.main:
-                sink.model(i, **outcome)
-        m.close()
-
-
-def _record(i: int, m, data, task, spec: RunSpec, sink: Sink, folder: Path, stopped: bool) -> dict:
-    from .data import validation_windows
-    from .store import RunWriter
-
-    r = m.recipe
-    val = None
-    by_setting, by_distance = {}, {}
-    if data is not None:
-        val = m.loss_on(validation_windows(data.validation, r.seq_len, None if not stopped else r.eval_windows)
-                        [:FINAL_WINDOWS])
-    else:
-        val = _probe_loss(m, _probe_eval_batch(task, r))
-        if not stopped:
-            by_setting, by_distance = m.probe_accuracy(task, r.probe_examples)
-    writer = RunWriter(folder)
-    model_dir = writer.model_dir(m.key)
-    m.save(model_dir, _tokenizer(data))
-    return report_result(i, sink, folder, key=m.key, sized=m.sized, recipe=r, status="stopped" if stopped else "finished",
-                         step=m.step, tokens=m.tokens, val=val, by_setting=by_setting, by_distance=by_distance,
-                         stream=m.stream, train_seconds=m.train_seconds, peak_bytes=m.peak_bytes, model_dir=model_dir,
-                         data=data, task=task)
-
-
-def _tokenizer(data):
-    """The shipped tokenizer for a text run's checkpoints (None for probes)."""
-    if data is None:
-        return None
-    from ..live.tokenizer import load_offline
-
-    return load_offline()
-
-
-def report_result(i: int, sink: Sink, folder: Path, *, key: str, sized: Sized, recipe, status: str, step: int,
-                  tokens: int, val: Optional[float], by_setting: dict, by_distance: dict, stream, train_seconds: float,
-                  peak_bytes: Optional[int], model_dir: Optional[Path], data, task, extra: Optional[dict] = None) -> dict:
-    """A finished (or stopped, or diverged) run's probe rows, training.json beside its checkpoint, its row of the
-    final table (plus ``extra`` columns) and its status; returns the status fields."""
-    from .store import RunWriter
-
-    r = recipe
-    sink.rows("probes.csv", PROBE_COLUMNS,
-              [{"model": key, "probe": task.name, "kv_pairs": kv, "seq_len": t, "distance": "", "accuracy": a}
-               for (kv, t), a in by_setting.items()]
-              + [{"model": key, "probe": "distance", "kv_pairs": "", "seq_len": r.seq_len, "distance": d,
-                  "accuracy": a} for d, a in by_distance.items()])
-    finite = val is not None and math.isfinite(val)
-    info = {"key": key, "label": sized.source_label, "run_id": folder.name, "status": status, "step": step,
-            "tokens": tokens, "val_loss": val if finite else None, "stream_sha256": stream.hexdigest(),
-            "batches": stream.batches, "recipe": r.as_dict(), "data": data.name if data is not None else task.name,
-            "data_sha256": data.sha256 if data is not None else ""}
-    saved = model_dir is not None and model_dir.is_dir()
-    if saved:
-        RunWriter(folder).write_json(f"models/{model_dir.name}/training.json", info)
-    c = sized.arch.counts
-    sink.result({"model": key, "label": sized.source_label, "status": status, "steps": step, "tokens": tokens,
-                 "val_loss": val, "perplexity": math.exp(val) if data is not None and finite and val < 50 else None,
-                 "probe_accuracy": float(np.mean(list(by_setting.values()))) if by_setting else None,
-                 "total_params": c.total, "active_params": c.active,
-                 "nonemb_active_params": non_embedding(c, "active"), "budget_value": sized.value,
-                 "tok_s": tokens / train_seconds if train_seconds else None, "peak_bytes": peak_bytes,
-                 "train_seconds": train_seconds, "experts": sized.experts, "stream_sha256": stream.hexdigest(),
-                 "checkpoint": str(model_dir) if saved else "", **(extra or {})})
-    outcome = {"status": status, "val_loss": val, "checkpoint": str(model_dir) if saved else "",
-               "stream_sha256": stream.hexdigest(), "batches": stream.batches}
-    sink.model(i, **outcome)
-    return outcome
-
-
-def _probe_eval_batch(task: ProbeTask, r):
-    """A fixed held-out probe batch for the validation-loss curve of probe runs."""
-    kv = task.kv_pairs[len(task.kv_pairs) // 2] if task.name == "mqar" else task.kv_pairs[0]
-    while 4 * kv > task.seq_len:
-        kv //= 2
-    return task.eval_batch(max(kv, 1), task.seq_len, min(r.probe_examples, 4 * r.batch))
-
-
-def _probe_loss(m, batch) -> float:
-    """Cross-entropy on the answers of a held-out probe batch."""
-    import torch
-
-    from .trainer import _autocast, _tensors, token_loss
-
-    m.model.eval()
-    try:
-        with torch.no_grad(), _autocast(m.device, m.recipe):
-            x, y = _tensors(batch, m.device)
-            return float(token_loss(m.model(input_ids=x, use_cache=False).logits, y, batch))
-    finally:
-        if m.routers is not None:
-            m.routers.discard_step()
-        m.model.train()
-
-
-def _vocab(data, task) -> tuple[int, int, int]:
-    if task is not None:
-        return task.vocab, 0, 0
-    from ..live.tokenizer import load_offline
-
-    tok = load_offline()
-    return data.vocab_size, tok.eos_token_id, tok.pad_token_id
+            made = {"error": one_line(e)}
+    made = group.broadcast(made)
+    if "error" in made:
+        raise ArchLabError(made["error"])
+    return TrainingRun(spec, run_id=made["id"], upload=upload, group=group).start()
 
 
 def default_processes(device: str, models: int) -> int:
@@ -708,10 +456,6 @@ def _devices(name: str, processes: int) -> list:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ArchLabError(f"device {name!r} asked for, but no CUDA GPU is visible")
     return [device]
-
-
-def _one_line(e: Exception) -> str:
-    return str(e) if isinstance(e, ArchLabError) else f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:300]}"
 
 
 def _label(source) -> str:

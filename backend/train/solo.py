@@ -73,9 +73,9 @@ class Solo:
         return np.array([self.member.loss_on(windows)])
 
     def probe_loss(self, batch: ProbeBatch) -> np.ndarray:
-        from .runner import _probe_loss
+        from .outcome import probe_loss
 
-        return np.array([_probe_loss(self.member, batch)])
+        return np.array([probe_loss(self.member, batch)])
 
     def probe_accuracy(self, task: ProbeTask, examples: int) -> list[tuple[dict, dict]]:
         return [self.member.probe_accuracy(task, examples)]

@@ -101,7 +101,7 @@ class _Routers:
         probs = torch.softmax(lg, -1) if self.scoring == "softmax" else \
             torch.sigmoid(lg) / torch.sigmoid(lg).sum(-1, keepdim=True)
         f = load.sum(0) / lg.shape[0]
-        return load, self.aux_coef * self.experts * (f * probs.mean(0)).sum()
+        return load, self.experts * (f * probs.mean(0)).sum()  # logged as it is; weighted by the coef in the loss
 
     def remove(self) -> None:
         for h in self._handles:
@@ -259,7 +259,7 @@ class Stack:
         losses = self.losses(out["logits"], y, mask)
         total = losses
         if self.routers is not None:
-            total = total + out["aux"]
+            total = total + self.routers.aux_coef * out["aux"]
         if self.z_on:
             log_z = torch.logsumexp(out["logits"].float(), dim=-1).reshape(len(self.runs), -1)
             total = total + self._z_loss * torch.stack([row.pow(2).mean() for row in log_z])

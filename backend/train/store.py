@@ -81,6 +81,22 @@ class RunWriter:
         return self.folder / "models" / safe_name(key)
 
 
+class NullWriter(RunWriter):
+    """The run folder as the other processes of a distributed launch see it: rank 0 writes it, they write nothing."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+
+    def write_json(self, name: str, data: Any) -> None:
+        pass
+
+    def append(self, name: str, columns: tuple[str, ...], rows: list[dict]) -> None:
+        pass
+
+    def table(self, name: str, df) -> None:
+        pass
+
+
 def safe_name(key: str) -> str:
     """A model key as a folder name."""
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in key)[:80] or "model"

@@ -25,18 +25,15 @@ from typing import Any, Optional
 
 import numpy as np
 
-from ..arch.errors import ArchLabError
+from ..arch.errors import ArchLabError, one_line
 from .budget import Sized
+from .outcome import FINAL_WINDOWS, FLUSH_S
 from .recipe import RunSpec
 from .stack import Stack, stack_key
 from .store import METRIC_COLUMNS, ROUTING_COLUMNS, STABILITY_COLUMNS, RunWriter
 from .statistics import spike_score, spike_window
 
 log = logging.getLogger("archlab.train")
-#: seconds between reading losses back from the device (and writing them)
-FLUSH_S = 0.5
-#: at most this many validation windows in the final validation loss
-FINAL_WINDOWS = 2048
 #: a stack may use this share of the device's free memory (the estimate leaves out the vmap temporaries)
 MEMORY_SHARE = 0.6
 #: stability metrics (attention logits, log Z) are sampled this many times in a run
@@ -113,7 +110,7 @@ def train_stacked(jobs: list[tuple[int, Sized, Any]], keys: list[str], spec: Run
                   folder: Path, cancel, started: float) -> None:
     """Train ``jobs`` ((run index, sized miniature, recipe)) as stacks on ``device``, reporting to ``sink``."""
     from .data import BatchStream, validation_windows
-    from .runner import _probe_eval_batch
+    from .outcome import probe_eval_batch
 
 
     r = spec.recipe
@@ -125,7 +122,7 @@ def train_stacked(jobs: list[tuple[int, Sized, Any]], keys: list[str], spec: Run
         for _, _, rec in jobs:
             streams.setdefault(rec.seed, BatchStream(data.train, r.batch, r.seq_len, rec.seed))
     eval_windows = validation_windows(data.validation, r.seq_len, r.eval_windows) if data is not None else None
-    probe_eval = _probe_eval_batch(task, r) if task is not None else None
+    probe_eval = probe_eval_batch(task, r) if task is not None else None
     every = max(5, r.steps // STABILITY_SAMPLES)
 
     def batches(u: _Unit) -> list:
@@ -230,12 +227,12 @@ def _solo(job, keys, device, sink, why: Exception) -> list[_Unit]:
 
     i, s, recipe = job
     log.warning("%s cannot take the stacked step (%s); training it with the single-model trainer",
-                keys[i], _one_line(why))
+                keys[i], one_line(why))
     try:
-        st = Solo(s, recipe, keys[i], device, _one_line(why))
+        st = Solo(s, recipe, keys[i], device, one_line(why))
     except Exception as e:
         log.error("building %s failed:\n%s", keys[i], traceback.format_exc())
-        sink.model(i, status="failed", error=_one_line(e))
+        sink.model(i, status="failed", error=one_line(e))
         return []
     sink.model(i, status="training", device=str(device), notes=tuple(s.notes) + (st.graph_note,))
     return [_Unit(st, [i], [job])]
@@ -259,13 +256,13 @@ def _split_after_failure(u: _Unit, e: Exception, keys, device, sink) -> list[_Un
         torch.cuda.empty_cache()
     if len(u.jobs) > 1 and (oom or first):
         half = len(u.jobs) // 2
-        log.warning("a stack of %d runs failed (%s); trying halves", len(u.jobs), _one_line(e))
+        log.warning("a stack of %d runs failed (%s); trying halves", len(u.jobs), one_line(e))
         return _build(u.jobs[:half], keys, device, sink) + _build(u.jobs[half:], keys, device, sink)
     if first and not oom and isinstance(st, Stack):  # one run that cannot take the stacked step
         return _solo(u.jobs[0], keys, device, sink, e)
     if not oom:
         log.error("stack failed:\n%s", traceback.format_exc())
-    msg = "out of memory on the GPU (the model was freed; try a smaller budget or batch)" if oom else _one_line(e)
+    msg = "out of memory on the GPU (the model was freed; try a smaller budget or batch)" if oom else one_line(e)
     for i in u.index:
         sink.model(i, status="failed", error=msg)
     return []
@@ -364,7 +361,7 @@ def _diverged(u: _Unit, bad: list[int], ctx: _Context) -> None:
 def _finish(u: _Unit, ctx: _Context, stopped: bool) -> None:
     """Final validation loss (or probe accuracy), a checkpoint per run, the final rows; then the stack is freed."""
     from .data import validation_windows
-    from .runner import _probe_eval_batch, _tokenizer
+    from .outcome import probe_eval_batch, tokenizer_for
 
     st, sink, data, task = u.stack, ctx.sink, ctx.data, ctx.task
     if st is None or not u.index:
@@ -378,10 +375,10 @@ def _finish(u: _Unit, ctx: _Context, stopped: bool) -> None:
                               [:FINAL_WINDOWS])
             probes = [({}, {})] * len(u.index)
         else:
-            vals = st.probe_loss(_probe_eval_batch(task, r0))
+            vals = st.probe_loss(probe_eval_batch(task, r0))
             probes = [({}, {})] * len(u.index) if stopped else st.probe_accuracy(task, r0.probe_examples)
         writer = RunWriter(ctx.folder)
-        tokenizer = _tokenizer(data)
+        tokenizer = tokenizer_for(data)
         for r, i in enumerate(u.index):
             model_dir = writer.model_dir(st.runs[r].key)
             st.save(r, model_dir, tokenizer)
@@ -390,7 +387,7 @@ def _finish(u: _Unit, ctx: _Context, stopped: bool) -> None:
     except Exception as e:
         log.error("finishing a stack failed:\n%s", traceback.format_exc())
         for i in u.index:
-            sink.model(i, status="failed", error=f"could not evaluate or save: {_one_line(e)}")
+            sink.model(i, status="failed", error=f"could not evaluate or save: {one_line(e)}")
     finally:
         st.close()
         u.stack = None
@@ -399,7 +396,7 @@ def _finish(u: _Unit, ctx: _Context, stopped: bool) -> None:
 def _report(u: _Unit, r: int, ctx: _Context, *, status: str, val: float, model_dir: Optional[Path],
             by_setting: dict, by_distance: dict, note: str = "") -> None:
     """One run's final row (through the runner's ``report_result``) with the sweep's columns."""
-    from .runner import report_result
+    from .outcome import report_result
 
     st, sink = u.stack, ctx.sink
     i, run = u.index[r], st.runs[r]
@@ -421,6 +418,3 @@ def _report(u: _Unit, r: int, ctx: _Context, *, status: str, val: float, model_d
     if note:
         sink.model(i, error=note)
 
-
-def _one_line(e: Exception) -> str:
-    return str(e) if isinstance(e, ArchLabError) else f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:300]}"

@@ -66,6 +66,20 @@ def _cost(sized, recipe: Recipe) -> float:
     return recipe.tokens * (3.0 if spec.moe else 1.0) * (4.0 if spec.linear else 1.0)
 
 
+def seeds_spec(key: str, recipe: Recipe, seeds) -> RunSpec:
+    """One architecture's runs of ``recipe`` over ``seeds`` in one run: they share shapes, so they train as one
+    stack (``sweep.py``)."""
+    return RunSpec((key,), recipe, "auto", tuple({"model": 0, "key": f"{key} · seed {s}", "recipe": {"seed": s}}
+                                                 for s in seeds))
+
+
+def run_rows(r: TrainingRun) -> list[dict]:
+    """A zoo run's final rows, one per seed, keyed by the architecture (``model``), its data and its seed."""
+    seed_of = {k: rec.seed for _, k, rec in r.spec.runs()}
+    return [{**row, "model": r.spec.models[0], "seed": seed_of.get(row["model"], r.spec.recipe.seed),
+             "data": r.spec.recipe.data, "run_id": r.id} for row in r.view().results]
+
+
 def _run_all(specs: list[RunSpec], root: Path, processes: int, parallel: int, log: Callable[[str], None],
              on_done: Optional[Callable[[TrainingRun], None]] = None) -> list[TrainingRun]:
     """Run ``specs`` (each in ``processes`` worker processes), ``parallel`` runs at a time; ``on_done(run)`` is
@@ -83,7 +97,7 @@ def _run_all(specs: list[RunSpec], root: Path, processes: int, parallel: int, lo
                 runs.append(r)
             r.join()
             v = r.view()
-            log(f"  run {r.id[:6]} ({spec.recipe.data}, seed {spec.recipe.seed}): {v.status} {v.message} "
+            log(f"  run {r.id[:6]} ({spec.recipe.data}, {len(v.models)} seed(s)): {v.status} {v.message} "
                 + ", ".join(f"{m.key} {m.status}" for m in v.models))
             if on_done is not None:
                 with lock:
@@ -109,19 +123,15 @@ def build(out: Optional[Path] = None, recipe: Optional[Recipe] = None, seeds=SEE
     log(f"zoo: {sum(len(g['keys']) for g in gs)} catalog architectures → {len(gs)} distinct miniatures; "
         f"{len(seeds)} seeds; corpus {recipe.tokens:,} tokens and MQAR {recipe.tokens // MQAR_SHARE:,} tokens each")
     probe = replace(recipe, **MQAR, tokens=recipe.tokens // MQAR_SHARE).validate()
-    # One run per (architecture, data, seed), each in its own worker process, ``parallel`` at a time, the
-    # costliest first (longest-processing-time order keeps the last runs short).
-    jobs = [(g["keys"][0], replace(r, seed=s), _cost(g["sized"], r)) for g in gs for r in (recipe, probe) for s in seeds]
+    # One run per (architecture, data), its seeds trained as one stack, each run in its own worker process,
+    # ``parallel`` at a time, the costliest first (longest-processing-time order keeps the last runs short).
+    jobs = [(g["keys"][0], r, _cost(g["sized"], r)) for g in gs for r in (recipe, probe)]
     jobs.sort(key=lambda j: -j[2])
     from .data import corpus_data
 
     corpus_data()  # tokenized once here, cached on disk for the workers
-    runs = _run_all([RunSpec((key,), r, "auto") for key, r, _ in jobs], root, 1, parallel, log)
-    results = []
-    for r in runs:
-        for row in r.view().results:
-            results.append({**row, "seed": r.spec.recipe.seed, "data": r.spec.recipe.data, "run_id": r.id})
-    res = pd.DataFrame(results)
+    runs = _run_all([seeds_spec(key, r, seeds) for key, r, _ in jobs], root, 1, parallel, log)
+    res = pd.DataFrame([row for r in runs for row in run_rows(r)])
     if res.empty:
         raise ArchLabError("the zoo runs produced no trained model")
     _write(out, gs, recipe, probe, res, seeds)
@@ -222,11 +232,14 @@ def fill(out: Optional[Path] = None, seeds=SEEDS, parallel: int = 16, root: Opti
     from .data import corpus_data
 
     corpus_data()
-    specs = [RunSpec((key,), replace(recipe if data == "corpus" else probe, seed=seed), "auto") for key, data, seed in todo]
+    wanted: dict = {}
+    for key, data, seed in todo:
+        wanted.setdefault((key, data), []).append(seed)
+    specs = [seeds_spec(key, recipe if data == "corpus" else probe, missing) for (key, data), missing in wanted.items()]
     table = {"res": res}
 
     def record(r: TrainingRun) -> None:  # written as each run ends: a run cut short keeps the others
-        rows = [{**row, "seed": r.spec.recipe.seed, "data": r.spec.recipe.data, "run_id": r.id} for row in r.view().results]
+        rows = run_rows(r)
         if rows:
             table["res"] = pd.concat([table["res"], pd.DataFrame(rows).drop(columns=["checkpoint"], errors="ignore")],
                                      ignore_index=True)
