@@ -227,7 +227,7 @@ def test_the_page_draws_every_claim_and_the_re_run_beside_the_shipped_evidence(r
         assert f"(#{c.name})" in summary and c.source["label"] in text and c.source["cite"] in text
         for mode in F.MODES:
             assert fd.verdict_text(fd.trained(c.name, mode, fd.SHIPPED)) in summary
-    assert f"re-run: {rerun_verdict}" in summary
+    assert f"re-run: :{fd.verdict_color(rerun_verdict)}-badge[{rerun_verdict}]" in summary
     infos = [i.value for i in at.info]
     assert sum("Not run under the quick recipe" in i for i in infos) == len(claims) - 1  # nope-layers has its re-run
     assert any("Not run under the full recipe (one GPU) yet" in i for i in infos)       # moe-dense, mqar-recall

@@ -42,9 +42,12 @@ def _badge(text: str) -> None:
 def _summary(claims: list, evidence: dict) -> None:
     table = fd.summary_table(claims, evidence)
 
+    def badge(text: str) -> str:
+        return f":{fd.verdict_color(text)}-badge[{md(text)}]"
+
     def cell(r, mode: str) -> str:
         rerun = r[f"re-run ({mode})"]
-        return md(r[f"verdict ({mode})"]) + (f" · re-run: {md(rerun)}" if rerun else "")
+        return badge(r[f"verdict ({mode})"]) + (f" re-run: {badge(rerun)}" if rerun else "")
 
     lines = ["| claim | source | verdict (full recipe, one GPU) | verdict (quick recipe, CPU) |", "|---|---|---|---|"]
     lines += [f"| [{md(r['claim'])}](#{r['name']}) | {md(r['source'])} | {cell(r, 'full')} | {cell(r, 'quick')} |"
@@ -89,6 +92,7 @@ def _ui_num(col: str):
 
 def _rerun(c: F.Claim) -> None:
     """The re-run links (quick recipe by default) and the command line."""
+    st.subheader("Re-run it", anchor=False)
     mode = st.segmented_control("Re-run with the", list(fd.MODES), default="quick", key=f"rerun_mode_{c.name}",
                                 format_func=fd.MODE_LABELS.get, required=True) or "quick"
     with st.container(horizontal=True, gap="small"):
@@ -108,7 +112,7 @@ def _mode(c: F.Claim, e: fd.ModeEvidence) -> None:
         return
     with st.container(horizontal=True, gap="small", vertical_alignment="center"):
         for t in e.runs:
-            st.markdown(f"**{t.label.capitalize()}:**")
+            st.markdown(f"**{fd.sentence(t.label)}:**")
             _badge(fd.verdict_text(t))
     key = f"{c.name} {e.mode}"
     _ui.frame(fd.sanity_table(c, e.runs), f"{key} sanity", caption=fd.CAPTIONS["sanity"], hide_index=True,
@@ -153,7 +157,7 @@ def _claim(c: F.Claim, evidence: dict, slots: list) -> None:
         slot.caption(":material/hourglass_top: Computing the exact figures from the catalog configs…")
         slots.append((c, slot))
     st.subheader("Trained evidence", anchor=False)
-    tabs = st.tabs([fd.MODE_LABELS[m].capitalize() + (" · with a re-run" if evidence[m].rerun else "")
+    tabs = st.tabs([fd.sentence(fd.MODE_LABELS[m]) + (" · with a re-run" if evidence[m].rerun else "")
                     for m in fd.MODES])
     for tab, mode in zip(tabs, fd.MODES):
         with tab:

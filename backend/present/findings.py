@@ -34,9 +34,8 @@ SHIPPED, RERUN = "shipped", "re-run"
 #: query parameters of a re-run link besides the ablation's own (``mode``, ``spec``): the claim it re-runs
 CLAIM_PARAM, ABLATION_PARAM, MODE_PARAM = "claim", "ablation", "fmode"
 FINDING_PARAMS = (CLAIM_PARAM, ABLATION_PARAM, MODE_PARAM)
-METRIC_LABELS = {"loss": "final loss at each cell's best learning rate", "lr_sensitivity": "LR sensitivity",
-                 "accuracy": "probe accuracy at each cell's best learning rate",
-                 "grad_spike_score": "gradient-norm spike score", "loss_spike_score": "loss spike score",
+METRIC_LABELS = {"loss": "loss (best lr)", "lr_sensitivity": "LR sensitivity", "accuracy": "probe accuracy (best lr)",
+                 "grad_spike_score": "gradient spike score", "loss_spike_score": "loss spike score",
                  "max_attn_logit": "largest attention logit"}
 DIGITS = {"accuracy": 3, "max_attn_logit": 2}
 EXPECTED = {"lower": "a lower than b", "higher": "a higher than b", "same": "no difference", None: "no direction"}
@@ -131,6 +130,11 @@ def mode_evidence(claim_name: str, mode: str) -> ModeEvidence:
     return ModeEvidence(mode, trained(claim_name, mode, SHIPPED), trained(claim_name, mode, RERUN))
 
 
+def sentence(text: str) -> str:
+    """``text`` with its first letter in upper case (the rest kept: "GPU" stays)."""
+    return text[:1].upper() + text[1:]
+
+
 def verdict_text(t: Optional[Trained]) -> str:
     """The claim's overall verdict from ``t`` (``not run`` without evidence)."""
     return t.verdict["verdict"] if t is not None else "not run"
@@ -216,15 +220,12 @@ def comparisons_display(table: pd.DataFrame) -> pd.DataFrame:
     if table.empty:
         return table
     t = table.astype(object).where(table.notna(), None)
-    out = t[["evidence", "a", "b", "metric", "learning rates (a, b)", "the source", "expected"]].copy()
-    out.insert(0, "comparison", [f"{a} − {b}" for a, b in zip(t["a"], t["b"])])
-    out = out.drop(columns=["a", "b"])
-    out["Δ (95 % CI)"] = [ab.with_ci(m, lo, hi, int(d)) for m, lo, hi, d in
-                          zip(t["Δ (a − b)"], t["CI low"], t["CI high"], t["digits"])]
-    out["seeds"] = t["seeds"]
-    out["measured"] = t["measured"]
-    out["verdict"] = t["verdict"]
-    return out
+    return pd.DataFrame({
+        "comparison (a − b)": [f"{a} − {b}" for a, b in zip(t["a"], t["b"])], "metric": t["metric"],
+        "Δ (95 % CI)": [ab.with_ci(m, lo, hi, int(d)) for m, lo, hi, d in
+                        zip(t["Δ (a − b)"], t["CI low"], t["CI high"], t["digits"])],
+        "measured": t["measured"], "expected": t["expected"], "verdict": t["verdict"], "evidence": t["evidence"],
+        "seeds": t["seeds"], "learning rates (a, b)": t["learning rates (a, b)"], "the source": t["the source"]})
 
 
 def comparisons_csv(table: pd.DataFrame) -> pd.DataFrame:
@@ -448,7 +449,7 @@ def static_evidence(claim_name: str) -> Optional[Static]:
         v = make_variant(s["base"], {axis: value})
         arch = resolve(s["base"]) if v.is_base else resolve(v.config)
         spec, counts = arch.spec, arch.counts
-        row = {axis: value, "model": arch.label if v.is_base else v.name, "the base's own": v.is_base}
+        row = {axis: value, "the base's own": v.is_base}
         if s["kind"] == "kv_per_token":
             kv = memory.kv_cache(arch, 1, 1, dtype)
             kinds = sorted({layer.attention for layer in spec.layers})

@@ -44,12 +44,12 @@ def _cap(text: str) -> str:
 
 
 def _mode(c: F.Claim, e: fd.ModeEvidence) -> list[str]:
-    out = [f"<h3>{escape(fd.MODE_LABELS[e.mode].capitalize())}</h3>"]
+    out = [f"<h3>{escape(fd.sentence(fd.MODE_LABELS[e.mode]))}</h3>"]
     cli = f"<code>{escape(fd.cli_line(c, e.mode))}</code>"
     if not e.runs:
         return out + [f"<p>Not run. Run it with {cli}.</p>"]
     for t in e.runs:
-        out.append(f"<p>{escape(t.label.capitalize())}: {_verdict(fd.verdict_text(t))}</p>")
+        out.append(f"<p>{escape(fd.sentence(t.label))}: {_verdict(fd.verdict_text(t))}</p>")
     out += ["<h4>Sanity checks</h4>", _table(fd.sanity_table(c, e.runs)), _cap(fd.CAPTIONS["sanity"]),
             "<h4>Comparisons</h4>", _table(fd.comparisons_display(fd.comparisons_table(e.runs))),
             _cap(fd.CAPTIONS["comparisons"])]
