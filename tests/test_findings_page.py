@@ -207,6 +207,32 @@ def test_an_ablation_started_for_a_claim_is_kept_as_its_re_run(rerun):
         changes, changes
 
 
+def test_a_re_run_is_drawn_beside_the_shipped_evidence(rerun, tmp_path):
+    run, _ = rerun
+    summary = ab.summary_of(run.folder, run.view().results, finished=True)
+    tag = {"claim": "nope-layers", "ablation": "positions", "mode": "full"}  # kept beside the shipped full evidence
+    verdict = fd.save_rerun(run.folder, summary, run.view().results, tag, root=tmp_path)
+    shipped = fd.trained("nope-layers", "full", fd.SHIPPED)
+    again = fd.Trained("nope-layers", "full", fd.RERUN, tmp_path, F.load_evidence("nope-layers", "full", tmp_path),
+                       verdict)
+    fig = fc.loss_vs_lr([shipped, again], "positions", "beside")
+    lines = {tr.name: tr.line.dash for tr in fig.data if tr.name}
+    assert lines["positions=rope"] is None and lines["positions=rope · re-run"] == "dash"
+    assert fig.layout.title.text == "beside (shipped: 3 seeds, re-run: 2 seeds)"
+    comps = fd.comparisons_table([shipped, again])
+    assert list(comps["evidence"]) == ["shipped (full)", "re-run (full)"]
+    assert comps["verdict"].iloc[1] == verdict["comparisons"][0]["verdict"]
+    shown, _ = fd.cells_table([shipped, again], "positions")
+    assert list(shown["evidence"]) == ["shipped (full)"] * 2 + ["re-run (full)"] * 2
+    recipe = fd.recipe_table([shipped, again], "positions").set_index("field")
+    assert list(recipe.columns) == ["shipped (full)", "re-run (full)"]
+    assert recipe.loc["tokens per run"].tolist() == ["5,000,000", "2,048"]
+    assert recipe.loc["device", "re-run (full)"].startswith("cpu") and recipe.loc["run", "re-run (full)"] == run.id
+    bad = dict(tag, claim="no-such-claim")  # a tag that fits no claim keeps nothing
+    assert fd.save_rerun(run.folder, summary, run.view().results, bad, root=tmp_path / "x") is None
+    assert not (tmp_path / "x").exists()
+
+
 def test_the_page_draws_every_claim_and_the_re_run_beside_the_shipped_evidence(rerun):
     run, root = rerun
     if not (root / "findings" / "nope-layers" / "quick" / "verdict.json").is_file():
