@@ -227,6 +227,8 @@ def test_a_re_run_is_drawn_beside_the_shipped_evidence(rerun, tmp_path):
     recipe = fd.recipe_table([shipped, again], "positions").set_index("field")
     assert list(recipe.columns) == ["shipped (full)", "re-run (full)"]
     assert recipe.loc["tokens per run"].tolist() == ["5,000,000", "2,048"]
+    assert recipe.loc["recipe"].tolist() == ["full recipe (one GPU)", "full recipe (one GPU), changed (see the note above)"]
+    assert not any(x.startswith(("lr ", "seed ")) for x in fd.recipe_changes(again, "positions"))
     assert recipe.loc["device", "re-run (full)"].startswith("cpu") and recipe.loc["run", "re-run (full)"] == run.id
     bad = dict(tag, claim="no-such-claim")  # a tag that fits no claim keeps nothing
     assert fd.save_rerun(run.folder, summary, run.view().results, bad, root=tmp_path / "x") is None

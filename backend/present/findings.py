@@ -296,7 +296,13 @@ def recipe_rows(ev: F.Evidence, mode: str) -> dict[str, str]:
 
 def recipe_table(runs: Sequence[Trained], ablation: str) -> pd.DataFrame:
     """The recipe of each piece of evidence of one ablation, one column each (field by field)."""
-    cols = {t.label: recipe_rows(t.evidence[ablation], t.mode) for t in runs if ablation in t.evidence}
+    cols = {}
+    for t in runs:
+        if ablation in t.evidence:
+            rows = recipe_rows(t.evidence[ablation], t.mode)
+            if recipe_changes(t, ablation):
+                rows["recipe"] += ", changed (see the note above)"
+            cols[t.label] = rows
     if not cols:
         return pd.DataFrame()
     fields = list(next(iter(cols.values())))
@@ -309,8 +315,8 @@ def recipe_changes(t: Trained, ablation: str) -> list[str]:
     want = F.ablation_spec(F.claim(t.claim), ablation, t.mode, ev.spec.device)
     out = []
     got_r, want_r = ev.spec.recipe.as_dict(), want.recipe.as_dict()
-    for k in want_r:
-        if k != "name" and got_r.get(k) != want_r[k]:
+    for k in want_r:  # the grid sets each run's learning rate and seed: the base recipe's are not used
+        if k not in ("name", "lr", "seed") and got_r.get(k) != want_r[k]:
             out.append(f"{k.replace('_', ' ')} {_value(got_r.get(k))} (the claim's: {_value(want_r[k])})")
     for what, got, exp in (("learning rates", ev.spec.lrs, want.lrs), ("seeds", ev.spec.seeds, want.seeds)):
         if tuple(got) != tuple(exp):

@@ -18,7 +18,7 @@ STYLE = """
 body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;
 color:#1f2328;line-height:1.45}
 table{border-collapse:collapse;margin:.5em 0 1em;font-size:13px}th,td{border:1px solid #d0d7de;padding:3px 7px;
-text-align:left;vertical-align:top}th{background:#f6f8fa}.v{font-weight:600;padding:1px 7px;border-radius:4px;
+text-align:left;vertical-align:top}th{background:#f6f8fa}.v{font-weight:600;padding:1px 7px;border-radius:4px;display:inline-block;
 color:#fff}.cap{color:#57606a;font-size:13px}code{background:#f6f8fa;padding:1px 4px;border-radius:4px}
 section{border-top:2px solid #d0d7de;margin-top:2em}blockquote{color:#57606a;border-left:3px solid #d0d7de;
 margin-left:0;padding-left:1em}
