@@ -257,8 +257,11 @@ def test_the_page_draws_every_claim_and_the_re_run_beside_the_shipped_evidence(r
             assert fd.verdict_text(fd.trained(c.name, mode, fd.SHIPPED)) in summary
     assert f"re-run: :{fd.verdict_color(rerun_verdict)}-badge[{rerun_verdict}]" in summary
     infos = [i.value for i in at.info]
-    assert sum("Not run under the quick recipe" in i for i in infos) == len(claims) - 1  # nope-layers has its re-run
-    assert any("Not run under the full recipe (one GPU) yet" in i for i in infos)       # moe-dense, mqar-recall
+    for mode in F.MODES:  # a recipe with neither shipped evidence nor a re-run says so, with its command
+        missing = [c for c in claims if not fd.mode_evidence(c.name, mode).runs]
+        shown = [i for i in infos if i.startswith(f"Not run under the {fd.MODE_LABELS[mode]} yet")]
+        assert len(shown) == len(missing) and all(any(fd.cli_line(c, mode) in i for i in shown) for c in missing)
+    assert fd.mode_evidence("nope-layers", "quick").runs  # its re-run
     badges = [m.value for m in at.markdown if "-badge[" in m.value]
     assert any(rerun_verdict.replace("(", "\\(") in b or rerun_verdict in b for b in badges)
     comps = [d.value for d in at.dataframe if "Δ (95 % CI)" in d.value.columns]
