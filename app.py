@@ -25,6 +25,7 @@ PAGES = (
     ("views/playground.py", "Playground", ":material/chat:", "playground"),
     ("views/routing.py", "Routing", ":material/alt_route:", "routing"),
     ("views/experiments.py", "Experiments", ":material/science:", "experiments"),
+    ("views/findings.py", "Findings", ":material/fact_check:", "findings"),
 )
 #: pages whose modules import torch (the runtime, training): on a fresh server they wait for it under a spinner
 NEEDS_TORCH = ("playground", "routing", "experiments")

@@ -4,8 +4,8 @@ Starts ``streamlit run app.py`` from this checkout on a free port (``bench/ui.py
 Chromium (Playwright, Debian's ``/usr/bin/chromium``) with the default models, and saves one 1280 × 800 PNG per
 page, each quantised to 256 colours (a page is mostly flat colour: 35–55 KB a shot): the Architectures page's
 block diagrams, the Parameters page's exact counts and first charts, the Playground after one Generate with the
-trained miniatures, that run's routing on the Routing page, and the Experiments page's leaderboard of the trained
-zoo. Exits with status 1, naming the page, when a page shows an exception or a shot misses its content.
+trained miniatures, that run's routing on the Routing page, the Experiments page's leaderboard of the trained
+zoo, and the Findings page's verdicts. Exits with status 1, naming the page, when a page shows an exception or a shot misses its content.
 
     .venv/bin/python tools/screenshots.py                     # re-makes docs/img/*.png
     .venv/bin/python tools/screenshots.py --out /tmp/shots    # somewhere else
@@ -80,6 +80,12 @@ def _experiments(page) -> None:
     _scroll_to(page, "Every catalog architecture's miniature")
 
 
+def _findings(page) -> None:
+    page.locator(f"{MAIN} [data-testid='stMarkdown'] table").first.wait_for()
+    page.get_by_text("Add your own model").wait_for()  # the sidebar is drawn once the page (static figures) is done
+    _scroll_to(page, "The article's claims and the published results")
+
+
 #: in this order: the Routing page follows the Playground's run (same browser session)
 SHOTS = (
     Shot("architectures", "/", _architectures),
@@ -87,6 +93,7 @@ SHOTS = (
     Shot("playground", "/playground", _playground),
     Shot("routing", "/routing", _routing),
     Shot("experiments", "/experiments", _experiments),
+    Shot("findings", "/findings", _findings),
 )
 
 

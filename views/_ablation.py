@@ -13,6 +13,7 @@ from backend.arch.errors import ArchLabError
 from backend.arch.variants import AXES, RECIPE_FIELDS, base_values
 from backend.present import ablation as ab
 from backend.present import ablation_charts as abc
+from backend.present import findings as fd
 from backend.present import experiments as ex
 from backend.present.text import md
 from backend.train.ablation import MAX_RUNS, RECIPE_AXES, AblationSpec
@@ -63,6 +64,29 @@ def _apply_link() -> None:
     ss[f"{PREFIX}_seeds"] = form.seeds
     ss[f"{PREFIX}_name"] = form.name
     _train_form.prefill(PREFIX, form.recipe, form.device)
+
+
+def _finding() -> Optional[dict]:
+    """The claim of the Findings page this link re-runs (``?claim=&ablation=&fmode=``), said on the page; None."""
+    try:
+        tag = fd.finding_tag({k: st.query_params.get(k) for k in fd.FINDING_PARAMS})
+    except ArchLabError as e:
+        st.error(md(e), icon=":material/link_off:")
+        for k in fd.FINDING_PARAMS:
+            st.query_params.pop(k, None)
+        return None
+    if tag is not None:
+        _finding_note(tag, "When it ends, its evidence is saved in this server's runs folder and the Findings page "
+                      "draws it beside the shipped one.")
+    return tag
+
+
+def _finding_note(tag: dict, what: str) -> None:
+    from backend.train.findings import claim
+
+    st.info(f"A re-run of the finding **{md(claim(tag['claim']).title)}** (ablation {md(tag['ablation'])}, "
+            f"{md(fd.MODE_LABELS[tag['mode']])}). {what}", icon=":material/fact_check:")
+    st.page_link("views/findings.py", label="The Findings page", icon=":material/fact_check:")
 
 
 def _axis_values(base: str, axis: str, own: str) -> list[str]:
@@ -156,6 +180,7 @@ def setup(start: Callable[..., None]) -> None:
                "budget, depth, heads), and train every combination over a grid of learning rates and seeds: the "
                "results say whether the change mattered, with the noise shown.")
     _apply_link()
+    tag = _finding()
     made = _form()
     with st.expander("The components (axes) and their values"):
         _ui.frame(ab.axes_table(), "ablation axes", hide_index=True, width="stretch",
@@ -164,6 +189,10 @@ def setup(start: Callable[..., None]) -> None:
     if made is None:
         return
     spec, chosen = made
+    problem = fd.tag_problem(spec, tag) if tag else ""
+    if problem:
+        st.warning(md(problem[0].upper() + problem[1:]) + ".", icon=":material/link_off:")
+    finding = tag if tag and not problem else None
     try:
         with st.spinner("Building the variants and sizing them to the budget…"):
             plan, pv = _prepare(spec.to_json())
@@ -187,18 +216,21 @@ def setup(start: Callable[..., None]) -> None:
     if pv.problem:
         st.error(md(pv.problem))
     if st.button("Train the ablation", type="primary", icon=":material/play_arrow:", disabled=bool(pv.problem)):
-        start(plan.run, chosen.upload, sizer=plan.sizer(), before=lambda run: ab.record(run.folder, plan))
+        start(plan.run, chosen.upload, sizer=plan.sizer(), before=lambda run: ab.record(run.folder, plan, finding))
 
 
 def _page_url() -> str:
     return (st.context.url or "").split("?")[0].rstrip("/").removesuffix("/experiments") + "/experiments"
 
 
-def header(spec: AblationSpec, run_id: str) -> None:
-    """What an attached ablation varies, and the link that re-opens its form."""
+def header(spec: AblationSpec, run_id: str, finding: Optional[dict] = None) -> None:
+    """What an attached ablation varies, the claim it re-runs (``finding``), and the link that re-opens its form."""
     vary = " × ".join(f"{a} = {ab.values_text(v)}" for a, v in spec.vary)
     st.markdown(f"**Ablation of {md(_state.label_of(spec.base) if isinstance(spec.base, str) else 'a config')}**: "
                 f"{md(vary)}; learning rates {md(ab.values_text(spec.lrs))}; seeds {md(ab.values_text(spec.seeds))}.")
+    if finding is not None:
+        with _ui.guard("the finding this run re-runs"):
+            _finding_note(finding, "Once it ends, the Findings page draws its result beside the shipped one.")
     st.link_button("Re-open this ablation's form", _page_url() + "?" + ab.spec_query(spec), icon=":material/edit:",
                    help="Opens the Ablation mode with every field of this ablation filled in (in a new tab), to run it "
                    "again or change it.")

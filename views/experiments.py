@@ -14,6 +14,7 @@ from backend.present import experiments as ex
 from backend.present import training_charts as tc
 from backend.present.text import md
 from backend.present import ablation as ab
+from backend.present import findings as fd
 from backend.train import data as data_mod
 from backend.train.recipe import RunSpec
 from backend.train.runner import TrainingRun, default_processes
@@ -79,7 +80,8 @@ def _mode() -> str:
                                 label_visibility="collapsed") or "compare"
     if mode == "compare":
         st.query_params.pop("mode", None)
-        st.query_params.pop(_ablation.SPEC_PARAM, None)
+        for k in (_ablation.SPEC_PARAM, *fd.FINDING_PARAMS):
+            st.query_params.pop(k, None)
     else:
         st.query_params["mode"] = mode
     ss["ex_mode_url"] = st.query_params.get("mode")
@@ -257,7 +259,7 @@ def _show(run) -> None:
     found = ab.spec_of(Path(run.folder))  # an ablation's spec, or None
     styles = ab.run_styles(list(f.labels)) if found else None
     if found:
-        _ablation.header(found[0], run_id)
+        _ablation.header(found[0], run_id, ab.finding_of(Path(run.folder)))
     holder = st.empty()
     if live and run.running:
         tick, seen = 0, -1

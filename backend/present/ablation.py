@@ -246,12 +246,24 @@ def prepare(spec: abl.AblationSpec) -> tuple[abl.Plan, Preview]:
 
 # ----------------------------------------------------------------- the run folder
 
-def record(folder: Path, p: abl.Plan) -> None:
-    """``ablation.json`` in the run folder: the spec and the cells left out, so the run can be judged from disk."""
+def record(folder: Path, p: abl.Plan, finding: Optional[dict] = None) -> None:
+    """``ablation.json`` in the run folder: the spec and the cells left out, so the run can be judged from disk, and
+    the claim of the Findings page it re-runs (``finding``: claim, ablation, mode; see ``findings.finding_tag``)."""
     from ..train.store import RunWriter
 
     RunWriter(folder).write_json(SPEC_FILE, {"spec": json.loads(p.spec.to_json()),
-                                             "left_out": [[n, why] for n, why in p.refused]})
+                                             "left_out": [[n, why] for n, why in p.refused],
+                                             **({"finding": dict(finding)} if finding else {})})
+
+
+def finding_of(folder: Path) -> Optional[dict]:
+    """The claim an ablation's run folder re-runs (``{"claim", "ablation", "mode"}``), or None."""
+    path = Path(folder) / SPEC_FILE
+    try:
+        found = json.loads(path.read_text()).get("finding") if path.is_file() else None
+    except (ValueError, AttributeError):
+        return None
+    return found if isinstance(found, dict) and {"claim", "ablation", "mode"} <= set(found) else None
 
 
 def spec_of(folder: Path) -> Optional[tuple[abl.AblationSpec, dict[str, str]]]:
@@ -298,6 +310,11 @@ def summary_of(folder: Path, results: Optional[Sequence[dict] | pd.DataFrame] = 
     summary = abl.summarize(p, rows)
     if finished:
         abl.write_summary(folder, summary)
+        finding = finding_of(folder)
+        if finding is not None:  # started for a claim: its evidence goes where the Findings page looks
+            from .findings import save_rerun
+
+            save_rerun(folder, summary, rows, finding)
     return summary
 
 
@@ -332,7 +349,8 @@ def headline(summary: dict) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _with_ci(mean, low, high, digits: int = 4) -> str:
+def with_ci(mean, low, high, digits: int = 4) -> str:
+    """``mean [low, high]`` with ``digits`` decimals (``—`` without a mean, ``(no interval)`` without bounds)."""
     if mean is None or (isinstance(mean, float) and math.isnan(mean)):
         return "—"
     if low is None or high is None or any(isinstance(x, float) and math.isnan(x) for x in (low, high)):
@@ -345,14 +363,14 @@ def headline_display(table: pd.DataFrame) -> pd.DataFrame:
     t = table.astype(object).where(table.notna(), None)
     return pd.DataFrame({
         "cell": t["cell"], "best lr": [f"{x:g}" if x else "—" for x in t["best lr"]],
-        "loss at best lr (95 % CI)": [_with_ci(*r) for r in zip(t["loss at best lr"], t["loss CI low"],
+        "loss at best lr (95 % CI)": [with_ci(*r) for r in zip(t["loss at best lr"], t["loss CI low"],
                                                                t["loss CI high"])],
-        "LR sensitivity (95 % CI)": [_with_ci(*r) for r in zip(t["LR sensitivity"], t["LR sensitivity CI low"],
+        "LR sensitivity (95 % CI)": [with_ci(*r) for r in zip(t["LR sensitivity"], t["LR sensitivity CI low"],
                                                                t["LR sensitivity CI high"])],
-        "Δ loss vs reference (95 % CI)": ["reference" if ref else _with_ci(*r) for ref, *r in
+        "Δ loss vs reference (95 % CI)": ["reference" if ref else with_ci(*r) for ref, *r in
                                           zip(t["reference"], t["Δ loss vs reference"], t["Δ CI low"], t["Δ CI high"])],
         "verdict": t["verdict"],
-        "Δ LR sensitivity (95 % CI)": ["reference" if ref else _with_ci(*r) for ref, *r in
+        "Δ LR sensitivity (95 % CI)": ["reference" if ref else with_ci(*r) for ref, *r in
                                        zip(t["reference"], t["Δ LR sensitivity"], t["Δ sensitivity CI low"],
                                            t["Δ sensitivity CI high"])],
         "sensitivity verdict": t["sensitivity verdict"], "notes": t["notes"]})

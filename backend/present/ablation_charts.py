@@ -66,6 +66,7 @@ def loss_vs_lr(summary: dict, colors: Mapping[str, str]) -> go.Figure:
         pad = max(0.15 * (hi - lo), 0.02 * abs(hi), 1e-3)
         yaxis["range"] = [lo - pad, hi + pad]
     lrs = list(summary.get("lrs", []))
+    fig.data = tuple(sorted(fig.data, key=lambda t: t.fill != "toself"))  # every band under every line and point
     return _layout(fig, f"Final validation loss against the learning rate ({n} seed{'s' if n != 1 else ''} each)",
                    height=460, yaxis=yaxis,
                    xaxis=dict(title="peak learning rate", type="log", tickvals=lrs, ticktext=[f"{x:g}" for x in lrs]))
