@@ -1,4 +1,5 @@
 """ArchLab: compare LLM architectures side by side. Run: streamlit run app.py"""
+
 from __future__ import annotations
 
 import os
@@ -33,15 +34,20 @@ NEEDS_TORCH = ("playground", "routing", "experiments")
 WARMUP_DELAY_S = 3.0
 
 st.set_page_config(page_title="ArchLab", page_icon=":material/account_tree:", layout="wide")
-pages = [st.Page(str(ROOT / f), title=t, icon=i, url_path=u, default=n == 0)
-         for n, (f, t, i, u) in enumerate(PAGES) if (ROOT / f).is_file()]
+pages = [
+    st.Page(str(ROOT / f), title=t, icon=i, url_path=u, default=n == 0)
+    for n, (f, t, i, u) in enumerate(PAGES)
+    if (ROOT / f).is_file()
+]
 nav = st.navigation(pages)
 
 
 def _sidebar() -> None:
     st.sidebar.title("ArchLab")
-    st.sidebar.caption("Compare LLM architectures side by side: exact parameters, memory and block diagrams "
-                       "from the published configs.")
+    st.sidebar.caption(
+        "Compare LLM architectures side by side: exact parameters, memory and block diagrams "
+        "from the published configs."
+    )
     _state.sidebar()
 
 
@@ -63,5 +69,6 @@ finally:
     # Once this first page is sent, warm up what the next pages need (once per server), after a pause or at the
     # next run, whichever comes first: the browser is still fetching the page's code and drawing it, and the
     # warm-up's imports hold the GIL that the server's event loop needs to send those files.
-    warmup.start([m.id for m in _state.selected() if m.id in catalog.keys()] or _state.DEFAULT_MODELS,
-                 delay=WARMUP_DELAY_S)
+    warmup.start(
+        [m.id for m in _state.selected() if m.id in catalog.keys()] or _state.DEFAULT_MODELS, delay=WARMUP_DELAY_S
+    )

@@ -8,6 +8,7 @@
 
 A KEY may also be the path of a config.json. Errors print one line and exit with status 2.
 """
+
 from __future__ import annotations
 
 import os
@@ -29,7 +30,7 @@ from .train import ablate_cli, findings_cli
 from .train import cli as train_cli
 
 GB = 1e9
-GiB = 1024 ** 3
+GiB = 1024**3
 
 
 def _source(key: str) -> Architecture:
@@ -50,8 +51,18 @@ def _loose(key: str):
 
 
 def list_rows() -> list[dict]:
-    return [{"key": e.key, "name": e.name, "family": e.family, "org": e.org, "year": e.year,
-             "stated_total": e.stated_total, "stated_active": e.stated_active} for e in catalog.entries()]
+    return [
+        {
+            "key": e.key,
+            "name": e.name,
+            "family": e.family,
+            "org": e.org,
+            "year": e.year,
+            "stated_total": e.stated_total,
+            "stated_active": e.stated_active,
+        }
+        for e in catalog.entries()
+    ]
 
 
 def params_rows(keys: list[str]) -> list[dict]:
@@ -75,9 +86,18 @@ def memory_rows(keys: list[str], context: int, dtype: str, batch: int, kv_dtype:
         src = _source(key)
         kv = kv_cache(src, context, batch, kv_dtype or dtype)
         w = weight_bytes(src, dtype)
-        rows.append({"model": src.key or src.label, "dtype": dtype, "weights_bytes": w,
-                     "kv_bytes_per_token": round(kv.per_token_bytes), "context": context, "batch": batch,
-                     "kv_bytes": kv.total_bytes, "total_bytes": w + kv.total_bytes})
+        rows.append(
+            {
+                "model": src.key or src.label,
+                "dtype": dtype,
+                "weights_bytes": w,
+                "kv_bytes_per_token": round(kv.per_token_bytes),
+                "context": context,
+                "batch": batch,
+                "kv_bytes": kv.total_bytes,
+                "total_bytes": w + kv.total_bytes,
+            }
+        )
     return rows
 
 
@@ -88,13 +108,30 @@ def plan_rows(keys: list[str], gpus: int, gpu_gib: float, dtype: str) -> list[di
     for key in keys:
         plan = device_plan(_source(key), [gpu_gib] * gpus, dtype)
         for dev, b in plan.bytes_per_device.items():
-            rows.append({"model": key, "device": dev, "layers": plan.layers_per_device.get(dev, 0),
-                         "weights_bytes": b, "fits_on_gpus": plan.fits})
+            rows.append(
+                {
+                    "model": key,
+                    "device": dev,
+                    "layers": plan.layers_per_device.get(dev, 0),
+                    "weights_bytes": b,
+                    "fits_on_gpus": plan.fits,
+                }
+            )
     return rows
 
 
-def speed_rows(keys: list[str], gpu: str, batch: int, context: int, prompt: int, dtype: str,
-               kv_dtype: str | None, mla: str, custom: tuple | None = None, detail: bool = False) -> list[dict]:
+def speed_rows(
+    keys: list[str],
+    gpu: str,
+    batch: int,
+    context: int,
+    prompt: int,
+    dtype: str,
+    kv_dtype: str | None,
+    mla: str,
+    custom: tuple | None = None,
+    detail: bool = False,
+) -> list[dict]:
     """Roofline prefill time and decode speed per model (``detail``: components and the worked formulas)."""
     from .arch import gpus as gpu_table
     from .arch.roofline import COMPONENT_ORDER, estimate
@@ -104,17 +141,33 @@ def speed_rows(keys: list[str], gpu: str, batch: int, context: int, prompt: int,
     for key in keys:
         src = _source(key)
         e = estimate(src, g, batch, context, prompt, dtype, kv_dtype, mla)
-        row = {"model": src.key or src.label, "gpu": g.key, "batch": batch, "context": context, "prompt": prompt,
-               "dtype": dtype, "kv_dtype": e.kv_dtype, "mla": e.mla or "", "prefill_ms": e.prefill_s * 1e3,
-               "decode_step_ms": e.step_s * 1e3, "tok_s": e.tok_s, "batch_tok_s": e.total_tok_s,
-               "bound": e.decode.bound, "experts_touched": e.experts_touched}
+        row = {
+            "model": src.key or src.label,
+            "gpu": g.key,
+            "batch": batch,
+            "context": context,
+            "prompt": prompt,
+            "dtype": dtype,
+            "kv_dtype": e.kv_dtype,
+            "mla": e.mla or "",
+            "prefill_ms": e.prefill_s * 1e3,
+            "decode_step_ms": e.step_s * 1e3,
+            "tok_s": e.tok_s,
+            "batch_tok_s": e.total_tok_s,
+            "bound": e.decode.bound,
+            "experts_touched": e.experts_touched,
+        }
         times = {c.component: c.time_s for c in e.decode.components()}
         row.update({f"{c}_ms": times.get(c, 0.0) * 1e3 for c in COMPONENT_ORDER})
         if detail:
-            row["decode_components"] = [{"component": c.component, "bytes": c.bytes, "flops": c.flops,
-                                         "time_s": c.time_s, "bound": c.bound} for c in e.decode.components()]
-            row["prefill_components"] = [{"component": c.component, "bytes": c.bytes, "flops": c.flops,
-                                          "time_s": c.time_s, "bound": c.bound} for c in e.prefill.components()]
+            row["decode_components"] = [
+                {"component": c.component, "bytes": c.bytes, "flops": c.flops, "time_s": c.time_s, "bound": c.bound}
+                for c in e.decode.components()
+            ]
+            row["prefill_components"] = [
+                {"component": c.component, "bytes": c.bytes, "flops": c.flops, "time_s": c.time_s, "bound": c.bound}
+                for c in e.prefill.components()
+            ]
             row["within_max_context"] = e.within_context
             row["working"] = {"decode": e.decode.working.text(), "prefill": e.prefill.working.text()}
         rows.append(row)
@@ -123,6 +176,7 @@ def speed_rows(keys: list[str], gpu: str, batch: int, context: int, prompt: int,
 
 def _speed_text(rows: list[dict]) -> list[dict]:
     """Speed rows with numbers written for a terminal table."""
+
     def cell(col, v):
         if v is None or isinstance(v, str):
             return v or "—"
@@ -133,6 +187,7 @@ def _speed_text(rows: list[dict]) -> list[dict]:
         if col == "experts_touched":
             return f"{v:,.2f}"
         return f"{v:,}" if isinstance(v, int) else str(v)
+
     return [{c: cell(c, v) for c, v in r.items()} for r in rows]
 
 
@@ -228,10 +283,13 @@ def main(argv: list[str] | None = None) -> int:
             custom = None
             if a.gpu == "custom":
                 if a.bandwidth_tbs is None or a.bf16_tflops is None:
-                    raise ArchLabError("--gpu custom needs --bandwidth-tbs and --bf16-tflops (and --fp8-tflops for fp8)")
+                    raise ArchLabError(
+                        "--gpu custom needs --bandwidth-tbs and --bf16-tflops (and --fp8-tflops for fp8)"
+                    )
                 custom = (a.bandwidth_tbs, a.bf16_tflops, a.fp8_tflops)
-            rows = speed_rows(a.keys, a.gpu, a.batch, a.context, a.prompt, a.dtype, a.kv_dtype, a.mla, custom,
-                              detail=a.fmt == "json")
+            rows = speed_rows(
+                a.keys, a.gpu, a.batch, a.context, a.prompt, a.dtype, a.kv_dtype, a.mla, custom, detail=a.fmt == "json"
+            )
             if a.fmt is None:
                 rows = _speed_text(rows)
         else:

@@ -7,6 +7,7 @@ Cold = a fresh Python process (imports included); warm = the same calls again in
 Targets: params + memory warm < 100 ms, cold < 5 s (issue 2); speed estimates of catalog × GPU table
 (decode and prefill, with their worked formulas) warm < 50 ms (issue 14). Writes bench/results/catalog-cpu<cores>.json.
 """
+
 from __future__ import annotations
 
 import json
@@ -58,21 +59,30 @@ def main() -> None:
     print(f"catalog: {best['models']} models, params + weights by dtype + KV at 32k")
     print(f"{'run':>4} {'import s':>9} {'cold table s':>13} {'cold total s':>13} {'warm ms':>8} {'process s':>10}")
     for i, r in enumerate(runs):
-        print(f"{i:>4} {r['import_s']:>9.2f} {r['cold_table_s']:>13.2f} {r['cold_total_s']:>13.2f} "
-              f"{r['warm_s'] * 1e3:>8.2f} {r['process_s']:>10.2f}")
-    print(f"targets: warm < 100 ms ({'met' if best['warm_s'] < 0.1 else 'MISSED'}), "
-          f"cold < 5 s ({'met' if best['cold_total_s'] < 5 else 'MISSED'})")
-    print(f"speed estimates: {best['models']} models × {best['gpus']} GPUs = {best['speed_estimates']} (decode + "
-          "prefill, batch 1, 2k context, 512-token prompt, bf16)")
+        print(
+            f"{i:>4} {r['import_s']:>9.2f} {r['cold_table_s']:>13.2f} {r['cold_total_s']:>13.2f} "
+            f"{r['warm_s'] * 1e3:>8.2f} {r['process_s']:>10.2f}"
+        )
+    print(
+        f"targets: warm < 100 ms ({'met' if best['warm_s'] < 0.1 else 'MISSED'}), "
+        f"cold < 5 s ({'met' if best['cold_total_s'] < 5 else 'MISSED'})"
+    )
+    print(
+        f"speed estimates: {best['models']} models × {best['gpus']} GPUs = {best['speed_estimates']} (decode + "
+        "prefill, batch 1, 2k context, 512-token prompt, bf16)"
+    )
     print(f"{'run':>4} {'first ms':>9} {'warm ms':>8}")
     for i, r in enumerate(runs):
         print(f"{i:>4} {r['speed_first_s'] * 1e3:>9.2f} {r['speed_warm_s'] * 1e3:>8.2f}")
     warm_speed = min(r["speed_warm_s"] for r in runs)
-    print(f"target: speed estimates warm < 50 ms ({'met' if max(r['speed_warm_s'] for r in runs) < 0.05 else 'MISSED'}; "
-          f"best {warm_speed * 1e3:.1f} ms)")
+    print(
+        f"target: speed estimates warm < 50 ms ({'met' if max(r['speed_warm_s'] for r in runs) < 0.05 else 'MISSED'}; "
+        f"best {warm_speed * 1e3:.1f} ms)"
+    )
     out = ROOT / "bench" / "results" / f"catalog-cpu{os.cpu_count()}.json"
-    out.write_text(json.dumps({"machine": platform.platform(), "python": platform.python_version(),
-                               "runs": runs}, indent=2))
+    out.write_text(
+        json.dumps({"machine": platform.platform(), "python": platform.python_version(), "runs": runs}, indent=2)
+    )
     print(f"wrote {out.relative_to(ROOT)}")
 
 

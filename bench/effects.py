@@ -15,6 +15,7 @@ Every model of an effect is trained in one run per seed (same batches, recipe an
 non-embedding active parameters). Prints mean and range over the seeds per model and setting and writes
 bench/results/effects-<device>[-tag].json with every run's rows.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,10 +45,17 @@ def _ablation(key: str, layer_type: str, name: str) -> dict:
 
 def models(effect: str) -> tuple:
     if effect == "window":
-        return ("llama3-8b", "gemma3-27b", "gpt-oss-20b",
-                _ablation("gemma3-27b", "sliding_attention", "Gemma 3, every layer sliding"))
-    return ("llama3-8b", "qwen3-next-80b-a3b",
-            _ablation("qwen3-next-80b-a3b", "linear_attention", "Qwen3-Next, every layer linear"))
+        return (
+            "llama3-8b",
+            "gemma3-27b",
+            "gpt-oss-20b",
+            _ablation("gemma3-27b", "sliding_attention", "Gemma 3, every layer sliding"),
+        )
+    return (
+        "llama3-8b",
+        "qwen3-next-80b-a3b",
+        _ablation("qwen3-next-80b-a3b", "linear_attention", "Qwen3-Next, every layer linear"),
+    )
 
 
 def _label(m) -> str:
@@ -70,8 +78,13 @@ def summarise(effect: str, runs: list) -> dict:
             table.setdefault(labels[row["model"]], {}).setdefault(setting, []).append(float(row["accuracy"]))
         for res in v.results:
             table.setdefault(labels[res["model"]], {}).setdefault("validation loss", []).append(float(res["val_loss"]))
-    return {m: {s: {"mean": statistics.fmean(x), "min": min(x), "max": max(x), "n": len(x), "values": x}
-                for s, x in settings.items()} for m, settings in table.items()}
+    return {
+        m: {
+            s: {"mean": statistics.fmean(x), "min": min(x), "max": max(x), "n": len(x), "values": x}
+            for s, x in settings.items()
+        }
+        for m, settings in table.items()
+    }
 
 
 def main() -> int:
@@ -95,41 +108,85 @@ def main() -> int:
     from backend.train.recipe import RunSpec, parse_amount, preset
     from backend.train.zoo import _run_all
 
-    base = preset("small", budget=parse_amount(a.budget), tokens=int(parse_amount(a.tokens)), layers=a.layers,
-                  seq_len=a.seq_len, batch=a.batch, lr=a.lr, probe_vocab=a.probe_vocab, eval_every=0)
+    base = preset(
+        "small",
+        budget=parse_amount(a.budget),
+        tokens=int(parse_amount(a.tokens)),
+        layers=a.layers,
+        seq_len=a.seq_len,
+        batch=a.batch,
+        lr=a.lr,
+        probe_vocab=a.probe_vocab,
+        eval_every=0,
+    )
     seeds = [int(s) for s in a.seeds.split(",")]
     effects = [e for e in a.effect.split(",") if e]
     specs, which = [], []
     for effect in effects:
         data = "distance" if effect == "window" else "mqar"
         for seed in seeds:
-            specs.append(RunSpec(models(effect), replace(base, data=data, seed=seed, name=f"effects-{effect}"),
-                                 a.device).validate())
+            specs.append(
+                RunSpec(
+                    models(effect), replace(base, data=data, seed=seed, name=f"effects-{effect}"), a.device
+                ).validate()
+            )
             which.append(effect)
-    device = (torch.cuda.get_device_name(0).replace(" ", "_") + f"x{torch.cuda.device_count()}"
-              if torch.cuda.is_available() else f"cpu{os.cpu_count()}")
+    device = (
+        torch.cuda.get_device_name(0).replace(" ", "_") + f"x{torch.cuda.device_count()}"
+        if torch.cuda.is_available()
+        else f"cpu{os.cpu_count()}"
+    )
     t0 = time.perf_counter()
     runs = _run_all(specs, Path(tempfile.mkdtemp()), a.processes, a.parallel, lambda s: print(s, flush=True))
     wall = time.perf_counter() - t0
     by_id = {id(r.spec): r for r in runs}
-    out = {"device": device, "torch": torch.__version__, "recipe": base.as_dict(), "seeds": seeds, "wall_s": wall,
-           "effects": {}}
+    out = {
+        "device": device,
+        "torch": torch.__version__,
+        "recipe": base.as_dict(),
+        "seeds": seeds,
+        "wall_s": wall,
+        "effects": {},
+    }
     for effect in effects:
         rs = [by_id[id(s)] for s, e in zip(specs, which) if e == effect]
         summary = summarise(effect, rs)
         out["effects"][effect] = {
-            "models": [_label(m) for m in models(effect)], "summary": summary,
-            "runs": [{"seed": r.spec.recipe.seed, "status": r.view().status, "message": r.view().message,
-                      "models": [{"key": m.key, "label": m.label, "status": m.status, "error": m.error,
-                                  "nonemb_active": m.nonemb_active, "total": m.total, "tok_s": m.tok_s,
-                                  "stream_sha256": m.stream_sha256} for m in r.view().models],
-                      "probes": r.view().probes, "results": r.view().results} for r in rs]}
+            "models": [_label(m) for m in models(effect)],
+            "summary": summary,
+            "runs": [
+                {
+                    "seed": r.spec.recipe.seed,
+                    "status": r.view().status,
+                    "message": r.view().message,
+                    "models": [
+                        {
+                            "key": m.key,
+                            "label": m.label,
+                            "status": m.status,
+                            "error": m.error,
+                            "nonemb_active": m.nonemb_active,
+                            "total": m.total,
+                            "tok_s": m.tok_s,
+                            "stream_sha256": m.stream_sha256,
+                        }
+                        for m in r.view().models
+                    ],
+                    "probes": r.view().probes,
+                    "results": r.view().results,
+                }
+                for r in rs
+            ],
+        }
         print(f"\n{effect}: accuracy over seeds {seeds} (mean [min–max])")
-        settings = sorted({s for m in summary.values() for s in m if s != "validation loss"},
-                          key=lambda s: int(s.split()[-1]) if s.startswith("distance") else int(s.split()[0]))
+        settings = sorted(
+            {s for m in summary.values() for s in m if s != "validation loss"},
+            key=lambda s: int(s.split()[-1]) if s.startswith("distance") else int(s.split()[0]),
+        )
         for label, row in summary.items():
-            cells = "  ".join(f"{s}: {row[s]['mean']:.3f} [{row[s]['min']:.3f}–{row[s]['max']:.3f}]"
-                              for s in settings if s in row)
+            cells = "  ".join(
+                f"{s}: {row[s]['mean']:.3f} [{row[s]['min']:.3f}–{row[s]['max']:.3f}]" for s in settings if s in row
+            )
             print(f"  {label:34s} {cells}")
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"effects-{device}{'-' + a.tag if a.tag else ''}.json"

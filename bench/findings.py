@@ -8,6 +8,7 @@ judged (``backend.train.findings.judge``), and compared with the shipped evidenc
 cell's mean loss at its best learning rate lies within the shipped 95 % interval. Minutes per claim, the verdicts
 and the checks are printed and written to bench/results/findings-<device>[-tag].json.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,12 +49,25 @@ def check(name: str, mode: str, new: Path) -> dict:
             continue
         for c_old, c_new in zip(ev.summary["cells"], again.summary["cells"]):
             old, now = c_old.get("best") or {}, c_new.get("best") or {}
-            inside = None if old.get("low") is None or now.get("mean") is None else old["low"] <= now["mean"] <= old["high"]
-            cells.append({"ablation": abl, "cell": c_old["name"], "shipped": old, "rerun_mean": now.get("mean"),
-                          "inside": inside})
-    return {"shipped": shipped["verdict"], "rerun": renewed["verdict"],
-            "verdict_holds": shipped["verdict"] == renewed["verdict"], "cells": cells,
-            "means_inside": all(c["inside"] for c in cells if c["inside"] is not None)}
+            inside = (
+                None if old.get("low") is None or now.get("mean") is None else old["low"] <= now["mean"] <= old["high"]
+            )
+            cells.append(
+                {
+                    "ablation": abl,
+                    "cell": c_old["name"],
+                    "shipped": old,
+                    "rerun_mean": now.get("mean"),
+                    "inside": inside,
+                }
+            )
+    return {
+        "shipped": shipped["verdict"],
+        "rerun": renewed["verdict"],
+        "verdict_holds": shipped["verdict"] == renewed["verdict"],
+        "cells": cells,
+        "means_inside": all(c["inside"] for c in cells if c["inside"] is not None),
+    }
 
 
 def main() -> int:
@@ -62,8 +76,11 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="the CPU quick recipes")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--ship", action="store_true", help="write the evidence into assets/findings")
-    ap.add_argument("--only", default=None, help="claim:ablation pairs to train (the others are left out), "
-                                                "e.g. sliding-windows:loss")
+    ap.add_argument(
+        "--only",
+        default=None,
+        help="claim:ablation pairs to train (the others are left out), e.g. sliding-windows:loss",
+    )
     ap.add_argument("--tag", default="")
     a = ap.parse_args()
     from backend.train import findings as F
@@ -84,8 +101,10 @@ def main() -> int:
         row = {"claim": name, "minutes": minutes, "verdict": verdict["verdict"]}
         if not a.ship:
             row["against_shipped"] = check(name, mode, folder)
-        print(f"{name}: {minutes:.1f} min" + (f"; against shipped: {row['against_shipped']}" if not a.ship else ""),
-              flush=True)
+        print(
+            f"{name}: {minutes:.1f} min" + (f"; against shipped: {row['against_shipped']}" if not a.ship else ""),
+            flush=True,
+        )
         out["claims"].append(row)
         RESULTS.mkdir(parents=True, exist_ok=True)
         path = RESULTS / f"findings-{out['device']}-{mode}{'-' + a.tag if a.tag else ''}.json"

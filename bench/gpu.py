@@ -25,6 +25,7 @@ MoE model too; ``--compile-cache KEY`` times torch.compile's warm-up in two fres
 persistent cache.
 Results go to bench/results/gpu-<gpu>x<count>[-tag].json (and --out).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,15 +49,15 @@ from backend.arch import (  # noqa: E402
 from backend.live import depth  # noqa: E402
 from backend.live.fastdecode import GraphDecoder, pack_step, sample  # noqa: E402
 
-GiB = 1024 ** 3
+GiB = 1024**3
 
 # key, depths (None = full depth), contexts for the KV check
 PLAN = [
-    ("llama3-8b", None),          # dense GQA: the issue's dense target
-    ("olmo2-7b", None),           # MHA
-    ("qwen3-30b-a3b", None),      # MoE, GQA: the issue's MoE target
-    ("gpt-oss-20b", None),        # MoE + sliding-window layers
-    ("deepseek-v3", (4, 5)),      # MLA + MoE, full width: 3 dense + 1 or 2 MoE layers
+    ("llama3-8b", None),  # dense GQA: the issue's dense target
+    ("olmo2-7b", None),  # MHA
+    ("qwen3-30b-a3b", None),  # MoE, GQA: the issue's MoE target
+    ("gpt-oss-20b", None),  # MoE + sliding-window layers
+    ("deepseek-v3", (4, 5)),  # MLA + MoE, full width: 3 dense + 1 or 2 MoE layers
 ]
 SMOKE = [("qwen3-0.6b", None), ("qwen3-30b-a3b", (4,)), ("deepseek-v3", (4,))]
 CONTEXTS = (2048, 16384)
@@ -77,7 +78,10 @@ def copy_bandwidth() -> float:
     s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     times = []
     for _ in range(10):
-        s.record(); b.copy_(a); e.record(); torch.cuda.synchronize()
+        s.record()
+        b.copy_(a)
+        e.record()
+        torch.cuda.synchronize()
         times.append(s.elapsed_time(e) / 1e3)
     del a, b
     torch.cuda.empty_cache()
@@ -112,9 +116,14 @@ def measure_kv(model, cfg_dict: dict, context: int) -> dict:
     layout = "latent"  # transformers >= 5.2x caches MLA's compressed latent + RoPE key
     predicted = memory.kv_cache(cfg_dict, context, 1, "bf16", mla_layout=layout).total_bytes
     del cache
-    gc.collect(); torch.cuda.empty_cache()
-    return {"context": context, "predicted_bytes": predicted, "measured_bytes": int(measured),
-            "error_pct": 100 * (measured - predicted) / predicted}
+    gc.collect()
+    torch.cuda.empty_cache()
+    return {
+        "context": context,
+        "predicted_bytes": predicted,
+        "measured_bytes": int(measured),
+        "error_pct": 100 * (measured - predicted) / predicted,
+    }
 
 
 def hf_generate_speed(model, n: int) -> float:
@@ -137,8 +146,15 @@ def prompt(model) -> torch.Tensor:
     return torch.randint(0, model.config.vocab_size, (1, 32), generator=g).to("cuda")
 
 
-def fast_speed(model, n: int, use_graph: bool = True, routing: bool = True, compile: bool = False,
-               kernels: bool = True, segments: dict | None = None) -> dict:
+def fast_speed(
+    model,
+    n: int,
+    use_graph: bool = True,
+    routing: bool = True,
+    compile: bool = False,
+    kernels: bool = True,
+    segments: dict | None = None,
+) -> dict:
     """Our streaming loop: one host copy per token (token + every layer's routing).
 
     tok/s is the steady decode rate after WARM steps; TTFT and the first steps are reported apart.
@@ -147,8 +163,15 @@ def fast_speed(model, n: int, use_graph: bool = True, routing: bool = True, comp
     ids = prompt(model)
     with torch.inference_mode():
         t_init = time.perf_counter()
-        dec = GraphDecoder(model, max_cache_len=32 + n + 1, capture_routing=routing, use_graph=use_graph,
-                           compile=compile, kernels=kernels, segments=segments)
+        dec = GraphDecoder(
+            model,
+            max_cache_len=32 + n + 1,
+            capture_routing=routing,
+            use_graph=use_graph,
+            compile=compile,
+            kernels=kernels,
+            segments=segments,
+        )
         installed = dec.kernels.summary() if dec.kernels is not None else None
         torch.cuda.synchronize()
         t0 = time.perf_counter()
@@ -173,16 +196,27 @@ def fast_speed(model, n: int, use_graph: bool = True, routing: bool = True, comp
         graphed = dec.graph is not None
         graphs = len(dec.graphs)
         dec.close()
-    return {"tok_s": (n - 1 - WARM) / (end - t_steady), "ttft_s": ttft, "warm_s": t_steady - t1,
-            "setup_s": t0 - t_init, "graph": graphed, "graphs": graphs, "graph_error": graph_error,
-            "compiled": dec.compiled, "routing_records": routed, "tokens": tokens, "kernels": installed}
+    return {
+        "tok_s": (n - 1 - WARM) / (end - t_steady),
+        "ttft_s": ttft,
+        "warm_s": t_steady - t1,
+        "setup_s": t0 - t_init,
+        "graph": graphed,
+        "graphs": graphs,
+        "graph_error": graph_error,
+        "compiled": dec.compiled,
+        "routing_records": routed,
+        "tokens": tokens,
+        "kernels": installed,
+    }
 
 
 def eager_tokens(model, n: int) -> list[int]:
     ids = torch.manual_seed(0) and torch.randint(0, model.config.vocab_size, (1, 16))
     with torch.inference_mode():
-        out = model.generate(ids.to(model.get_input_embeddings().weight.device), max_new_tokens=n, min_new_tokens=n,
-                             do_sample=False)
+        out = model.generate(
+            ids.to(model.get_input_embeddings().weight.device), max_new_tokens=n, min_new_tokens=n, do_sample=False
+        )
     return out[0, 16:].tolist()
 
 
@@ -203,8 +237,11 @@ def sharding_check(key: str = "qwen3-0.6b", n: int = 24) -> dict:
     ref = eager_tokens(model.to("cuda:0"), n)
     model.to("cpu")
     weights = architecture.count_params(key).total * 4
-    dmap = infer_auto_device_map(model, max_memory={0: int(weights * 0.55), "cpu": 64 * GiB},
-                                 no_split_module_classes=[arch_spec(key).decoder_layer_class])
+    dmap = infer_auto_device_map(
+        model,
+        max_memory={0: int(weights * 0.55), "cpu": 64 * GiB},
+        no_split_module_classes=[arch_spec(key).decoder_layer_class],
+    )
     model.load_state_dict(state)
     # main_device="cpu": CPU layers run on the CPU (the default would offload them, running all on the GPU)
     model = dispatch_model(model, device_map=dmap, main_device="cpu")
@@ -212,11 +249,19 @@ def sharding_check(key: str = "qwen3-0.6b", n: int = 24) -> dict:
     dmap = {k: (f"cuda:{v}" if isinstance(v, int) else v) for k, v in dmap.items()}
     check = placement_check(model, dmap)
     del model
-    gc.collect(); torch.cuda.empty_cache()
-    return {"model": key, "kind": "gpu+cpu", "devices": sorted(set(dmap.values())),
-            "bytes_by_device": check["actual_bytes"], "planned_bytes_by_device": check["planned_bytes"],
-            "misplaced": check["misplaced_count"], "tokens_equal": ref == split,
-            "agree": sum(a == b for a, b in zip(ref, split)), "n": n}
+    gc.collect()
+    torch.cuda.empty_cache()
+    return {
+        "model": key,
+        "kind": "gpu+cpu",
+        "devices": sorted(set(dmap.values())),
+        "bytes_by_device": check["actual_bytes"],
+        "planned_bytes_by_device": check["planned_bytes"],
+        "misplaced": check["misplaced_count"],
+        "tokens_equal": ref == split,
+        "agree": sum(a == b for a, b in zip(ref, split)),
+        "n": n,
+    }
 
 
 def _stream_speed(request, tokens: int) -> dict:
@@ -242,10 +287,17 @@ def _stream_speed(request, tokens: int) -> dict:
     best = {p: max(rs, key=lambda r: r.stats(0)["tokens_per_s"] or 0) for p, rs in runs.items()}
     run, s = best[True], best[True].stats(0)
     trace = run.routing(0)
-    return {"tok_s": s["tokens_per_s"], "fast_path": s["fast_path"], "device": s["device"], "status": s["status"],
-            "error": s["error"], "tokens": run.token_ids(0), "routing_steps": len(trace.steps) if trace else 0,
-            "serial_tok_s": best[False].stats(0)["tokens_per_s"],
-            "serial_tokens_equal": best[False].token_ids(0) == run.token_ids(0)}
+    return {
+        "tok_s": s["tokens_per_s"],
+        "fast_path": s["fast_path"],
+        "device": s["device"],
+        "status": s["status"],
+        "error": s["error"],
+        "tokens": run.token_ids(0),
+        "routing_steps": len(trace.steps) if trace else 0,
+        "serial_tok_s": best[False].stats(0)["tokens_per_s"],
+        "serial_tokens_equal": best[False].token_ids(0) == run.token_ids(0),
+    }
 
 
 def multi_gpu_check(key: str = "llama3-8b", tokens: int = 64) -> dict:
@@ -265,12 +317,20 @@ def multi_gpu_check(key: str = "llama3-8b", tokens: int = 64) -> dict:
     lm.model.load_state_dict(state)
     del state
     check = memcheck.placement_check(lm.model, lm.device_map)
-    res["sharded"] = {"hf_tok_s": hf_generate_speed(lm.model, 32), **_stream_speed(many, tokens),
-                      "bytes_by_device": check["actual_bytes"], "planned_bytes_by_device": check["planned_bytes"],
-                      "misplaced": check["misplaced_count"]}
+    res["sharded"] = {
+        "hf_tok_s": hf_generate_speed(lm.model, 32),
+        **_stream_speed(many, tokens),
+        "bytes_by_device": check["actual_bytes"],
+        "planned_bytes_by_device": check["planned_bytes"],
+        "misplaced": check["misplaced_count"],
+    }
     split = eager_tokens(lm.model, 24)
-    res.update(tokens_equal=ref == split, agree=sum(a == b for a, b in zip(ref, split)), n=24,
-               devices=sorted(check["actual_bytes"]))
+    res.update(
+        tokens_equal=ref == split,
+        agree=sum(a == b for a, b in zip(ref, split)),
+        n=24,
+        devices=sorted(check["actual_bytes"]),
+    )
     res["stream_tokens_equal"] = res["sharded"].pop("tokens") == res["one_gpu"].pop("tokens")
     for k in ("hf_tok_s", "tok_s"):
         res[f"sharded_vs_one_{k}"] = res["sharded"][k] / res["one_gpu"][k]
@@ -286,7 +346,8 @@ def scout_whole(bw: float, tokens: int = 64, key: str = "llama4-scout") -> dict:
 
     count = architecture.count_params(key)
     n = torch.cuda.device_count()
-    gc.collect(); torch.cuda.empty_cache()
+    gc.collect()
+    torch.cuda.empty_cache()
     base = [torch.cuda.memory_allocated(i) for i in range(n)]
     request = runtime.ModelRequest(key, mode="full", device="multi-gpu", dtype="bf16")
     t = time.perf_counter()
@@ -296,14 +357,24 @@ def scout_whole(bw: float, tokens: int = 64, key: str = "llama4-scout") -> dict:
     check = memcheck.placement_check(lm.model, lm.device_map)
     app = _stream_speed(request, tokens)
     decoder = lm.decoder
-    res = {"model": key, "params": count.total, "active": count.active, "build_s": build_s,
-           "floor_tok_s": bw / (2 * count.active), "app_tok_s": app["tok_s"], "fast_path": app["fast_path"],
-           "routing_steps": app["routing_steps"], "status": app["status"], "error": app["error"],
-           "graphs": len(decoder.graphs) if decoder is not None else 0,
-           "graph_error": decoder.graph_error if decoder is not None else None,
-           "planned_bytes_by_device": check["planned_bytes"], "weights_measured_by_device": measured,
-           "misplaced": check["misplaced_count"],
-           "weights_predicted_total": memory.weight_bytes(key, "bf16")}
+    res = {
+        "model": key,
+        "params": count.total,
+        "active": count.active,
+        "build_s": build_s,
+        "floor_tok_s": bw / (2 * count.active),
+        "app_tok_s": app["tok_s"],
+        "fast_path": app["fast_path"],
+        "routing_steps": app["routing_steps"],
+        "status": app["status"],
+        "error": app["error"],
+        "graphs": len(decoder.graphs) if decoder is not None else 0,
+        "graph_error": decoder.graph_error if decoder is not None else None,
+        "planned_bytes_by_device": check["planned_bytes"],
+        "weights_measured_by_device": measured,
+        "misplaced": check["misplaced_count"],
+        "weights_predicted_total": memory.weight_bytes(key, "bf16"),
+    }
     res["pct_floor"] = 100 * res["app_tok_s"] / res["floor_tok_s"]
     runtime.release(request)
     return res
@@ -325,9 +396,14 @@ def two_models(keys=("llama3-8b", "qwen3-30b-a3b"), tokens: int = 128) -> dict:
         run = GenerationRun(requests, "The history of", GenerationSettings(max_new_tokens=tokens, ignore_eos=True))
         run.start().join(600)
         together = {k: run.stats(i) for i, k in enumerate(keys)}
-    res = {"models": list(keys), "solo": solo,
-           "together": {k: {"tok_s": v["tokens_per_s"], "device": v["device"], "fast_path": v["fast_path"]}
-                        for k, v in together.items()}}
+    res = {
+        "models": list(keys),
+        "solo": solo,
+        "together": {
+            k: {"tok_s": v["tokens_per_s"], "device": v["device"], "fast_path": v["fast_path"]}
+            for k, v in together.items()
+        },
+    }
     res["together_vs_solo"] = {k: res["together"][k]["tok_s"] / solo[k]["tok_s"] for k in keys}
     res["own_gpu_each"] = len({solo[k]["device"] for k in keys}) == len(keys)
     for r in requests:
@@ -343,8 +419,14 @@ def compile_warmup(key: str, tokens: int = 32) -> dict:
     cfg = catalog.raw_config(key)
     request, model = build(cfg)
     res = fast_speed(model, tokens, compile=True)
-    return {"model": key, "warm_s": res["warm_s"], "tok_s": res["tok_s"], "compiled": res["compiled"],
-            "graph_error": res["graph_error"], "cache": str(folder)}
+    return {
+        "model": key,
+        "warm_s": res["warm_s"],
+        "tok_s": res["tok_s"],
+        "compiled": res["compiled"],
+        "graph_error": res["graph_error"],
+        "cache": str(folder),
+    }
 
 
 def compile_cache_check(key: str) -> dict:
@@ -357,8 +439,13 @@ def compile_cache_check(key: str) -> dict:
     out = []
     for _ in range(2):
         env = dict(os.environ, ARCHLAB_RUNS_DIR=runs, PYTHONUNBUFFERED="1")
-        p = subprocess.run([sys.executable, str(Path(__file__)), "--compile-warmup", key], env=env,
-                           capture_output=True, text=True, timeout=900)
+        p = subprocess.run(
+            [sys.executable, str(Path(__file__)), "--compile-warmup", key],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
         line = [x for x in p.stdout.splitlines() if x.startswith("COMPILE ")]
         out.append(json.loads(line[-1][8:]) if line else {"error": p.stderr[-500:]})
     return {"model": key, "cold": out[0], "warm": out[1]}
@@ -390,8 +477,11 @@ def launches(model, kernels: bool) -> dict:
         agg[0] += 1
         agg[1] += e.device_time_total
     top = sorted(by_name.items(), key=lambda kv: -kv[1][1])[:14]
-    return {"launches": len(events), "gpu_ms": sum(e.device_time_total for e in events) / 1e3,
-            "top": [{"kernel": k, "count": c, "us": round(t, 1)} for k, (c, t) in top]}
+    return {
+        "launches": len(events),
+        "gpu_ms": sum(e.device_time_total for e in events) / 1e3,
+        "top": [{"kernel": k, "count": c, "us": round(t, 1)} for k, (c, t) in top],
+    }
 
 
 def forced_agreement(model, reference: list[int]) -> dict:
@@ -424,8 +514,12 @@ def forced_agreement(model, reference: list[int]) -> dict:
             top = lb.topk(2).values
             gaps.append(float((top[0] - top[1]) / lb.std()))
     errs.sort()
-    return {"agree": f"{hits}/{len(reference)}", "logits_rel_err_median": errs[len(errs) // 2],
-            "logits_rel_err_max": errs[-1], "disagreement_gaps_over_std": sorted(gaps)}
+    return {
+        "agree": f"{hits}/{len(reference)}",
+        "logits_rel_err_median": errs[len(errs) // 2],
+        "logits_rel_err_max": errs[-1],
+        "disagreement_gaps_over_std": sorted(gaps),
+    }
 
 
 def segment_labels(model, parts: int = 2) -> dict:
@@ -439,15 +533,25 @@ def segment_labels(model, parts: int = 2) -> dict:
     return labels
 
 
-def run_model(key: str, depths, tokens: int, bw: float, skip_hf: bool, compile_models=(), profile: bool = False,
-              segmented: bool = False) -> list[dict]:
+def run_model(
+    key: str,
+    depths,
+    tokens: int,
+    bw: float,
+    skip_hf: bool,
+    compile_models=(),
+    profile: bool = False,
+    segmented: bool = False,
+) -> list[dict]:
     rows = []
-    for layers in (depths or (None,)):
+    for layers in depths or (None,):
         d = truncated(key, layers)
         count = architecture.count_params(d)
         name = f"{key}" + (f" [{layers}/{catalog.raw_config(key)['num_hidden_layers']} layers]" if layers else "")
         log(f"== {name}: {count.total / 1e9:.2f} B params, {count.active / 1e9:.2f} B active")
-        gc.collect(); torch.cuda.empty_cache(); torch.cuda.reset_peak_memory_stats()
+        gc.collect()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
         t = time.perf_counter()
         request, model = build(d)
@@ -457,18 +561,33 @@ def run_model(key: str, depths, tokens: int, bw: float, skip_hf: bool, compile_m
         w_pred = memory.weight_bytes(d, "bf16")
         with torch.inference_mode():  # allocate cuBLAS workspaces once, outside the KV measurement
             model(input_ids=prompt(model)[:, :4])
-        row = {"model": name, "key": key, "layers": layers or count_layers(d), "variant": bool(layers),
-               "params": count.total,
-               "active": count.active, "build_s": build_s,
-               "weights_predicted": w_pred, "weights_measured": int(w_measured),
-               "weights_error_pct": 100 * (w_measured - w_pred) / w_pred,
-               "floor_tok_s": bw / (2 * count.active)}
+        row = {
+            "model": name,
+            "key": key,
+            "layers": layers or count_layers(d),
+            "variant": bool(layers),
+            "params": count.total,
+            "active": count.active,
+            "build_s": build_s,
+            "weights_predicted": w_pred,
+            "weights_measured": int(w_measured),
+            "weights_error_pct": 100 * (w_measured - w_pred) / w_pred,
+            "floor_tok_s": bw / (2 * count.active),
+        }
         row["kv"] = [measure_kv(model, d, c) for c in CONTEXTS]
         fast_speed(model, 16)  # warm-up: kernels, allocator, capture path
         fast = fast_speed(model, tokens)
-        row.update({"fast_tok_s": fast["tok_s"], "fast_ttft_s": fast["ttft_s"], "graph": fast["graph"],
-                    "graph_error": fast["graph_error"], "routing_records": fast["routing_records"],
-                    "kernels": fast["kernels"], "kernel_setup_s": fast["setup_s"]})
+        row.update(
+            {
+                "fast_tok_s": fast["tok_s"],
+                "fast_ttft_s": fast["ttft_s"],
+                "graph": fast["graph"],
+                "graph_error": fast["graph_error"],
+                "routing_records": fast["routing_records"],
+                "kernels": fast["kernels"],
+                "kernel_setup_s": fast["setup_s"],
+            }
+        )
         plain = fast_speed(model, tokens, kernels=False)  # the graph with transformers' own modules only
         row["fast_no_kernels_tok_s"] = plain["tok_s"]
         nor = fast_speed(model, tokens, routing=False)
@@ -487,28 +606,47 @@ def run_model(key: str, depths, tokens: int, bw: float, skip_hf: bool, compile_m
             row["kernel_launches"] = {"fused": launches(model, True), "transformers": launches(model, False)}
         if segmented:  # the sharded fast path's machinery on one GPU: 3 graphs, hand-offs between them
             seg = fast_speed(model, tokens, segments=segment_labels(model))
-            row["segmented"] = {"tok_s": seg["tok_s"], "graphs": seg["graphs"], "graph_error": seg["graph_error"],
-                                "vs_one_graph": seg["tok_s"] / fast["tok_s"],
-                                "tokens_equal": seg["tokens"] == fast["tokens"],
-                                "agree": f"{sum(a == b for a, b in zip(seg['tokens'], fast['tokens']))}/{tokens}"}
+            row["segmented"] = {
+                "tok_s": seg["tok_s"],
+                "graphs": seg["graphs"],
+                "graph_error": seg["graph_error"],
+                "vs_one_graph": seg["tok_s"] / fast["tok_s"],
+                "tokens_equal": seg["tokens"] == fast["tokens"],
+                "agree": f"{sum(a == b for a, b in zip(seg['tokens'], fast['tokens']))}/{tokens}",
+            }
         if compile_models and key in compile_models:
             comp = fast_speed(model, tokens, compile=True)
-            row.update({"compiled_tok_s": comp["tok_s"], "compile_warm_s": comp["warm_s"],
-                        "compiled_graph_error": comp["graph_error"],
-                        "compiled_matches": comp["tokens"][:n_eager] == eager["tokens"]})
+            row.update(
+                {
+                    "compiled_tok_s": comp["tok_s"],
+                    "compile_warm_s": comp["warm_s"],
+                    "compiled_graph_error": comp["graph_error"],
+                    "compiled_matches": comp["tokens"][:n_eager] == eager["tokens"],
+                }
+            )
         if layers:  # the Playground's in-model estimate: step at k vs a (k-1)-layer view sharing the weights
             est = depth.estimate(model, count_layers(catalog.raw_config(key)))
-            row["in_model_estimate"] = {"per_layer_ms": est.per_layer_s * 1e3, "full_tok_s": est.full_tok_s,
-                                        "step_ms": est.step_s * 1e3, "shallower_step_ms": est.shallower_step_s * 1e3}
+            row["in_model_estimate"] = {
+                "per_layer_ms": est.per_layer_s * 1e3,
+                "full_tok_s": est.full_tok_s,
+                "step_ms": est.step_s * 1e3,
+                "shallower_step_ms": est.shallower_step_s * 1e3,
+            }
         row["hf_tok_s"] = None if skip_hf else hf_generate_speed(model, min(tokens, 32))
         app = _stream_speed(request, tokens)  # the Playground's path: worker thread, detokenizing, events
-        row.update(app_stream_tok_s=app["tok_s"], app_fast_path=app["fast_path"], app_serial_tok_s=app["serial_tok_s"],
-                   app_serial_tokens_equal=app["serial_tokens_equal"])
+        row.update(
+            app_stream_tok_s=app["tok_s"],
+            app_fast_path=app["fast_path"],
+            app_serial_tok_s=app["serial_tok_s"],
+            app_serial_tokens_equal=app["serial_tokens_equal"],
+        )
         row["peak_bytes"] = torch.cuda.max_memory_allocated() - base
         log(json.dumps({k: v for k, v in row.items() if k != "kv"}, default=str))
         for kv in row["kv"]:
-            log(f"   kv @ {kv['context']}: predicted {kv['predicted_bytes'] / GiB:.3f} GiB, "
-                f"measured {kv['measured_bytes'] / GiB:.3f} GiB ({kv['error_pct']:+.2f} %)")
+            log(
+                f"   kv @ {kv['context']}: predicted {kv['predicted_bytes'] / GiB:.3f} GiB, "
+                f"measured {kv['measured_bytes'] / GiB:.3f} GiB ({kv['error_pct']:+.2f} %)"
+            )
         rows.append(row)
         del model
         from backend.live import runtime
@@ -532,39 +670,60 @@ def extrapolate(rows: list[dict], key: str) -> dict | None:
     full = count_layers(catalog.raw_config(key))
     full_count = architecture.count_params(key)
     est = depth.DepthEstimate(b["layers"], full, 1 / b["fast_tok_s"], 1 / a["fast_tok_s"], True, a["layers"])
-    return {"model": key, "per_layer_ms": est.per_layer_s * 1e3, "full_layers": full,
-            "extrapolated_tok_s": est.full_tok_s,
-            "in_model_estimates": {x["layers"]: x.get("in_model_estimate") for x in r},
-            "measured_full_tok_s": whole["fast_tok_s"] if whole else None,
-            "full_params": full_count.total, "full_active": full_count.active,
-            "note": f"measured at {a['layers']} and {b['layers']} layers, full width; layers past the first "
-                    f"{a['layers']} assumed to cost what the measured extra layers cost"}
+    return {
+        "model": key,
+        "per_layer_ms": est.per_layer_s * 1e3,
+        "full_layers": full,
+        "extrapolated_tok_s": est.full_tok_s,
+        "in_model_estimates": {x["layers"]: x.get("in_model_estimate") for x in r},
+        "measured_full_tok_s": whole["fast_tok_s"] if whole else None,
+        "full_params": full_count.total,
+        "full_active": full_count.active,
+        "note": f"measured at {a['layers']} and {b['layers']} layers, full width; layers past the first "
+        f"{a['layers']} assumed to cost what the measured extra layers cost",
+    }
 
 
 def table(rows: list[dict], extra: list[dict]) -> str:
-    head = (f"{'model':34s} {'params':>8s} {'active':>8s} {'floor':>7s} {'HF gen':>7s} {'no-krn':>7s} {'ours':>7s} "
-            f"{'%floor':>6s} {'no-rt':>7s} {'app':>7s} {'=eager':>7s} {'w pred':>8s} {'w meas':>8s} {'kv err %':>16s}")
+    head = (
+        f"{'model':34s} {'params':>8s} {'active':>8s} {'floor':>7s} {'HF gen':>7s} {'no-krn':>7s} {'ours':>7s} "
+        f"{'%floor':>6s} {'no-rt':>7s} {'app':>7s} {'=eager':>7s} {'w pred':>8s} {'w meas':>8s} {'kv err %':>16s}"
+    )
     lines = [head, "-" * len(head)]
     for r in rows:
         kv = "/".join(f"{k['error_pct']:+.1f}" for k in r["kv"])
         hf = f"{r['hf_tok_s']:.1f}" if r["hf_tok_s"] else "—"
-        lines.append(f"{r['model']:34s} {r['params'] / 1e9:7.2f}B {r['active'] / 1e9:7.2f}B {r['floor_tok_s']:7.0f} "
-                     f"{hf:>7s} {r['fast_no_kernels_tok_s']:7.1f} {r['fast_tok_s']:7.1f} "
-                     f"{100 * r['fast_tok_s'] / r['floor_tok_s']:5.0f}% "
-                     f"{r['fast_no_routing_tok_s']:7.1f} {r['app_stream_tok_s']:7.1f} {r['forced_agree']:>7s} "
-                     f"{r['weights_predicted'] / GiB:7.2f}G {r['weights_measured'] / GiB:7.2f}G {kv:>16s}"
-                     + (f"  compiled {r['compiled_tok_s']:.1f}" if r.get("compiled_tok_s") else "")
-                     + (f"  segmented {r['segmented']['tok_s']:.1f} ({r['segmented']['graphs']} graphs, tokens "
-                        f"{r['segmented']['agree']})" if r.get("segmented") else "")
-                     + (f"  launches/step {r['kernel_launches']['transformers']['launches']} -> "
-                        f"{r['kernel_launches']['fused']['launches']}" if r.get("kernel_launches") else ""))
+        lines.append(
+            f"{r['model']:34s} {r['params'] / 1e9:7.2f}B {r['active'] / 1e9:7.2f}B {r['floor_tok_s']:7.0f} "
+            f"{hf:>7s} {r['fast_no_kernels_tok_s']:7.1f} {r['fast_tok_s']:7.1f} "
+            f"{100 * r['fast_tok_s'] / r['floor_tok_s']:5.0f}% "
+            f"{r['fast_no_routing_tok_s']:7.1f} {r['app_stream_tok_s']:7.1f} {r['forced_agree']:>7s} "
+            f"{r['weights_predicted'] / GiB:7.2f}G {r['weights_measured'] / GiB:7.2f}G {kv:>16s}"
+            + (f"  compiled {r['compiled_tok_s']:.1f}" if r.get("compiled_tok_s") else "")
+            + (
+                f"  segmented {r['segmented']['tok_s']:.1f} ({r['segmented']['graphs']} graphs, tokens "
+                f"{r['segmented']['agree']})"
+                if r.get("segmented")
+                else ""
+            )
+            + (
+                f"  launches/step {r['kernel_launches']['transformers']['launches']} -> "
+                f"{r['kernel_launches']['fused']['launches']}"
+                if r.get("kernel_launches")
+                else ""
+            )
+        )
     for e in extra:
-        one = ", ".join(f"{v['full_tok_s']:.1f} tok/s ({v['per_layer_ms']:.3f} ms/layer) at {k} layers"
-                        for k, v in e["in_model_estimates"].items() if v)
-        lines.append(f"{e['model']} extrapolated to {e['full_layers']} layers: {e['extrapolated_tok_s']:.1f} tok/s "
-                     f"({e['per_layer_ms']:.3f} ms per added layer); in-model estimates: {one}"
-                     + (f"; measured at full depth: {e['measured_full_tok_s']:.1f} tok/s"
-                        if e["measured_full_tok_s"] else ""))
+        one = ", ".join(
+            f"{v['full_tok_s']:.1f} tok/s ({v['per_layer_ms']:.3f} ms/layer) at {k} layers"
+            for k, v in e["in_model_estimates"].items()
+            if v
+        )
+        lines.append(
+            f"{e['model']} extrapolated to {e['full_layers']} layers: {e['extrapolated_tok_s']:.1f} tok/s "
+            f"({e['per_layer_ms']:.3f} ms per added layer); in-model estimates: {one}"
+            + (f"; measured at full depth: {e['measured_full_tok_s']:.1f} tok/s" if e["measured_full_tok_s"] else "")
+        )
     return "\n".join(lines)
 
 
@@ -576,19 +735,38 @@ def main() -> None:
     ap.add_argument("--skip-hf", action="store_true")
     ap.add_argument("--no-shard", action="store_true", help="skip the sharding checks")
     ap.add_argument("--no-models", action="store_true", help="only the sharding checks")
-    ap.add_argument("--multi", action="store_true", help="run the several-GPU check on one GPU too (a smoke "
-                    "test of its code: the 'sharded' model then sits on that one GPU)")
+    ap.add_argument(
+        "--multi",
+        action="store_true",
+        help="run the several-GPU check on one GPU too (a smoke "
+        "test of its code: the 'sharded' model then sits on that one GPU)",
+    )
     ap.add_argument("--tag", default="", help="suffix of the results file name")
-    ap.add_argument("--depths", default="", help="also run fewer-layer variants, e.g. qwen3-30b-a3b=4,5 "
-                    "(with the full model in the plan too, the extrapolation is checked against it)")
+    ap.add_argument(
+        "--depths",
+        default="",
+        help="also run fewer-layer variants, e.g. qwen3-30b-a3b=4,5 "
+        "(with the full model in the plan too, the extrapolation is checked against it)",
+    )
     ap.add_argument("--compile", default="", help="models to also run with torch.compile inside the graph")
     ap.add_argument("--profile", action="store_true", help="count the kernels of a decode step, fused vs not")
-    ap.add_argument("--segmented", action="store_true", help="also decode each model as 3 graphs with hand-offs "
-                    "on its one GPU (the sharded fast path's machinery)")
-    ap.add_argument("--two-gpu", action="store_true", help="several GPUs: Llama 4 Scout whole over all GPUs, two "
-                    "models on two GPUs vs alone, and the one-vs-sharded check")
-    ap.add_argument("--compile-cache", default="", help="a model whose torch.compile warm-up is timed in two fresh "
-                    "processes (empty cache, then the first one's cache)")
+    ap.add_argument(
+        "--segmented",
+        action="store_true",
+        help="also decode each model as 3 graphs with hand-offs on its one GPU (the sharded fast path's machinery)",
+    )
+    ap.add_argument(
+        "--two-gpu",
+        action="store_true",
+        help="several GPUs: Llama 4 Scout whole over all GPUs, two "
+        "models on two GPUs vs alone, and the one-vs-sharded check",
+    )
+    ap.add_argument(
+        "--compile-cache",
+        default="",
+        help="a model whose torch.compile warm-up is timed in two fresh "
+        "processes (empty cache, then the first one's cache)",
+    )
     ap.add_argument("--compile-warmup", default="", help=argparse.SUPPRESS)  # one process of --compile-cache
     ap.add_argument("--out", default=os.environ.get("OUT", ""))
     a = ap.parse_args()
@@ -602,8 +780,10 @@ def main() -> None:
 
     gpu = torch.cuda.get_device_name(0)
     bw = copy_bandwidth()
-    log(f"{gpu} x{torch.cuda.device_count()}, torch {torch.__version__}, transformers {transformers.__version__}, "
-        f"copy bandwidth {bw / 1e12:.2f} TB/s")
+    log(
+        f"{gpu} x{torch.cuda.device_count()}, torch {torch.__version__}, transformers {transformers.__version__}, "
+        f"copy bandwidth {bw / 1e12:.2f} TB/s"
+    )
     plan = SMOKE if a.smoke else PLAN
     if a.only:
         plan = [p for p in plan if p[0] in a.only.split(",")]
@@ -615,26 +795,50 @@ def main() -> None:
     rows = []
     for key, depths in plan:
         try:
-            rows += run_model(key, depths, 32 if a.smoke else a.tokens, bw, a.skip_hf,
-                              a.compile.split(",") if a.compile else (), a.profile, a.segmented)
+            rows += run_model(
+                key,
+                depths,
+                32 if a.smoke else a.tokens,
+                bw,
+                a.skip_hf,
+                a.compile.split(",") if a.compile else (),
+                a.profile,
+                a.segmented,
+            )
         except torch.cuda.OutOfMemoryError as e:
             log(f"!! {key}: out of memory: {str(e).splitlines()[0]}")
-            gc.collect(); torch.cuda.empty_cache()
+            gc.collect()
+            torch.cuda.empty_cache()
     extra = [e for e in (extrapolate(rows, k) for k in dict.fromkeys(k for k, _ in plan)) if e]
     shard = None if a.no_shard else sharding_check()
     several = torch.cuda.device_count() >= 2
     multi = multi_gpu_check() if (several or a.multi) and not a.no_shard else None
     two = None
     if a.two_gpu and several:
-        two = {"multi_gpu_moe": multi_gpu_check("qwen3-30b-a3b"), "scout": scout_whole(bw, a.tokens),
-               "two_models": two_models(tokens=a.tokens)}
+        two = {
+            "multi_gpu_moe": multi_gpu_check("qwen3-30b-a3b"),
+            "scout": scout_whole(bw, a.tokens),
+            "two_models": two_models(tokens=a.tokens),
+        }
     elif a.two_gpu:
         log("!! --two-gpu needs at least 2 GPUs; skipped")
     cache = compile_cache_check(a.compile_cache) if a.compile_cache else None
-    result = {"gpu": gpu, "gpus": torch.cuda.device_count(), "torch": torch.__version__,
-              "transformers": transformers.__version__, "copy_bandwidth_Bps": bw, "rows": rows,
-              "extrapolated": extra, "sharding": shard, "multi_gpu": multi, "two_gpu": two, "compile_cache": cache,
-              "tokens": a.tokens, "smoke": a.smoke, "command": " ".join(sys.argv)}
+    result = {
+        "gpu": gpu,
+        "gpus": torch.cuda.device_count(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "copy_bandwidth_Bps": bw,
+        "rows": rows,
+        "extrapolated": extra,
+        "sharding": shard,
+        "multi_gpu": multi,
+        "two_gpu": two,
+        "compile_cache": cache,
+        "tokens": a.tokens,
+        "smoke": a.smoke,
+        "command": " ".join(sys.argv),
+    }
     for r in rows:
         r.pop("tokens", None)
     tag = f"-{a.tag}" if a.tag else ""
@@ -649,43 +853,59 @@ def main() -> None:
         if r.get("forced"):
             f = r["forced"]
             gaps = ", ".join(f"{g:.3f}" for g in f["disagreement_gaps_over_std"][:6])
-            log(f"{r['model']}: fast vs eager fed the same tokens: {f['agree']} picks agree, logits rel. error median "
+            log(
+                f"{r['model']}: fast vs eager fed the same tokens: {f['agree']} picks agree, logits rel. error median "
                 f"{f['logits_rel_err_median']:.1e} (max {f['logits_rel_err_max']:.1e}); eager top-2 gaps / std where "
-                f"they differ: {gaps or '-'}; free-running {r['graph_agree']}; kernels {r.get('kernels')}")
+                f"they differ: {gaps or '-'}; free-running {r['graph_agree']}; kernels {r.get('kernels')}"
+            )
         if r.get("kernel_launches"):
             f = r["kernel_launches"]["fused"]
-            log(f"{r['model']}: one step's kernels, fused ({f['launches']}, {f['gpu_ms']:.2f} ms of GPU time): "
-                + "; ".join(f"{t['kernel'][:40]} x{t['count']} {t['us']:.0f}us" for t in f["top"][:10]))
+            log(
+                f"{r['model']}: one step's kernels, fused ({f['launches']}, {f['gpu_ms']:.2f} ms of GPU time): "
+                + "; ".join(f"{t['kernel'][:40]} x{t['count']} {t['us']:.0f}us" for t in f["top"][:10])
+            )
     if shard:
-        log(f"split {shard['model']} over {shard['devices']} (each part runs where it sits): greedy tokens equal to "
+        log(
+            f"split {shard['model']} over {shard['devices']} (each part runs where it sits): greedy tokens equal to "
             f"one GPU: {shard['tokens_equal']} ({shard['agree']}/{shard['n']}); parameters off their planned device: "
-            f"{shard['misplaced']}; bytes by device {shard['bytes_by_device']}")
+            f"{shard['misplaced']}; bytes by device {shard['bytes_by_device']}"
+        )
     for mg in filter(None, [multi, (two or {}).get("multi_gpu_moe")]):
         o, m = mg["one_gpu"], mg["sharded"]
-        log(f"{mg['model']} sharded over {mg['devices']}: greedy tokens equal: {mg['tokens_equal']} "
+        log(
+            f"{mg['model']} sharded over {mg['devices']}: greedy tokens equal: {mg['tokens_equal']} "
             f"({mg['agree']}/{mg['n']}), streamed tokens equal: {mg['stream_tokens_equal']}; misplaced "
             f"{m['misplaced']}; HF generate {o['hf_tok_s']:.1f} -> {m['hf_tok_s']:.1f} tok/s "
             f"({100 * mg['sharded_vs_one_hf_tok_s']:.0f} %); streaming {o['tok_s']:.1f} "
             f"({'fast path' if o['fast_path'] else 'plain'}) -> {m['tok_s']:.1f} "
-            f"({'fast path' if m['fast_path'] else 'plain'}; {100 * mg['sharded_vs_one_tok_s']:.0f} %)")
+            f"({'fast path' if m['fast_path'] else 'plain'}; {100 * mg['sharded_vs_one_tok_s']:.0f} %)"
+        )
     if two:
         sc = two["scout"]
-        log(f"{sc['model']} whole ({sc['params'] / 1e9:.1f} B, {sc['active'] / 1e9:.2f} B active) over "
+        log(
+            f"{sc['model']} whole ({sc['params'] / 1e9:.1f} B, {sc['active'] / 1e9:.2f} B active) over "
             f"{len(sc['weights_measured_by_device'])} GPUs: app {sc['app_tok_s']:.1f} tok/s "
             f"({'fast path, %d graphs' % sc['graphs'] if sc['fast_path'] else 'plain path'}), floor "
-            f"{sc['floor_tok_s']:.0f} ({sc['pct_floor']:.0f} %); routing steps {sc['routing_steps']}")
+            f"{sc['floor_tok_s']:.0f} ({sc['pct_floor']:.0f} %); routing steps {sc['routing_steps']}"
+        )
         for dev, b in sorted(sc["weights_measured_by_device"].items()):
             plan = sc["planned_bytes_by_device"].get(dev, 0)
-            log(f"   {dev}: weights planned {plan / GiB:.2f} GiB, allocated {b / GiB:.2f} GiB "
-                f"({100 * (b - plan) / plan if plan else 0:+.2f} %)")
+            log(
+                f"   {dev}: weights planned {plan / GiB:.2f} GiB, allocated {b / GiB:.2f} GiB "
+                f"({100 * (b - plan) / plan if plan else 0:+.2f} %)"
+            )
         tm = two["two_models"]
         for k in tm["models"]:
-            log(f"{k}: alone {tm['solo'][k]['tok_s']:.1f} tok/s on {tm['solo'][k]['device']}, beside the other "
-                f"{tm['together'][k]['tok_s']:.1f} ({100 * tm['together_vs_solo'][k]:.0f} %)")
+            log(
+                f"{k}: alone {tm['solo'][k]['tok_s']:.1f} tok/s on {tm['solo'][k]['device']}, beside the other "
+                f"{tm['together'][k]['tok_s']:.1f} ({100 * tm['together_vs_solo'][k]:.0f} %)"
+            )
     if cache:
-        log(f"torch.compile warm-up of {cache['model']}: {cache['cold'].get('warm_s', float('nan')):.1f} s in a "
+        log(
+            f"torch.compile warm-up of {cache['model']}: {cache['cold'].get('warm_s', float('nan')):.1f} s in a "
             f"fresh process with an empty cache, {cache['warm'].get('warm_s', float('nan')):.1f} s in the next "
-            f"({cache['warm'].get('tok_s', float('nan')):.1f} tok/s)")
+            f"({cache['warm'].get('tok_s', float('nan')):.1f} tok/s)"
+        )
 
 
 if __name__ == "__main__":

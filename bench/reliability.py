@@ -11,6 +11,7 @@ and holds each to: the formula count from the ArchSpec equals the meta model's, 
 
 Uses the helpers of tests/test_reliability.py and tests/test_runs.py, so the bench measures what the tests check.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -92,8 +93,13 @@ def config_mutations(examples: int, seed: Optional[int] = None, show: int = 20) 
     t0 = time.perf_counter()
 
     @hseed(seed)
-    @settings(max_examples=examples, deadline=None, database=None, phases=[Phase.generate],
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=examples,
+        deadline=None,
+        database=None,
+        phases=[Phase.generate],
+        suppress_health_check=list(HealthCheck),
+    )
     @given(T.mutated_config())
     def run(case):
         kinds.update(case.kinds)
@@ -103,8 +109,13 @@ def config_mutations(examples: int, seed: Optional[int] = None, show: int = 20) 
             minimal = T.diff_text(case.key, minimal_diff(case.key, case.config, kind))
             if minimal not in failures:
                 drawn = T.diff_text(case.key, T.config_diff(case.key, case.config))
-                failures[minimal] = {"kind": kind, "minimal_diff": minimal, "message": message, "drawn": drawn,
-                                     "count": 0}
+                failures[minimal] = {
+                    "kind": kind,
+                    "minimal_diff": minimal,
+                    "message": message,
+                    "drawn": drawn,
+                    "count": 0,
+                }
                 print(f"  {kind}: {minimal}\n    {message}\n    (drawn: {drawn})", flush=True)
             failures[minimal]["count"] += 1
         n = sum(outcomes.values())
@@ -122,10 +133,18 @@ def config_mutations(examples: int, seed: Optional[int] = None, show: int = 20) 
             transformers_logging.set_verbosity(level)
     seconds = time.perf_counter() - t0
     n = sum(outcomes.values())
-    return {"configs": n, "seed": seed, "seconds": seconds, "configs_per_s": n / seconds if seconds else 0.0,
-            "mutations_by_kind": dict(kinds), "outcomes": dict(outcomes),
-            "crashes": outcomes.get("crash", 0), "count_mismatches": outcomes.get("mismatch", 0),
-            "distinct_failures": len(failures), "failures": list(failures.values())[:show]}
+    return {
+        "configs": n,
+        "seed": seed,
+        "seconds": seconds,
+        "configs_per_s": n / seconds if seconds else 0.0,
+        "mutations_by_kind": dict(kinds),
+        "outcomes": dict(outcomes),
+        "crashes": outcomes.get("crash", 0),
+        "count_mismatches": outcomes.get("mismatch", 0),
+        "distinct_failures": len(failures),
+        "failures": list(failures.values())[:show],
+    }
 
 
 def direct_inputs() -> dict:
@@ -134,11 +153,25 @@ def direct_inputs() -> dict:
         tried["generation settings"][_outcome(lambda: GenerationRun([T.QWEN], "hi", GenerationSettings(**bad)))] += 1
     for p in ["", " \n", None, 5, "x" * 200_001]:
         tried["prompts"][_outcome(lambda: GenerationRun([T.QWEN], p, GenerationSettings()))] += 1
-    for text in ["{", "[1]", b"\xff{}", "[" * 100_000 + "]" * 100_000, " " * (configs.MAX_CONFIG_BYTES + 1),
-                 '{"model_type": {"a": 1}}', '{"model_type": "evil"}', '{"model_type": "gpt2", "auto_map": {"x": 1}}']:
+    for text in [
+        "{",
+        "[1]",
+        b"\xff{}",
+        "[" * 100_000 + "]" * 100_000,
+        " " * (configs.MAX_CONFIG_BYTES + 1),
+        '{"model_type": {"a": 1}}',
+        '{"model_type": "evil"}',
+        '{"model_type": "gpt2", "auto_map": {"x": 1}}',
+    ]:
         tried["uploaded config.json"][_outcome(lambda: T.arch_spec(configs.parse_config_text(text)))] += 1
-    for field, value in [("num_experts", 10 ** 9), ("num_hidden_layers", 10 ** 9), ("hidden_size", 10 ** 9),
-                         ("vocab_size", 10 ** 12), ("num_experts_per_tok", 10 ** 9), ("kv_lora_rank", 10 ** 9)]:
+    for field, value in [
+        ("num_experts", 10**9),
+        ("num_hidden_layers", 10**9),
+        ("hidden_size", 10**9),
+        ("vocab_size", 10**12),
+        ("num_experts_per_tok", 10**9),
+        ("kv_lora_rank", 10**9),
+    ]:
         d = dict(T.catalog.raw_config("qwen3-30b-a3b"), **{field: value})
         tried["absurd sizes"][_outcome(lambda: T.arch_spec(d))] += 1
     tried["checkpoint folders"] = checkpoints()
@@ -152,11 +185,17 @@ def checkpoints() -> collections.Counter:
         good = Path(tmp) / "good"
         lm.model.save_pretrained(good)
         lm.tokenizer.save_pretrained(good)
-        cases = [((), {}, {}), (("tokenizer.json", "tokenizer_config.json"), {}, {}), (("model.safetensors",), {}, {}),
-                 (("model.safetensors",), {}, {"pytorch_model.bin": b"\x80\x04junk"}),
-                 ((), {"intermediate_size": 480}, {}), ((), {"num_hidden_layers": 4, "layer_types": None}, {}),
-                 ((), {"auto_map": {"AutoModelForCausalLM": "evil.M"}}, {}), ((), {"model_type": "evil"}, {}),
-                 (("model.safetensors",), {}, {"model.safetensors": b"\xff" * 64})]
+        cases = [
+            ((), {}, {}),
+            (("tokenizer.json", "tokenizer_config.json"), {}, {}),
+            (("model.safetensors",), {}, {}),
+            (("model.safetensors",), {}, {"pytorch_model.bin": b"\x80\x04junk"}),
+            ((), {"intermediate_size": 480}, {}),
+            ((), {"num_hidden_layers": 4, "layer_types": None}, {}),
+            ((), {"auto_map": {"AutoModelForCausalLM": "evil.M"}}, {}),
+            ((), {"model_type": "evil"}, {}),
+            (("model.safetensors",), {}, {"model.safetensors": b"\xff" * 64}),
+        ]
         for i, (skip, edit, extra) in enumerate(cases):
             folder = Path(tmp) / f"c{i}"
             folder.mkdir()
@@ -175,9 +214,15 @@ def cancel_figures(repeats: int) -> dict:
     rows = [T.cancel_latency(ModelRequest("deepseek-v3", size="small")) for _ in range(repeats)]
     lat = [r["cancel_s"] for r in rows]
     step = statistics.median(r["step_s"] for r in rows)
-    return {"model": "deepseek-v3 miniature (small), CPU", "repeats": repeats, "median_s": statistics.median(lat),
-            "max_s": max(lat), "median_step_s": step, "max_in_steps": max(lat) / step,
-            "workers_ended": not any(r["worker_alive"] for r in rows)}
+    return {
+        "model": "deepseek-v3 miniature (small), CPU",
+        "repeats": repeats,
+        "median_s": statistics.median(lat),
+        "max_s": max(lat),
+        "median_step_s": step,
+        "max_in_steps": max(lat) / step,
+        "workers_ended": not any(r["worker_alive"] for r in rows),
+    }
 
 
 def root_figures() -> dict:
@@ -195,9 +240,15 @@ def root_figures() -> dict:
                 os.environ.pop("ARCHLAB_MODEL_DIRS", None)
             else:
                 os.environ["ARCHLAB_MODEL_DIRS"] = old
-    return {"paths": len(R._refused_paths(root, outside)), "checks": r["tried"], "refused": r["refused"],
-            "of_which_target_exists": r["exists"] * 2, "distinct_messages": len(r["messages"]),
-            "message_is_refused_line": r["messages"] == {roots.REFUSED}, "inside_accepted": inside}
+    return {
+        "paths": len(R._refused_paths(root, outside)),
+        "checks": r["tried"],
+        "refused": r["refused"],
+        "of_which_target_exists": r["exists"] * 2,
+        "distinct_messages": len(r["messages"]),
+        "message_is_refused_line": r["messages"] == {roots.REFUSED},
+        "inside_accepted": inside,
+    }
 
 
 def id_figures(n: int) -> dict:
@@ -207,8 +258,15 @@ def id_figures(n: int) -> dict:
     for pos in range(len(ids[0])):
         counts = collections.Counter(i[pos] for i in ids)
         bits += -sum(c / n * math.log2(c / n) for c in counts.values())
-    return {"ids": n, "distinct": len(set(ids)), "well_formed": sum(map(runs.valid_id, ids)), "length": len(ids[0]),
-            "random_bits": runs.ID_BYTES * 8, "estimated_bits": round(bits, 2), "source": "secrets.token_urlsafe"}
+    return {
+        "ids": n,
+        "distinct": len(set(ids)),
+        "well_formed": sum(map(runs.valid_id, ids)),
+        "length": len(ids[0]),
+        "random_bits": runs.ID_BYTES * 8,
+        "estimated_bits": round(bits, 2),
+        "source": "secrets.token_urlsafe",
+    }
 
 
 def reattach_figures(tokens: int) -> dict:
@@ -217,8 +275,13 @@ def reattach_figures(tokens: int) -> dict:
     reg = runs.Registry(gpu_total=lambda: 0)
     t0 = time.perf_counter()
     with reg.admit("owner", "generate") as ticket:
-        live = LiveRun.start([SlotModel("deepseek-v3", "d", "#2E91E5", True)], [T.MOE], "Experts of a layer",
-                             GenerationSettings(max_new_tokens=tokens, ignore_eos=True), "owner")
+        live = LiveRun.start(
+            [SlotModel("deepseek-v3", "d", "#2E91E5", True)],
+            [T.MOE],
+            "Experts of a layer",
+            GenerationSettings(max_new_tokens=tokens, ignore_eos=True),
+            "owner",
+        )
         ticket.register(live)
     other = reg.job(ticket.id, "generate")
     while not other.done:
@@ -244,22 +307,37 @@ def retention_figures(sessions: int = 50, each: int = 20) -> dict:
     kept = len(reg)
     lim = reg.limits()
     clock.t += lim.ttl_s + 1
-    return {"finished_runs": sessions * each, "sessions": sessions, "kept": kept, "kept_limit": lim.kept,
-            "kept_per_session_limit": lim.kept_per_session, "ttl_s": lim.ttl_s, "kept_after_ttl": len(reg)}
+    return {
+        "finished_runs": sessions * each,
+        "sessions": sessions,
+        "kept": kept,
+        "kept_limit": lim.kept,
+        "kept_per_session_limit": lim.kept_per_session,
+        "ttl_s": lim.ttl_s,
+        "kept_after_ttl": len(reg),
+    }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--examples", type=int, default=20_000, help="random mutated configs to try")
     ap.add_argument("--seed", type=int, default=None, help="replay a config fuzz (its seed is in the results)")
-    ap.add_argument("--only", choices=["configs"], default=None,
-                    help="configs: run only the config fuzz and update its section of the results")
+    ap.add_argument(
+        "--only",
+        choices=["configs"],
+        default=None,
+        help="configs: run only the config fuzz and update its section of the results",
+    )
     ap.add_argument("--tokens", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=5)
     a = ap.parse_args()
     t0 = time.perf_counter()
-    host = {"python": platform.python_version(), "torch": torch.__version__,
-            "threads": torch.get_num_threads(), "cuda": torch.cuda.is_available()}
+    host = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cuda": torch.cuda.is_available(),
+    }
     if a.only == "configs":
         only_configs(host, a.examples, a.seed)
         return
@@ -272,10 +350,14 @@ def main() -> None:
     fig["cancel"] = cancel_figures(a.repeats)
     with pytest.MonkeyPatch().context() as mp:
         oom = T.simulate_oom(mp, ModelRequest("gpt2", mode="full", device="cpu"), T.MOE)
-    fig["oom"] = {"model": "gpt2 full size, random fp32, CPU (OutOfMemoryError raised in its forward)",
-                  "weights_bytes": oom["weights_bytes"], "rss_returned_bytes": oom["rss_returned_bytes"],
-                  "released": oom["released"], "model_freed": oom["freed"],
-                  "other_model_finished": oom["run"].stats(1)["status"] == "finished"}
+    fig["oom"] = {
+        "model": "gpt2 full size, random fp32, CPU (OutOfMemoryError raised in its forward)",
+        "weights_bytes": oom["weights_bytes"],
+        "rss_returned_bytes": oom["rss_returned_bytes"],
+        "released": oom["released"],
+        "model_freed": oom["freed"],
+        "other_model_finished": oom["run"].stats(1)["status"] == "finished",
+    }
     fig["allowed_roots"] = root_figures()
     fig["run_ids"] = id_figures(100_000)
     fig["quotas"] = R.generation_quota(8, 3, 2)
@@ -288,32 +370,46 @@ def main() -> None:
     _print_inputs(fig)
     for kind, counts in fig["direct_inputs"].items():
         print(f"  {kind}: {sum(counts.values())} {counts}")
-    print(f"concurrent sessions: {c['sessions']} x {c['models']} models x {a.tokens} tokens in {c['seconds']:.2f} s; "
-          f"token mismatches vs solo runs: {c['mismatches']}; builds per model: {c['builds']}")
+    print(
+        f"concurrent sessions: {c['sessions']} x {c['models']} models x {a.tokens} tokens in {c['seconds']:.2f} s; "
+        f"token mismatches vs solo runs: {c['mismatches']}; builds per model: {c['builds']}"
+    )
     k = fig["cancel"]
-    print(f"cancel -> Finished(cancelled): median {k['median_s'] * 1e3:.1f} ms, max {k['max_s'] * 1e3:.1f} ms "
-          f"(median step {k['median_step_s'] * 1e3:.1f} ms; max = {k['max_in_steps']:.2f} steps)")
+    print(
+        f"cancel -> Finished(cancelled): median {k['median_s'] * 1e3:.1f} ms, max {k['max_s'] * 1e3:.1f} ms "
+        f"(median step {k['median_step_s'] * 1e3:.1f} ms; max = {k['max_in_steps']:.2f} steps)"
+    )
     o = fig["oom"]
-    print(f"simulated OOM: model released {o['released']}, freed {o['model_freed']}; weights "
-          f"{o['weights_bytes'] / 2**20:,.0f} MiB, RSS returned {o['rss_returned_bytes'] / 2**20:,.0f} MiB; "
-          f"other model finished {o['other_model_finished']}")
+    print(
+        f"simulated OOM: model released {o['released']}, freed {o['model_freed']}; weights "
+        f"{o['weights_bytes'] / 2**20:,.0f} MiB, RSS returned {o['rss_returned_bytes'] / 2**20:,.0f} MiB; "
+        f"other model finished {o['other_model_finished']}"
+    )
     r = fig["allowed_roots"]
-    print(f"paths outside the model folders: {r['paths']} paths x 2 checks = {r['checks']}, refused {r['refused']} "
-          f"({r['of_which_target_exists']} of them existing), distinct messages {r['distinct_messages']}; "
-          f"inside accepted {r['inside_accepted']}")
+    print(
+        f"paths outside the model folders: {r['paths']} paths x 2 checks = {r['checks']}, refused {r['refused']} "
+        f"({r['of_which_target_exists']} of them existing), distinct messages {r['distinct_messages']}; "
+        f"inside accepted {r['inside_accepted']}"
+    )
     i = fig["run_ids"]
-    print(f"run ids: {i['ids']:,} drawn, {i['distinct']:,} distinct, {i['well_formed']:,} well formed, "
-          f"{i['random_bits']} random bits, estimated {i['estimated_bits']} bits")
+    print(
+        f"run ids: {i['ids']:,} drawn, {i['distinct']:,} distinct, {i['well_formed']:,} well formed, "
+        f"{i['random_bits']} random bits, estimated {i['estimated_bits']} bits"
+    )
     q = fig["quotas"]
-    print(f"quotas: {q['sessions']} sessions x {q['asked_per_session']} runs asked (limit {q['limit']}): admitted "
-          f"{sorted(set(q['admitted'].values()))} each, refused {sorted(set(q['refused'].values()))} each; "
-          f"others untouched {q['others_untouched']}")
+    print(
+        f"quotas: {q['sessions']} sessions x {q['asked_per_session']} runs asked (limit {q['limit']}): admitted "
+        f"{sorted(set(q['admitted'].values()))} each, refused {sorted(set(q['refused'].values()))} each; "
+        f"others untouched {q['others_untouched']}"
+    )
     print(f"  message: {fig['quota_message']}")
     ra, rt = fig["reattach"], fig["retention"]
     print(f"re-attach by id from another session: same run {ra['same_run']}; made-up id {ra['made_up_id']}")
-    print(f"retention: {rt['finished_runs']} finished runs from {rt['sessions']} sessions -> {rt['kept']} kept "
-          f"(limits {rt['kept_limit']} in all, {rt['kept_per_session_limit']} a session); after {rt['ttl_s']:.0f} s: "
-          f"{rt['kept_after_ttl']}")
+    print(
+        f"retention: {rt['finished_runs']} finished runs from {rt['sessions']} sessions -> {rt['kept']} kept "
+        f"(limits {rt['kept_limit']} in all, {rt['kept_per_session_limit']} a session); after {rt['ttl_s']:.0f} s: "
+        f"{rt['kept_after_ttl']}"
+    )
     _write(fig, fig["seconds"])
 
 
@@ -328,10 +424,14 @@ def _totals(fig: dict) -> None:
 
 def _print_inputs(fig: dict) -> None:
     cm = fig["config_mutations"]
-    print(f"inputs tried: {fig['inputs_tried']:,}   crashes: {fig['crashes']}   "
-          f"formula != meta model: {fig['count_mismatches']}")
-    print(f"  mutated configs: {cm['configs']:,} in {cm['seconds']:.0f} s, seed {cm['seed']} ({cm['outcomes']}); "
-          f"mutations by kind: {cm['mutations_by_kind']}")
+    print(
+        f"inputs tried: {fig['inputs_tried']:,}   crashes: {fig['crashes']}   "
+        f"formula != meta model: {fig['count_mismatches']}"
+    )
+    print(
+        f"  mutated configs: {cm['configs']:,} in {cm['seconds']:.0f} s, seed {cm['seed']} ({cm['outcomes']}); "
+        f"mutations by kind: {cm['mutations_by_kind']}"
+    )
     for f in cm["failures"]:
         print(f"    {f['kind']} x{f['count']}: {f['minimal_diff']}: {f['message']}")
 

@@ -27,6 +27,7 @@
 Chromium is Debian's (/usr/bin/chromium). Prints a table, writes bench/results/ui-cpu<cores>[-TAG].json.
 Timings on a shared 2-core machine are noisy: medians are reported with every repeat kept in the JSON.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,8 +45,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run"]
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 DIAGRAMS = 3  # the default selection: GPT-2, DeepSeek V3, Qwen3 30B-A3B
 #: url path -> (page title, selector of its first meaningful element)
 PAGES = {
@@ -75,10 +82,28 @@ class Server:
         self.log = open(f"/tmp/archlab-bench-ui-{self.port}.log", "w+")
         t = time.perf_counter()
         env = dict(os.environ, HF_HUB_OFFLINE="1")
-        self.proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
-                                      "--server.port", str(self.port), "--server.address", "127.0.0.1",
-                                      "--browser.gatherUsageStats", "false", *args],
-                                     cwd=root, stdout=self.log, stderr=subprocess.STDOUT, env=env)
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "streamlit",
+                "run",
+                "app.py",
+                "--server.headless",
+                "true",
+                "--server.port",
+                str(self.port),
+                "--server.address",
+                "127.0.0.1",
+                "--browser.gatherUsageStats",
+                "false",
+                *args,
+            ],
+            cwd=root,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
         deadline = time.monotonic() + 60
         while True:
             if self.proc.poll() is not None:
@@ -122,7 +147,8 @@ def _title(page, title: str, timeout: float) -> None:
 
 #: installed in every document of a first visit's context: performance.now() (ms since the navigation started)
 #: of the first animation frame after the page's title, and after its block diagrams, are in the DOM
-_FIRST_PAINT = """
+_FIRST_PAINT = (
+    """
 window.__archlabPaint = {};
 (() => {
   const marks = window.__archlabPaint;
@@ -138,7 +164,9 @@ window.__archlabPaint = {};
   const obs = new MutationObserver(check);
   obs.observe(document, {subtree: true, childList: true});
 })();
-""" % DIAGRAMS
+"""
+    % DIAGRAMS
+)
 
 
 def first_visit(browser, root: Path = ROOT, timeout_ms: float = 120_000) -> tuple:
@@ -163,8 +191,9 @@ def _first_visit(server: Server, context, timeout_ms: float) -> tuple:
     r["html_s"] = _since(t0)
     _title(page, "Architectures", timeout_ms)
     r["title_s"] = _since(t0)
-    page.wait_for_function(f"document.querySelectorAll('.js-plotly-plot .main-svg').length >= {DIAGRAMS}",
-                           timeout=timeout_ms)
+    page.wait_for_function(
+        f"document.querySelectorAll('.js-plotly-plot .main-svg').length >= {DIAGRAMS}", timeout=timeout_ms
+    )
     r["diagrams_s"] = _since(t0)
     page.locator("[data-testid='stDataFrame']").first.wait_for(timeout=timeout_ms)
     r["matrix_s"] = _since(t0)
@@ -278,8 +307,10 @@ _OBSERVE = r"""
 
 def _wait_run_done(page, timeout_ms: float) -> None:
     page.locator("[data-testid='stProgress']").first.wait_for(timeout=timeout_ms)
-    page.wait_for_function("[...document.querySelectorAll(\"[data-testid='stProgress']\")].every("
-                           "p => /done:|failed/.test(p.innerText))", timeout=timeout_ms)
+    page.wait_for_function(
+        "[...document.querySelectorAll(\"[data-testid='stProgress']\")].every(p => /done:|failed/.test(p.innerText))",
+        timeout=timeout_ms,
+    )
     page.get_by_role("heading", name="Timings").first.wait_for(timeout=timeout_ms)
 
 
@@ -316,8 +347,11 @@ def ttft(page, base: str, clicks: int, tokens: int, timeout_ms: float = 120_000)
 # ----------------------------------------------------------------- trained miniatures (issue 12)
 
 #: model sets of the trained-miniature TTFT: "" is the Playground's default selection
-TRAINED_SETS = {"default selection (3 models)": "", "Qwen3 30B-A3B alone (MoE)": "qwen3-30b-a3b",
-                "Llama 3 8B alone (dense)": "llama3-8b"}
+TRAINED_SETS = {
+    "default selection (3 models)": "",
+    "Qwen3 30B-A3B alone (MoE)": "qwen3-30b-a3b",
+    "Llama 3 8B alone (dense)": "llama3-8b",
+}
 TRAINED_TARGET_MS = 1000
 
 _OBSERVE_ALL = r"""
@@ -362,8 +396,9 @@ _COLUMNS = """() => [...document.querySelectorAll("[data-testid='stProgress']")]
 })"""
 
 
-def trained_ttft(browser, root: Path, clicks: int, tokens: int, settle_s: float = 20.0,
-                 timeout_ms: float = 180_000) -> list[dict]:
+def trained_ttft(
+    browser, root: Path, clicks: int, tokens: int, settle_s: float = 20.0, timeout_ms: float = 180_000
+) -> list[dict]:
     """Click on Generate -> generated text on screen, for the trained miniatures (the Playground's default mode).
     Each model set on two fresh servers: ``immediate``: the first click as soon as the Generate button is on the
     page (a fresh process: its first ``from_pretrained`` imports transformers' loading code, and the models are
@@ -392,12 +427,21 @@ def trained_ttft(browser, root: Path, clicks: int, tokens: int, settle_s: float 
                     _wait_run_done(page, timeout_ms)
                     summary = page.locator("[data-testid='stMain']").first.inner_text()
                     kind = start if i == 0 else "warm"
-                    r.update(set=name, models=models or "default", kind=kind,
-                             backend_ttft_ms=[float(m.replace(",", "")) for m in re.findall(r"TTFT\s+([\d,.]+)\s*ms", summary)],
-                             labels=re.findall(r"^(.+ \(trained miniature\))$", summary, re.M),
-                             text=[c.inner_text()[:120] for c in page.locator("[data-testid='stCode'] code").all()])
+                    r.update(
+                        set=name,
+                        models=models or "default",
+                        kind=kind,
+                        backend_ttft_ms=[
+                            float(m.replace(",", "")) for m in re.findall(r"TTFT\s+([\d,.]+)\s*ms", summary)
+                        ],
+                        labels=re.findall(r"^(.+ \(trained miniature\))$", summary, re.M),
+                        text=[c.inner_text()[:120] for c in page.locator("[data-testid='stCode'] code").all()],
+                    )
                     out.append(r)
-                    print(f"trained ttft {name} {kind}: first {r['first_ms']:.0f} ms, all {r['all_ms']:.0f} ms", flush=True)
+                    print(
+                        f"trained ttft {name} {kind}: first {r['first_ms']:.0f} ms, all {r['all_ms']:.0f} ms",
+                        flush=True,
+                    )
                     page.wait_for_timeout(300)
             finally:
                 context.close()
@@ -415,29 +459,54 @@ def trained_main(a) -> None:
             runs = trained_ttft(browser, a.root, a.trained, a.tokens, a.trained_settle)
         finally:
             browser.close()
-    print(f"\nGenerate -> generated text on screen, trained miniatures on CPU (ms, first column / every column; "
-          f"immediate: the first click on a fresh server as soon as the page is drawn; settled: the same after "
-          f"{a.trained_settle:g} s idle; warm: median [min–max] of {a.trained} more):")
+    print(
+        f"\nGenerate -> generated text on screen, trained miniatures on CPU (ms, first column / every column; "
+        f"immediate: the first click on a fresh server as soon as the page is drawn; settled: the same after "
+        f"{a.trained_settle:g} s idle; warm: median [min–max] of {a.trained} more):"
+    )
     summary = {}
     for name in TRAINED_SETS:
         row = {}
         for kind in ("immediate", "settled", "warm"):
             mine = [r for r in runs if r["set"] == name and r["kind"] == kind]
-            row[f"{kind}_first_ms"], row[f"{kind}_all_ms"] = _med([r["first_ms"] for r in mine]), _med([r["all_ms"] for r in mine])
+            row[f"{kind}_first_ms"], row[f"{kind}_all_ms"] = (
+                _med([r["first_ms"] for r in mine]),
+                _med([r["all_ms"] for r in mine]),
+            )
         summary[name] = row
         w = [r["all_ms"] for r in runs if r["set"] == name and r["kind"] == "warm"]
-        print(f"  {name:<30} " + "   ".join(f"{k} {row[f'{k}_first_ms'] or 0:5.0f} / {row[f'{k}_all_ms'] or 0:5.0f}"
-                                           for k in ("immediate", "settled", "warm"))
-              + (f" [{min(w):.0f}–{max(w):.0f}]" if w else ""))
+        print(
+            f"  {name:<30} "
+            + "   ".join(
+                f"{k} {row[f'{k}_first_ms'] or 0:5.0f} / {row[f'{k}_all_ms'] or 0:5.0f}"
+                for k in ("immediate", "settled", "warm")
+            )
+            + (f" [{min(w):.0f}–{max(w):.0f}]" if w else "")
+        )
     worst = max((v for row in summary.values() for v in row.values() if v is not None), default=None)
-    print(f"target: first token on screen <= {TRAINED_TARGET_MS} ms after Generate for a trained miniature: "
-          f"{'not measured' if worst is None else 'met in every case' if worst <= TRAINED_TARGET_MS else 'MISSED in some (see above)'}")
+    print(
+        f"target: first token on screen <= {TRAINED_TARGET_MS} ms after Generate for a trained miniature: "
+        f"{'not measured' if worst is None else 'met in every case' if worst <= TRAINED_TARGET_MS else 'MISSED in some (see above)'}"
+    )
     out = ROOT / "bench" / "results" / f"ui-trained-cpu{os.cpu_count()}{'-' + a.tag if a.tag else ''}.json"
-    out.write_text(json.dumps({"machine": platform.platform(), "python": platform.python_version(),
-                               "cores": os.cpu_count(), "load_average": os.getloadavg(),
-                               "when": time.strftime("%Y-%m-%d %H:%M"), "tokens": a.tokens, "settle_s": a.trained_settle,
-                               "zoo": os.environ.get("ARCHLAB_ZOO_DIR") or "assets/zoo", "runs": runs,
-                               "medians": summary, "target_ms": TRAINED_TARGET_MS}, indent=2))
+    out.write_text(
+        json.dumps(
+            {
+                "machine": platform.platform(),
+                "python": platform.python_version(),
+                "cores": os.cpu_count(),
+                "load_average": os.getloadavg(),
+                "when": time.strftime("%Y-%m-%d %H:%M"),
+                "tokens": a.tokens,
+                "settle_s": a.trained_settle,
+                "zoo": os.environ.get("ARCHLAB_ZOO_DIR") or "assets/zoo",
+                "runs": runs,
+                "medians": summary,
+                "target_ms": TRAINED_TARGET_MS,
+            },
+            indent=2,
+        )
+    )
     print(f"wrote {out.relative_to(ROOT)}")
 
 
@@ -452,15 +521,26 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="rounds of page switches (on the first server)")
     ap.add_argument("--ttft", type=int, default=8, help="timed Generate clicks")
     ap.add_argument("--tokens", type=int, default=32, help="max new tokens of the TTFT runs")
-    ap.add_argument("--settle", type=float, default=0.0,
-                    help="seconds to wait after the first visit before the first switch (0: click at once)")
+    ap.add_argument(
+        "--settle",
+        type=float,
+        default=0.0,
+        help="seconds to wait after the first visit before the first switch (0: click at once)",
+    )
     ap.add_argument("--tag", default="", help="suffix of the result file (ui-TAG.json)")
     ap.add_argument("--root", type=Path, default=ROOT, help="the checkout to serve (e.g. an older commit's tree)")
-    ap.add_argument("--trained-only", action="store_true",
-                    help="only the trained-miniature TTFT (issue 12): fresh server per model set, cold + warm clicks")
+    ap.add_argument(
+        "--trained-only",
+        action="store_true",
+        help="only the trained-miniature TTFT (issue 12): fresh server per model set, cold + warm clicks",
+    )
     ap.add_argument("--trained", type=int, default=5, help="warm Generate clicks per model set of --trained-only")
-    ap.add_argument("--trained-settle", type=float, default=20.0,
-                    help="--trained-only: seconds the page is left idle before the 'settled' first click")
+    ap.add_argument(
+        "--trained-settle",
+        type=float,
+        default=20.0,
+        help="--trained-only: seconds the page is left idle before the 'settled' first click",
+    )
     a = ap.parse_args()
     if a.trained_only:
         return trained_main(a)
@@ -491,25 +571,38 @@ def main() -> None:
                     context.close()
                     log = server.text()
                     server.stop()
-                    warnings.append([l for l in log.splitlines() if "Inotify" in l or "Traceback" in l
-                                     or "Error" in l][:20])
+                    warnings.append(
+                        [l for l in log.splitlines() if "Inotify" in l or "Traceback" in l or "Error" in l][:20]
+                    )
         finally:
             browser.close()
 
     print(f"\nfirst visit, fresh server each time ({len(visits)} repeats; seconds, median [min–max]):")
-    for k in ("server_ready_s", "title_s", "title_paint_s", "diagrams_s", "diagrams_paint_s", "matrix_s",
-              "complete_s", "script_done_s"):
+    for k in (
+        "server_ready_s",
+        "title_s",
+        "title_paint_s",
+        "diagrams_s",
+        "diagrams_paint_s",
+        "matrix_s",
+        "complete_s",
+        "script_done_s",
+    ):
         v = [r[k] for r in visits if r.get(k) is not None]
         if v:
             print(f"  {k[:-2]:<16} {_med(v):6.2f}  [{min(v):.2f}–{max(v):.2f}]")
     print("  (*_paint: timed in the page, to the first frame drawn with them; the others: when Playwright saw them)")
-    print(f"page switches (click -> the page's first content; seconds, median [min–max]; "
-          f"first click {a.settle:g} s after the first visit; as Playwright saw it / painted, timed in the page):")
+    print(
+        f"page switches (click -> the page's first content; seconds, median [min–max]; "
+        f"first click {a.settle:g} s after the first visit; as Playwright saw it / painted, timed in the page):"
+    )
     for p, v in switches.items():
         if v:
             w = [x for x in painted[p] if x is not None]
-            print(f"  {p:<14} {_med(v):6.2f}  [{min(v):.2f}–{max(v):.2f}]  first {v[0]:.2f}"
-                  + (f"   painted {_med(w):5.2f}  [{min(w):.2f}–{max(w):.2f}]" if w else ""))
+            print(
+                f"  {p:<14} {_med(v):6.2f}  [{min(v):.2f}–{max(v):.2f}]  first {v[0]:.2f}"
+                + (f"   painted {_med(w):5.2f}  [{min(w):.2f}–{max(w):.2f}]" if w else "")
+            )
     if clicks:
         print(f"TTFT in the browser, {TTFT_MODEL} small miniature loaded (ms, median [min–max]):")
         for k in ("run_shown_ms", "dom_ms", "paint_ms", "backend_ms", "tok_s"):
@@ -519,20 +612,38 @@ def main() -> None:
     flagged = [w for ws in warnings for w in ws]
     print(f"server log lines with Inotify/Error/Traceback: {len(flagged)}" + (f" e.g. {flagged[0]}" if flagged else ""))
     med = {k: _med([r.get(k) for r in visits]) for k in visits[0]} if visits else {}
-    print(f"targets: diagrams on a fresh server <= 3 s ({'met' if med and med['diagrams_s'] <= 3 else 'MISSED'}), "
-          f"page switch <= 1 s ({'not measured' if not any(switches.values()) else 'met' if all(_med(v) <= 1 for v in switches.values() if v) else 'MISSED'}; "
-          f"painted: {'met' if all((_med(v) or 0) <= 1 for v in painted.values()) else 'MISSED'}), "
-          f"browser TTFT <= 150 ms ({'not measured' if not clicks else 'met' if _med([c['paint_ms'] for c in clicks]) <= 150 else 'MISSED'})")
+    print(
+        f"targets: diagrams on a fresh server <= 3 s ({'met' if med and med['diagrams_s'] <= 3 else 'MISSED'}), "
+        f"page switch <= 1 s ({'not measured' if not any(switches.values()) else 'met' if all(_med(v) <= 1 for v in switches.values() if v) else 'MISSED'}; "
+        f"painted: {'met' if all((_med(v) or 0) <= 1 for v in painted.values()) else 'MISSED'}), "
+        f"browser TTFT <= 150 ms ({'not measured' if not clicks else 'met' if _med([c['paint_ms'] for c in clicks]) <= 150 else 'MISSED'})"
+    )
     out = ROOT / "bench" / "results" / f"ui-cpu{os.cpu_count()}{'-' + a.tag if a.tag else ''}.json"
-    out.write_text(json.dumps({"machine": platform.platform(), "python": platform.python_version(),
-                               "cores": os.cpu_count(), "when": time.strftime("%Y-%m-%d %H:%M"),
-                               "first_visit": visits, "switches": switches, "switches_painted": painted,
-                               "ttft_model": TTFT_MODEL,
-                               "settle_s": a.settle, "ttft_tokens": a.tokens, "ttft": clicks, "log_flags": warnings,
-                               "medians": {"first_visit": med, "switches": {p: _med(v) for p, v in switches.items()},
-                                           "switches_painted": {p: _med(v) for p, v in painted.items()},
-                                           "ttft_paint_ms": _med([c["paint_ms"] for c in clicks])}},
-                              indent=2))
+    out.write_text(
+        json.dumps(
+            {
+                "machine": platform.platform(),
+                "python": platform.python_version(),
+                "cores": os.cpu_count(),
+                "when": time.strftime("%Y-%m-%d %H:%M"),
+                "first_visit": visits,
+                "switches": switches,
+                "switches_painted": painted,
+                "ttft_model": TTFT_MODEL,
+                "settle_s": a.settle,
+                "ttft_tokens": a.tokens,
+                "ttft": clicks,
+                "log_flags": warnings,
+                "medians": {
+                    "first_visit": med,
+                    "switches": {p: _med(v) for p, v in switches.items()},
+                    "switches_painted": {p: _med(v) for p, v in painted.items()},
+                    "ttft_paint_ms": _med([c["paint_ms"] for c in clicks]),
+                },
+            },
+            indent=2,
+        )
+    )
     print(f"wrote {out.relative_to(ROOT)}")
 
 

@@ -36,8 +36,13 @@ def chromium() -> str:
     if os.geteuid() != 0 or not shutil.which("apt-get"):
         pytest.skip(f"{CHROMIUM} is missing and cannot be installed here (needs root and apt-get)")
     try:
-        subprocess.run("apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium",
-                       shell=True, check=True, timeout=600, capture_output=True)
+        subprocess.run(
+            "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium",
+            shell=True,
+            check=True,
+            timeout=600,
+            capture_output=True,
+        )
     except (subprocess.SubprocessError, OSError) as e:
         pytest.skip(f"could not install chromium: {type(e).__name__}")
     if not Path(CHROMIUM).exists():

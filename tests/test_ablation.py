@@ -1,5 +1,6 @@
 """Ablations end to end: the CLI round trip, the same batches for every variant of a seed, the summary's statistics
 (diverged runs marked, not dropped; best learning rate, LR sensitivity and verdicts), bad input in one line."""
+
 import json
 import math
 import subprocess
@@ -18,8 +19,14 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def cli(*args, cwd=ROOT):
-    return subprocess.run([sys.executable, "-m", "backend", *args], cwd=cwd, capture_output=True, text=True,
-                          env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "2"}, timeout=900)
+    return subprocess.run(
+        [sys.executable, "-m", "backend", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "2"},
+        timeout=900,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -27,8 +34,25 @@ def tiny_ablation(tmp_path_factory):
     """A real 2-cell ablation from the command line: OLMo 2 with and without QK-Norm, 2 learning rates, 2 seeds."""
     runs = tmp_path_factory.mktemp("runs")
     spec = runs / "ablation.json"
-    p = cli("ablate", "--base", "olmo2-7b", "--vary", "qk_norm=off,on", "--preset", "tiny", "--tokens", "16k",
-            "--lrs", "1e-3,1e-2", "--seeds", "0,1", "--device", "cpu", "--save-spec", str(spec))
+    p = cli(
+        "ablate",
+        "--base",
+        "olmo2-7b",
+        "--vary",
+        "qk_norm=off,on",
+        "--preset",
+        "tiny",
+        "--tokens",
+        "16k",
+        "--lrs",
+        "1e-3,1e-2",
+        "--seeds",
+        "0,1",
+        "--device",
+        "cpu",
+        "--save-spec",
+        str(spec),
+    )
     assert p.returncode == 0, p.stderr
     p = cli("ablate", "--spec", str(spec), "--runs-dir", str(runs))
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
@@ -60,31 +84,47 @@ def test_the_same_seed_gives_every_variant_the_same_batches(tiny_ablation):
     _, folder, spec = tiny_ablation
     results = pd.read_csv(folder / "results.csv").set_index("model")
     for seed in spec.seeds:
-        hashes = {results.loc[run_key(cell, lr, seed), "stream_sha256"]
-                  for cell in ("qk_norm=off", "qk_norm=on") for lr in spec.lrs}
+        hashes = {
+            results.loc[run_key(cell, lr, seed), "stream_sha256"]
+            for cell in ("qk_norm=off", "qk_norm=on")
+            for lr in spec.lrs
+        }
         assert len(hashes) == 1, f"seed {seed}: {hashes}"
-    assert results.loc[run_key("qk_norm=on", 0.001, 0), "stream_sha256"] != \
-        results.loc[run_key("qk_norm=on", 0.001, 1), "stream_sha256"]
+    assert (
+        results.loc[run_key("qk_norm=on", 0.001, 0), "stream_sha256"]
+        != results.loc[run_key("qk_norm=on", 0.001, 1), "stream_sha256"]
+    )
 
 
 def _row(cell, lr, seed, loss, init=7.6, status="finished", diverged=False, **kw):
-    return {"model": run_key(cell, lr, seed), "status": status, "val_loss": loss, "init_loss": init,
-            "diverged": diverged, "lr": lr, "seed": seed, **kw}
+    return {
+        "model": run_key(cell, lr, seed),
+        "status": status,
+        "val_loss": loss,
+        "init_loss": init,
+        "diverged": diverged,
+        "lr": lr,
+        "seed": seed,
+        **kw,
+    }
 
 
 def _spec():
-    return AblationSpec("olmo2-7b", (("qk_norm", ("off", "on")),), (1e-3, 1e-2, 1e-1), (0, 1, 2),
-                        preset("tiny"), "cpu")
+    return AblationSpec("olmo2-7b", (("qk_norm", ("off", "on")),), (1e-3, 1e-2, 1e-1), (0, 1, 2), preset("tiny"), "cpu")
 
 
 def test_diverged_runs_are_marked_not_dropped_and_the_statistics_are_worked_by_hand():
     p = plan(_spec())
     rows = []
     for seed, (a, b) in enumerate([(3.00, 3.10), (3.02, 3.11), (2.98, 3.09)]):
-        rows += [_row("qk_norm=off", 1e-3, seed, 3.5), _row("qk_norm=off", 1e-2, seed, a),
-                 _row("qk_norm=off", 1e-1, seed, float("nan"), status="diverged", diverged=True),
-                 _row("qk_norm=on", 1e-3, seed, 3.4), _row("qk_norm=on", 1e-2, seed, b),
-                 _row("qk_norm=on", 1e-1, seed, 3.2)]
+        rows += [
+            _row("qk_norm=off", 1e-3, seed, 3.5),
+            _row("qk_norm=off", 1e-2, seed, a),
+            _row("qk_norm=off", 1e-1, seed, float("nan"), status="diverged", diverged=True),
+            _row("qk_norm=on", 1e-3, seed, 3.4),
+            _row("qk_norm=on", 1e-2, seed, b),
+            _row("qk_norm=on", 1e-1, seed, 3.2),
+        ]
     s = summarize(p, rows)
     off, on = s["cells"]
     assert off["grid"][2]["diverged"] == 3 and off["grid"][2]["losses"] == [None, None, None]
@@ -100,22 +140,30 @@ def test_diverged_runs_are_marked_not_dropped_and_the_statistics_are_worked_by_h
 
 def test_a_missing_run_is_no_divergence():
     p = plan(_spec())
-    rows = [_row(c, lr, s, 3.0 + 0.01 * s) for c in ("qk_norm=off", "qk_norm=on") for lr in (1e-3, 1e-2, 1e-1)
-            for s in (0, 1, 2) if not (c == "qk_norm=off" and lr == 1e-1 and s == 2)]
+    rows = [
+        _row(c, lr, s, 3.0 + 0.01 * s)
+        for c in ("qk_norm=off", "qk_norm=on")
+        for lr in (1e-3, 1e-2, 1e-1)
+        for s in (0, 1, 2)
+        if not (c == "qk_norm=off" and lr == 1e-1 and s == 2)
+    ]
     s = summarize(p, rows)
     off = s["cells"][0]
     assert off["grid"][2]["missing"] == 1 and off["grid"][2]["diverged"] == 0
     assert len(off["lr_sensitivity_per_seed"]) == 2  # seed 2's curve is incomplete, so it has no sensitivity
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--base", "olmo2-7b", "--vary", "qk_nrm=off,on"], "unknown axis 'qk_nrm'"),
-    (["--base", "olmo2-7b", "--vary", "qk_norm=sideways"], "qk_norm"),
-    (["--base", "olmo2-7b", "--vary", "qk_norm=off,on", "--lrs", "1e-3,abc"], "--lrs must be comma-separated"),
-    (["--base", "olmo2-7b", "--vary", "batch=8,16"], "cannot vary inside one ablation"),
-    (["--base", "no-such-model", "--vary", "qk_norm=off,on"], "no-such-model"),
-    (["--vary", "qk_norm=off,on"], "--base is required"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--base", "olmo2-7b", "--vary", "qk_nrm=off,on"], "unknown axis 'qk_nrm'"),
+        (["--base", "olmo2-7b", "--vary", "qk_norm=sideways"], "qk_norm"),
+        (["--base", "olmo2-7b", "--vary", "qk_norm=off,on", "--lrs", "1e-3,abc"], "--lrs must be comma-separated"),
+        (["--base", "olmo2-7b", "--vary", "batch=8,16"], "cannot vary inside one ablation"),
+        (["--base", "no-such-model", "--vary", "qk_norm=off,on"], "no-such-model"),
+        (["--vary", "qk_norm=off,on"], "--base is required"),
+    ],
+)
 def test_bad_input_is_one_line(args, message):
     p = cli("ablate", *args, "--preset", "tiny", "--dry-run")
     assert p.returncode == 2
@@ -125,8 +173,14 @@ def test_bad_input_is_one_line(args, message):
 
 def test_a_grid_too_large_is_refused_before_training():
     with pytest.raises(ArchLabError, match="at most 512"):
-        AblationSpec("olmo2-7b", (("qk_norm", ("off", "on")), ("norm", ("pre", "post", "sandwich"))),
-                     tuple(10 ** -k for k in range(1, 8)), tuple(range(20)), preset("tiny"), "cpu").validate()
+        AblationSpec(
+            "olmo2-7b",
+            (("qk_norm", ("off", "on")), ("norm", ("pre", "post", "sandwich"))),
+            tuple(10**-k for k in range(1, 8)),
+            tuple(range(20)),
+            preset("tiny"),
+            "cpu",
+        ).validate()
 
 
 def test_parse_list_and_spec_json_round_trip():

@@ -1,11 +1,13 @@
 """The Experiments page's Ablation mode: its view models (the link codec, the form, the preview with cells left
 out, the summary from a run folder) and the page through AppTest (the form and its preview, one error line per bad
 input, a link that pre-fills every field, the results of a finished ablation re-attached from disk)."""
+
 import json
 import os
 import shutil
 
 import pytest
+from test_experiments_page import page
 
 from backend.arch.errors import ArchLabError
 from backend.arch.variants import make_variant
@@ -13,18 +15,36 @@ from backend.present import ablation as ab
 from backend.train import ablation as abl
 from backend.train.recipe import preset
 from backend.train.runner import TrainingRun
-from test_experiments_page import page
 
 #: a 2 × 2 whose every field differs from the form's defaults (a config field and a recipe field among the axes)
-LINKED = abl.AblationSpec("olmo2-7b", (("qk_norm", ("off", "on")), ("norm", ("pre", "post")),
-                                       ("rms_norm_eps", (1e-6, 1e-5)), ("warmup", (0.01, 0.1))),
-                          (1e-3, 2e-2), (0, 1), preset("tiny", budget=100_000, tokens=20_480, batch=8, seq_len=64,
-                                                       layers=2, weight_decay=0.05, z_loss=1e-4, eval_windows=4),
-                          "cpu", "olmo 2 question")
+LINKED = abl.AblationSpec(
+    "olmo2-7b",
+    (("qk_norm", ("off", "on")), ("norm", ("pre", "post")), ("rms_norm_eps", (1e-6, 1e-5)), ("warmup", (0.01, 0.1))),
+    (1e-3, 2e-2),
+    (0, 1),
+    preset(
+        "tiny",
+        budget=100_000,
+        tokens=20_480,
+        batch=8,
+        seq_len=64,
+        layers=2,
+        weight_decay=0.05,
+        z_loss=1e-4,
+        eval_windows=4,
+    ),
+    "cpu",
+    "olmo 2 question",
+)
 #: the tiny ablation trained for the results tests: 2 cells × 2 learning rates × 2 seeds, 16 steps each
-TINY = abl.AblationSpec("olmo2-7b", (("qk_norm", ("off", "on")),), (1e-3, 1e-2), (0, 1),
-                        preset("tiny", budget=50_000, layers=2, batch=4, seq_len=32, tokens=2048, eval_windows=4),
-                        "cpu")
+TINY = abl.AblationSpec(
+    "olmo2-7b",
+    (("qk_norm", ("off", "on")),),
+    (1e-3, 1e-2),
+    (0, 1),
+    preset("tiny", budget=50_000, layers=2, batch=4, seq_len=32, tokens=2048, eval_windows=4),
+    "cpu",
+)
 
 
 def _errors(at) -> list[str]:
@@ -37,6 +57,7 @@ def _table(at, column: str):
 
 
 # ----------------------------------------------------------------- view models
+
 
 def test_the_link_carries_the_spec_exactly():
     query = ab.spec_query(LINKED)
@@ -61,15 +82,23 @@ def test_the_form_round_trips_a_spec():
         ab.form_of(abl.AblationSpec({"model_type": "llama"}, (("qk_norm", ("on",)),)))
 
 
-@pytest.mark.parametrize("axes, free, lrs, seeds, expected", [
-    ((("qk_norm", ("off", "on")),), "no_such_field=1,2", "1e-3", "0", "unknown axis 'no_such_field'"),
-    ((("qk_norm", ("off", "maybe")),), "", "1e-3", "0", "is not a value of qk_norm"),
-    ((("qk_norm", ()),), "", "1e-3", "0", "choose at least one value"),
-    ((("qk_norm", ("off", "on")),), "", "1e-3, fast", "0", "learning rates must be comma-separated numbers"),
-    ((("qk_norm", ("off", "on")),), "", ", ".join(f"{x}e-4" for x in range(1, 10)), ",".join(map(str, range(29))),
-     "this grid trains 522 runs"),
-    ((), "", "1e-3", "0", "choose a component to vary"),
-])
+@pytest.mark.parametrize(
+    "axes, free, lrs, seeds, expected",
+    [
+        ((("qk_norm", ("off", "on")),), "no_such_field=1,2", "1e-3", "0", "unknown axis 'no_such_field'"),
+        ((("qk_norm", ("off", "maybe")),), "", "1e-3", "0", "is not a value of qk_norm"),
+        ((("qk_norm", ()),), "", "1e-3", "0", "choose at least one value"),
+        ((("qk_norm", ("off", "on")),), "", "1e-3, fast", "0", "learning rates must be comma-separated numbers"),
+        (
+            (("qk_norm", ("off", "on")),),
+            "",
+            ", ".join(f"{x}e-4" for x in range(1, 10)),
+            ",".join(map(str, range(29))),
+            "this grid trains 522 runs",
+        ),
+        ((), "", "1e-3", "0", "choose a component to vary"),
+    ],
+)
 def test_bad_input_is_one_line_each(axes, free, lrs, seeds, expected):
     spec, errors = ab.build_spec("olmo2-7b", axes, free, lrs, seeds, preset("tiny"), "cpu")
     assert spec is None and len(errors) == 1 and expected in errors[0] and "\n" not in errors[0], errors
@@ -80,14 +109,16 @@ def test_config_diff_names_the_changed_fields_and_patches():
 
     base = resolve("olmo2-7b").as_dict()
     assert ab.config_diff(base, make_variant("olmo2-7b", {"qk_norm": "off"}).config) == "patches + qk_norm_off"
-    assert ab.config_diff(base, make_variant("olmo2-7b", {"attention": "gqa:8"}).config) == \
-        "num_key_value_heads: 32 → 8"
+    assert (
+        ab.config_diff(base, make_variant("olmo2-7b", {"attention": "gqa:8"}).config) == "num_key_value_heads: 32 → 8"
+    )
     assert ab.config_diff(base, make_variant("olmo2-7b", {"qk_norm": "on"}).config) == ""
 
 
 def test_a_cell_that_cannot_meet_the_budget_is_left_out_and_the_rest_trains():
-    spec = abl.AblationSpec("olmo2-7b", (("ffn", ("dense", "moe:512:64:8")),), (1e-3,), (0, 1),
-                            preset("tiny", budget=100_000))
+    spec = abl.AblationSpec(
+        "olmo2-7b", (("ffn", ("dense", "moe:512:64:8")),), (1e-3,), (0, 1), preset("tiny", budget=100_000)
+    )
     p, pv = ab.prepare(spec)
     assert [c.name for c in p.cells] == ["ffn=dense"] and p.cells[0].is_reference
     assert len(pv.left_out) == 1 and pv.left_out[0][0] == "ffn=moe:512:64:8"
@@ -100,8 +131,9 @@ def test_a_cell_that_cannot_meet_the_budget_is_left_out_and_the_rest_trains():
 
 
 def test_an_ablation_too_long_for_the_device_is_refused_with_its_estimate():
-    spec = abl.AblationSpec("olmo2-7b", (("qk_norm", ("off", "on")),), (1e-3, 1e-2), (0, 1, 2),
-                            preset("tiny", tokens=20_000_000), "cpu")
+    spec = abl.AblationSpec(
+        "olmo2-7b", (("qk_norm", ("off", "on")),), (1e-3, 1e-2), (0, 1, 2), preset("tiny", tokens=20_000_000), "cpu"
+    )
     _, pv = ab.prepare(spec)
     assert pv.estimate["seconds"] > ab.MAX_HOURS * 3600
     assert pv.problem.startswith("this ablation would train for about") and "FLOP/s" in pv.problem
@@ -109,8 +141,12 @@ def test_an_ablation_too_long_for_the_device_is_refused_with_its_estimate():
 
 
 def test_run_keys_parse_and_style_by_cell_lr_and_seed():
-    keys = [abl.run_key(c, lr, s) for c in ("qk_norm=off, norm=pre", "qk_norm=on, norm=pre") for lr in (1e-3, 1e-2)
-            for s in (0, 1)]
+    keys = [
+        abl.run_key(c, lr, s)
+        for c in ("qk_norm=off, norm=pre", "qk_norm=on, norm=pre")
+        for lr in (1e-3, 1e-2)
+        for s in (0, 1)
+    ]
     assert ab.parse_key(keys[3]) == ("qk_norm=off, norm=pre", 1e-2, 1)
     assert ab.parse_key("Llama 3 8B") is None
     st = ab.run_styles(keys)
@@ -123,6 +159,7 @@ def test_run_keys_parse_and_style_by_cell_lr_and_seed():
 
 
 # ----------------------------------------------------------------- a finished tiny ablation
+
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
@@ -161,8 +198,10 @@ def test_the_summary_recomputed_from_disk_equals_the_live_one(finished, tmp_path
     assert off["Δ CI low"] <= off["Δ loss vs reference"] <= off["Δ CI high"]
     assert off["verdict"] in ("lower", "higher", "within noise")
     shown = ab.headline_display(table)
-    assert shown.loc[0, "loss at best lr (95 % CI)"] == \
-        f"{off['loss at best lr']:.4f} [{off['loss CI low']:.4f}, {off['loss CI high']:.4f}]"
+    assert (
+        shown.loc[0, "loss at best lr (95 % CI)"]
+        == f"{off['loss at best lr']:.4f} [{off['loss CI low']:.4f}, {off['loss CI high']:.4f}]"
+    )
 
 
 def test_a_finished_ablation_reattaches_with_its_results(finished):
@@ -174,8 +213,11 @@ def test_a_finished_ablation_reattaches_with_its_results(finished):
     assert not at.error, [e.value for e in at.error]
     headline = _table(at, "Δ loss vs reference (95 % CI)")
     assert list(headline["cell"]) == ["qk_norm=off", "qk_norm=on"]
-    assert headline.loc[1, "verdict"] == "reference" and headline.loc[0, "verdict"] in ("lower", "higher",
-                                                                                         "within noise")
+    assert headline.loc[1, "verdict"] == "reference" and headline.loc[0, "verdict"] in (
+        "lower",
+        "higher",
+        "within noise",
+    )
     grid = _table(at, "seeds' losses")
     assert len(grid) == 4 and set(grid["lr"]) == {1e-3, 1e-2}
     hashes = _table(at, "same batches for every cell and learning rate")
@@ -193,6 +235,7 @@ def test_a_finished_ablation_reattaches_with_its_results(finished):
 
 
 # ----------------------------------------------------------------- the form through AppTest
+
 
 def test_the_ablation_mode_previews_its_cells():
     at = page(mode="ablation")
@@ -279,10 +322,23 @@ def test_charts_mark_diverged_runs_and_group_the_legend_by_cell():
     from backend.present import training_charts as tc
 
     p = abl.plan(TINY)
-    loss = {("qk_norm=off", 1e-3): 6.6, ("qk_norm=off", 1e-2): 6.1, ("qk_norm=on", 1e-3): 6.5,
-            ("qk_norm=on", 1e-2): 6.0}
-    rows = [{"model": abl.run_key(c, lr, s), "status": "finished", "val_loss": v + 0.01 * s, "init_loss": 7.6,
-             "diverged": False} for (c, lr), v in loss.items() for s in (0, 1)]
+    loss = {
+        ("qk_norm=off", 1e-3): 6.6,
+        ("qk_norm=off", 1e-2): 6.1,
+        ("qk_norm=on", 1e-3): 6.5,
+        ("qk_norm=on", 1e-2): 6.0,
+    }
+    rows = [
+        {
+            "model": abl.run_key(c, lr, s),
+            "status": "finished",
+            "val_loss": v + 0.01 * s,
+            "init_loss": 7.6,
+            "diverged": False,
+        }
+        for (c, lr), v in loss.items()
+        for s in (0, 1)
+    ]
     rows[3].update(val_loss=float("nan"), diverged=True)  # qk_norm=off, lr 1e-2, seed 1
     summary = abl.summarize(p, rows)
     styles = ab.run_styles([r["model"] for r in rows])
@@ -294,11 +350,23 @@ def test_charts_mark_diverged_runs_and_group_the_legend_by_cell():
     assert stars == {"qk_norm=off": (1e-3, pytest.approx(6.605)), "qk_norm=on": (1e-2, pytest.approx(6.005))}
     assert fig.layout.yaxis.range[0] < 6.0 and fig.layout.yaxis.range[1] > 7.6  # the cross is inside the axis
     assert list(fig.layout.xaxis.ticktext) == ["0.001", "0.01"]
-    metrics = pd.DataFrame([{"model": r["model"], "step": s, "tokens": 128 * s, "grad_norm": 1.0 + s,
-                             "max_attn_logit": 2.0 * s if s % 2 else None, "log_z": None} for r in rows
-                            for s in (1, 2, 3)])
-    fig = tc.stability_curves(metrics, styles.colors, {r["model"]: r["model"] for r in rows}, styles.dashes,
-                              styles.groups)
+    metrics = pd.DataFrame(
+        [
+            {
+                "model": r["model"],
+                "step": s,
+                "tokens": 128 * s,
+                "grad_norm": 1.0 + s,
+                "max_attn_logit": 2.0 * s if s % 2 else None,
+                "log_z": None,
+            }
+            for r in rows
+            for s in (1, 2, 3)
+        ]
+    )
+    fig = tc.stability_curves(
+        metrics, styles.colors, {r["model"]: r["model"] for r in rows}, styles.dashes, styles.groups
+    )
     assert [t.name for t in fig.data if t.showlegend] == ["qk_norm=off", "qk_norm=on"]
     assert len(fig.data) == 16  # 8 runs × (gradient norm, attention logit); log Z was not sampled
     heat = abc.score_heatmaps(summary)

@@ -1,7 +1,7 @@
 """The dashboard through Streamlit's AppTest: pages render, the picker drives them, URLs restore state."""
+
 import json
 import re
-import time
 
 import pytest
 from streamlit.testing.v1 import AppTest
@@ -86,8 +86,9 @@ def test_bad_upload_shows_error_and_keeps_selection():
     assert not at.exception
     assert any("broken.json" in shown(e.value) and "not valid JSON" in e.value for e in at.sidebar.error)
     assert at.sidebar.multiselect[0].value == ["gpt2", "deepseek-v3", "qwen3-30b-a3b"]
-    at.sidebar.file_uploader[0].upload("huge.json", json.dumps({"model_type": "llama", "hidden_size": 10**9}).encode(),
-                                       "application/json").run()
+    at.sidebar.file_uploader[0].upload(
+        "huge.json", json.dumps({"model_type": "llama", "hidden_size": 10**9}).encode(), "application/json"
+    ).run()
     assert any("beyond any real model" in e.value for e in at.sidebar.error)
 
 
@@ -151,7 +152,9 @@ def test_parameters_settings_from_url_and_bad_values():
     at.switch_page("views/parameters.py").run()
     assert not at.exception
     assert at.number_input(key="_w_ctx").value == 32768  # default, with a warning
-    assert any("ctx=-5" in shown(w.value) for w in at.warning) and any("gpugib=nan" in shown(w.value) for w in at.warning)
+    assert any("ctx=-5" in shown(w.value) for w in at.warning) and any(
+        "gpugib=nan" in shown(w.value) for w in at.warning
+    )
     assert at.number_input(key="_w_gpugib").value == 80.0
     assert at.selectbox(key="_w_kvdtype").value == "fp8" and at.toggle(key="_w_logx").value is False
 
@@ -215,8 +218,9 @@ def test_adding_a_variant_draws_it_beside_its_base_with_the_change_marked():
     assert len(at.sidebar.multiselect[0].value) == 3
     at.switch_page("views/parameters.py").run()  # the variant's config travels to the other pages
     no_errors(at)
-    assert any("OLMo 2 7B [qk_norm=off]" in str(df.value.index.tolist() + list(df.value.columns))
-               for df in at.dataframe)
+    assert any(
+        "OLMo 2 7B [qk_norm=off]" in str(df.value.index.tolist() + list(df.value.columns)) for df in at.dataframe
+    )
 
 
 def _state_free() -> str:

@@ -1,4 +1,5 @@
 """A source is resolved once into an Architecture, which every layer below is handed."""
+
 import threading
 
 from backend.arch import architecture, configs, spec
@@ -77,8 +78,10 @@ def test_llama4_equal_rope_factors_do_not_warn_on_every_build():
     rope.setLevel(logging.WARNING)
     try:
         build_config(canonical("llama4-scout"))
-        rope.warning("`rope_parameters`'s high_freq_factor field must be greater than low_freq_factor, got "
-                     "high_freq_factor=1.0 and low_freq_factor=4.0")
+        rope.warning(
+            "`rope_parameters`'s high_freq_factor field must be greater than low_freq_factor, got "
+            "high_freq_factor=1.0 and low_freq_factor=4.0"
+        )
     finally:
         rope.removeHandler(handler)
         rope.setLevel(level)

@@ -1,4 +1,5 @@
 """Differences against a baseline (issue 10.3): diagrams and feature matrix, backend and page."""
+
 import json
 
 import plotly.graph_objects as go
@@ -76,6 +77,7 @@ def test_feature_marks():
 
 # ----------------------------------------------------------------- the page (AppTest)
 
+
 def _app(**query) -> AppTest:
     at = AppTest.from_file("../app.py", default_timeout=120)
     for k, v in query.items():
@@ -97,7 +99,12 @@ def test_page_baseline_defaults_to_the_first_model_and_goes_in_the_url():
     assert not at.exception and not at.error
     box = at.selectbox(key="_w_base")
     assert box.label == "Compare against" and box.value == "gpt2"
-    assert box.options == ["GPT-2 (124M)", "DeepSeek V3 / R1", "Qwen3 30B-A3B", "any of them (what differs between any)"]
+    assert box.options == [
+        "GPT-2 (124M)",
+        "DeepSeek V3 / R1",
+        "Qwen3 30B-A3B",
+        "any of them (what differs between any)",
+    ]
     assert "base" not in at.query_params  # the default stays out of the link
     titles, marks = _titles(at), _page_marks(at)
     assert "baseline" in titles[0] and marks[0] == 0 and all(m > 0 for m in marks[1:])

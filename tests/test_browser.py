@@ -1,4 +1,5 @@
 """One end-to-end run in a real Chromium: two MoE models stream side by side, then the Routing heatmap."""
+
 import contextlib
 import socket
 import subprocess
@@ -11,8 +12,14 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "artifacts"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run"]
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 
 def _free_port() -> int:
@@ -39,10 +46,29 @@ def _wait_healthy(port: int, server: subprocess.Popen, timeout: float = 30) -> N
 def served(env: dict | None = None):
     """A fresh ``streamlit run app.py`` on a free port (as the README starts it), healthy; yields the port."""
     port = _free_port()
-    server = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
-                               "--server.port", str(port), "--server.address", "127.0.0.1",
-                               "--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false"],
-                              cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "streamlit",
+            "run",
+            "app.py",
+            "--server.headless",
+            "true",
+            "--server.port",
+            str(port),
+            "--server.address",
+            "127.0.0.1",
+            "--server.fileWatcherType",
+            "none",
+            "--browser.gatherUsageStats",
+            "false",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         _wait_healthy(port, server)
         yield port
@@ -99,9 +125,12 @@ def test_two_moe_models_stream_and_routing_renders(chromium):
                 page.wait_for_timeout(500)
                 generate.click()
                 # both columns stream: text appears in each and keeps growing while the run goes on
-                page.wait_for_function("document.querySelectorAll(\"[data-testid='stCode'] code\").length == 2 && "
-                                       "[...document.querySelectorAll(\"[data-testid='stCode'] code\")]"
-                                       ".every(c => c.innerText.trim().length > 0)", timeout=45_000)
+                page.wait_for_function(
+                    "document.querySelectorAll(\"[data-testid='stCode'] code\").length == 2 && "
+                    "[...document.querySelectorAll(\"[data-testid='stCode'] code\")]"
+                    ".every(c => c.innerText.trim().length > 0)",
+                    timeout=45_000,
+                )
                 first = [len(t) for t in _texts(page)]
                 page.screenshot(path=str(ARTIFACTS / "playground-streaming.png"))
                 page.get_by_text("Timings").wait_for(timeout=60_000)

@@ -1,16 +1,23 @@
 """In a real Chromium: open the Experiments page's Ablation mode from a link that fills the form, train a tiny
 2-cell ablation (2 learning rates × 2 seeds) and see its headline table."""
+
 import os
 
 import pytest
+from test_browser import ARTIFACTS, opened, served
 
 from backend.present import ablation as ab
 from backend.train.ablation import AblationSpec
 from backend.train.recipe import preset
-from test_browser import ARTIFACTS, opened, served
 
-SPEC = AblationSpec("olmo2-7b", (("qk_norm", ("off", "on")),), (1e-3, 1e-2), (0, 1),
-                    preset("tiny", budget=50_000, layers=2, batch=4, seq_len=32, tokens=4096, eval_windows=4), "cpu")
+SPEC = AblationSpec(
+    "olmo2-7b",
+    (("qk_norm", ("off", "on")),),
+    (1e-3, 1e-2),
+    (0, 1),
+    preset("tiny", budget=50_000, layers=2, batch=4, seq_len=32, tokens=4096, eval_windows=4),
+    "cpu",
+)
 
 
 @pytest.mark.browser

@@ -1,17 +1,18 @@
 """In a real Chromium: open the Findings page, follow the quick re-run link of SmolLM3's NoPE layers to the
 Experiments page (its recipe made smaller in the link, as a visitor could), train it to the end there, and see its
 result drawn on the Findings page beside the shipped evidence."""
+
 import os
 from dataclasses import replace
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import pytest
+from test_browser import ARTIFACTS, opened, served
 
 from backend.present import ablation as ab
 from backend.train.recipe import preset
-from test_browser import ARTIFACTS, opened, served
 
-#: the link's recipe, made small enough for a test: 2 cells × 1 learning rate × 2 seeds, 16 steps a run
+#: the link's recipe, made small enough for a test: 2 cells × 1 learning rate × 3 seeds, 16 steps a run
 SMALL = preset("tiny", budget=100_000, layers=4, batch=4, seq_len=32, tokens=2048, eval_windows=4, data="corpus")
 
 
@@ -30,12 +31,12 @@ def test_a_quick_re_run_from_the_findings_page_lands_beside_the_shipped_evidence
         page.get_by_text("A re-run of the finding").first.wait_for()
         page.get_by_role("button", name="Train the ablation").wait_for()
         spec = ab.decode_spec(query["spec"])
-        assert spec.recipe.tokens == 600_000 and spec.seeds == (0, 1)  # the claim's quick recipe, as linked
+        assert spec.recipe.tokens == 600_000 and spec.seeds == (0, 1, 2)  # the claim's quick recipe, as linked
         small = replace(spec, lrs=(1e-2,), recipe=replace(SMALL, name=spec.recipe.name))
         page.goto(f"http://127.0.0.1:{port}/experiments?" + urlencode({**query, "spec": ab.encode_spec(small)}))
         train = page.get_by_role("button", name="Train the ablation")
         train.wait_for()
-        page.get_by_text("4 runs").first.wait_for()  # 2 cells × 1 learning rate × 2 seeds
+        page.get_by_text("6 runs").first.wait_for()  # 2 cells × 1 learning rate × 3 seeds
         assert page.get_by_text("no longer tests the claim").count() == 0
         page.wait_for_timeout(1000)
         train.click()
@@ -53,10 +54,12 @@ def test_a_quick_re_run_from_the_findings_page_lands_beside_the_shipped_evidence
         page.get_by_text("Re-run (quick):").first.wait_for()
         title = page.get_by_text("nope-layers / positions, quick recipe: final validation loss")
         title.first.wait_for()
-        assert "re-run: 2 seeds" in title.first.text_content()
+        assert "re-run: 3 seeds" in title.first.text_content()
         page.screenshot(path=str(ARTIFACTS / "findings-rerun.png"))
         page.get_by_text("differs from the claim's recipe").first.wait_for()
-        page.locator(".js-plotly-plot").filter(has_text="nope-layers / positions, quick").first.scroll_into_view_if_needed()
+        page.locator(".js-plotly-plot").filter(
+            has_text="nope-layers / positions, quick"
+        ).first.scroll_into_view_if_needed()
         page.wait_for_timeout(1000)
         page.screenshot(path=str(ARTIFACTS / "findings-rerun-chart.png"))
         assert (tmp_path / "findings" / "nope-layers" / "quick" / "verdict.json").is_file()

@@ -1,12 +1,14 @@
 """A run's link in a real Chromium: a second browser (its own context: other cookies, other session) opens the
 link of a run that is streaming and sees the same tokens and the same routing; a bad link is one line."""
+
 import urllib.parse
 
 import pytest
-
 from test_browser import ARGS, ARTIFACTS, _texts, served
 
-HEATMAP = "() => { const p = document.querySelector('.js-plotly-plot'); return p && p.data ? JSON.stringify(p.data) : null }"
+HEATMAP = (
+    "() => { const p = document.querySelector('.js-plotly-plot'); return p && p.data ? JSON.stringify(p.data) : null }"
+)
 
 
 def _finished(page) -> None:

@@ -1,9 +1,9 @@
 """In a real Chromium: train two tiny architectures side by side on the Experiments page and watch both learning
 curves stream, then see the final table."""
+
 import json
 
 import pytest
-
 from test_browser import ARGS, ARTIFACTS, served
 
 #: points per trace of the learning-curve chart (its first plot), by trace name

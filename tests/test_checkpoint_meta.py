@@ -1,5 +1,6 @@
 """Checkpoint memory from metadata: small checkpoints written here in each format (bf16, fp8 with block scales,
 GPTQ, AWQ, MXFP4, GGUF), sizes checked against the bytes written and the files' real sizes, no weights read."""
+
 import builtins
 import json
 import os
@@ -13,8 +14,16 @@ from backend.arch import checkpoint_meta as cm
 from backend.arch.errors import ArchLabError
 from backend.present import estimates
 
-TINY = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-        "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 256, "torch_dtype": "bfloat16"}
+TINY = {
+    "model_type": "llama",
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "vocab_size": 256,
+    "torch_dtype": "bfloat16",
+}
 
 
 def header_bytes(path) -> int:
@@ -42,10 +51,12 @@ def check_sizes(ck, folder, suffix=".safetensors"):
 
 
 def test_bf16_checkpoint_and_kv_from_config(tmp_path):
-    t = {"model.embed_tokens.weight": torch.zeros(256, 64, dtype=torch.bfloat16),
-         "model.layers.0.self_attn.q_proj.weight": torch.zeros(64, 64, dtype=torch.bfloat16),
-         "model.layers.0.mlp.up_proj.weight": torch.zeros(128, 64, dtype=torch.bfloat16),
-         "model.norm.weight": torch.ones(64, dtype=torch.float32)}
+    t = {
+        "model.embed_tokens.weight": torch.zeros(256, 64, dtype=torch.bfloat16),
+        "model.layers.0.self_attn.q_proj.weight": torch.zeros(64, 64, dtype=torch.bfloat16),
+        "model.layers.0.mlp.up_proj.weight": torch.zeros(128, 64, dtype=torch.bfloat16),
+        "model.norm.weight": torch.ones(64, dtype=torch.float32),
+    }
     write(tmp_path, t, TINY)
     ck = cm.read_checkpoint(str(tmp_path))
     assert ck.format == "safetensors" and len(ck.tensors) == 4
@@ -66,15 +77,35 @@ def test_bf16_checkpoint_and_kv_from_config(tmp_path):
 
 def test_fp8_with_block_scales_sharded_and_kv_from_quantization_config(tmp_path):
     w = torch.zeros(256, 384).to(torch.float8_e4m3fn)
-    cfg = dict(TINY, quantization_config={"quant_method": "fp8", "weight_block_size": [128, 128],
-                                          "kv_cache_scheme": {"num_bits": 8, "type": "float", "strategy": "tensor"}})
-    write(tmp_path, {"model.layers.0.mlp.experts.0.up_proj.weight": w,
-                     "model.layers.0.mlp.experts.0.up_proj.weight_scale_inv": torch.ones(2, 3)}, cfg,
-          "model-00001-of-00002.safetensors")
-    write(tmp_path, {"lm_head.weight": torch.zeros(256, 64, dtype=torch.bfloat16)}, None,
-          "model-00002-of-00002.safetensors")
-    index = {"weight_map": {"lm_head.weight": "model-00002-of-00002.safetensors",
-                            "model.layers.0.mlp.experts.0.up_proj.weight": "model-00001-of-00002.safetensors"}}
+    cfg = dict(
+        TINY,
+        quantization_config={
+            "quant_method": "fp8",
+            "weight_block_size": [128, 128],
+            "kv_cache_scheme": {"num_bits": 8, "type": "float", "strategy": "tensor"},
+        },
+    )
+    write(
+        tmp_path,
+        {
+            "model.layers.0.mlp.experts.0.up_proj.weight": w,
+            "model.layers.0.mlp.experts.0.up_proj.weight_scale_inv": torch.ones(2, 3),
+        },
+        cfg,
+        "model-00001-of-00002.safetensors",
+    )
+    write(
+        tmp_path,
+        {"lm_head.weight": torch.zeros(256, 64, dtype=torch.bfloat16)},
+        None,
+        "model-00002-of-00002.safetensors",
+    )
+    index = {
+        "weight_map": {
+            "lm_head.weight": "model-00002-of-00002.safetensors",
+            "model.layers.0.mlp.experts.0.up_proj.weight": "model-00001-of-00002.safetensors",
+        }
+    }
     (tmp_path / "model.safetensors.index.json").write_text(json.dumps(index))
     ck = cm.read_checkpoint(str(tmp_path))
     assert len(ck.files) == 2 and ck.quant_method == "fp8"
@@ -97,15 +128,19 @@ def test_packed_int4(tmp_path, method):
     inp, out, group = 64, 128, 32
     base = "model.layers.0.self_attn.q_proj"
     if method == "gptq":
-        t = {f"{base}.qweight": torch.zeros(inp // 8, out, dtype=torch.int32),
-             f"{base}.qzeros": torch.zeros(inp // group, out // 8, dtype=torch.int32),
-             f"{base}.scales": torch.zeros(inp // group, out, dtype=torch.float16),
-             f"{base}.g_idx": torch.zeros(inp, dtype=torch.int32)}
+        t = {
+            f"{base}.qweight": torch.zeros(inp // 8, out, dtype=torch.int32),
+            f"{base}.qzeros": torch.zeros(inp // group, out // 8, dtype=torch.int32),
+            f"{base}.scales": torch.zeros(inp // group, out, dtype=torch.float16),
+            f"{base}.g_idx": torch.zeros(inp, dtype=torch.int32),
+        }
         side = (inp // group) * (out // 8) * 4 + (inp // group) * out * 2 + inp * 4
     else:
-        t = {f"{base}.qweight": torch.zeros(inp, out // 8, dtype=torch.int32),
-             f"{base}.qzeros": torch.zeros(inp // group, out // 8, dtype=torch.int32),
-             f"{base}.scales": torch.zeros(inp // group, out, dtype=torch.float16)}
+        t = {
+            f"{base}.qweight": torch.zeros(inp, out // 8, dtype=torch.int32),
+            f"{base}.qzeros": torch.zeros(inp // group, out // 8, dtype=torch.int32),
+            f"{base}.scales": torch.zeros(inp // group, out, dtype=torch.float16),
+        }
         side = (inp // group) * (out // 8) * 4 + (inp // group) * out * 2
     write(tmp_path, t, dict(TINY, quantization_config={"quant_method": method, "bits": 4, "group_size": group}))
     ck = cm.read_checkpoint(str(tmp_path))
@@ -119,15 +154,17 @@ def test_packed_int4(tmp_path, method):
 
 def test_mxfp4_experts(tmp_path):
     E, I, H = 4, 16, 64
-    t = {"model.layers.0.mlp.experts.gate_up_proj_blocks": torch.zeros(E, 2 * I, H // 32, 16, dtype=torch.uint8),
-         "model.layers.0.mlp.experts.gate_up_proj_scales": torch.zeros(E, 2 * I, H // 32, dtype=torch.uint8),
-         "model.layers.0.mlp.experts.gate_up_proj_bias": torch.zeros(E, 2 * I, dtype=torch.bfloat16),
-         "model.layers.0.mlp.router.weight": torch.zeros(E, H, dtype=torch.bfloat16)}
+    t = {
+        "model.layers.0.mlp.experts.gate_up_proj_blocks": torch.zeros(E, 2 * I, H // 32, 16, dtype=torch.uint8),
+        "model.layers.0.mlp.experts.gate_up_proj_scales": torch.zeros(E, 2 * I, H // 32, dtype=torch.uint8),
+        "model.layers.0.mlp.experts.gate_up_proj_bias": torch.zeros(E, 2 * I, dtype=torch.bfloat16),
+        "model.layers.0.mlp.router.weight": torch.zeros(E, H, dtype=torch.bfloat16),
+    }
     write(tmp_path, t, {"model_type": "gpt_oss", "quantization_config": {"quant_method": "mxfp4"}})
     ck = cm.read_checkpoint(str(tmp_path))
     kinds = ck.by("kind")
     assert kinds["MXFP4 blocks"] == (1, E * 2 * I * H // 2, E * 2 * I * H)  # two 4-bit values a byte
-    assert kinds["MXFP4 scales"] == (1, E * 2 * I * H // 32, 0)            # one exponent per 32 values
+    assert kinds["MXFP4 scales"] == (1, E * 2 * I * H // 32, 0)  # one exponent per 32 values
     assert ck.by("component")["router"][1] == E * H * 2
     assert ck.quant_method == "mxfp4"
     check_sizes(ck, tmp_path)
@@ -139,8 +176,9 @@ def test_gguf(tmp_path):
     w = gguf.GGUFWriter(str(path), "llama")
     a = np.zeros((16, 32), dtype=np.float32)
     b = np.zeros(64, dtype=np.float16)
-    q = gguf.quants.quantize(np.random.default_rng(0).standard_normal((32, 64)).astype(np.float32),
-                             gguf.GGMLQuantizationType.Q8_0)
+    q = gguf.quants.quantize(
+        np.random.default_rng(0).standard_normal((32, 64)).astype(np.float32), gguf.GGMLQuantizationType.Q8_0
+    )
     w.add_tensor("token_embd.weight", a)
     w.add_tensor("output_norm.weight", b)
     w.add_tensor("blk.0.attn_q.weight", q, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
@@ -180,7 +218,9 @@ def test_reads_headers_only(tmp_path, monkeypatch):
 
 
 def test_kv_dtype_from_configs():
-    assert cm.kv_dtype_of({"quantization_config": {"quant_method": "modelopt", "kv_cache_quant_algo": "FP8"}})[0] == "fp8"
+    assert (
+        cm.kv_dtype_of({"quantization_config": {"quant_method": "modelopt", "kv_cache_quant_algo": "FP8"}})[0] == "fp8"
+    )
     assert cm.kv_dtype_of({"quantization_config": {"kv_cache_scheme": {"num_bits": 8, "type": "int"}}})[0] == "int8"
     assert cm.kv_dtype_of({"quantization_config": {"kv_cache_dtype": "fp8_e5m2"}})[0] == "fp8"
     assert cm.kv_dtype_of({"torch_dtype": "float16"})[0] == "fp16"
@@ -209,8 +249,11 @@ def test_bad_checkpoints_give_one_line(tmp_path):
 
 
 def test_summary_tables(tmp_path):
-    write(tmp_path, {"model.layers.0.self_attn.q_proj.weight": torch.zeros(64, 64, dtype=torch.bfloat16)},
-          dict(TINY, quantization_config={"kv_cache_quant_algo": "FP8"}))
+    write(
+        tmp_path,
+        {"model.layers.0.self_attn.q_proj.weight": torch.zeros(64, 64, dtype=torch.bfloat16)},
+        dict(TINY, quantization_config={"kv_cache_quant_algo": "FP8"}),
+    )
     info = estimates.checkpoint_summary(str(tmp_path), context=100)
     assert info["tensor_bytes"] == 64 * 64 * 2 and info["kv_dtype"] == "fp8"
     assert info["kv_total"] == 100 * 2 * 2 * 32 * 1

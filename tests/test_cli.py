@@ -1,4 +1,5 @@
 """The CLI: tables, JSON, CSV, and one-line errors with exit status 2."""
+
 import csv
 import io
 import json
@@ -30,20 +31,33 @@ def test_list_and_table(capsys):
 
 def test_config_file_path(tmp_path, capsys):
     p = tmp_path / "my.json"
-    p.write_text(json.dumps({"model_type": "llama", "hidden_size": 64, "intermediate_size": 128,
-                             "num_hidden_layers": 2, "num_attention_heads": 4, "vocab_size": 100}))
+    p.write_text(
+        json.dumps(
+            {
+                "model_type": "llama",
+                "hidden_size": 64,
+                "intermediate_size": 128,
+                "num_hidden_layers": 2,
+                "num_attention_heads": 4,
+                "vocab_size": 100,
+            }
+        )
+    )
     assert main(["params", str(p), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)[0]["total"] > 0
 
 
-@pytest.mark.parametrize("argv,needle", [
-    (["params", "nope"], "unknown model"),
-    (["memory", "gpt2", "--context", "0"], "context length"),
-    (["memory", "gpt2", "--dtype", "fp5"], "unknown dtype"),
-    (["plan", "gpt2", "--gpus", "0"], "--gpus"),
-    (["params", "missing.json"], "no such config"),
-    (["frobnicate"], "invalid choice"),
-])
+@pytest.mark.parametrize(
+    "argv,needle",
+    [
+        (["params", "nope"], "unknown model"),
+        (["memory", "gpt2", "--context", "0"], "context length"),
+        (["memory", "gpt2", "--dtype", "fp5"], "unknown dtype"),
+        (["plan", "gpt2", "--gpus", "0"], "--gpus"),
+        (["params", "missing.json"], "no such config"),
+        (["frobnicate"], "invalid choice"),
+    ],
+)
 def test_bad_input_one_line_exit_2(argv, needle, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err

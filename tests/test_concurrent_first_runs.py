@@ -1,5 +1,6 @@
 """Concurrent first runs on a fresh server (issue 15): six sessions press Generate at the same moment and every
 run streams to the end. Before, transformers' first import raced ("cannot import name 'AutoConfig'")."""
+
 import json
 import subprocess
 import sys
@@ -50,12 +51,18 @@ print(json.dumps(out))
 
 def _finished(result) -> bool:
     return isinstance(result, list) and all(
-        s["status"] == "finished" and s["reason"] == "length" and s["new_tokens"] == TOKENS for s in result)
+        s["status"] == "finished" and s["reason"] == "length" and s["new_tokens"] == TOKENS for s in result
+    )
 
 
 def test_six_sessions_start_at_once_in_a_fresh_interpreter():
-    out = subprocess.run([sys.executable, "-c", CHILD, str(SESSIONS), str(TOKENS), ",".join(MODELS)], cwd=ROOT,
-                         capture_output=True, text=True, timeout=900)
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD, str(SESSIONS), str(TOKENS), ",".join(MODELS)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     results = json.loads(out.stdout.strip().splitlines()[-1])
     assert len(results) == SESSIONS
@@ -87,14 +94,17 @@ def test_six_browser_sessions_on_a_fresh_server(chromium):
                 page.wait_for_timeout(1000)
                 t = time.monotonic()
                 for page in pages:  # a JS click returns at once: all six within a fraction of a second
-                    page.evaluate("[...document.querySelectorAll('button')]"
-                                  ".find(b => b.innerText.trim().endsWith('Generate')).click()")
+                    page.evaluate(
+                        "[...document.querySelectorAll('button')]"
+                        ".find(b => b.innerText.trim().endsWith('Generate')).click()"
+                    )
                 assert time.monotonic() - t < 1.0
                 for i, page in enumerate(pages):
                     page.wait_for_function(
                         "(() => { const p = [...document.querySelectorAll(\"[data-testid='stProgress']\")];"
                         f" return p.length == {len(MODELS)} && p.every(x => /done:|failed/.test(x.innerText)); }})()",
-                        timeout=300_000)
+                        timeout=300_000,
+                    )
                     progress = page.locator("[data-testid='stProgress']").all_inner_texts()
                     assert progress == [f"done: {TOKENS} tokens (length)"] * len(MODELS), (i, progress)
                     assert page.locator("[data-testid='stException']").count() == 0

@@ -8,6 +8,7 @@ steps leave weights within ~1e-5 and per-step losses within ~1e-6 (2 ulp at 7.6)
 rows, or a router missing the other process's load, moves the second step's loss by 1e-2 or more). The
 gradient scale, which AdamW and clipping would hide from the losses, is checked on one step directly.
 """
+
 import argparse
 import json
 import os
@@ -29,8 +30,26 @@ from backend.train.runner import TrainingRun
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = "llama3-8b,qwen3-30b-a3b"  # one dense, one MoE (Switch-style aux loss)
-FLAGS = ["--models", MODELS, "--data", "mqar", "--preset", "tiny", "--budget", "100k", "--layers", "2",
-         "--batch", "8", "--seq-len", "64", "--tokens", str(8 * 64 * 12), "--device", "cpu"]
+FLAGS = [
+    "--models",
+    MODELS,
+    "--data",
+    "mqar",
+    "--preset",
+    "tiny",
+    "--budget",
+    "100k",
+    "--layers",
+    "2",
+    "--batch",
+    "8",
+    "--seq-len",
+    "64",
+    "--tokens",
+    str(8 * 64 * 12),
+    "--device",
+    "cpu",
+]
 TOL = 1e-4
 
 
@@ -41,8 +60,19 @@ def _env() -> dict:
 
 def _launch(tmp_path: Path, args: list[str]) -> subprocess.CompletedProcess:
     """2 CPU processes under torchrun, each process's output in its own log files."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "--log-dir", str(tmp_path / "logs"), "--redirects", "3", *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "--log-dir",
+        str(tmp_path / "logs"),
+        "--redirects",
+        "3",
+        *args,
+    ]
     return subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
 
 
@@ -114,8 +144,9 @@ def test_only_rank_0_speaks(runs):
 def test_ddp_checkpoints_load_and_hold_the_trained_weights(runs):
     from transformers import AutoModelForCausalLM
 
+    from backend.train.outcome import probe_eval_batch as _probe_eval_batch
+    from backend.train.outcome import probe_loss as _probe_loss
     from backend.train.probes import probe_task
-    from backend.train.outcome import probe_eval_batch as _probe_eval_batch, probe_loss as _probe_loss
 
     r = runs.spec.recipe
     task = probe_task(r.data, r.probe_vocab, r.seq_len)
@@ -177,7 +208,7 @@ def test_one_ddp_step_has_the_one_process_gradient(tmp_path):
     assert done.returncode == 0, out[-3000:] + _logs(tmp_path, 1)[-3000:]
     checks = {line.split()[1]: line.split()[2:] for line in out.splitlines() if line.startswith("CHECK ")}
     assert set(checks) == {"qwen3-30b-a3b", "deepseek-v3", "llama3-8b"}
-    for key, (rel, dloss, same, as_one, n_bias) in checks.items():
+    for key, (rel, dloss, same, as_one, _n_bias) in checks.items():
         assert float(rel) < 1e-5 and float(dloss) < 1e-5 and same == "1" and as_one == "1", (key, checks[key])
     assert int(checks["deepseek-v3"][4]) > 0  # its bias was compared
 
@@ -195,13 +226,16 @@ def test_a_process_takes_its_own_rows_and_counts_the_global_targets():
     assert s.count == int((b.labels != IGNORE).sum())
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--zoo"], "--zoo trains many small runs"),
-    (["--models", "llama3-8b", "--processes", "2"], "drop --processes"),
-    (["--models", "llama3-8b", "--batch", "7"], "the batch (7) must divide by the 2 processes"),
-    (["--models", "llama3-8b", "--device", "cuda:1"], "the GPU of its local rank"),
-    (["--models", "no-such-model"], "no-such-model"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--zoo"], "--zoo trains many small runs"),
+        (["--models", "llama3-8b", "--processes", "2"], "drop --processes"),
+        (["--models", "llama3-8b", "--batch", "7"], "the batch (7) must divide by the 2 processes"),
+        (["--models", "llama3-8b", "--device", "cuda:1"], "the GPU of its local rank"),
+        (["--models", "no-such-model"], "no-such-model"),
+    ],
+)
 def test_bad_input_under_a_launch_is_one_line_from_rank_0(monkeypatch, capsys, args, message):
     """Refused before any process group is joined; rank 0 says it once, the others exit 2 in silence."""
     for rank in (0, 1):

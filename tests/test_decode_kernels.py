@@ -1,4 +1,5 @@
 """Fused decode kernels: the same numbers as transformers' modules, and the same greedy tokens in the graph."""
+
 import os
 import subprocess
 import sys
@@ -94,8 +95,9 @@ def test_kernels_compute_the_modules_math_in_triton_interpreter():
     """The Triton kernels themselves, run by Triton's CPU interpreter (float32) where Triton is installed."""
     pytest.importorskip("triton")
     env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    out = subprocess.run([sys.executable, "-c", _INTERPRETED], capture_output=True, text=True, env=env, cwd=ROOT,
-                         timeout=600)
+    out = subprocess.run(
+        [sys.executable, "-c", _INTERPRETED], capture_output=True, text=True, env=env, cwd=ROOT, timeout=600
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     worst, n = out.stdout.split()
     assert int(n) == 17 and float(worst) < 1e-5  # 10 expert cases, 3 norms, 2 routers, q and k

@@ -1,5 +1,6 @@
 """Full width, fewer layers: the shallower view shares weights and computes what a real (k-1)-layer
 model computes; the extrapolation arithmetic."""
+
 import math
 
 import pytest
@@ -32,8 +33,8 @@ def test_shallower_view_shares_weights_and_equals_a_real_shallower_model(key):
     real.load_state_dict({k: state[k] for k in real.state_dict()})
     with torch.inference_mode():
         assert torch.equal(view(ids).logits, real(ids).logits)
-        assert not torch.equal(view(ids).logits, before)     # it really skips layer 3
-        assert torch.equal(model(ids).logits, before)        # and leaves the model as it was
+        assert not torch.equal(view(ids).logits, before)  # it really skips layer 3
+        assert torch.equal(model(ids).logits, before)  # and leaves the model as it was
 
 
 def test_estimate_times_both_depths_and_extrapolates():
@@ -69,7 +70,7 @@ def test_fewer_layers_on_gpu_through_the_playground_path():
     from backend.live.generation import GenerationSettings
     from backend.present import playground
 
-    (_, src, request), = playground.requests_for([("qwen3-30b-a3b", "qwen3-30b-a3b")], "layers", "cuda", layers=3)
+    ((_, src, request),) = playground.requests_for([("qwen3-30b-a3b", "qwen3-30b-a3b")], "layers", "cuda", layers=3)
     slot = playground.SlotModel("qwen3-30b-a3b", "Qwen3", "#000", True, playground.full_depth(src))
     live = playground.LiveRun.start([slot], [request], "Hello", GenerationSettings(max_new_tokens=16))
     live.run.join(300)

@@ -1,4 +1,5 @@
 """Block diagrams: elements follow the spec, diff finds what differs, figures share one scale."""
+
 from backend.arch.architecture import arch_spec
 from backend.present import diagram
 from backend.present.colors import HIGHLIGHT, PALETTE, model_colors
@@ -20,7 +21,9 @@ def test_elements_follow_norm_placement_and_positions():
 def test_attention_and_moe_text():
     ds = {e.id: dict(e.lines) for e in diagram.elements(arch_spec("deepseek-v3"))}
     assert "Multi-head latent" in ds["attention"]["kind"]
-    assert "kv 512" in ds["attention"]["mla"] and "q 1536" in ds["attention"]["mla"] and "33%" in ds["attention"]["rope"]
+    assert (
+        "kv 512" in ds["attention"]["mla"] and "q 1536" in ds["attention"]["mla"] and "33%" in ds["attention"]["rope"]
+    )
     assert ds["mlp"]["experts"] == "256 routed experts, top-8"
     assert ds["mlp"]["dense"] == "dense MLP: 3/61 layers"
     gemma = {e.id: dict(e.lines) for e in diagram.elements(arch_spec("gemma3-27b"))}
@@ -65,7 +68,9 @@ def test_pattern_strip_has_a_cell_per_layer_and_row():
     cells = [sh for sh in fig.layout.shapes if sh.type == "rect" and sh.line.width == 0 and sh.xref != "paper"]
     assert len(cells) == 3 * s.num_layers
     hover = fig.data[0].hovertext
-    assert "layer 5: full attention, RoPE, dense MLP" in hover and "layer 0: sliding attention, RoPE, dense MLP" in hover
+    assert (
+        "layer 5: full attention, RoPE, dense MLP" in hover and "layer 0: sliding attention, RoPE, dense MLP" in hover
+    )
 
 
 def test_model_colors_are_distinct_and_stable():

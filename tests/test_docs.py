@@ -1,6 +1,7 @@
 """The front door: README.md stays short, every relative link in it, in docs/ and in the results index points at a
 file that exists, the results index names every file it holds, and the README's screenshots are the ones
 tools/screenshots.py makes (re-made in a real Chromium by the browser test)."""
+
 import importlib.util
 import re
 import subprocess
@@ -62,14 +63,17 @@ def test_relative_links_point_at_files(md):
 def test_the_link_check_finds_a_broken_link(tmp_path):
     (tmp_path / "there.md").write_text("x")
     md = tmp_path / "doc.md"
-    md.write_text("[ok](there.md#part) [gone](missing.md) ![img](img/none.png) [web](https://example.com) "
-                  "[anchor](#top) `[code](not-a-link.md)`\n```\n[block](nor-this.md)\n```\n")
+    md.write_text(
+        "[ok](there.md#part) [gone](missing.md) ![img](img/none.png) [web](https://example.com) "
+        "[anchor](#top) `[code](not-a-link.md)`\n```\n[block](nor-this.md)\n```\n"
+    )
     assert broken_links(md) == ["missing.md", "img/none.png"]
 
 
 def test_results_index_names_every_result_and_only_existing_ones():
     """bench/results/README.md has a line for every file and folder in bench/results/ and its archive/, and every
     result it names exists there."""
+
     def entries(folder: Path) -> set[str]:
         return {p.name + "/" if p.is_dir() else p.name for p in folder.iterdir()} - {"README.md", "archive/"}
 
@@ -102,8 +106,14 @@ def test_screenshot_script_makes_every_page(chromium, tmp_path):
     """The README's one command, run against a fresh server of this checkout: one small PNG per page."""
     pytest.importorskip("playwright.sync_api")
     shots = _screenshots()
-    out = subprocess.run([sys.executable, "tools/screenshots.py", "--out", str(tmp_path), "--chromium", chromium],
-                         cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
+    out = subprocess.run(
+        [sys.executable, "tools/screenshots.py", "--out", str(tmp_path), "--chromium", chromium],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     for shot in shots.SHOTS:
         png = tmp_path / f"{shot.name}.png"

@@ -4,6 +4,7 @@ for a dense (Llama 3 8B), a MoE (Qwen3-30B-A3B), an MLA (DeepSeek V3) and a slid
 The expected numbers below are written from the configs' sizes (hidden, heads, widths, vocabulary), not from
 the code under test.
 """
+
 import math
 import re
 
@@ -27,7 +28,7 @@ def comp(phase, name):
 
 # ----------------------------------------------------------------- Llama 3 8B (dense, GQA)
 # H 4096, 32 layers, 32 heads, 8 KV heads, head 128, MLP 14336 (SwiGLU), vocab 128256, untied.
-L_ATTN = 32 * (4096 * (32 * 128 + 2 * 8 * 128) + 32 * 128 * 4096)   # q, k, v, o
+L_ATTN = 32 * (4096 * (32 * 128 + 2 * 8 * 128) + 32 * 128 * 4096)  # q, k, v, o
 L_MLP = 32 * 3 * 4096 * 14336
 L_HEAD = 128256 * 4096
 L_NORMS = (2 * 32 + 1) * 4096
@@ -43,8 +44,13 @@ def test_llama_decode_roofline():
     e = roofline.estimate("llama3-8b", gpus.get("h100"), batch=1, context=2048, prompt=512, dtype="bf16")
     kv_bytes = 32 * 2048 * 8 * (128 + 128) * 2
     kv_flops = 32 * 2 * 2048 * 32 * (128 + 128)
-    expected = (t(L_ATTN * 2, 2 * L_ATTN) + t(kv_bytes, kv_flops) + t(L_MLP * 2, 2 * L_MLP)
-                + t(L_HEAD * 2, 2 * L_HEAD) + t((4096 + L_NORMS) * 2, 4 * L_NORMS))
+    expected = (
+        t(L_ATTN * 2, 2 * L_ATTN)
+        + t(kv_bytes, kv_flops)
+        + t(L_MLP * 2, 2 * L_MLP)
+        + t(L_HEAD * 2, 2 * L_HEAD)
+        + t((4096 + L_NORMS) * 2, 4 * L_NORMS)
+    )
     assert e.step_s == pytest.approx(expected, rel=1e-12)
     assert e.tok_s == pytest.approx(1 / expected, rel=1e-12)
     assert comp(e.decode, "attention_kv").bytes == kv_bytes
@@ -55,11 +61,13 @@ def test_llama_decode_roofline():
 def test_llama_prefill_roofline_is_compute_bound():
     e = roofline.estimate("llama3-8b", gpus.get("h100"), batch=1, context=2048, prompt=512, dtype="bf16")
     pairs = 512 * 513 // 2
-    expected = (t(L_ATTN * 2, 2 * 512 * L_ATTN)
-                + t(32 * 512 * 2048 * 2, 32 * 2 * pairs * 32 * 256)
-                + t(L_MLP * 2, 2 * 512 * L_MLP)
-                + t(L_HEAD * 2, 2 * L_HEAD)                      # logits of the last token only
-                + t((512 * 4096 + L_NORMS) * 2, 4 * 512 * L_NORMS))
+    expected = (
+        t(L_ATTN * 2, 2 * 512 * L_ATTN)
+        + t(32 * 512 * 2048 * 2, 32 * 2 * pairs * 32 * 256)
+        + t(L_MLP * 2, 2 * 512 * L_MLP)
+        + t(L_HEAD * 2, 2 * L_HEAD)  # logits of the last token only
+        + t((512 * 4096 + L_NORMS) * 2, 4 * 512 * L_NORMS)
+    )
     assert e.prefill_s == pytest.approx(expected, rel=1e-12)
     assert comp(e.prefill, "dense_mlp").bound == "compute" and e.prefill.bound == "compute"
 
@@ -82,15 +90,16 @@ def test_fp8_on_a_gpu_without_fp8_is_weight_only():
 # - autocast casts a linear layer's fp32 input to bf16 once per call (q, k and v each make their own copy).
 L_NORM = 4 * 4096 + 4 * 4096 + 4
 L_ATTN_SAVED = 2 * (32 * 128 + 8 * 128 + 8 * 128 + 32 * 128) + 4 * 32  # SDPA: q, k, v, out + fp32 LSE per head
-L_LAYER = 2 * L_NORM + 5 * 2 * 4096 + L_ATTN_SAVED + 4 * 2 * 14336   # casts for q, k, v, gate, up; SwiGLU's 4
+L_LAYER = 2 * L_NORM + 5 * 2 * 4096 + L_ATTN_SAVED + 4 * 2 * 14336  # casts for q, k, v, gate, up; SwiGLU's 4
 L_HEAD_SAVED = 16 + L_NORM + 2 * 4096  # token ids (embedding, targets), final norm, the LM head's bf16 input
 L_MATRICES = L_PARAMS - L_NORMS - L_HEAD  # read through bf16 copies (the embedding table is looked up in fp32)
 L_LOSS = 128256 * (2 + 4 + 4 + 4)  # bf16 logits, fp32 log-softmax, its gradient in and out (start of backward)
 
 
 def test_llama_training_memory():
-    r = train_memory.training_memory("llama3-8b", batch=1, seq_len=2048, dtype="bf16", master_fp32=True,
-                                     checkpointing=False)
+    r = train_memory.training_memory(
+        "llama3-8b", batch=1, seq_len=2048, dtype="bf16", master_fp32=True, checkpointing=False
+    )
     per_layer = L_LAYER
     assert per_layer == 241_800
     assert r.activation_per_token == 32 * per_layer
@@ -127,7 +136,9 @@ def test_llama_training_split_over_gpus():
     # gradients at the start of the backward pass too; fp32 (4 bytes) as the fp32 parameters they belong to
     z1 = train_memory.training_memory("llama3-8b", 1, 2048, parallel="zero1", gpus=8)
     assert z1.parts["weights"] == 2 * L_MATRICES and z1.parts["gradients"] == 4 * L_PARAMS
-    assert z1.parts["optimizer_states"] == round(8 * L_PARAMS / 8) and z1.parts["master_weights"] == round(4 * L_PARAMS / 8)
+    assert z1.parts["optimizer_states"] == round(8 * L_PARAMS / 8) and z1.parts["master_weights"] == round(
+        4 * L_PARAMS / 8
+    )
     z2 = train_memory.training_memory("llama3-8b", 1, 2048, parallel="zero2", gpus=8)
     assert z2.parts["gradients"] == round(4 * L_PARAMS / 8)
     ddp = train_memory.training_memory("llama3-8b", 1, 2048, parallel="ddp", gpus=8)
@@ -135,8 +146,8 @@ def test_llama_training_split_over_gpus():
     assert ddp.total == train_memory.training_memory("llama3-8b", 1, 2048).total + 4 * L_PARAMS
     tp = train_memory.training_memory("llama3-8b", 1, 2048, parallel="tp", gpus=4)
     assert tp.parts["weights"] == round(2 * L_MATRICES / 4)  # norms (replicated) are not among the matrices
-    wide = 2 * L_NORM + 5 * 2 * 4096           # norms and the bf16 copies of H-wide inputs: whole on every GPU
-    rest = L_ATTN_SAVED + 4 * 2 * 14336        # heads and MLP widths: split
+    wide = 2 * L_NORM + 5 * 2 * 4096  # norms and the bf16 copies of H-wide inputs: whole on every GPU
+    rest = L_ATTN_SAVED + 4 * 2 * 14336  # heads and MLP widths: split
     assert tp.parts["activations"] == round(2048 * (32 * (wide + rest / 4) + (L_HEAD_SAVED - 16) + 16 / 4))
     assert tp.parts["loss"] == round(2048 * L_LOSS / 4)
     pp = train_memory.training_memory("llama3-8b", 1, 2048, parallel="pp", gpus=4)
@@ -183,16 +194,24 @@ def test_qwen_training_expert_parallel():
     assert r.parts["weights"] == round(2 * (matrices - routed + routed / 4))
     # per layer and token (bf16 autocast; the earlier count, 2 bytes for everything, missed the fp32 norm tensors,
     # the per-linear bf16 copies and the router's fp32 softmax):
-    per_layer = (2 * (8 * 2048 + 4)                        # 2 RMSNorms on the fp32 stream: input, normalised, 1/RMS
-                 + 4 * 2 * 2048                              # bf16 copies of the inputs of q, k, v and the router
-                 + (4 + 2) * 32 * 128 + 4 * 32              # per-head QK-norm on q: fp32 copy, bf16 normalised, 1/RMS
-                 + (4 + 2) * 4 * 128 + 4 * 4                # ... on k
-                 + 2 * (32 * 128 + 4 * 128 + 4 * 128 + 32 * 128) + 4 * 32  # SDPA: q, k, v, out, fp32 LSE
-                 + 4 * 128 + 8 * 8 + 4 * 8 + 4              # router: fp32 softmax, top-8 indices, weights, their sum
-                 + 4 * 128                                   # the load-balancing loss's fp32 probabilities
-                 # per routed expert (8): gathered token, gate_up (2 × 768), SiLU, product, expert output, weight
-                 # (bf16), 3 int64 sort/gather indices
-                 + 8 * (2 * (2 * 2048 + 4 * 768 + 1) + 3 * 8))
+    per_layer = (
+        2 * (8 * 2048 + 4)  # 2 RMSNorms on the fp32 stream: input, normalised, 1/RMS
+        + 4 * 2 * 2048  # bf16 copies of the inputs of q, k, v and the router
+        + (4 + 2) * 32 * 128
+        + 4 * 32  # per-head QK-norm on q: fp32 copy, bf16 normalised, 1/RMS
+        + (4 + 2) * 4 * 128
+        + 4 * 4  # ... on k
+        + 2 * (32 * 128 + 4 * 128 + 4 * 128 + 32 * 128)
+        + 4 * 32  # SDPA: q, k, v, out, fp32 LSE
+        + 4 * 128
+        + 8 * 8
+        + 4 * 8
+        + 4  # router: fp32 softmax, top-8 indices, weights, their sum
+        + 4 * 128  # the load-balancing loss's fp32 probabilities
+        # per routed expert (8): gathered token, gate_up (2 × 768), SiLU, product, expert output, weight
+        # (bf16), 3 int64 sort/gather indices
+        + 8 * (2 * (2 * 2048 + 4 * 768 + 1) + 3 * 8)
+    )
     assert per_layer == 211_532
     assert r.activation_per_token == 48 * per_layer
     head = 16 + (8 * 2048 + 4) + 2 * 2048  # token ids, final norm, LM head input
@@ -241,20 +260,41 @@ def test_deepseek_training_activations():
     # 128 heads (q·k 192 wide, v 128: multiples of 8) with its fp32 LSE, and the head-major output made contiguous
     # for o_proj (MLA concatenates q's rope and nope parts). The earlier count put everything at 2 bytes, one
     # input per projection and no output copy.
-    attn = (2 * (8 * 7168 + 4) + 2 * 2 * 7168 + (4 + 2) * 1536 + 4 + 2 * 1536 + (4 + 2) * 512 + 4 + 2 * 512
-            + 2 * 128 * (192 + 192 + 128 + 128) + 4 * 128 + 2 * 128 * 128)
+    attn = (
+        2 * (8 * 7168 + 4)
+        + 2 * 2 * 7168
+        + (4 + 2) * 1536
+        + 4
+        + 2 * 1536
+        + (4 + 2) * 512
+        + 4
+        + 2 * 512
+        + 2 * 128 * (192 + 192 + 128 + 128)
+        + 4 * 128
+        + 2 * 128 * 128
+    )
     dense = attn + 2 * 2 * 7168 + 4 * 2 * 18432
     # MoE: router input copy, sigmoid scores (bf16), top-2 per group (8 groups, int64), top-8 indices, weights and
     # their sum (bf16); 8 routed experts (gathered token, gate_up, SiLU, product, output, weight; 3 int64 indices);
     # the shared expert as a dense SwiGLU of width 2,048; no balancing loss (bias-corrected router)
-    moe = (attn + 2 * 7168 + 2 * 256 + 2 * 8 * 8 + 8 * 8 + 2 * 9 + 8 * (2 * (2 * 7168 + 4 * 2048 + 1) + 3 * 8)
-           + 2 * 2 * 7168 + 4 * 2 * 2048)
+    moe = (
+        attn
+        + 2 * 7168
+        + 2 * 256
+        + 2 * 8 * 8
+        + 8 * 8
+        + 2 * 9
+        + 8 * (2 * (2 * 7168 + 4 * 2048 + 1) + 3 * 8)
+        + 2 * 2 * 7168
+        + 4 * 2 * 2048
+    )
     assert (dense, moe) == (533_008, 777_650)
     assert r.activation_per_token == 3 * dense + 58 * moe
 
 
 # ----------------------------------------------------------------- Gemma 3 27B (5 sliding : 1 full, window 1024)
 # H 5376, 62 layers (52 sliding, 10 full), 32 heads / 16 KV heads of 128, MLP 21504 (GeGLU), vocab 262208, tied.
+
 
 def test_gemma_sliding_layers_read_only_their_window():
     e = roofline.estimate("gemma3-27b", gpus.get("mi300x"), batch=2, context=32768, prompt=2048)
@@ -284,8 +324,16 @@ def test_gemma_training_with_checkpointing():
     # of the inputs of q, k, v, gate, up, per-head QK-norms kept in fp32, SDPA with the window's additive bf16 mask
     # (so transformers repeats k and v to all 32 heads), GeGLU's 4 tensors. The earlier count had 2 bytes for
     # everything and no mask.
-    per_layer = (4 * (8 * 5376 + 4) + 5 * 2 * 5376 + (8 * 32 * 128 + 4 * 32) + (8 * 16 * 128 + 4 * 16)
-                 + 2 * (32 * 128 + 32 * 128 + 32 * 128 + 32 * 128) + 4 * 32 + 2 * 4096 + 4 * 2 * 21504)
+    per_layer = (
+        4 * (8 * 5376 + 4)
+        + 5 * 2 * 5376
+        + (8 * 32 * 128 + 4 * 32)
+        + (8 * 16 * 128 + 4 * 16)
+        + 2 * (32 * 128 + 32 * 128 + 32 * 128 + 32 * 128)
+        + 4 * 32
+        + 2 * 4096
+        + 4 * 2 * 21504
+    )
     assert per_layer == 488_272
     # checkpointing keeps each layer's input: the fp32 residual stream under autocast (4 bytes, was 2)
     assert r.activation_per_token_ckpt == 62 * 5376 * 4 + per_layer
@@ -312,9 +360,17 @@ def _evaluate(numbers: str) -> float:
     return eval(expr)  # digits and operators only (checked above)
 
 
-@pytest.mark.parametrize("key,mla", [("llama3-8b", "engine"), ("qwen3-30b-a3b", "engine"),
-                                     ("deepseek-v3", "engine"), ("deepseek-v3", "transformers"),
-                                     ("gemma3-27b", "engine"), ("qwen3-next-80b-a3b", "engine")])
+@pytest.mark.parametrize(
+    "key,mla",
+    [
+        ("llama3-8b", "engine"),
+        ("qwen3-30b-a3b", "engine"),
+        ("deepseek-v3", "engine"),
+        ("deepseek-v3", "transformers"),
+        ("gemma3-27b", "engine"),
+        ("qwen3-next-80b-a3b", "engine"),
+    ],
+)
 def test_formula_text_evaluates_to_the_number(key, mla):
     e = roofline.estimate(key, gpus.get("h100"), batch=3, context=5000, prompt=700, mla=mla)
     checked = 0
@@ -324,7 +380,8 @@ def test_formula_text_evaluates_to_the_number(key, mla):
                 assert _evaluate(s.numbers) == pytest.approx(s.value, rel=1e-3), s.text()
                 checked += 1
         assert w.value("decode step" if w is e.decode.working else "prefill time") == pytest.approx(
-            sum(o.time_s for o in (e.decode if w is e.decode.working else e.prefill).ops))
+            sum(o.time_s for o in (e.decode if w is e.decode.working else e.prefill).ops)
+        )
     assert checked >= 10
     md = e.decode.working.markdown()
     assert "max(bytes / BW, FLOPs / peak)" in md and f"{e.step_s * 1e3:,.3f} ms" in md
@@ -342,6 +399,7 @@ def test_weights_and_kv_text_evaluate_to_the_number():
 
 # ----------------------------------------------------------------- GPUs, bad input, measurements
 
+
 def test_gpu_table_and_custom():
     assert gpus.keys() == ["h100", "h200", "a100", "l40s", "rtx4090", "mi300x"]
     assert all(g.source.startswith("https://") for g in gpus.table())
@@ -356,19 +414,33 @@ def test_gpu_table_and_custom():
             gpus.custom(bad, 100)
 
 
-@pytest.mark.parametrize("kwargs,needle", [
-    (dict(batch=0), "batch"), (dict(context=0), "context"), (dict(prompt=True), "prompt"),
-    (dict(dtype="fp5"), "unknown dtype"), (dict(kv_dtype="int3"), "KV-cache dtype"), (dict(mla="magic"), "MLA mode"),
-])
+@pytest.mark.parametrize(
+    "kwargs,needle",
+    [
+        (dict(batch=0), "batch"),
+        (dict(context=0), "context"),
+        (dict(prompt=True), "prompt"),
+        (dict(dtype="fp5"), "unknown dtype"),
+        (dict(kv_dtype="int3"), "KV-cache dtype"),
+        (dict(mla="magic"), "MLA mode"),
+    ],
+)
 def test_bad_speed_input(kwargs, needle):
     with pytest.raises(ArchLabError, match=needle):
         roofline.estimate("gpt2", gpus.get("h100"), **kwargs)
 
 
-@pytest.mark.parametrize("kwargs,needle", [
-    (dict(batch=0), "batch"), (dict(dtype="fp8"), "dtype"), (dict(optimizer="lion"), "optimizer"),
-    (dict(parallel="zero4"), "parallel"), (dict(parallel="pp", gpus=99), "pipeline"), (dict(parallel="tp", gpus=0), "GPUs"),
-])
+@pytest.mark.parametrize(
+    "kwargs,needle",
+    [
+        (dict(batch=0), "batch"),
+        (dict(dtype="fp8"), "dtype"),
+        (dict(optimizer="lion"), "optimizer"),
+        (dict(parallel="zero4"), "parallel"),
+        (dict(parallel="pp", gpus=99), "pipeline"),
+        (dict(parallel="tp", gpus=0), "GPUs"),
+    ],
+)
 def test_bad_training_input(kwargs, needle):
     args = dict(batch=1, seq_len=128)
     args.update(kwargs)
@@ -392,12 +464,21 @@ def test_measurements_pair_with_estimates_of_the_same_shape():
 
 def test_training_measured_file_format(tmp_path):
     assert train_memory.measured_rows(tmp_path / "absent.json") == []
-    cfg = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-           "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 256}
+    cfg = {
+        "model_type": "llama",
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "vocab_size": 256,
+    }
     f = tmp_path / "train-memory.json"
-    f.write_text('{"gpu": "test", "rows": [{"model": "tiny", "config": %s, "batch": 4, "seq_len": 32, "dtype": "bf16",'
-                 ' "master_fp32": true, "checkpointing": false, "measured_peak_bytes": 1000000}]}'
-                 % __import__("json").dumps(cfg))
+    f.write_text(
+        '{"gpu": "test", "rows": [{"model": "tiny", "config": %s, "batch": 4, "seq_len": 32, "dtype": "bf16",'
+        ' "master_fp32": true, "checkpointing": false, "measured_peak_bytes": 1000000}]}'
+        % __import__("json").dumps(cfg)
+    )
     rows = train_memory.measured_rows(f)
     assert len(rows) == 1 and rows[0].estimate.batch == 4 and rows[0].estimate.master_fp32
     assert rows[0].ratio == pytest.approx(1_000_000 / rows[0].estimate.total)

@@ -1,5 +1,6 @@
 """The Experiments page through AppTest: the setup with its sized preview, a finished run re-attached by its
 link (from the run folder), a bad link, and the zoo's leaderboard."""
+
 import pytest
 from streamlit.testing.v1 import AppTest
 
@@ -44,9 +45,16 @@ def finished_run(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("runs")
     os.environ["ARCHLAB_RUNS_DIR"] = str(root)
-    r = TrainingRun(RunSpec(("llama3-8b", "qwen3-30b-a3b"),
-                            preset("tiny", budget=100_000, layers=2, batch=8, seq_len=64, tokens=8 * 64 * 12,
-                                   eval_every=6, eval_windows=4), "cpu"), root=root).start()
+    r = TrainingRun(
+        RunSpec(
+            ("llama3-8b", "qwen3-30b-a3b"),
+            preset(
+                "tiny", budget=100_000, layers=2, batch=8, seq_len=64, tokens=8 * 64 * 12, eval_every=6, eval_windows=4
+            ),
+            "cpu",
+        ),
+        root=root,
+    ).start()
     r.join(600)
     yield r
     os.environ.pop("ARCHLAB_RUNS_DIR")
@@ -56,8 +64,11 @@ def test_a_finished_run_reattaches_by_its_link_from_disk(finished_run):
     at = page(run=finished_run.id)
     assert not at.exception, [e.value for e in at.exception]
     tables = {tuple(d.value.columns)[:2]: d.value for d in at.dataframe}
-    results = next(v for k, v in tables.items() if "validation loss" in v.columns and "status" in v.columns
-                   and "batch stream SHA-256" in v.columns)
+    results = next(
+        v
+        for k, v in tables.items()
+        if "validation loss" in v.columns and "status" in v.columns and "batch stream SHA-256" in v.columns
+    )
     assert set(results["model"]) == {"Llama 3 8B", "Qwen3 30B-A3B"}
     hashes = next(v for v in tables.values() if "SHA-256 of the batch stream" in v.columns)
     assert hashes["same as the others"].all() and hashes["SHA-256 of the batch stream"].nunique() == 1

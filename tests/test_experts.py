@@ -1,5 +1,6 @@
 """The training experts kernel (backend/train/experts.py) against transformers' own grouped_mm, on the CPU:
 same outputs and gradients, through its own gathers."""
+
 import pytest
 import torch
 

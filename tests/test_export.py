@@ -1,4 +1,5 @@
 """Exports: CSV and offline HTML always; PNG/SVG through kaleido when Chromium is installed."""
+
 import io
 import shutil
 import xml.etree.ElementTree as ET
@@ -20,8 +21,9 @@ def fig():
 
 
 def test_csv_round_trip():
-    df = pd.DataFrame({"Total": [124_439_808, 30_532_122_624], "GiB": [0.25, 56.87]},
-                      index=pd.Index(["GPT-2", "Qwen3"], name="Model"))
+    df = pd.DataFrame(
+        {"Total": [124_439_808, 30_532_122_624], "GiB": [0.25, 56.87]}, index=pd.Index(["GPT-2", "Qwen3"], name="Model")
+    )
     back = pd.read_csv(io.BytesIO(export.table_csv(df)), index_col="Model")
     assert back.loc["Qwen3", "Total"] == 30_532_122_624 and back.loc["GPT-2", "GiB"] == 0.25
     long = pd.DataFrame({"model": ["a"], "x": [1]})

@@ -1,4 +1,5 @@
 """The static-cache decode path gives the same greedy tokens as transformers' generate."""
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
@@ -32,7 +33,9 @@ def _decode(model, ids, n, use_graph=False):
     return tokens, routed
 
 
-@pytest.mark.parametrize("key", ["deepseek-v3", "llama4-scout", "gemma3-27b", "gpt-oss-20b", "qwen3-next-80b-a3b", "gpt2"])
+@pytest.mark.parametrize(
+    "key", ["deepseek-v3", "llama4-scout", "gemma3-27b", "gpt-oss-20b", "qwen3-next-80b-a3b", "gpt2"]
+)
 def test_static_decode_matches_generate(key):
     model = _tiny(key)
     ids = torch.randint(0, model.config.vocab_size, (1, 10), generator=torch.Generator().manual_seed(1))

@@ -1,5 +1,6 @@
 """Findings: the claims file is sound, every shipped summary and verdict is what its recorded runs give, every
 verdict follows from its interval, and a quick MQAR run on the CPU learns the task above chance."""
+
 import json
 import math
 
@@ -9,11 +10,11 @@ import pytest
 from scipy import stats
 
 from backend.train import findings as F
-from backend.train import statistics as st
 from backend.train.ablation import plan, summarize
 
-SHIPPED = [(c.name, mode) for c in F.claims() for mode in F.MODES
-           if (F.evidence_dir(c.name, mode) / "verdict.json").is_file()]
+SHIPPED = [
+    (c.name, mode) for c in F.claims() for mode in F.MODES if (F.evidence_dir(c.name, mode) / "verdict.json").is_file()
+]
 
 
 def test_every_claim_names_its_source_and_builds_its_ablations():
@@ -74,8 +75,12 @@ def test_a_shipped_verdict_is_what_its_evidence_gives_and_follows_from_its_inter
             if k["expected"] == "same":
                 assert k["verdict"] == ("supports" if k["measured"] == "within noise" else "contradicts")
             else:
-                assert k["verdict"] == {True: "supports", False: "contradicts", None: "inconclusive at this scale"}[
-                    None if k["measured"] == "within noise" else k["measured"] == k["expected"]]
+                assert (
+                    k["verdict"]
+                    == {True: "supports", False: "contradicts", None: "inconclusive at this scale"}[
+                        None if k["measured"] == "within noise" else k["measured"] == k["expected"]
+                    ]
+                )
 
 
 def _evidence(cells: dict, metric_rows=None) -> F.Evidence:
@@ -84,34 +89,62 @@ def _evidence(cells: dict, metric_rows=None) -> F.Evidence:
     from backend.train.recipe import preset
 
     spec = AblationSpec("olmo2-7b", (("qk_norm", tuple(cells)),), (0.01,), (0, 1, 2), preset("tiny"), "cpu")
-    rows = [{"model": run_key(f"qk_norm={cell}", lr, seed), "status": "finished", "val_loss": loss, "init_loss": 7.6,
-             "diverged": False, "lr": lr, "seed": seed} for cell, runs in cells.items() for lr, seed, loss in runs]
+    rows = [
+        {
+            "model": run_key(f"qk_norm={cell}", lr, seed),
+            "status": "finished",
+            "val_loss": loss,
+            "init_loss": 7.6,
+            "diverged": False,
+            "lr": lr,
+            "seed": seed,
+        }
+        for cell, runs in cells.items()
+        for lr, seed, loss in runs
+    ]
     summary = summarize(plan(spec), rows)
     return F.Evidence("abl", spec, summary, pd.DataFrame(rows), pd.DataFrame())
 
 
 def test_verdicts_follow_the_rules_on_worked_cases():
-    c = F.Claim("t", "t", "t", {}, "", ({"name": "abl"},), {}, ({"kind": "learns", "ablation": "abl"},),
-                ({"ablation": "abl", "metric": "loss", "a": "qk_norm=off", "b": "qk_norm=on", "expected": "lower"},))
-    lower = _evidence({"off": [(0.01, s, 3.0 + 0.01 * s) for s in range(3)],
-                       "on": [(0.01, s, 3.2 + 0.012 * s) for s in range(3)]})
+    c = F.Claim(
+        "t",
+        "t",
+        "t",
+        {},
+        "",
+        ({"name": "abl"},),
+        {},
+        ({"kind": "learns", "ablation": "abl"},),
+        ({"ablation": "abl", "metric": "loss", "a": "qk_norm=off", "b": "qk_norm=on", "expected": "lower"},),
+    )
+    lower = _evidence(
+        {"off": [(0.01, s, 3.0 + 0.01 * s) for s in range(3)], "on": [(0.01, s, 3.2 + 0.012 * s) for s in range(3)]}
+    )
     v = F.judge(c, {"abl": lower})
     assert v["sanity"][0]["holds"] and v["comparisons"][0]["measured"] == "lower" and v["verdict"] == "supports"
-    higher = _evidence({"off": [(0.01, s, 3.3 + 0.01 * s) for s in range(3)],
-                        "on": [(0.01, s, 3.2 + 0.012 * s) for s in range(3)]})
+    higher = _evidence(
+        {"off": [(0.01, s, 3.3 + 0.01 * s) for s in range(3)], "on": [(0.01, s, 3.2 + 0.012 * s) for s in range(3)]}
+    )
     assert F.judge(c, {"abl": higher})["verdict"] == "contradicts"
     same = dict(c.comparisons[0], expected="same")
-    noisy = _evidence({"off": [(0.01, 0, 3.0), (0.01, 1, 3.3), (0.01, 2, 3.1)],
-                       "on": [(0.01, 0, 3.2), (0.01, 1, 3.0), (0.01, 2, 3.15)]})
+    noisy = _evidence(
+        {
+            "off": [(0.01, 0, 3.0), (0.01, 1, 3.3), (0.01, 2, 3.1)],
+            "on": [(0.01, 0, 3.2), (0.01, 1, 3.0), (0.01, 2, 3.15)],
+        }
+    )
     assert F.judge(F.Claim(**{**c.__dict__, "comparisons": (same,)}), {"abl": noisy})["verdict"] == "supports"
     assert F.judge(c, {"abl": noisy})["verdict"] == "inconclusive at this scale"
-    unlearned = _evidence({"off": [(0.01, s, 7.7 + 0.01 * s) for s in range(3)],
-                           "on": [(0.01, s, 7.8 + 0.01 * s) for s in range(3)]})
+    unlearned = _evidence(
+        {"off": [(0.01, s, 7.7 + 0.01 * s) for s in range(3)], "on": [(0.01, s, 7.8 + 0.01 * s) for s in range(3)]}
+    )
     v = F.judge(c, {"abl": unlearned})
     assert v["verdict"].startswith("no verdict") and v["comparisons"][0]["verdict"] == "no verdict (sanity not shown)"
     assert "not met by qk_norm=off (not below), qk_norm=on (not below)" in v["verdict"]  # says which cells failed
-    failed = _evidence({"off": [(0.01, s, float("nan")) for s in range(3)],
-                        "on": [(0.01, s, 3.2 + 0.012 * s) for s in range(3)]})
+    failed = _evidence(
+        {"off": [(0.01, s, float("nan")) for s in range(3)], "on": [(0.01, s, 3.2 + 0.012 * s) for s in range(3)]}
+    )
     assert "qk_norm=off (every learning rate diverged or failed)" in F.judge(c, {"abl": failed})["verdict"]
 
 
@@ -126,8 +159,17 @@ def test_a_quick_mqar_run_on_the_cpu_learns_the_task_above_chance():
     from backend.train.stack import Stack
 
     task = ProbeTask("mqar", 256, 64, (4, 8), 0.01)
-    r = preset("tiny", budget=100_000, layers=2, batch=32, seq_len=64, lr=3e-3, tokens=32 * 64 * 100, data="mqar",
-               probe_vocab=256)
+    r = preset(
+        "tiny",
+        budget=100_000,
+        layers=2,
+        batch=32,
+        seq_len=64,
+        lr=3e-3,
+        tokens=32 * 64 * 100,
+        data="mqar",
+        probe_vocab=256,
+    )
     s = size_to_budget("llama3-8b", r.budget, seq_len=64, vocab=256, eos=0, pad=0, layers=2, min_head_dim=16)
     stack = Stack(s, [r], ["a"], torch.device("cpu"))
     for step in range(r.steps):

@@ -2,6 +2,7 @@
 verdicts from the shipped evidence, the HTML report, the hook that keeps an ablation started for a claim as that
 claim's re-run (a tiny run), and the page through AppTest (every claim with its source, evidence and verdict; a
 re-run drawn beside the shipped evidence)."""
+
 import json
 import os
 import subprocess
@@ -34,14 +35,15 @@ def _static(name: str):
 
 # ----------------------------------------------------------------- static evidence
 
+
 def test_kv_bytes_per_token_of_each_attention_kind_are_exact():
     s, t = _static("mla-attention")
     col = "KV bytes per token (bf16)"
-    layers, heads, kv_heads, head = 32, 32, 8, 128       # Llama 3 8B: 32 layers, 32 query heads, 8 KV heads × 128
+    layers, heads, kv_heads, head = 32, 32, 8, 128  # Llama 3 8B: 32 layers, 32 query heads, 8 KV heads × 128
     assert t.loc["mha", col] == layers * heads * 2 * head * 2
     assert t.loc["gqa:8", col] == layers * kv_heads * 2 * head * 2 == memory.kv_cache("llama3-8b", 1).per_token_bytes
     assert t.loc["mqa", col] == layers * 1 * 2 * head * 2
-    assert t.loc["mla", col] == layers * (512 + 64) * 2   # the compressed latent (rank 512) + the shared RoPE key (64)
+    assert t.loc["mla", col] == layers * (512 + 64) * 2  # the compressed latent (rank 512) + the shared RoPE key (64)
     assert t.loc["mla", "cached elements per token, one layer"] == 576
     assert t.loc["gqa:8", "the base's own"] and t.loc["gqa:8", "total parameters"] == 8_030_261_248
     assert t.loc["mla", "share of mha"] == pytest.approx(576 / 8192)
@@ -55,10 +57,13 @@ def test_kv_bytes_per_token_of_each_attention_kind_are_exact():
 def test_kv_memory_of_the_sliding_window_patterns_is_exact():
     _, t = _static("sliding-windows")
     col = "KV cache at 32,768 tokens (bf16, bytes)"
-    per_layer_token = 16 * 2 * 128 * 2                    # Gemma 3 27B: 16 KV heads × (key + value) × 128, bf16
+    per_layer_token = 16 * 2 * 128 * 2  # Gemma 3 27B: 16 KV heads × (key + value) × 128, bf16
     assert t.loc["global", col] == 62 * per_layer_token * 32_768
-    assert t.loc["5:1", col] == (10 * 32_768 + 52 * 1_024) * per_layer_token == \
-        memory.kv_cache("gemma3-27b", 32_768).total_bytes
+    assert (
+        t.loc["5:1", col]
+        == (10 * 32_768 + 52 * 1_024) * per_layer_token
+        == memory.kv_cache("gemma3-27b", 32_768).total_bytes
+    )
     assert t.loc["sliding", col] == 62 * per_layer_token * 1_024
     assert (t.loc["5:1", "global layers"], t.loc["5:1", "sliding layers"], t.loc["5:1", "window"]) == (10, 52, 1024)
     assert t.loc["5:1", "share of all global"] == pytest.approx((10 * 32_768 + 52 * 1_024) / (62 * 32_768))
@@ -67,19 +72,22 @@ def test_kv_memory_of_the_sliding_window_patterns_is_exact():
 
 def test_moe_and_dense_parameters_are_the_exact_counts():
     _, t = _static("moe-dense")
-    assert t.loc["moe:256:8:1", "total parameters"] == 671_026_404_352   # DeepSeek-V3 as transformers builds it
+    assert t.loc["moe:256:8:1", "total parameters"] == 671_026_404_352  # DeepSeek-V3 as transformers builds it
     assert t.loc["moe:256:8:1", "active parameters"] == resolve("deepseek-v3").counts.active
     dense = resolve(make_variant("deepseek-v3", {"ffn": "dense"}).config).counts
     assert t.loc["dense", "total parameters"] == t.loc["dense", "active parameters"] == dense.total == dense.active
 
 
 def test_the_page_modules_do_not_import_torch():
-    code = ("import sys; import backend.present.findings, backend.present.findings_charts, "
-            "backend.present.findings_report; assert 'torch' not in sys.modules, 'torch imported'")
+    code = (
+        "import sys; import backend.present.findings, backend.present.findings_charts, "
+        "backend.present.findings_report; assert 'torch' not in sys.modules, 'torch imported'"
+    )
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
 
 
 # ----------------------------------------------------------------- shipped evidence
+
 
 def test_the_shipped_verdicts_are_the_ones_the_page_computes():
     shipped = [p for p in sorted(F.ROOT.glob("*/*/verdict.json"))]
@@ -113,8 +121,9 @@ def test_the_tables_of_one_claim():
     cell = next(x for x in t.evidence["norm-qk"].summary["cells"] if x["name"] == "norm=pre, qk_norm=off")
     row = exact.set_index("cell").loc["norm=pre, qk_norm=off"]
     assert row["loss at best lr"] == cell["best"]["mean"] and row["LR sensitivity"] == cell["lr_sensitivity"]["mean"]
-    assert shown.loc[0, "loss at best lr (95 % CI)"] == ab.with_ci(cell["best"]["mean"], cell["best"]["low"],
-                                                                     cell["best"]["high"])
+    assert shown.loc[0, "loss at best lr (95 % CI)"] == ab.with_ci(
+        cell["best"]["mean"], cell["best"]["low"], cell["best"]["high"]
+    )
     recipe = fd.recipe_table([t], "norm-qk").set_index("field")["shipped (full)"]
     assert recipe["peak learning rates"] == "0.001, 0.004, 0.017, 0.07, 0.3" and recipe["seeds"] == "0, 1, 2"
     assert recipe["tokens per run"] == "4,000,000" and recipe["device"].startswith("cuda")
@@ -136,8 +145,11 @@ def test_links_and_commands_re_run_a_claim():
     assert fd.cli_line(c, "full") == "python -m backend findings --claim nope-layers --device auto"
     assert fd.finding_tag({}) is None
     assert fd.finding_tag(q) == {"claim": "nope-layers", "ablation": "positions", "mode": "quick"}
-    for bad, words in (({"claim": "nope"}, "unknown claim"), ({"claim": "nope-layers", "ablation": "x"}, "no ablation"),
-                       ({"claim": "nope-layers", "ablation": "positions", "fmode": "slow"}, "not 'slow'")):
+    for bad, words in (
+        ({"claim": "nope"}, "unknown claim"),
+        ({"claim": "nope-layers", "ablation": "x"}, "no ablation"),
+        ({"claim": "nope-layers", "ablation": "positions", "fmode": "slow"}, "not 'slow'"),
+    ):
         with pytest.raises(ArchLabError, match=words):
             fd.finding_tag(bad)
     tag = fd.finding_tag(q)
@@ -162,11 +174,13 @@ def test_the_html_report_holds_every_claim_and_its_verdicts():
 
 # ----------------------------------------------------------------- a re-run started for a claim
 
-#: nope-layers' quick ablation with a recipe small enough for a test: 2 cells × 1 learning rate × 2 seeds, 16 steps
+#: nope-layers' quick ablation with a recipe small enough for a test: 2 cells × 1 learning rate × 3 seeds, 16 steps
 #: a run (the final loss on the whole held-out split takes most of its time)
-RERUN = replace(F.ablation_spec(F.claim("nope-layers"), "positions", "quick", "cpu"), lrs=(1e-2,),
-                recipe=preset("tiny", budget=100_000, layers=4, batch=4, seq_len=32, tokens=2048, eval_windows=4,
-                              data="corpus"))
+RERUN = replace(
+    F.ablation_spec(F.claim("nope-layers"), "positions", "quick", "cpu"),
+    lrs=(1e-2,),
+    recipe=preset("tiny", budget=100_000, layers=4, batch=4, seq_len=32, tokens=2048, eval_windows=4, data="corpus"),
+)
 
 
 @pytest.fixture(scope="module")
@@ -192,8 +206,13 @@ def test_an_ablation_started_for_a_claim_is_kept_as_its_re_run(rerun):
     out = root / "findings" / "nope-layers" / "quick"
     assert not out.exists()
     summary = ab.summary_of(run.folder, run.view().results, finished=True)  # what the page does when the run ends
-    assert {p.name for p in (out / "positions").iterdir()} == {"spec.json", "summary.json", "results.csv",
-                                                               "probes.csv", "curves.csv"}
+    assert {p.name for p in (out / "positions").iterdir()} == {
+        "spec.json",
+        "summary.json",
+        "results.csv",
+        "probes.csv",
+        "curves.csv",
+    }
     verdict = json.loads((out / "verdict.json").read_text())
     assert verdict["claim"] == "nope-layers" and verdict["mode"] == "quick" and verdict["ablations"] == ["positions"]
     t = fd.trained("nope-layers", "quick", fd.RERUN)
@@ -201,10 +220,11 @@ def test_an_ablation_started_for_a_claim_is_kept_as_its_re_run(rerun):
     kept = t.evidence["positions"].summary
     assert kept["run_id"] == run.id and kept["device"] == "cpu" and kept["status"] == "finished"
     assert kept["cells"] == summary["cells"]
-    assert len(t.evidence["positions"].results) == 4 and not t.evidence["positions"].curves.empty
+    assert len(t.evidence["positions"].results) == 2 * len(RERUN.seeds) and not t.evidence["positions"].curves.empty
     changes = fd.recipe_changes(t, "positions")
-    assert "tokens 2,048 (the claim's: 600,000)" in changes and "learning rates 0.01 (the claim's: 0.003, 0.01)" in \
-        changes, changes
+    assert (
+        "tokens 2,048 (the claim's: 600,000)" in changes and "learning rates 0.01 (the claim's: 0.003, 0.01)" in changes
+    ), changes
 
 
 def test_a_re_run_is_drawn_beside_the_shipped_evidence(rerun, tmp_path):
@@ -213,12 +233,13 @@ def test_a_re_run_is_drawn_beside_the_shipped_evidence(rerun, tmp_path):
     tag = {"claim": "nope-layers", "ablation": "positions", "mode": "full"}  # kept beside the shipped full evidence
     verdict = fd.save_rerun(run.folder, summary, run.view().results, tag, root=tmp_path)
     shipped = fd.trained("nope-layers", "full", fd.SHIPPED)
-    again = fd.Trained("nope-layers", "full", fd.RERUN, tmp_path, F.load_evidence("nope-layers", "full", tmp_path),
-                       verdict)
+    again = fd.Trained(
+        "nope-layers", "full", fd.RERUN, tmp_path, F.load_evidence("nope-layers", "full", tmp_path), verdict
+    )
     fig = fc.loss_vs_lr([shipped, again], "positions", "beside")
     lines = {tr.name: tr.line.dash for tr in fig.data if tr.name}
     assert lines["positions=rope"] is None and lines["positions=rope · re-run"] == "dash"
-    assert fig.layout.title.text == "beside (shipped: 3 seeds, re-run: 2 seeds)"
+    assert fig.layout.title.text == f"beside (shipped: 3 seeds, re-run: {len(RERUN.seeds)} seeds)"
     comps = fd.comparisons_table([shipped, again])
     assert list(comps["evidence"]) == ["shipped (full)", "re-run (full)"]
     assert comps["verdict"].iloc[1] == verdict["comparisons"][0]["verdict"]
@@ -227,7 +248,10 @@ def test_a_re_run_is_drawn_beside_the_shipped_evidence(rerun, tmp_path):
     recipe = fd.recipe_table([shipped, again], "positions").set_index("field")
     assert list(recipe.columns) == ["shipped (full)", "re-run (full)"]
     assert recipe.loc["tokens per run"].tolist() == ["5,000,000", "2,048"]
-    assert recipe.loc["recipe"].tolist() == ["full recipe (one GPU)", "full recipe (one GPU), changed (see the note above)"]
+    assert recipe.loc["recipe"].tolist() == [
+        "full recipe (one GPU)",
+        "full recipe (one GPU), changed (see the note above)",
+    ]
     assert not any(x.startswith(("lr ", "seed ")) for x in fd.recipe_changes(again, "positions"))
     assert recipe.loc["device", "re-run (full)"].startswith("cpu") and recipe.loc["run", "re-run (full)"] == run.id
     bad = dict(tag, claim="no-such-claim")  # a tag that fits no claim keeps nothing
@@ -268,7 +292,10 @@ def test_the_page_draws_every_claim_and_the_re_run_beside_the_shipped_evidence(r
     assert any("re-run (quick)" in set(d["evidence"]) for d in comps)
     charts = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
     titles = [c["layout"]["title"]["text"] for c in charts]
-    assert any(t.startswith("nope-layers / positions, quick recipe") and "re-run: 2 seeds" in t for t in titles)
+    assert any(
+        t.startswith("nope-layers / positions, quick recipe") and f"re-run: {len(RERUN.seeds)} seeds" in t
+        for t in titles
+    )
     assert any(t.startswith("KV cache per token") for t in titles)  # the static figures were drawn last
     links = [p.proto for p in at.get("page_link")]
     assert len(links) == sum(len(c.ablations) for c in claims) and all(p.page == "experiments" for p in links)

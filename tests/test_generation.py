@@ -1,4 +1,5 @@
 """Streaming generation: events, equality with HF generate, sampling, stop, cancel, failure isolation."""
+
 import time
 
 import pytest
@@ -36,7 +37,7 @@ def test_greedy_equals_hf_generate(req):
     lm = load(req)
     ids = lm.tokenizer(PROMPT, return_tensors="pt").input_ids
     with torch.inference_mode():
-        ref = lm.model.generate(ids, max_new_tokens=10, min_new_tokens=10, do_sample=False)[0, ids.shape[1]:]
+        ref = lm.model.generate(ids, max_new_tokens=10, min_new_tokens=10, do_sample=False)[0, ids.shape[1] :]
     assert run.token_ids(0) == ref.tolist()
     kinds = [type(e).__name__ for e in events]
     assert kinds[0] == "Loading" and "Started" in kinds and kinds[-1] == "Finished"
@@ -71,7 +72,7 @@ def test_sampling_is_seeded_per_run():
 def test_stop_string_truncates():
     greedy, _ = _run([QWEN], GenerationSettings(max_new_tokens=16, ignore_eos=True))
     full = greedy.text(0)
-    stop = full[len(full) // 2: len(full) // 2 + 2]
+    stop = full[len(full) // 2 : len(full) // 2 + 2]
     assert stop.strip(), full
     run, events = _run([QWEN], GenerationSettings(max_new_tokens=16, stop=(stop,), ignore_eos=True))
     assert events[-1].reason == "stop"
@@ -146,14 +147,24 @@ def test_routing_events_follow_the_contract():
     prompt_ids = load(MOE).tokenizer(PROMPT).input_ids
     assert recs[0].record.token_ids == prompt_ids
     assert [r.record.token_ids[0] for r in recs[1:]] == run.token_ids(0)[:5]
-    for layer, (idx, w) in recs[0].record.layers.items():
+    for _layer, (idx, w) in recs[0].record.layers.items():
         assert idx.shape == w.shape == (len(prompt_ids), trace.top_k)
     no, _ = _run([MOE], GenerationSettings(max_new_tokens=3, capture_routing=False, ignore_eos=True))
     assert no.routing(0) is None
 
 
-@pytest.mark.parametrize("bad", [dict(max_new_tokens=0), dict(max_new_tokens=4097), dict(temperature=-0.1),
-                                 dict(temperature=11), dict(top_p=0), dict(top_p=1.5), dict(stop=("",))])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(max_new_tokens=0),
+        dict(max_new_tokens=4097),
+        dict(temperature=-0.1),
+        dict(temperature=11),
+        dict(top_p=0),
+        dict(top_p=1.5),
+        dict(stop=("",)),
+    ],
+)
 def test_settings_validated(bad):
     with pytest.raises(ArchLabError):
         GenerationRun([QWEN], PROMPT, GenerationSettings(**bad))
@@ -189,12 +200,12 @@ def test_incremental_text_equals_decoding_everything(which):
 
     tok = load_offline() if which == "offline" else _metaspace_tokenizer()
     rng = random.Random(0)
-    for trial in range(20):
+    for _trial in range(20):
         ids = [rng.randrange(len(tok)) for _ in range(rng.randrange(1, 120))]
         text, shown = IncrementalText(tok), []
         for i, t in enumerate(ids):
             shown.append(text.add(t))
-            full = tok.decode(ids[:i + 1], skip_special_tokens=True)
+            full = tok.decode(ids[: i + 1], skip_special_tokens=True)
             assert full.startswith(shown[-1].rstrip("\ufffd"))  # never ahead of, never different from, the truth
         assert text.flush() == tok.decode(ids, skip_special_tokens=True)
         assert all(b.startswith(a) for a, b in zip(shown, shown[1:]))  # text only grows

@@ -1,4 +1,5 @@
 """One model per GPU: with several GPUs each model goes to a GPU holding none of ours when it fits there."""
+
 import pytest
 
 from backend.live import runtime
@@ -7,9 +8,15 @@ from backend.live.runtime import plan_placement
 
 def _hw(free, models=None):
     models = models or [0] * len(free)
-    return {"cuda": True, "cpu_threads": 2, "ram_available_gib": 16.0,
-            "gpus": [{"index": i, "name": "fake", "total_gib": 80.0, "free_gib": f, "models": m}
-                     for i, (f, m) in enumerate(zip(free, models))]}
+    return {
+        "cuda": True,
+        "cpu_threads": 2,
+        "ram_available_gib": 16.0,
+        "gpus": [
+            {"index": i, "name": "fake", "total_gib": 80.0, "free_gib": f, "models": m}
+            for i, (f, m) in enumerate(zip(free, models))
+        ],
+    }
 
 
 @pytest.mark.parametrize("device", ["auto", "cuda"])

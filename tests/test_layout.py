@@ -1,4 +1,5 @@
 """The backend's folders show its architecture: each role imports only the roles below it."""
+
 import ast
 from pathlib import Path
 
@@ -34,7 +35,9 @@ def test_roles_import_only_downward():
             for mod in _imports(path):
                 other = _role(mod)
                 if other is not None and other != role and other not in allowed:
-                    bad.append(f"{path.relative_to(ROOT)} imports {mod} ({role} may import {sorted(allowed) or 'nothing of ours'})")
+                    bad.append(
+                        f"{path.relative_to(ROOT)} imports {mod} ({role} may import {sorted(allowed) or 'nothing of ours'})"
+                    )
     assert not bad, "\n".join(bad)
 
 
@@ -43,8 +46,11 @@ def test_backend_has_no_streamlit_and_views_import_backend_only():
     for path in sorted((ROOT / "backend").rglob("*.py")):
         bad += [f"{path.relative_to(ROOT)} imports {m}" for m in _imports(path) if m.split(".")[0] == "streamlit"]
     for path in sorted((ROOT / "views").glob("*.py")):
-        bad += [f"{path.relative_to(ROOT)} imports {m}" for m in _imports(path)
-                if m.split(".")[0] in ("bench", "tests", "torch", "transformers")]
+        bad += [
+            f"{path.relative_to(ROOT)} imports {m}"
+            for m in _imports(path)
+            if m.split(".")[0] in ("bench", "tests", "torch", "transformers")
+        ]
     assert not bad, "\n".join(bad)
 
 
@@ -54,7 +60,9 @@ def test_every_role_is_a_documented_package():
         if role == "train" and not init.exists():
             continue  # added with the training package
         doc = ast.get_docstring(ast.parse(init.read_text()))
-        assert doc and "import" in doc.lower(), f"backend/{role}/__init__.py needs a docstring saying what it may import"
+        assert doc and "import" in doc.lower(), (
+            f"backend/{role}/__init__.py needs a docstring saying what it may import"
+        )
 
 
 def test_the_rule_catches_an_upward_import(tmp_path):

@@ -1,4 +1,5 @@
 """Predicted vs measured memory of loaded models."""
+
 import pytest
 import torch
 
@@ -42,8 +43,15 @@ def test_placement_check_finds_parameters_off_their_planned_device():
     layer1 = [n for n, _ in lm.model.named_parameters() if n.startswith("model.layers.1.")]
     assert wrong["misplaced_count"] == len(layer1) > 0
     assert all(m.startswith("model.layers.1.") for m in wrong["misplaced"])
-    assert wrong["planned_bytes"]["cuda:1"] == sum(p.numel() * p.element_size() for n, p in
-                                                   lm.model.named_parameters() if n.startswith("model.layers.1."))
+    assert wrong["planned_bytes"]["cuda:1"] == sum(
+        p.numel() * p.element_size() for n, p in lm.model.named_parameters() if n.startswith("model.layers.1.")
+    )
     rows = memcheck.placement_rows(lm)
-    assert rows == [{"device": "cpu", "planned_bytes": ok["actual_bytes"]["cpu"],
-                     "actual_bytes": ok["actual_bytes"]["cpu"], "misplaced": 0}]
+    assert rows == [
+        {
+            "device": "cpu",
+            "planned_bytes": ok["actual_bytes"]["cpu"],
+            "actual_bytes": ok["actual_bytes"]["cpu"],
+            "misplaced": 0,
+        }
+    ]

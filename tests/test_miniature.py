@@ -1,4 +1,5 @@
 """Miniatures keep the architecture of their full-size model and run."""
+
 from collections import Counter
 
 import pytest
@@ -37,8 +38,17 @@ def _tail(spec):
 def test_miniature_keeps_architecture(key):
     full, mini = arch_spec(key), miniature_spec(key, "small")
     assert mini.hidden_size == MINIATURE_SIZES["small"]["hidden"] and mini.vocab_size == len(load_offline())
-    for f in ("attention_kind", "qk_norm", "norm_placement", "norm_type", "position", "output_gate",
-              "attention_sinks", "tied_embeddings", "gated_mlp"):
+    for f in (
+        "attention_kind",
+        "qk_norm",
+        "norm_placement",
+        "norm_type",
+        "position",
+        "output_gate",
+        "attention_sinks",
+        "tied_embeddings",
+        "gated_mlp",
+    ):
         assert getattr(mini, f) == getattr(full, f), f
     assert mini.rope_fraction == pytest.approx(full.rope_fraction, rel=0.02)
     assert (mini.mla is None) == (full.mla is None) and (mini.linear is None) == (full.linear is None)
@@ -87,14 +97,21 @@ def test_sizes_and_layer_lists_consistent():
 
 
 def test_custom_config_dict():
-    cfg = {"model_type": "qwen3", "hidden_size": 1024, "num_attention_heads": 16, "num_key_value_heads": 8,
-           "num_hidden_layers": 12, "intermediate_size": 3072, "vocab_size": 32000, "head_dim": 64}
+    cfg = {
+        "model_type": "qwen3",
+        "hidden_size": 1024,
+        "num_attention_heads": 16,
+        "num_key_value_heads": 8,
+        "num_hidden_layers": 12,
+        "intermediate_size": 3072,
+        "vocab_size": 32000,
+        "head_dim": 64,
+    }
     assert miniature_spec(cfg).attention_kind == "GQA"
 
 
 @pytest.mark.parametrize("key", KEYS)
 def test_miniature_builds_fast_and_generates(key):
-    import time
 
     from backend.live.runtime import ModelRequest, load, release
 

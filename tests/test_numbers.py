@@ -1,4 +1,5 @@
 """Numbers pinned to independent figures: official counts, hand-computed formulas."""
+
 import pytest
 
 from backend.arch import architecture, catalog, memory
@@ -76,6 +77,7 @@ def test_active_formula_moe_by_hand():
 
 
 # ---------------------------------------------------------------- KV cache by hand
+
 
 def test_kv_mha_gpt2():
     # 12 layers x (K+V) x 12 heads x 64 dims x 2 bytes

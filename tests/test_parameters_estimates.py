@@ -1,5 +1,6 @@
 """AppTest of the estimate sections of Parameters & Memory: roofline speed, estimate vs measured, memory from a
 checkpoint, training memory, and the "how this is computed" expanders."""
+
 import json
 
 import pytest
@@ -42,15 +43,18 @@ def test_speed_and_measured_sections():
     at = page(models="llama3-8b,deepseek-v3")
     no_errors(at)
     headers = [h.value for h in at.header]
-    assert {"Speed estimates (roofline)", "Estimate vs measured", "Memory from a checkpoint",
-            "Training memory"} <= set(headers)
+    assert {"Speed estimates (roofline)", "Estimate vs measured", "Memory from a checkpoint", "Training memory"} <= set(
+        headers
+    )
     speed = frame(at, "tok/s per sequence")
     assert list(speed.index) == ["Llama 3 8B", "DeepSeek V3 / R1 · MLA engine", "DeepSeek V3 / R1 · MLA transformers"]
     e = roofline.estimate("llama3-8b", gpus.get("h100"), 1, 2048, 512, "bf16")
     assert speed.loc["Llama 3 8B", "tok/s per sequence"] == pytest.approx(e.tok_s)
     assert speed.loc["Llama 3 8B", "Decode bound by"] == "memory"
-    assert (speed.loc["DeepSeek V3 / R1 · MLA transformers", "Decode step (ms)"]
-            > speed.loc["DeepSeek V3 / R1 · MLA engine", "Decode step (ms)"])
+    assert (
+        speed.loc["DeepSeek V3 / R1 · MLA transformers", "Decode step (ms)"]
+        > speed.loc["DeepSeek V3 / R1 · MLA engine", "Decode step (ms)"]
+    )
     t = titles(at)
     assert "Decode step time by component" in t and "Prefill time by component" in t
     assert "Decode speed on each GPU (roofline)" in t and any("estimate vs measured" in x for x in t)
@@ -59,7 +63,9 @@ def test_speed_and_measured_sections():
     assert len(llama) >= 1
     assert (llama["Measured / estimate"] == llama["Measured (tok/s)"] / llama["Estimate (tok/s)"]).all()
     assert set(measured[measured["Model"] == "DeepSeek V3 / R1"]["Shape"]) == {
-        "first 4 of 61 layers, full width", "first 5 of 61 layers, full width"}
+        "first 4 of 61 layers, full width",
+        "first 5 of 61 layers, full width",
+    }
     labels = [x.label for x in at.expander]
     assert labels.count("How this is computed") >= 5 and "GPU table (published peak figures)" in labels
     text = " ".join(m.value for m in at.markdown)
@@ -83,19 +89,32 @@ def test_custom_gpu_and_settings_in_the_url():
     assert slow < before
     e = roofline.estimate("qwen3-30b-a3b", gpus.custom(1.0, 989.4), batch=8)
     assert slow == pytest.approx(e.tok_s) and frame(at, "tok/s per sequence").iloc[0][
-        "Experts touched per MoE layer"] == pytest.approx(128 * (1 - (1 - 8 / 128) ** 8))
+        "Experts touched per MoE layer"
+    ] == pytest.approx(128 * (1 - (1 - 8 / 128) ** 8))
 
 
 def test_checkpoint_section_inside_and_outside_the_model_folders(tmp_path, monkeypatch):
     allowed = tmp_path / "models"
     ck = allowed / "tiny"
     ck.mkdir(parents=True)
-    save_file({"model.layers.0.self_attn.q_proj.weight": torch.zeros(64, 64, dtype=torch.bfloat16)},
-              str(ck / "model.safetensors"))
-    (ck / "config.json").write_text(json.dumps({
-        "model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-        "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 256,
-        "quantization_config": {"quant_method": "modelopt", "kv_cache_quant_algo": "FP8"}}))
+    save_file(
+        {"model.layers.0.self_attn.q_proj.weight": torch.zeros(64, 64, dtype=torch.bfloat16)},
+        str(ck / "model.safetensors"),
+    )
+    (ck / "config.json").write_text(
+        json.dumps(
+            {
+                "model_type": "llama",
+                "hidden_size": 64,
+                "intermediate_size": 128,
+                "num_hidden_layers": 2,
+                "num_attention_heads": 4,
+                "num_key_value_heads": 2,
+                "vocab_size": 256,
+                "quantization_config": {"quant_method": "modelopt", "kv_cache_quant_algo": "FP8"},
+            }
+        )
+    )
     outside = tmp_path / "elsewhere"
     outside.mkdir()
     monkeypatch.setenv("ARCHLAB_MODEL_DIRS", str(allowed))
@@ -123,14 +142,40 @@ def test_training_section_and_measured_file(tmp_path, monkeypatch):
     assert "Gathered layers (ZeRO-3/FSDP) (GiB)" in df.columns
     assert any("Measured peaks: none yet" in c.value for c in at.caption)
     at.toggle(key="_w_tckpt").set_value(True).run()
-    assert frame(at, "Total per GPU (GiB)").loc["Llama 3 8B", "Activations (GiB)"] < df.loc["Llama 3 8B", "Activations (GiB)"]
+    assert (
+        frame(at, "Total per GPU (GiB)").loc["Llama 3 8B", "Activations (GiB)"]
+        < df.loc["Llama 3 8B", "Activations (GiB)"]
+    )
     # a measured file in the documented format (made up here, in a temporary folder only)
     f = tmp_path / "train-memory.json"
-    cfg = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-           "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 256}
-    f.write_text(json.dumps({"gpu": "test GPU", "rows": [{"model": "tiny llama", "config": cfg, "batch": 4,
-                                                          "seq_len": 64, "dtype": "bf16", "master_fp32": True,
-                                                          "checkpointing": False, "measured_peak_bytes": 5_000_000}]}))
+    cfg = {
+        "model_type": "llama",
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "vocab_size": 256,
+    }
+    f.write_text(
+        json.dumps(
+            {
+                "gpu": "test GPU",
+                "rows": [
+                    {
+                        "model": "tiny llama",
+                        "config": cfg,
+                        "batch": 4,
+                        "seq_len": 64,
+                        "dtype": "bf16",
+                        "master_fp32": True,
+                        "checkpointing": False,
+                        "measured_peak_bytes": 5_000_000,
+                    }
+                ],
+            }
+        )
+    )
     monkeypatch.setattr(train_memory, "MEASURED_FILE", f)
     at.run()
     no_errors(at)
@@ -141,9 +186,18 @@ def test_training_section_and_measured_file(tmp_path, monkeypatch):
 
 def test_visitor_names_are_shown_as_text():
     at = AppTest.from_file("../app.py", default_timeout=TIMEOUT).run()
-    cfg = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-           "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 256}
-    at.sidebar.file_uploader[0].upload("[x](javascript:alert(1)).json", json.dumps(cfg).encode(), "application/json").run()
+    cfg = {
+        "model_type": "llama",
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "vocab_size": 256,
+    }
+    at.sidebar.file_uploader[0].upload(
+        "[x](javascript:alert(1)).json", json.dumps(cfg).encode(), "application/json"
+    ).run()
     at.switch_page("views/parameters.py").run()
     no_errors(at)
     heads = [m.value for m in at.markdown if m.value.startswith("#####")]

@@ -1,5 +1,6 @@
 """Named module patches: what each changes in the modules, that the spec and both counts read the patched model,
 that the re-wired modules compute what their formulas say, and that patched checkpoints load back."""
+
 import json
 
 import pytest
@@ -11,12 +12,34 @@ from backend.arch.architecture import resolve
 from backend.arch.errors import ArchLabError
 from backend.arch.patch_modules import NoPE
 
-TINY = dict(hidden_size=64, num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=2, intermediate_size=96,
-            vocab_size=97, max_position_embeddings=64)
-MLA = dict(kv_lora_rank=32, q_lora_rank=48, qk_nope_head_dim=16, qk_rope_head_dim=8, v_head_dim=16,
-           rope_interleave=False, num_key_value_heads=4)
-MOE = dict(num_local_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, n_shared_experts=1, n_group=1,
-           topk_group=1, norm_topk_prob=True, routed_scaling_factor=1.0)
+TINY = dict(
+    hidden_size=64,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    num_hidden_layers=2,
+    intermediate_size=96,
+    vocab_size=97,
+    max_position_embeddings=64,
+)
+MLA = dict(
+    kv_lora_rank=32,
+    q_lora_rank=48,
+    qk_nope_head_dim=16,
+    qk_rope_head_dim=8,
+    v_head_dim=16,
+    rope_interleave=False,
+    num_key_value_heads=4,
+)
+MOE = dict(
+    num_local_experts=4,
+    num_experts_per_tok=2,
+    moe_intermediate_size=32,
+    n_shared_experts=1,
+    n_group=1,
+    topk_group=1,
+    norm_topk_prob=True,
+    routed_scaling_factor=1.0,
+)
 
 
 def tiny(model_type: str, patch_list: list[str], seed: int = 0, **extra):
@@ -124,13 +147,15 @@ def test_norm_placement_computes_its_formula(placement, model_type):
 
 
 def test_norm_placement_keeps_what_the_model_forward_reads():
-    m = tiny("gemma3_text", ["norm:pre"], head_dim=16, layer_types=["sliding_attention", "full_attention"],
-             sliding_window=4)
+    m = tiny(
+        "gemma3_text", ["norm:pre"], head_dim=16, layer_types=["sliding_attention", "full_attention"], sliding_window=4
+    )
     ref = tiny("gemma3_text", [], head_dim=16, layer_types=["sliding_attention", "full_attention"], sliding_window=4)
     for a, b in zip(m.model.layers, ref.model.layers):
         assert type(a).__name__ == type(b).__name__
-        assert {k: v for k, v in vars(a).items() if not k.startswith("_")} == \
-            {k: v for k, v in vars(b).items() if not k.startswith("_")}
+        assert {k: v for k, v in vars(a).items() if not k.startswith("_")} == {
+            k: v for k, v in vars(b).items() if not k.startswith("_")
+        }
     assert torch.isfinite(m(torch.randint(0, 97, (1, 9))).logits).all()
 
 
@@ -140,12 +165,26 @@ def test_norm_placement_refuses_blocks_it_cannot_rewire():
 
 
 def test_mla_patch_spec_has_the_ranks_and_counts_agree():
-    arch = full("llama3-8b", ["attention:mla"], kv_lora_rank=512, q_lora_rank=1024, qk_nope_head_dim=128,
-                qk_rope_head_dim=64, v_head_dim=128, rope_interleave=False, num_key_value_heads=32)
+    arch = full(
+        "llama3-8b",
+        ["attention:mla"],
+        kv_lora_rank=512,
+        q_lora_rank=1024,
+        qk_nope_head_dim=128,
+        qk_rope_head_dim=64,
+        v_head_dim=128,
+        rope_interleave=False,
+        num_key_value_heads=32,
+    )
     s = arch.spec
     assert s.attention_kind == "MLA" and s.num_kv_heads == s.num_heads
-    assert (s.mla.kv_lora_rank, s.mla.q_lora_rank, s.mla.qk_nope_head_dim, s.mla.qk_rope_head_dim,
-            s.mla.v_head_dim) == (512, 1024, 128, 64, 128)
+    assert (
+        s.mla.kv_lora_rank,
+        s.mla.q_lora_rank,
+        s.mla.qk_nope_head_dim,
+        s.mla.qk_rope_head_dim,
+        s.mla.v_head_dim,
+    ) == (512, 1024, 128, 64, 128)
     counts_agree(arch)
     m = tiny("llama", ["attention:mla"], **MLA)
     x = torch.randn(1, 5, 64)
@@ -224,9 +263,11 @@ def test_patched_modules_are_initialised_on_both_build_paths():
 
 
 def test_every_patch_trains_a_step():
-    for mt, plist, extra in [("llama", ["attention:mla", "nope", "norm:post"], {**MLA, "no_rope_layers": [1, 0]}),
-                             ("llama", ["ffn:moe", "partial_rotary"], {**MOE, "partial_rotary_factor": 0.5}),
-                             ("olmo2", ["qk_norm_off", "qk_norm_on:per-head", "norm:sandwich"], {})]:
+    for mt, plist, extra in [
+        ("llama", ["attention:mla", "nope", "norm:post"], {**MLA, "no_rope_layers": [1, 0]}),
+        ("llama", ["ffn:moe", "partial_rotary"], {**MOE, "partial_rotary_factor": 0.5}),
+        ("olmo2", ["qk_norm_off", "qk_norm_on:per-head", "norm:sandwich"], {}),
+    ]:
         m = tiny(mt, plist, **extra).train()
         ids = torch.randint(0, 97, (2, 12))
         loss = m(input_ids=ids, labels=ids).loss
@@ -240,8 +281,16 @@ def test_patched_models_run_stacked_under_vmap():
     """functional_call + vmap over two stacked copies gives each copy's own loss (no hooks, no per-call state)."""
     from torch.func import functional_call, stack_module_state
 
-    models = [tiny("llama", ["nope", "partial_rotary", "qk_norm_on:per-head", "norm:sandwich"], seed=s,
-                   no_rope_layers=[1, 0], partial_rotary_factor=0.5) for s in (0, 1)]
+    models = [
+        tiny(
+            "llama",
+            ["nope", "partial_rotary", "qk_norm_on:per-head", "norm:sandwich"],
+            seed=s,
+            no_rope_layers=[1, 0],
+            partial_rotary_factor=0.5,
+        )
+        for s in (0, 1)
+    ]
     params, buffers = stack_module_state(models)
     ids = torch.randint(0, 97, (2, 10))
 
@@ -254,19 +303,37 @@ def test_patched_models_run_stacked_under_vmap():
 
 
 def test_patch_lists_are_validated():
-    for bad, match in ((["nonsense"], "unknown patch"), (["norm"], "takes pre"), (["qk_norm_off:x"], "no argument"),
-                       ("qk_norm_off", "must be a list")):
+    for bad, match in (
+        (["nonsense"], "unknown patch"),
+        (["norm"], "takes pre"),
+        (["qk_norm_off:x"], "no argument"),
+        ("qk_norm_off", "must be a list"),
+    ):
         with pytest.raises(ArchLabError, match=match):
             resolve({**catalog.raw_config("olmo2-7b"), patches.PATCH_FIELD: bad})
 
 
-@pytest.mark.parametrize("key,plist,extra", [
-    ("olmo2-7b", ["qk_norm_off", "norm:pre"], {}),
-    ("llama3-8b", ["attention:mla", "ffn:moe", "nope"],
-     {"kv_lora_rank": 512, "q_lora_rank": None, "qk_nope_head_dim": 128, "qk_rope_head_dim": 64, "v_head_dim": 128,
-      "rope_interleave": False, "num_key_value_heads": 32, **MOE,
-      "no_rope_layers": [int((i + 1) % 4 != 0) for i in range(32)]}),
-])
+@pytest.mark.parametrize(
+    "key,plist,extra",
+    [
+        ("olmo2-7b", ["qk_norm_off", "norm:pre"], {}),
+        (
+            "llama3-8b",
+            ["attention:mla", "ffn:moe", "nope"],
+            {
+                "kv_lora_rank": 512,
+                "q_lora_rank": None,
+                "qk_nope_head_dim": 128,
+                "qk_rope_head_dim": 64,
+                "v_head_dim": 128,
+                "rope_interleave": False,
+                "num_key_value_heads": 32,
+                **MOE,
+                "no_rope_layers": [int((i + 1) % 4 != 0) for i in range(32)],
+            },
+        ),
+    ],
+)
 def test_patched_miniature_saves_and_loads_back_identically(tmp_path, key, plist, extra):
     from backend.live.runtime import ModelRequest, load, release
 
@@ -302,8 +369,20 @@ def test_a_patched_checkpoint_with_wrong_weights_is_refused(tmp_path):
 def test_zero_shared_experts_build_and_train():
     """DeepSeek V3's class with n_shared_experts 0 (shared_expert=off) builds them zero wide: no parameters, no
     shared expert in the spec, and a training step stays finite."""
-    m = tiny("deepseek_v3", [], **{**MLA, "n_routed_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 32,
-                                   "n_shared_experts": 0, "first_k_dense_replace": 1, "n_group": 1, "topk_group": 1})
+    m = tiny(
+        "deepseek_v3",
+        [],
+        **{
+            **MLA,
+            "n_routed_experts": 4,
+            "num_experts_per_tok": 2,
+            "moe_intermediate_size": 32,
+            "n_shared_experts": 0,
+            "first_k_dense_replace": 1,
+            "n_group": 1,
+            "topk_group": 1,
+        },
+    )
     assert sum(p.numel() for p in m.model.layers[1].mlp.shared_experts.parameters()) == 0
     ids = torch.randint(0, 97, (2, 12))
     loss = m.train()(input_ids=ids, labels=ids).loss

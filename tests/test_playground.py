@@ -1,4 +1,5 @@
 """Playground and Routing pages through AppTest, and the backend helpers they lay out."""
+
 import base64
 import json
 
@@ -63,8 +64,12 @@ def test_playground_renders_with_default_selection():
     assert at.button[1].proto.disabled  # nothing to stop yet
     mode = at.selectbox(key="_w_mode")
     assert mode.value == "trained"  # the trained miniatures are the default
-    assert mode.options[:4] == ["trained miniature", "tiny miniature, random weights",
-                                "small miniature, random weights", "medium miniature, random weights"]
+    assert mode.options[:4] == [
+        "trained miniature",
+        "tiny miniature, random weights",
+        "small miniature, random weights",
+        "medium miniature, random weights",
+    ]
     assert {"full size, random", "full width, fewer layers"} <= set(mode.options)
     assert at.selectbox(key="_w_device").options[:2] == ["auto", "CPU"]
     assert "trained miniature" in at.caption[0].value and "gibberish by design" in at.caption[0].value
@@ -293,7 +298,9 @@ def test_routing_page_shows_what_the_trained_routers_learned(monkeypatch):
     tokens = next(d.value for d in at.dataframe if "tokens it takes most (count, % of that token)" in d.value.columns)
     assert list(tokens["expert"]) == list(range(models[0].num_experts))
     assert tokens["load (%)"].sum() == pytest.approx(100)
-    assert all("×" in t for t, n in zip(tokens["tokens it takes most (count, % of that token)"], tokens["selections"]) if n)
+    assert all(
+        "×" in t for t, n in zip(tokens["tokens it takes most (count, % of that token)"], tokens["selections"]) if n
+    )
     if any(b.key == "rt_zoo_all" for b in at.button):  # the whole zoo not routed yet on this machine: on request
         assert len(figs) == 2
         at.button(key="rt_zoo_all").click().run()
@@ -319,6 +326,7 @@ def test_routing_learned_view_with_a_bad_url_value_is_one_line():
 
 # ----------------------------------------------------------------- backend helpers
 
+
 def test_parse_stop_and_options():
     assert playground.parse_stop(r"###, \n,a\,b") == ("###", "\n", "a,b")
     assert playground.parse_stop("") == ()
@@ -334,16 +342,16 @@ def test_parse_stop_and_options():
 def test_trained_requests_and_their_gpu_share():
     """Trained mode asks the runtime for the shipped miniature; a model without one gets the random small
     miniature; the GPU bytes counted against a visitor are the trained miniature's, not the full model's."""
-    from backend.live import runtime, zoo
-
     from backend.arch import catalog
+    from backend.live import runtime, zoo
 
     custom = catalog.raw_config("gpt2")
     runs = playground.requests_for([("gpt2", "gpt2"), ("custom:x", custom)], "trained", "cpu")
     (_, _, a), (_, _, b) = runs
     assert a.mode == "trained" and a.source == "gpt2" and b.mode == "miniature" and b.size == playground.FALLBACK_SIZE
     assert playground.fallback_note([("gpt2", "gpt2"), ("custom:x", custom)], ["GPT-2", "x"]).startswith(
-        "No trained miniature is shipped for x:")
+        "No trained miniature is shipped for x:"
+    )
     assert playground.fallback_note([("gpt2", "gpt2")], ["GPT-2"]) == ""
     hw = {"cuda": True, "gpus": [{"index": 0, "name": "fake", "total_gib": 80.0, "free_gib": 80.0}], "cpu_threads": 2}
     req = runtime.ModelRequest("deepseek-v3", mode="trained", device="cuda")
@@ -355,9 +363,17 @@ def test_trained_requests_and_their_gpu_share():
 
 
 def test_heatmap_colours_the_top1_expert_and_hovers_all_k():
-    experts = pd.DataFrame([(0, 5, 3, 0, 2, 0.7), (0, 5, 3, 1, 1, 0.3), (1, 6, 3, 0, 0, 0.6), (1, 6, 3, 1, 3, 0.4),
-                            (0, 5, 5, 1, 0, 0.1), (0, 5, 5, 0, 1, 0.9)],
-                           columns=["position", "token_id", "layer", "rank", "expert", "weight"])
+    experts = pd.DataFrame(
+        [
+            (0, 5, 3, 0, 2, 0.7),
+            (0, 5, 3, 1, 1, 0.3),
+            (1, 6, 3, 0, 0, 0.6),
+            (1, 6, 3, 1, 3, 0.4),
+            (0, 5, 5, 1, 0, 0.1),
+            (0, 5, 5, 0, 1, 0.9),
+        ],
+        columns=["position", "token_id", "layer", "rank", "expert", "weight"],
+    )
     fig = charts.routing_heatmap(experts, ["a", "b"], [3, 5], 4, 1, "t")
     z = fig.data[0].z
     assert z[0][0] == 2 and z[0][1] == 0 and z[1][0] == 1  # rank 0 wins, whatever the row order
@@ -391,8 +407,10 @@ def test_fewer_layers_mode_extrapolates_to_full_depth():
     generate(at)
     no_errors(at)
     stats = next(d.value for d in at.dataframe if "TTFT (ms)" in d.value.columns)
-    assert list(stats["model"]) == ["GPT-2 (124M) [3 of 12 layers] (full width, random)",
-                                    "Qwen3 0.6B [3 of 28 layers] (full width, random)"]
+    assert list(stats["model"]) == [
+        "GPT-2 (124M) [3 of 12 layers] (full width, random)",
+        "Qwen3 0.6B [3 of 28 layers] (full width, random)",
+    ]
     depth = next(d.value for d in at.dataframe if "per layer (ms)" in d.value.columns)
     assert list(depth["layers run"]) == [3, 3] and list(depth["of"]) == [12, 28]
     assert (depth["step at k (ms)"] > 0).all() and (depth["step at k − 1 (ms)"] > 0).all()

@@ -5,6 +5,7 @@ near values) and holds the backend to: an ArchSpec whose formula count equals th
 builds, or an ArchLabError; never another exception. Cases a long fuzz (bench/reliability.py) found stay here as
 fixed examples (FOUND).
 """
+
 from __future__ import annotations
 
 import copy
@@ -38,22 +39,52 @@ from backend.arch.spec import ArchSpec
 # ----------------------------------------------------------------- config mutations
 
 #: Fields a mutation may add even if the base config lacks them (besides those its config class defines).
-EXTRA_FIELDS = ("num_experts", "num_experts_per_tok", "n_routed_experts", "kv_lora_rank", "q_lora_rank",
-                "sliding_window", "layer_types", "head_dim", "auto_map", "trust_remote_code", "model_type",
-                "tie_word_embeddings", "rope_parameters", "n_group", "topk_group", "first_k_dense_replace",
-                "attention_chunk_size", "no_rope_layers", "decoder_sparse_step", "mlp_only_layers")
+EXTRA_FIELDS = (
+    "num_experts",
+    "num_experts_per_tok",
+    "n_routed_experts",
+    "kv_lora_rank",
+    "q_lora_rank",
+    "sliding_window",
+    "layer_types",
+    "head_dim",
+    "auto_map",
+    "trust_remote_code",
+    "model_type",
+    "tie_word_embeddings",
+    "rope_parameters",
+    "n_group",
+    "topk_group",
+    "first_k_dense_replace",
+    "attention_chunk_size",
+    "no_rope_layers",
+    "decoder_sparse_step",
+    "mlp_only_layers",
+)
 #: Integers within the limits but too big for a quick meta build are capped (absurd ones are tested below).
-CAPS = {"num_hidden_layers": 48, "n_layer": 48, "num_layers": 48, "hidden_size": 8192, "n_embd": 8192,
-        "d_model": 8192, "intermediate_size": 32768, "vocab_size": 262144, "num_experts": 512,
-        "n_routed_experts": 512, "num_local_experts": 512}
-JUNK = st.recursive(st.none() | st.booleans() | st.integers(-5, 5) | st.text(max_size=4),
-                    lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=3), c, max_size=3),
-                    max_leaves=6)
+CAPS = {
+    "num_hidden_layers": 48,
+    "n_layer": 48,
+    "num_layers": 48,
+    "hidden_size": 8192,
+    "n_embd": 8192,
+    "d_model": 8192,
+    "intermediate_size": 32768,
+    "vocab_size": 262144,
+    "num_experts": 512,
+    "n_routed_experts": 512,
+    "num_local_experts": 512,
+}
+JUNK = st.recursive(
+    st.none() | st.booleans() | st.integers(-5, 5) | st.text(max_size=4),
+    lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=3), c, max_size=3),
+    max_leaves=6,
+)
 VALUES = {
     "tiny int": st.integers(-3, 8),
     "mid int": st.integers(9, 5000),
-    "huge int": st.integers(10 ** 6, 10 ** 15),
-    "negative": st.integers(-(10 ** 12), -1),
+    "huge int": st.integers(10**6, 10**15),
+    "negative": st.integers(-(10**12), -1),
     "float": st.floats(allow_nan=True, allow_infinity=True),
     "string": st.text(max_size=8),
     "bool/none": st.sampled_from([True, False, None]),
@@ -85,8 +116,11 @@ def class_defaults(model_type: str) -> dict:
 @functools.lru_cache(maxsize=None)
 def catalog_values(field: str) -> tuple:
     """The distinct values a field takes across the catalog's configs."""
-    seen = {json.dumps(catalog.raw_config(k)[field], sort_keys=True)
-            for k in catalog.keys() if field in catalog.raw_config(k)}
+    seen = {
+        json.dumps(catalog.raw_config(k)[field], sort_keys=True)
+        for k in catalog.keys()
+        if field in catalog.raw_config(k)
+    }
     return tuple(json.loads(v) for v in sorted(seen))
 
 
@@ -127,8 +161,12 @@ def mutated_config(draw) -> Mutated:
             d[field] = draw(st.sampled_from([str(v), [v], {"v": v}] + ([float(v)] if isinstance(v, int) else [])))
             continue
         v = _near(draw, field, d.get(field, defaults.get(field))) if kind == "near" else draw(VALUES[kind])
-        if field in CAPS and isinstance(v, int) and not isinstance(v, bool) and CAPS[field] < v <= LIMITS.get(
-                "num_experts" if "expert" in field else field, CAPS[field]):
+        if (
+            field in CAPS
+            and isinstance(v, int)
+            and not isinstance(v, bool)
+            and CAPS[field] < v <= LIMITS.get("num_experts" if "expert" in field else field, CAPS[field])
+        ):
             v = CAPS[field]
         d[field] = v
     return Mutated(d, kinds, key)
@@ -166,10 +204,14 @@ def count_mismatch(meta, formula) -> str:
     if meta == formula:
         return ""
     comps = sorted(set(meta.components) | set(formula.components))
-    diffs = [f"{c} {meta.components.get(c, 0) - formula.components.get(c, 0):+,}" for c in comps
-             if meta.components.get(c, 0) != formula.components.get(c, 0)]
-    return (f"meta model - formula: total {meta.total - formula.total:+,}, active {meta.active - formula.active:+,}"
-            + (f" ({', '.join(diffs)})" if diffs else ""))
+    diffs = [
+        f"{c} {meta.components.get(c, 0) - formula.components.get(c, 0):+,}"
+        for c in comps
+        if meta.components.get(c, 0) != formula.components.get(c, 0)
+    ]
+    return f"meta model - formula: total {meta.total - formula.total:+,}, active {meta.active - formula.active:+,}" + (
+        f" ({', '.join(diffs)})" if diffs else ""
+    )
 
 
 def check_backend(d: dict) -> str:
@@ -214,8 +256,12 @@ def _with_found(test):
 
 
 @_with_found
-@settings(max_examples=120, deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(
+    max_examples=120,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 @given(mutated_config())
 def test_mutated_configs_give_a_spec_or_archlaberror(case):
     check_backend(case.config)
@@ -244,10 +290,18 @@ def _peak_bytes(fn) -> int:
     return peak
 
 
-@pytest.mark.parametrize("field,value", [("num_experts", 10 ** 9), ("num_hidden_layers", 10 ** 9),
-                                         ("hidden_size", 10 ** 9), ("vocab_size", 10 ** 12),
-                                         ("moe_intermediate_size", 10 ** 9), ("num_experts_per_tok", 10 ** 9),
-                                         ("num_attention_heads", 2 ** 40)])
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("num_experts", 10**9),
+        ("num_hidden_layers", 10**9),
+        ("hidden_size", 10**9),
+        ("vocab_size", 10**12),
+        ("moe_intermediate_size", 10**9),
+        ("num_experts_per_tok", 10**9),
+        ("num_attention_heads", 2**40),
+    ],
+)
 def test_absurd_sizes_refused_before_anything_is_built(field, value, monkeypatch):
     from backend.arch import meta
 
@@ -264,18 +318,23 @@ def test_absurd_sizes_refused_before_anything_is_built(field, value, monkeypatch
 def test_absurd_mla_rank_and_groups_refused():
     ds = catalog.raw_config("deepseek-v3")
     with pytest.raises(ArchLabError, match="kv_lora_rank"):
-        arch_spec(dict(ds, kv_lora_rank=10 ** 9))
+        arch_spec(dict(ds, kv_lora_rank=10**9))
     with pytest.raises(ArchLabError, match="top-k"):
         arch_spec(dict(ds, num_experts_per_tok=300))  # more than the 256 experts: active would exceed total
     with pytest.raises(ArchLabError, match="groups"):
         arch_spec(dict(ds, n_group=7))
 
 
-@pytest.mark.parametrize("text,match", [
-    ("{", "not valid JSON"), ("[1, 2]", "JSON object"), (b"\xff\xfe{}", "not valid JSON"),
-    ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
-    (" " * (configs.MAX_CONFIG_BYTES + 1), "limit"),
-])
+@pytest.mark.parametrize(
+    "text,match",
+    [
+        ("{", "not valid JSON"),
+        ("[1, 2]", "JSON object"),
+        (b"\xff\xfe{}", "not valid JSON"),
+        ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+        (" " * (configs.MAX_CONFIG_BYTES + 1), "limit"),
+    ],
+)
 def test_malformed_uploads(text, match):
     with pytest.raises(ArchLabError, match=match):
         parse_config_text(text)
@@ -291,14 +350,17 @@ def test_huge_upload_refused_without_parsing(monkeypatch):
     assert not parsed
 
 
-@pytest.mark.parametrize("d,match", [
-    ({"model_type": "no_such_arch", "hidden_size": 8}, "unknown model_type"),
-    ({"hidden_size": 8}, "no 'model_type'"),
-    (dict(catalog.raw_config("gpt2"), auto_map={"AutoModelForCausalLM": "evil.Model"}), "remote code"),
-    (dict(catalog.raw_config("gpt2"), trust_remote_code=True), "remote code"),
-    (dict(catalog.raw_config("gpt2"), n_embd="768"), "integer"),
-    (dict(catalog.raw_config("gpt2"), n_layer=-1), "positive"),
-])
+@pytest.mark.parametrize(
+    "d,match",
+    [
+        ({"model_type": "no_such_arch", "hidden_size": 8}, "unknown model_type"),
+        ({"hidden_size": 8}, "no 'model_type'"),
+        (dict(catalog.raw_config("gpt2"), auto_map={"AutoModelForCausalLM": "evil.Model"}), "remote code"),
+        (dict(catalog.raw_config("gpt2"), trust_remote_code=True), "remote code"),
+        (dict(catalog.raw_config("gpt2"), n_embd="768"), "integer"),
+        (dict(catalog.raw_config("gpt2"), n_layer=-1), "positive"),
+    ],
+)
 def test_bad_configs_named(d, match):
     with pytest.raises(ArchLabError, match=match):
         arch_spec(d)
@@ -320,11 +382,28 @@ from backend.live.runtime import ModelRequest, load, release  # noqa: E402
 
 QWEN = ModelRequest("qwen3-4b", size="tiny")
 MOE = ModelRequest("deepseek-v3", size="tiny")
-BAD_SETTINGS = [dict(temperature=math.nan), dict(temperature=math.inf), dict(temperature=-1), dict(temperature="0.5"),
-                dict(top_p=math.nan), dict(top_p=-math.inf), dict(top_p=0), dict(top_p="1"), dict(top_p=None),
-                dict(max_new_tokens=0), dict(max_new_tokens=10 ** 9), dict(max_new_tokens=5.0),
-                dict(max_new_tokens="10"), dict(max_new_tokens=True), dict(seed=-1), dict(seed=2 ** 70),
-                dict(seed="7"), dict(stop="abc"), dict(stop=("x" * 1001,)), dict(stop=(1,))]
+BAD_SETTINGS = [
+    dict(temperature=math.nan),
+    dict(temperature=math.inf),
+    dict(temperature=-1),
+    dict(temperature="0.5"),
+    dict(top_p=math.nan),
+    dict(top_p=-math.inf),
+    dict(top_p=0),
+    dict(top_p="1"),
+    dict(top_p=None),
+    dict(max_new_tokens=0),
+    dict(max_new_tokens=10**9),
+    dict(max_new_tokens=5.0),
+    dict(max_new_tokens="10"),
+    dict(max_new_tokens=True),
+    dict(seed=-1),
+    dict(seed=2**70),
+    dict(seed="7"),
+    dict(stop="abc"),
+    dict(stop=("x" * 1001,)),
+    dict(stop=(1,)),
+]
 
 
 @pytest.mark.parametrize("bad", BAD_SETTINGS, ids=[repr(b)[:40] for b in BAD_SETTINGS])
@@ -366,6 +445,7 @@ def test_prompt_over_the_context_fails_that_model_only():
 
 
 # ----------------------------------------------------------------- checkpoints
+
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
@@ -418,8 +498,14 @@ def test_checkpoint_refusals(ckpt, tmp_path, monkeypatch):
         ("remote code", (), {"auto_map": {"AutoModelForCausalLM": "evil.M"}}, {}, "remote code"),
         ("trust_remote_code", (), {"trust_remote_code": True}, {}, "remote code"),
         ("unknown type", (), {"model_type": "evil_arch"}, {}, "unknown model_type"),
-        ("absurd experts", (), {"num_experts": 10 ** 9}, {}, "beyond any real model"),
-        ("garbage safetensors", ("model.safetensors",), {}, {"model.safetensors": b"\xff" * 64}, "not a valid safetensors"),
+        ("absurd experts", (), {"num_experts": 10**9}, {}, "beyond any real model"),
+        (
+            "garbage safetensors",
+            ("model.safetensors",),
+            {},
+            {"model.safetensors": b"\xff" * 64},
+            "not a valid safetensors",
+        ),
         ("bad index", ("model.safetensors",), {}, {"model.safetensors.index.json": b"{nope"}, "not valid JSON"),
         ("huge config", ("config.json",), {}, {"config.json": b" " * (configs.MAX_CONFIG_BYTES + 1)}, "limit"),
     ]:
@@ -440,9 +526,15 @@ def test_checkpoint_refusals(ckpt, tmp_path, monkeypatch):
 
 # ----------------------------------------------------------------- resource guards
 
+
 def _fake_hw(ram_gib: float = 0.0, gpus=()):
-    return {"cuda": bool(gpus), "cpu_threads": 2, "ram_total_gib": 64.0, "ram_available_gib": ram_gib,
-            "gpus": [{"index": i, "name": "fake", "total_gib": g, "free_gib": g} for i, g in enumerate(gpus)]}
+    return {
+        "cuda": bool(gpus),
+        "cpu_threads": 2,
+        "ram_total_gib": 64.0,
+        "ram_available_gib": ram_gib,
+        "gpus": [{"index": i, "name": "fake", "total_gib": g, "free_gib": g} for i, g in enumerate(gpus)],
+    }
 
 
 def test_weights_plus_kv_checked_against_free_memory():
@@ -519,8 +611,14 @@ def simulate_oom(monkeypatch, victim: ModelRequest, other: ModelRequest, after_c
     gc.collect()
     rss1 = _rss()
     monkeypatch.setattr(cls, "forward", orig)
-    return {"events": events, "run": run, "released": not runtime.is_loaded(victim), "freed": model_ref() is None,
-            "weights_bytes": weights, "rss_returned_bytes": rss0 - rss1}
+    return {
+        "events": events,
+        "run": run,
+        "released": not runtime.is_loaded(victim),
+        "freed": model_ref() is None,
+        "weights_bytes": weights,
+        "rss_returned_bytes": rss0 - rss1,
+    }
 
 
 def test_oom_releases_the_model_and_the_app_goes_on(monkeypatch):
@@ -539,9 +637,21 @@ def test_oom_releases_the_model_and_the_app_goes_on(monkeypatch):
 
 # ----------------------------------------------------------------- concurrency
 
-PROMPTS = [f"Session {i}: " + w for i, w in enumerate(
-    ["the cat sat", "import numpy as np", "Once upon a time", "SELECT * FROM t", "def f(x):", "12 + 30 =",
-     "Bonjour tout le monde", "<html><body>"])]
+PROMPTS = [
+    f"Session {i}: " + w
+    for i, w in enumerate(
+        [
+            "the cat sat",
+            "import numpy as np",
+            "Once upon a time",
+            "SELECT * FROM t",
+            "def f(x):",
+            "12 + 30 =",
+            "Bonjour tout le monde",
+            "<html><body>",
+        ]
+    )
+]
 
 
 def concurrent_sessions(requests: list[ModelRequest], prompts: list[str], tokens: int = 8) -> dict:
@@ -602,8 +712,13 @@ def concurrent_sessions(requests: list[ModelRequest], prompts: list[str], tokens
                 assert [s.token_ids for s in trace.steps[1:]] == [[t] for t in ids[:-1]]
                 recs = [e for e in run.events if isinstance(e, Routing) and e.slot == slot]
                 assert [e.record for e in recs] == trace.steps
-    return {"sessions": len(prompts), "models": len(requests), "seconds": seconds, "mismatches": mismatches,
-            "builds": sorted(builds.values())}
+    return {
+        "sessions": len(prompts),
+        "models": len(requests),
+        "seconds": seconds,
+        "mismatches": mismatches,
+        "builds": sorted(builds.values()),
+    }
 
 
 def test_concurrent_sessions_share_models_and_keep_their_own_records():
@@ -614,6 +729,7 @@ def test_concurrent_sessions_share_models_and_keep_their_own_records():
 
 
 # ----------------------------------------------------------------- cancel
+
 
 def slow_steps(monkeypatch, request: ModelRequest, step_s: float) -> None:
     """Make every forward of ``request``'s model take at least ``step_s`` (a stand-in for a big model)."""
@@ -649,9 +765,13 @@ def cancel_latency(request: ModelRequest, after_tokens: int = 3) -> dict:
     free = lm.lock.acquire(timeout=1)
     if free:
         lm.lock.release()
-    return {"cancel_s": latency, "step_s": (times[-1] - times[0]) / (len(times) - 1), "lock_free": free,
-            "worker_alive": any(th.is_alive() for th in run._threads),
-            "steps_after_cancel": run.stats(0)["new_tokens"] - at_cancel}
+    return {
+        "cancel_s": latency,
+        "step_s": (times[-1] - times[0]) / (len(times) - 1),
+        "lock_free": free,
+        "worker_alive": any(th.is_alive() for th in run._threads),
+        "steps_after_cancel": run.stats(0)["new_tokens"] - at_cancel,
+    }
 
 
 def test_cancel_takes_effect_within_a_step(monkeypatch):
@@ -664,8 +784,13 @@ def test_cancel_takes_effect_within_a_step(monkeypatch):
 
 def test_cancel_session_stops_only_that_session():
     s = GenerationSettings(max_new_tokens=4096, ignore_eos=True)
-    mine = [GenerationRun([QWEN], "a", s, session_id="tab-1").start(), GenerationRun([MOE], "b", s, session_id="tab-1").start()]
-    other = GenerationRun([QWEN], "c", GenerationSettings(max_new_tokens=30, ignore_eos=True), session_id="tab-2").start()
+    mine = [
+        GenerationRun([QWEN], "a", s, session_id="tab-1").start(),
+        GenerationRun([MOE], "b", s, session_id="tab-1").start(),
+    ]
+    other = GenerationRun(
+        [QWEN], "c", GenerationSettings(max_new_tokens=30, ignore_eos=True), session_id="tab-2"
+    ).start()
     time.sleep(0.3)
     assert set(generation.session_runs("tab-1")) == set(mine)
     assert cancel_session("tab-1") == 2
@@ -678,8 +803,9 @@ def test_cancel_session_stops_only_that_session():
 
 
 def test_a_run_nobody_polls_cancels_itself():
-    run = GenerationRun([QWEN], "hello", GenerationSettings(max_new_tokens=4096, ignore_eos=True),
-                        idle_timeout_s=0.5).start()
+    run = GenerationRun(
+        [QWEN], "hello", GenerationSettings(max_new_tokens=4096, ignore_eos=True), idle_timeout_s=0.5
+    ).start()
     for th in run._threads:
         th.join(20)  # not run.join: joining counts as watching
     assert not any(th.is_alive() for th in run._threads)

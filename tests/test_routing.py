@@ -1,4 +1,5 @@
 """Routing capture agrees with the routers' own math; statistics pinned on hand-made traces."""
+
 import numpy as np
 import pytest
 import torch
@@ -73,8 +74,10 @@ def test_capture_agrees_with_router_math(key):
                 with torch.no_grad():
                     r.e_score_correction_bias.copy_(torch.randn_like(r.e_score_correction_bias) * 0.5)
         inputs = {}
-        hooks = [r.register_forward_pre_hook(lambda m, a, i=i: inputs.__setitem__(i, a[0].detach().clone()))
-                 for i, r in routers.items()]
+        hooks = [
+            r.register_forward_pre_hook(lambda m, a, i=i: inputs.__setitem__(i, a[0].detach().clone()))
+            for i, r in routers.items()
+        ]
         ids = torch.randint(0, lm.spec.vocab_size, (1, 9))
         try:
             with torch.inference_mode(), RoutingRecorder(model, spec) as rec:
@@ -111,10 +114,21 @@ def test_recorder_refuses_dense_models():
 
 def _trace():
     t = RoutingTrace([1, 3], num_experts=4, top_k=2)
-    t.add(StepRouting(0, [5, 6], {1: (np.array([[0, 1], [0, 2]]), np.full((2, 2), 0.5)),
-                                  3: (np.array([[3, 2], [1, 0]]), np.full((2, 2), 0.5))}))
-    t.add(StepRouting(1, [7], {1: (np.array([[0, 3]]), np.array([[0.7, 0.3]])),
-                               3: (np.array([[2, 3]]), np.array([[0.6, 0.4]]))}))
+    t.add(
+        StepRouting(
+            0,
+            [5, 6],
+            {
+                1: (np.array([[0, 1], [0, 2]]), np.full((2, 2), 0.5)),
+                3: (np.array([[3, 2], [1, 0]]), np.full((2, 2), 0.5)),
+            },
+        )
+    )
+    t.add(
+        StepRouting(
+            1, [7], {1: (np.array([[0, 3]]), np.array([[0.7, 0.3]])), 3: (np.array([[2, 3]]), np.array([[0.6, 0.4]]))}
+        )
+    )
     return t
 
 

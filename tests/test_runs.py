@@ -1,4 +1,5 @@
 """Runs by link, allowed model folders, per-visitor quotas, visitors' names shown as text (issues 10 and 15)."""
+
 import ast
 import collections
 import json
@@ -46,6 +47,7 @@ class Clock:
 
 # ----------------------------------------------------------------- run ids
 
+
 def test_run_ids_are_unguessable():
     ids = [runs.new_id() for _ in range(20_000)]
     assert len(set(ids)) == len(ids)
@@ -66,8 +68,21 @@ def test_ids_come_from_secrets(monkeypatch):
     assert runs.new_id() == "A" * 24 and asked == [runs.ID_BYTES]
 
 
-@pytest.mark.parametrize("bad", [None, "", "x", "A" * 23, "A" * 25, "A" * 23 + "/", "../../etc/passwd", 5,
-                                 "<script>alert(1)</script>xxxxx", "A" * 24 + "\n"])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        None,
+        "",
+        "x",
+        "A" * 23,
+        "A" * 25,
+        "A" * 23 + "/",
+        "../../etc/passwd",
+        5,
+        "<script>alert(1)</script>xxxxx",
+        "A" * 24 + "\n",
+    ],
+)
 def test_malformed_ids_are_not_found(bad):
     reg = runs.Registry(gpu_total=lambda: 0)
     with pytest.raises(ArchLabError) as e:
@@ -76,6 +91,7 @@ def test_malformed_ids_are_not_found(bad):
 
 
 # ----------------------------------------------------------------- registry
+
 
 def test_unknown_expired_and_other_kind_ids_give_the_same_line():
     clock = Clock()
@@ -104,15 +120,17 @@ def test_a_running_run_never_expires():
     clock = Clock()
     reg = runs.Registry(clock=clock, gpu_total=lambda: 0, env={"ARCHLAB_RUN_TTL_S": "60"})
     run_id = reg.register(Job(), "train", "bob")
-    clock.t += 10 ** 6
+    clock.t += 10**6
     assert reg.get(run_id, "train").running
 
 
 def test_finished_runs_are_bounded_in_memory():
     clock = Clock()
-    reg = runs.Registry(clock=clock, gpu_total=lambda: 0,
-                        env={"ARCHLAB_RUNS_KEPT": "10", "ARCHLAB_RUNS_KEPT_PER_SESSION": "3",
-                             "ARCHLAB_QUOTA_GENERATE": "1000"})
+    reg = runs.Registry(
+        clock=clock,
+        gpu_total=lambda: 0,
+        env={"ARCHLAB_RUNS_KEPT": "10", "ARCHLAB_RUNS_KEPT_PER_SESSION": "3", "ARCHLAB_QUOTA_GENERATE": "1000"},
+    )
     made = collections.defaultdict(list)
     for i in range(40):
         job = Job()
@@ -121,9 +139,9 @@ def test_finished_runs_are_bounded_in_memory():
         job.cancel()
         clock.t += 1
     assert len(reg) <= 10
-    for sid, ids in made.items():
+    for ids in made.values():
         kept = [i for i in ids if _exists(reg, i)]
-        assert len(kept) <= 3 and kept == ids[len(ids) - len(kept):]  # the newest are kept
+        assert len(kept) <= 3 and kept == ids[len(ids) - len(kept) :]  # the newest are kept
     going = [reg.register(Job(), "generate", "busy") for _ in range(20)]  # running runs are never dropped
     assert all(_exists(reg, i) for i in going)
 
@@ -137,8 +155,12 @@ def _exists(reg, run_id) -> bool:
 
 
 def test_bad_limits_in_the_environment_are_one_line():
-    for env in ({"ARCHLAB_QUOTA_GENERATE": "two"}, {"ARCHLAB_QUOTA_GPU_SHARE": "1.5"},
-                {"ARCHLAB_QUOTA_GPU_SHARE": "nan"}, {"ARCHLAB_RUN_TTL_S": "-1"}):
+    for env in (
+        {"ARCHLAB_QUOTA_GENERATE": "two"},
+        {"ARCHLAB_QUOTA_GPU_SHARE": "1.5"},
+        {"ARCHLAB_QUOTA_GPU_SHARE": "nan"},
+        {"ARCHLAB_RUN_TTL_S": "-1"},
+    ):
         with pytest.raises(ArchLabError) as e:
             runs.limits(env)
         assert next(iter(env)) in str(e.value) and "\n" not in str(e.value)
@@ -148,17 +170,26 @@ def test_bad_limits_in_the_environment_are_one_line():
 
 # ----------------------------------------------------------------- quotas
 
+
 def test_quotas_hold_with_8_sessions():
-    reg = runs.Registry(gpu_total=lambda: 80 * 2**30,
-                        env={"ARCHLAB_QUOTA_GENERATE": "2", "ARCHLAB_QUOTA_TRAIN": "1", "ARCHLAB_QUOTA_GPU_SHARE": "0.25"})
+    reg = runs.Registry(
+        gpu_total=lambda: 80 * 2**30,
+        env={"ARCHLAB_QUOTA_GENERATE": "2", "ARCHLAB_QUOTA_TRAIN": "1", "ARCHLAB_QUOTA_GPU_SHARE": "0.25"},
+    )
     sessions = [f"session-{i}" for i in range(8)]
     jobs, refused = collections.defaultdict(list), collections.defaultdict(list)
     barrier = threading.Barrier(8)
 
     def visitor(sid):
         barrier.wait()
-        for kind, gib in [("generate", 8), ("generate", 8), ("generate", 1), ("train", 1), ("train", 1),
-                          ("generate", 0)]:
+        for kind, gib in [
+            ("generate", 8),
+            ("generate", 8),
+            ("generate", 1),
+            ("train", 1),
+            ("train", 1),
+            ("generate", 0),
+        ]:
             try:
                 with reg.admit(sid, kind, gpu_bytes=gib * 2**30) as ticket:
                     job = Job()
@@ -176,8 +207,8 @@ def test_quotas_hold_with_8_sessions():
         assert [k for k, _ in jobs[sid]] == ["generate", "generate", "train"], (sid, refused[sid])
         assert reg.usage(sid) == {"generate": 2, "train": 1, "gpu_bytes": 17 * 2**30}
         assert len(refused[sid]) == 3
-        assert "each visitor may have 2 at once" in refused[sid][0]   # a third generation run
-        assert "each visitor may have 1 at once" in refused[sid][1]   # a second training run
+        assert "each visitor may have 2 at once" in refused[sid][0]  # a third generation run
+        assert "each visitor may have 1 at once" in refused[sid][1]  # a second training run
         assert "each visitor may have 2 at once" in refused[sid][2]
     # one visitor ends a run: only that visitor gets a slot back; the others' runs are untouched
     jobs["session-0"][0][1].cancel()
@@ -190,7 +221,9 @@ def test_quotas_hold_with_8_sessions():
 
 
 def test_gpu_share_is_per_visitor():
-    reg = runs.Registry(gpu_total=lambda: 80 * 2**30, env={"ARCHLAB_QUOTA_GPU_SHARE": "0.25", "ARCHLAB_QUOTA_GENERATE": "9"})
+    reg = runs.Registry(
+        gpu_total=lambda: 80 * 2**30, env={"ARCHLAB_QUOTA_GPU_SHARE": "0.25", "ARCHLAB_QUOTA_GENERATE": "9"}
+    )
     reg.register(Job(), "generate", "a", gpu_bytes=15 * 2**30)
     with pytest.raises(ArchLabError) as e:
         reg.register(Job(), "generate", "a", gpu_bytes=10 * 2**30)
@@ -247,10 +280,15 @@ def generation_quota(sessions: int = 8, asks: int = 3, limit: int = 2) -> dict:
         for v in got.values():
             for live in v:
                 live.run.join(30)
-    return {"sessions": sessions, "asked_per_session": asks, "limit": limit,
-            "admitted": {i: len(got[i]) for i in range(sessions)}, "refused": {i: refused[i] for i in range(sessions)},
-            "others_untouched": untouched,
-            "all_cancelled": all(live.run.stats(0)["reason"] == "cancelled" for v in got.values() for live in v)}
+    return {
+        "sessions": sessions,
+        "asked_per_session": asks,
+        "limit": limit,
+        "admitted": {i: len(got[i]) for i in range(sessions)},
+        "refused": {i: refused[i] for i in range(sessions)},
+        "others_untouched": untouched,
+        "all_cancelled": all(live.run.stats(0)["reason"] == "cancelled" for v in got.values() for live in v),
+    }
 
 
 def test_real_generation_runs_of_8_sessions_within_quota():
@@ -264,11 +302,17 @@ def test_real_generation_runs_of_8_sessions_within_quota():
 
 # ----------------------------------------------------------------- several viewers of one run
 
+
 def test_a_run_reattaches_by_id_from_another_session():
     reg = runs.Registry(gpu_total=lambda: 0)
     with reg.admit("owner", "generate") as ticket:
-        live = LiveRun.start([SlotModel("deepseek-v3", "d", "#2E91E5", True)], [MOE], "Experts of a layer",
-                             GenerationSettings(max_new_tokens=8, ignore_eos=True), "owner")
+        live = LiveRun.start(
+            [SlotModel("deepseek-v3", "d", "#2E91E5", True)],
+            [MOE],
+            "Experts of a layer",
+            GenerationSettings(max_new_tokens=8, ignore_eos=True),
+            "owner",
+        )
         ticket.register(live)
     other = reg.job(ticket.id, "generate")  # what a tab holding the link gets: no session is asked for
     while not other.done:
@@ -278,10 +322,13 @@ def test_a_run_reattaches_by_id_from_another_session():
     assert reg.usage("owner")["generate"] == 0 and reg.get(ticket.id).ended is not None  # kept after its end
 
 
-
 def test_two_viewers_of_one_run_see_the_same_run():
-    live = LiveRun.start([SlotModel("deepseek-v3", "d", "#2E91E5", True)], [MOE], "The experts of a layer",
-                         GenerationSettings(max_new_tokens=24, ignore_eos=True))
+    live = LiveRun.start(
+        [SlotModel("deepseek-v3", "d", "#2E91E5", True)],
+        [MOE],
+        "The experts of a layer",
+        GenerationSettings(max_new_tokens=24, ignore_eos=True),
+    )
     seen = {"a": [], "b": []}
 
     def viewer(name):
@@ -301,6 +348,7 @@ def test_two_viewers_of_one_run_see_the_same_run():
 
 
 # ----------------------------------------------------------------- allowed roots
+
 
 def make_tree(tmp: Path) -> tuple[Path, Path, str]:
     """Under ``tmp``: a root with a checkpoint-like folder and symlinks out of it, and an outside folder
@@ -323,11 +371,28 @@ def tree(tmp_path, monkeypatch):
 
 
 def _refused_paths(root: Path, outside: Path) -> list[str]:
-    return ["/", "/etc", "/etc/passwd", "/proc/self", "/proc/1/root", "../../..", "~", str(outside / "secret"),
-            str(outside / "no-such-folder"), str(root / "to-outside"), str(root / "to-nowhere"),
-            str(root / "to-etc"), str(root / ".." / "outside" / "secret"), str(root / ".." / "outside" / "nothing"),
-            f"{root}/good/../../outside/secret", f"{root}/../models-evil", "/etc/../etc/ssl", "a\x00b",
-            str(outside / "secret") + "/", "x" * 5000]
+    return [
+        "/",
+        "/etc",
+        "/etc/passwd",
+        "/proc/self",
+        "/proc/1/root",
+        "../../..",
+        "~",
+        str(outside / "secret"),
+        str(outside / "no-such-folder"),
+        str(root / "to-outside"),
+        str(root / "to-nowhere"),
+        str(root / "to-etc"),
+        str(root / ".." / "outside" / "secret"),
+        str(root / ".." / "outside" / "nothing"),
+        f"{root}/good/../../outside/secret",
+        f"{root}/../models-evil",
+        "/etc/../etc/ssl",
+        "a\x00b",
+        str(outside / "secret") + "/",
+        "x" * 5000,
+    ]
 
 
 def probe_roots(root: Path, outside: Path) -> dict:
@@ -401,8 +466,16 @@ def _app(**query) -> AppTest:
 def test_sidebar_checkpoint_folder_refuses_outside_alike(tree):
     root, outside = tree
     at = _app()
-    for path in ["/etc", "/proc/self", "../../..", str(outside / "secret"), str(outside / "nothing"),
-                 str(root / "to-outside"), str(root / "to-nowhere"), f"{root}/../outside/secret"]:
+    for path in [
+        "/etc",
+        "/proc/self",
+        "../../..",
+        str(outside / "secret"),
+        str(outside / "nothing"),
+        str(root / "to-outside"),
+        str(root / "to-nowhere"),
+        f"{root}/../outside/secret",
+    ]:
         at.sidebar.text_input[0].input(path).run()
         assert not at.exception
         errors = [e.value for e in at.sidebar.error]
@@ -414,6 +487,7 @@ def test_sidebar_checkpoint_folder_refuses_outside_alike(tree):
 
 
 # ----------------------------------------------------------------- re-attach by link (AppTest)
+
 
 def _code(at) -> list[str]:
     return [c.value for c in at.code]
@@ -479,8 +553,9 @@ def test_no_visitor_text_in_unsafe_html_by_construction():
         fns = [n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)]
         for call in ast.walk(tree):
             if not isinstance(call, ast.Call) or not any(
-                    k.arg == "unsafe_allow_html" and not (isinstance(k.value, ast.Constant) and not k.value.value)
-                    for k in call.keywords):
+                k.arg == "unsafe_allow_html" and not (isinstance(k.value, ast.Constant) and not k.value.value)
+                for k in call.keywords
+            ):
                 continue
             inner = [f for f in fns if f.lineno <= call.lineno <= f.end_lineno]
             where = (path.name, min(inner, key=lambda f: f.end_lineno - f.lineno).name if inner else "<module>")
@@ -507,6 +582,6 @@ def test_uploaded_names_never_reach_unsafe_html():
         shown = [b for b, _ in bodies if "onerror" in b]
         if page != "views/routing.py":  # (there the name is in the charts and the model picker)
             assert any(html for _, html in bodies) and shown, page  # swatches, and the name on the page ...
-        for b in shown:     # ... as text: no tag, link, emphasis, directive or math can form
+        for b in shown:  # ... as text: no tag, link, emphasis, directive or math can form
             assert "<img" not in b.replace("\\<img", "") and "](" not in b and "**b**" not in b
             assert ":red[" not in b and "$d$" not in b

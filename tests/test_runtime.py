@@ -1,4 +1,5 @@
 """Runtime: placement over (fake) GPUs, full-size random models, pretrained checkpoints, cache."""
+
 import json
 
 import pytest
@@ -22,8 +23,12 @@ from backend.live.runtime import (
 
 
 def _hw(gpus=(), ram=16.0):
-    return {"cuda": bool(gpus), "cpu_threads": 2, "ram_available_gib": ram,
-            "gpus": [{"index": i, "name": "fake", "total_gib": g, "free_gib": g} for i, g in enumerate(gpus)]}
+    return {
+        "cuda": bool(gpus),
+        "cpu_threads": 2,
+        "ram_available_gib": ram,
+        "gpus": [{"index": i, "name": "fake", "total_gib": g, "free_gib": g} for i, g in enumerate(gpus)],
+    }
 
 
 def test_hardware_shape():
@@ -89,8 +94,13 @@ def test_materialise_over_a_device_map_matches_a_plain_build():
 
     cfg = load_config(miniature_config_dict("gemma3-27b", "tiny"))
     n = cfg.num_hidden_layers
-    dmap = {"model.embed_tokens": "cpu", **{f"model.layers.{i}": "cpu" for i in range(n)},
-            "model.norm": "cpu", "model.rotary_emb": "cpu", "lm_head": "cpu"}
+    dmap = {
+        "model.embed_tokens": "cpu",
+        **{f"model.layers.{i}": "cpu" for i in range(n)},
+        "model.norm": "cpu",
+        "model.rotary_emb": "cpu",
+        "lm_head": "cpu",
+    }
     m = _random_model(cfg, Placement("cpu", "fp32", dmap, 0), seed=0)
     ref = AutoModelForCausalLM.from_config(cfg)
     for name, b in ref.named_buffers():
@@ -148,7 +158,8 @@ def test_missing_shard_named(checkpoint, tmp_path):
         if f.suffix != ".safetensors":
             (tmp_path / f.name).write_bytes(f.read_bytes())
     (tmp_path / "model.safetensors.index.json").write_text(
-        json.dumps({"weight_map": {"a": "model-00001-of-00002.safetensors"}}))
+        json.dumps({"weight_map": {"a": "model-00001-of-00002.safetensors"}})
+    )
     with pytest.raises(ArchLabError, match="model-00001-of-00002.safetensors"):
         check_checkpoint(tmp_path)
 
@@ -170,9 +181,14 @@ def test_unknown_repo_not_downloaded():
 
 
 def test_bad_requests():
-    for req in (ModelRequest("gpt2", mode="huge"), ModelRequest("gpt2", device="tpu"),
-                ModelRequest("gpt2", dtype="int3"), ModelRequest("gpt2", mode="pretrained"),
-                ModelRequest("gpt2", size="giant"), ModelRequest("no-such-model")):
+    for req in (
+        ModelRequest("gpt2", mode="huge"),
+        ModelRequest("gpt2", device="tpu"),
+        ModelRequest("gpt2", dtype="int3"),
+        ModelRequest("gpt2", mode="pretrained"),
+        ModelRequest("gpt2", size="giant"),
+        ModelRequest("no-such-model"),
+    ):
         with pytest.raises(ArchLabError):
             load(req)
 

@@ -1,4 +1,5 @@
 """Segmented decode: one graph per segment with hand-offs gives the tokens and routing of one piece."""
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
@@ -39,8 +40,12 @@ def _run(model, ids, n, **kw):
             out = dec.step(tok)
             tok = sample(out.logits, 0.0, 1.0, None)
     seg = dec.segmenter
-    info = {"segments": len(seg.segments) if seg else 1, "handoffs": hand_off_count(seg),
-            "graphs": len(dec.graphs), "error": dec.graph_error}
+    info = {
+        "segments": len(seg.segments) if seg else 1,
+        "handoffs": hand_off_count(seg),
+        "graphs": len(dec.graphs),
+        "error": dec.graph_error,
+    }
     dec.close()
     return tokens, routes, info
 
@@ -100,5 +105,6 @@ def test_sharded_miniature_spans_two_gpus_and_streams_on_the_fast_path():
     assert many_stats["fast_path"] and one_stats["fast_path"]
     assert many == one and len(many) == 24
     assert [s.layers.keys() for s in many_trace.steps] == [s.layers.keys() for s in one_trace.steps]
-    assert all((a.layers[k][0] == b.layers[k][0]).all() for a, b in zip(many_trace.steps, one_trace.steps)
-               for k in a.layers)
+    assert all(
+        (a.layers[k][0] == b.layers[k][0]).all() for a, b in zip(many_trace.steps, one_trace.steps) for k in a.layers
+    )

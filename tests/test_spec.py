@@ -1,4 +1,5 @@
 """ArchSpec reads each architecture's decisive features correctly."""
+
 import pytest
 
 from backend.arch import catalog
@@ -6,10 +7,17 @@ from backend.arch.architecture import arch_spec
 from backend.arch.errors import ArchLabError
 
 
-@pytest.mark.parametrize("key,kind,heads,kv", [
-    ("gpt2", "MHA", 12, 12), ("olmo2-7b", "MHA", 32, 32), ("olmo2-32b", "GQA", 40, 8),
-    ("deepseek-v3", "MLA", 128, 128), ("qwen3-30b-a3b", "GQA", 32, 4), ("gemma3-27b", "GQA", 32, 16),
-])
+@pytest.mark.parametrize(
+    "key,kind,heads,kv",
+    [
+        ("gpt2", "MHA", 12, 12),
+        ("olmo2-7b", "MHA", 32, 32),
+        ("olmo2-32b", "GQA", 40, 8),
+        ("deepseek-v3", "MLA", 128, 128),
+        ("qwen3-30b-a3b", "GQA", 32, 4),
+        ("gemma3-27b", "GQA", 32, 16),
+    ],
+)
 def test_attention_kind(key, kind, heads, kv):
     s = arch_spec(key)
     assert (s.attention_kind, s.num_heads, s.num_kv_heads) == (kind, heads, kv)
@@ -75,20 +83,33 @@ def test_user_config_without_catalog():
 
 def test_other_transformers_model_type():
     # A model type outside the catalog (Mixtral) still gets a spec.
-    s = arch_spec({"model_type": "mixtral", "hidden_size": 256, "intermediate_size": 512, "num_hidden_layers": 2,
-                   "num_attention_heads": 8, "num_key_value_heads": 2, "num_local_experts": 4,
-                   "num_experts_per_tok": 2, "vocab_size": 1000})
+    s = arch_spec(
+        {
+            "model_type": "mixtral",
+            "hidden_size": 256,
+            "intermediate_size": 512,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 8,
+            "num_key_value_heads": 2,
+            "num_local_experts": 4,
+            "num_experts_per_tok": 2,
+            "vocab_size": 1000,
+        }
+    )
     assert s.moe.num_experts == 4 and s.moe.top_k == 2 and s.attention_kind == "GQA"
 
 
-@pytest.mark.parametrize("cfg,needle", [
-    ({"model_type": "nonesuch"}, "unknown model_type"),
-    ({"hidden_size": 64}, "model_type"),
-    ({"model_type": "qwen3_moe", "num_experts": 10**9}, "beyond any real model"),
-    ({"model_type": "llama", "hidden_size": -4}, "positive"),
-    ({"model_type": "llama", "hidden_size": "big"}, "integer"),
-    ({"model_type": "llama", "auto_map": {"AutoModel": "x.Y"}}, "remote code"),
-])
+@pytest.mark.parametrize(
+    "cfg,needle",
+    [
+        ({"model_type": "nonesuch"}, "unknown model_type"),
+        ({"hidden_size": 64}, "model_type"),
+        ({"model_type": "qwen3_moe", "num_experts": 10**9}, "beyond any real model"),
+        ({"model_type": "llama", "hidden_size": -4}, "positive"),
+        ({"model_type": "llama", "hidden_size": "big"}, "integer"),
+        ({"model_type": "llama", "auto_map": {"AutoModel": "x.Y"}}, "remote code"),
+    ],
+)
 def test_bad_configs_are_refused(cfg, needle):
     with pytest.raises(ArchLabError, match=needle):
         arch_spec(cfg)
@@ -99,7 +120,9 @@ def test_unknown_key():
         arch_spec("gpt5")
 
 
-@pytest.mark.parametrize("key,k", [("deepseek-v3", 4), ("gemma3-27b", 7), ("llama4-maverick", 4), ("qwen3-next-80b-a3b", 5)])
+@pytest.mark.parametrize(
+    "key,k", [("deepseek-v3", 4), ("gemma3-27b", 7), ("llama4-maverick", 4), ("qwen3-next-80b-a3b", 5)]
+)
 def test_full_width_fewer_layers(key, k):
     from backend.arch.architecture import with_layers
 

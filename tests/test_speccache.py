@@ -1,4 +1,5 @@
 """assets/specs.json: the catalog's specs and counts without torch, equal to a fresh build, ignored when stale."""
+
 import json
 import subprocess
 import sys
@@ -22,8 +23,9 @@ def _canon(key: str) -> str:
 
 def test_shipped_specs_are_current_and_equal_a_fresh_build():
     data = json.loads(speccache.PATH.read_text())
-    assert data["fingerprint"] == speccache.fingerprint(), \
+    assert data["fingerprint"] == speccache.fingerprint(), (
         "assets/specs.json was built by other code or transformers: run python -m backend.arch.speccache"
+    )
     for key in catalog.keys():
         canon = _canon(key)
         cfg = build_config(canon)
@@ -57,11 +59,13 @@ def test_other_code_or_configs_are_not_served(monkeypatch):
 def test_first_page_data_needs_no_torch():
     """What the Architectures page draws for the default models, and the exact parameter table, in a fresh
     interpreter: no torch, no transformers."""
-    code = ("import sys; from backend.arch.architecture import resolve; from backend.present import diagram, tables; "
-            "from views import _state; a = {k: resolve(k) for k in _state.DEFAULT_MODELS}; "
-            "diagram.comparison_figures({k: x.spec for k, x in a.items()}, {}); tables.feature_matrix(a); "
-            "[tables.entry(x) for x in a.values()]; tables.params_table(a); "
-            "print(sorted(m for m in ('torch', 'transformers', 'accelerate') if m in sys.modules))")
+    code = (
+        "import sys; from backend.arch.architecture import resolve; from backend.present import diagram, tables; "
+        "from views import _state; a = {k: resolve(k) for k in _state.DEFAULT_MODELS}; "
+        "diagram.comparison_figures({k: x.spec for k, x in a.items()}, {}); tables.feature_matrix(a); "
+        "[tables.entry(x) for x in a.values()]; tables.params_table(a); "
+        "print(sorted(m for m in ('torch', 'transformers', 'accelerate') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "[]"
@@ -69,13 +73,17 @@ def test_first_page_data_needs_no_torch():
 
 def test_warmup_runs_once_in_the_background():
     """The warm-up a fresh server starts after its first page: once, in a thread, and it builds what it says."""
-    code = ("import sys; from backend.present import warmup; from backend.arch import libs; "
-            "from backend.arch.architecture import resolve; "
-            "assert warmup.start(['gpt2', 'qwen3-30b-a3b']) and not warmup.start(['gpt2']); assert warmup.join(600); "
-            "print(sorted(warmup.done), libs.loaded() and libs.models_loaded(), all('meta_model' in resolve(k).__dict__ "
-            "for k in ('gpt2', 'qwen3-30b-a3b')), 'backend.live.tokenizer' in sys.modules)")
+    code = (
+        "import sys; from backend.present import warmup; from backend.arch import libs; "
+        "from backend.arch.architecture import resolve; "
+        "assert warmup.start(['gpt2', 'qwen3-30b-a3b']) and not warmup.start(['gpt2']); assert warmup.join(600); "
+        "print(sorted(warmup.done), libs.loaded() and libs.models_loaded(), all('meta_model' in resolve(k).__dict__ "
+        "for k in ('gpt2', 'qwen3-30b-a3b')), 'backend.live.tokenizer' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.strip().splitlines()[-1] == ("['accelerate', 'model gpt2', 'model qwen3-30b-a3b', 'tokenizer', "
-                                                   "'torch + transformers', 'trained miniatures', 'transformers model code'] "
-                                                   "True True True")
+    assert out.stdout.strip().splitlines()[-1] == (
+        "['accelerate', 'model gpt2', 'model qwen3-30b-a3b', 'tokenizer', "
+        "'torch + transformers', 'trained miniatures', 'transformers model code'] "
+        "True True True"
+    )

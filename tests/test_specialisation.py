@@ -1,5 +1,6 @@
 """Routing that learned: the estimator pinned on hand-made data, and the shipped zoo's trained routers measured
 against their untrained twins on the same corpus text (recomputed independently where it can be)."""
+
 import math
 
 import numpy as np
@@ -27,6 +28,7 @@ MOE_KEYS = [k for k in catalog.keys() if arch_spec(k).moe is not None]
 
 # ----------------------------------------------------------------- the estimator, by hand
 
+
 def test_mutual_information_by_hand():
     # joint counts: x=0 -> y=0 three times, y=1 once; x=1 -> y=1 four times (N = 8)
     x = np.array([0, 0, 0, 0, 1, 1, 1, 1])
@@ -42,8 +44,8 @@ def test_mutual_information_by_hand():
 def test_deterministic_and_independent_experts():
     rng = np.random.default_rng(0)
     x = rng.integers(0, 300, 30_000)
-    det = x % 8                                 # the token decides the expert: MI = H(expert) = 3 bits
-    ind = rng.integers(0, 8, 30_000)            # no link: MI is the estimator's bias only
+    det = x % 8  # the token decides the expert: MI = H(expert) = 3 bits
+    ind = rng.integers(0, 8, 30_000)  # no link: MI is the estimator's bias only
     assert mutual_information(x, det) == pytest.approx(3.0, abs=2e-3)
     bias = chance_information(x, ind)
     assert 0 < bias < 0.2 and mutual_information(x, ind) == pytest.approx(bias, abs=0.02)
@@ -72,9 +74,14 @@ def test_top_tokens_and_shares_by_hand():
 
 def test_bad_picks_are_one_line_errors():
     tr = TextRouting(np.array([1, 2]), (0,), np.zeros((1, 2, 1), dtype=np.int16), 4)
-    for call in (lambda: top_tokens(tr, 7), lambda: top_tokens(tr, 0, n=0), lambda: mutual_information([1], [1, 2]),
-                 lambda: sp.routing_of("gpt2"), lambda: sp.routing_of("no-such-model"),
-                 lambda: sp.routing_of(sp.zoo_moe()[0].key, "half-trained")):
+    for call in (
+        lambda: top_tokens(tr, 7),
+        lambda: top_tokens(tr, 0, n=0),
+        lambda: mutual_information([1], [1, 2]),
+        lambda: sp.routing_of("gpt2"),
+        lambda: sp.routing_of("no-such-model"),
+        lambda: sp.routing_of(sp.zoo_moe()[0].key, "half-trained"),
+    ):
         with pytest.raises(ArchLabError) as e:
             call()
         assert "\n" not in str(e.value) and str(e.value)
@@ -93,6 +100,7 @@ def test_router_kind_follows_the_arch_spec_not_the_name():
 
 # ----------------------------------------------------------------- the shipped zoo
 
+
 @pytest.fixture(scope="module")
 def zoo_moe():
     models = sp.zoo_moe()
@@ -107,8 +115,14 @@ def test_the_text_is_a_fixed_slice_of_the_validation_split():
     text = sp.routing_text()
     val = corpus_data().validation
     assert text.shape == (sp.WINDOWS, sp.seq_len())
-    starts = [int(np.flatnonzero(np.all(np.lib.stride_tricks.sliding_window_view(val, text.shape[1])[::text.shape[1]]
-                                        == row, axis=1))[0]) for row in text[[0, -1]]]
+    starts = [
+        int(
+            np.flatnonzero(
+                np.all(np.lib.stride_tricks.sliding_window_view(val, text.shape[1])[:: text.shape[1]] == row, axis=1)
+            )[0]
+        )
+        for row in text[[0, -1]]
+    ]
     assert starts[0] == 0 and starts[1] > 0.9 * (len(val) // text.shape[1])  # spread to the Bible at the end
 
 
@@ -175,7 +189,9 @@ def test_top_tokens_agree_with_a_recomputation(zoo_moe):
         for row in top_tokens(tr, layer, n=5):
             e = row["expert"]
             mine = [(t, c) for t, c, _ in row["tokens"]]
-            theirs = counts.loc[e].reset_index().set_axis(["token", "n"], axis=1) if e in counts.index.levels[0] else None
+            theirs = (
+                counts.loc[e].reset_index().set_axis(["token", "n"], axis=1) if e in counts.index.levels[0] else None
+            )
             if theirs is None:
                 assert mine == []
                 continue
@@ -192,7 +208,9 @@ def test_balance_table_equals_a_recomputation(zoo_moe):
     bal = sp.balance_table(zoo_moe[:1])
     m = zoo_moe[0]
     tr = sp.routing_of(m.key)
-    load = np.stack([np.bincount(tr.choices[r].ravel().astype(int), minlength=m.num_experts) for r in range(len(m.layers))])
+    load = np.stack(
+        [np.bincount(tr.choices[r].ravel().astype(int), minlength=m.num_experts) for r in range(len(m.layers))]
+    )
     assert load.sum() == tr.token_ids.size * m.top_k * len(m.layers)
     mine = bal[bal["weights"] == sp.TRAINED].set_index("layer")
     for r, layer in enumerate(m.layers):

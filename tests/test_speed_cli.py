@@ -1,4 +1,5 @@
 """`python -m backend speed`: table, CSV, JSON with the worked formulas, and one-line errors with exit 2."""
+
 import csv
 import io
 import json
@@ -11,8 +12,27 @@ from backend.__main__ import main
 
 
 def test_speed_json_has_components_and_working(capsys):
-    assert main(["speed", "llama3-8b", "deepseek-v3", "--gpu", "h100", "--batch", "1", "--context", "2048",
-                 "--prompt", "512", "--dtype", "bf16", "--json"]) == 0
+    assert (
+        main(
+            [
+                "speed",
+                "llama3-8b",
+                "deepseek-v3",
+                "--gpu",
+                "h100",
+                "--batch",
+                "1",
+                "--context",
+                "2048",
+                "--prompt",
+                "512",
+                "--dtype",
+                "bf16",
+                "--json",
+            ]
+        )
+        == 0
+    )
     rows = json.loads(capsys.readouterr().out)
     assert [r["model"] for r in rows] == ["llama3-8b", "deepseek-v3"]
     llama = rows[0]
@@ -41,19 +61,22 @@ def test_custom_gpu(capsys):
     assert row["lm_head_ms"] == pytest.approx(50257 * 768 * 2 / 1e12 * 1e3)
 
 
-@pytest.mark.parametrize("argv,needle", [
-    (["speed", "nope"], "unknown model"),
-    (["speed", "gpt2", "--gpu", "h900"], "unknown GPU"),
-    (["speed", "gpt2", "--batch", "0"], "batch"),
-    (["speed", "gpt2", "--context", "-3"], "context"),
-    (["speed", "gpt2", "--prompt", "0"], "prompt"),
-    (["speed", "gpt2", "--dtype", "fp5"], "unknown dtype"),
-    (["speed", "gpt2", "--kv-dtype", "int3"], "KV-cache dtype"),
-    (["speed", "gpt2", "--mla", "fast"], "MLA mode"),
-    (["speed", "gpt2", "--gpu", "custom"], "--bandwidth-tbs"),
-    (["speed", "gpt2", "--gpu", "custom", "--bandwidth-tbs", "-1", "--bf16-tflops", "5"], "bandwidth"),
-    (["speed", "gpt2", "--batch", "two"], "invalid int"),
-])
+@pytest.mark.parametrize(
+    "argv,needle",
+    [
+        (["speed", "nope"], "unknown model"),
+        (["speed", "gpt2", "--gpu", "h900"], "unknown GPU"),
+        (["speed", "gpt2", "--batch", "0"], "batch"),
+        (["speed", "gpt2", "--context", "-3"], "context"),
+        (["speed", "gpt2", "--prompt", "0"], "prompt"),
+        (["speed", "gpt2", "--dtype", "fp5"], "unknown dtype"),
+        (["speed", "gpt2", "--kv-dtype", "int3"], "KV-cache dtype"),
+        (["speed", "gpt2", "--mla", "fast"], "MLA mode"),
+        (["speed", "gpt2", "--gpu", "custom"], "--bandwidth-tbs"),
+        (["speed", "gpt2", "--gpu", "custom", "--bandwidth-tbs", "-1", "--bf16-tflops", "5"], "bandwidth"),
+        (["speed", "gpt2", "--batch", "two"], "invalid int"),
+    ],
+)
 def test_bad_input_one_line_exit_2(argv, needle, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
@@ -61,5 +84,7 @@ def test_bad_input_one_line_exit_2(argv, needle, capsys):
 
 
 def test_subprocess_exit_status():
-    r = subprocess.run([sys.executable, "-m", "backend", "speed", "gpt2", "--gpu", "tpu"], capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "backend", "speed", "gpt2", "--gpu", "tpu"], capture_output=True, text=True
+    )
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "unknown GPU" in r.stderr

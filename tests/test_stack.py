@@ -1,5 +1,6 @@
 """Stacked training (backend/train/stack.py): a stacked run equals the same run trained alone, each run keeps its
 own schedule, clipping and divergence, and a run taken out of the stack is an ordinary checkpoint."""
+
 from dataclasses import replace
 
 import numpy as np
@@ -19,8 +20,9 @@ CPU = torch.device("cpu")
 
 
 def sized(key: str):
-    return size_to_budget(key, BASE.budget, seq_len=BASE.seq_len, vocab=VOCAB, layers=BASE.layers,
-                          min_head_dim=BASE.min_head_dim)
+    return size_to_budget(
+        key, BASE.budget, seq_len=BASE.seq_len, vocab=VOCAB, layers=BASE.layers, min_head_dim=BASE.min_head_dim
+    )
 
 
 def train(stack: Stack, steps: int) -> np.ndarray:
@@ -146,7 +148,7 @@ def test_a_checkpoint_unstacked_loads_with_from_pretrained_and_has_its_loss(key,
     s = sized(key)
     st = Stack(s, RECIPES[:2], ["a", "b"], CPU)
     train(st, 3)
-    windows = np.stack([TOKENS[i * 33:(i + 1) * 33] for i in range(8)])
+    windows = np.stack([TOKENS[i * 33 : (i + 1) * 33] for i in range(8)])
     stacked = st.loss_on(windows)
     st.save(1, tmp_path / "b")
     model = AutoModelForCausalLM.from_pretrained(str(tmp_path / "b"), dtype=torch.float32).eval()

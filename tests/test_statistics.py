@@ -1,4 +1,5 @@
 """Intervals, paired differences, verdicts, LR sensitivity and spike scores, against hand-computed cases."""
+
 import math
 
 import pytest
@@ -28,8 +29,8 @@ def test_non_finite_values_are_left_out_of_an_interval():
 
 
 def test_paired_difference_pairs_by_seed_and_the_verdict_follows_the_interval():
-    a = [3.00, 3.10, 2.95]          # variant, seeds 0, 1, 2
-    b = [3.05, 3.16, 3.01]          # reference
+    a = [3.00, 3.10, 2.95]  # variant, seeds 0, 1, 2
+    b = [3.05, 3.16, 3.01]  # reference
     d = st.paired_difference(a, b)  # -0.05, -0.06, -0.06: tight, below zero
     assert d.mean == pytest.approx(-0.056666, abs=1e-5)
     assert d.high < 0 and st.verdict(d) == "lower"
@@ -58,7 +59,7 @@ def test_lr_sensitivity_is_wortsmans_definition_worked_by_hand():
 
 def test_diverged_runs_are_marked():
     assert st.diverged(float("nan"), 7.6) and st.diverged(float("inf"), 7.6) and st.diverged(None, 7.6)
-    assert st.diverged(7.7, 7.6)            # above the loss at initialisation
+    assert st.diverged(7.7, 7.6)  # above the loss at initialisation
     assert not st.diverged(3.1, 7.6)
 
 
@@ -66,11 +67,11 @@ def test_spike_score_counts_values_seven_sigmas_from_the_rolling_mean():
     calm = [1.0 + 0.01 * ((i * 7) % 5) for i in range(200)]  # bounded wiggle, sd ≈ 0.014
     assert st.spike_score(calm, 20) == 0.0
     spiky = list(calm)
-    spiky[100] = 5.0          # one spike, far beyond 7 sd
+    spiky[100] = 5.0  # one spike, far beyond 7 sd
     spiky[150] = float("nan")  # a non-finite value counts as a spike
     assert st.spike_score(spiky, 20) == pytest.approx(2 / 180)
     assert math.isnan(st.spike_score(calm[:10], 20))
 
 
 def test_spike_window_scales_with_the_run():
-    assert st.spike_window(100) == 20 and st.spike_window(5000) == 500 and st.spike_window(10 ** 6) == 1000
+    assert st.spike_window(100) == 20 and st.spike_window(5000) == 500 and st.spike_window(10**6) == 1000

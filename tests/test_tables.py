@@ -1,4 +1,5 @@
 """Tables hold backend numbers, checked here against hand formulas and pinned counts."""
+
 import pytest
 
 from backend.arch import catalog

@@ -1,4 +1,5 @@
 """A run's curves reach accelerate's TensorBoard tracker, one event log per model, equal to metrics.csv."""
+
 import os
 
 import pandas as pd

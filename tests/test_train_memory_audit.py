@@ -20,6 +20,7 @@ DeepSeek's routing does not keep: within ±0.35 % here at batch 2. A left-out pe
 norms' fp32 normalised tensors alone are 8·H bytes a layer (13 % of this Llama layer), the bf16 copies of the
 projection inputs 10·H (17 %), so the check fails on any of those (``test_the_check_can_fail``).
 """
+
 import json
 from pathlib import Path
 
@@ -101,8 +102,12 @@ def test_the_check_can_fail(rows):
     arch, saved, _ = measure(rows["llama3-8b"]["config"])
     expected, _ = formula(arch)
     s = arch.spec
-    norms = sum(x.nbytes for layer in train_memory.layer_activations(s, 2, SEQ, True, "cpu")
-                for x in layer.terms if "norm" in x.what)
+    norms = sum(
+        x.nbytes
+        for layer in train_memory.layer_activations(s, 2, SEQ, True, "cpu")
+        for x in layer.terms
+        if "norm" in x.what
+    )
     assert norms * SEQ > 4 * TOLERANCE * expected
     assert abs(saved - (expected - norms * SEQ)) > 4 * TOLERANCE * saved
 

@@ -1,5 +1,6 @@
 """Training on equal footing (CPU, small): learning, determinism, identical batches, budgets, routers,
 checkpoints, bad input, stop."""
+
 import json
 from dataclasses import replace
 
@@ -19,8 +20,20 @@ VOCAB = 2048
 
 
 def tiny(**kw) -> Recipe:
-    return preset("tiny", **{"budget": 100_000, "layers": 2, "batch": 8, "seq_len": 64, "tokens": 8 * 64 * 40,
-                             "eval_every": 20, "eval_windows": 4, "probe_examples": 16, **kw})
+    return preset(
+        "tiny",
+        **{
+            "budget": 100_000,
+            "layers": 2,
+            "batch": 8,
+            "seq_len": 64,
+            "tokens": 8 * 64 * 40,
+            "eval_every": 20,
+            "eval_windows": 4,
+            "probe_examples": 16,
+            **kw,
+        },
+    )
 
 
 def run(models, recipe, tmp_path, **kw) -> TrainingRun:
@@ -161,7 +174,7 @@ def test_router_statistics_agree_with_a_recomputation():
         h.remove()
     snap = m.routers.snapshot(1)
     k, E = s.arch.spec.moe.top_k, s.arch.spec.moe.num_experts
-    for row, ((_, router), (x, logits)) in enumerate(zip(routers, seen)):
+    for row, ((_, _router), (_x, logits)) in enumerate(zip(routers, seen)):
         # recompute from the router's own weight (the training step changed it since: use the captured logits)
         choice = torch.topk(torch.softmax(logits.reshape(-1, E).float(), -1), k, dim=-1).indices
         assert np.array_equal(snap.load[row], np.bincount(choice.reshape(-1).numpy(), minlength=E))
@@ -178,18 +191,24 @@ def test_a_checkpoint_reloads_with_the_same_validation_loss_and_loads_in_the_pla
     rec = read_run(r.id, root)
     [model] = [t for t in trained_models([r.id], root) if t.key == "llama3-8b"]
     res = rec.results.set_index("model").loc["llama3-8b"]
-    lm = runtime.load(runtime.ModelRequest(source=f"local:{model.path}", mode="pretrained", path=str(model.path),
-                                           device="cpu", dtype="fp32"))
+    lm = runtime.load(
+        runtime.ModelRequest(
+            source=f"local:{model.path}", mode="pretrained", path=str(model.path), device="cpu", dtype="fp32"
+        )
+    )
     from backend.train.runner import FINAL_WINDOWS
 
     windows = data.validation_windows(data.corpus_data().validation, r.spec.recipe.seq_len, FINAL_WINDOWS)
     with torch.no_grad():
         total = n = 0
         for i in range(0, len(windows), 64):
-            w = torch.from_numpy(windows[i:i + 64].astype(np.int64))
+            w = torch.from_numpy(windows[i : i + 64].astype(np.int64))
             logits = lm.model(input_ids=w[:, :-1]).logits
-            total += float(torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
-                                                              w[:, 1:].reshape(-1), reduction="sum"))
+            total += float(
+                torch.nn.functional.cross_entropy(
+                    logits.reshape(-1, logits.shape[-1]), w[:, 1:].reshape(-1), reduction="sum"
+                )
+            )
             n += w[:, 1:].numel()
     assert total / n == pytest.approx(res["val_loss"], abs=1e-5)
     g = GenerationRun([lm.request], "And God said", GenerationSettings(max_new_tokens=8)).start()
@@ -202,8 +221,17 @@ def test_run_folder_has_every_part(corpus_run):
     r, root = corpus_run
     folder = root / r.id
     recipe = json.loads((folder / "recipe.json").read_text())
-    assert set(recipe["shared"]) >= {"tokenizer", "data", "batch_order", "optimizer", "schedule", "batch", "tokens",
-                                     "precision", "seed"}
+    assert set(recipe["shared"]) >= {
+        "tokenizer",
+        "data",
+        "batch_order",
+        "optimizer",
+        "schedule",
+        "batch",
+        "tokens",
+        "precision",
+        "seed",
+    }
     rec = read_run(r.id, root)
     assert set(rec.metrics["model"]) == {"llama3-8b", "qwen3-30b-a3b"}
     assert rec.metrics["val_loss"].notna().sum() >= 4
@@ -263,11 +291,14 @@ def test_an_architecture_that_cannot_meet_the_budget_fails_alone(tmp_path):
     assert by["llama3-8b"].status == "finished"
 
 
-@pytest.mark.parametrize("payload,message", [
-    (b"\x00\x01binary" * 5000, "binary"),
-    (("Voilà déjà vu. " * 5000).encode("latin-1"), "not UTF-8"),
-    (b"short text", "at least"),
-])
+@pytest.mark.parametrize(
+    "payload,message",
+    [
+        (b"\x00\x01binary" * 5000, "binary"),
+        (("Voilà déjà vu. " * 5000).encode("latin-1"), "not UTF-8"),
+        (b"short text", "at least"),
+    ],
+)
 def test_bad_uploads_get_one_line(payload, message):
     with pytest.raises(ArchLabError, match=message) as e:
         data.text_data(payload, "mine.txt")
@@ -282,11 +313,19 @@ def test_a_huge_upload_and_too_little_text_for_the_budget_are_refused():
         data.check_enough(small, 50_000_000, 128)
 
 
-@pytest.mark.parametrize("bad,message", [
-    ({"budget": 1e12}, "budget"), ({"budget": -1}, "budget"), ({"tokens": 10}, "tokens"),
-    ({"batch": 0}, "batch"), ({"seq_len": 7}, "sequence length"), ({"lr": float("nan")}, "learning rate"),
-    ({"data": "wikipedia"}, "data"), ({"budget_metric": "vibes"}, "budget"),
-])
+@pytest.mark.parametrize(
+    "bad,message",
+    [
+        ({"budget": 1e12}, "budget"),
+        ({"budget": -1}, "budget"),
+        ({"tokens": 10}, "tokens"),
+        ({"batch": 0}, "batch"),
+        ({"seq_len": 7}, "sequence length"),
+        ({"lr": float("nan")}, "learning rate"),
+        ({"data": "wikipedia"}, "data"),
+        ({"budget_metric": "vibes"}, "budget"),
+    ],
+)
 def test_absurd_recipes_are_refused_with_one_line(bad, message):
     with pytest.raises(ArchLabError, match=message) as e:
         replace(Recipe(), **bad).validate()

@@ -1,5 +1,6 @@
 """Training on a GPU (skipped without CUDA): the autocast grouped experts equal the plain grouped ones, and a
 MoE miniature learns in bf16 autocast."""
+
 import pytest
 import torch
 
@@ -13,7 +14,7 @@ pytestmark = pytest.mark.gpu
 def test_autocast_grouped_experts_match_the_fp32_ones():
     s = budget.size_to_budget("qwen3-30b-a3b", 1e6, "active", vocab=2048)
     r = preset("small", budget=1e6)
-    fast = Member("a", s, r, torch.device("cuda")).start()                       # experts in bf16 under autocast
+    fast = Member("a", s, r, torch.device("cuda")).start()  # experts in bf16 under autocast
     slow = Member("b", s, r, torch.device("cuda")).start(experts_impl="grouped_mm")  # transformers' as is (fp32)
     assert fast.model.config._experts_implementation != slow.model.config._experts_implementation
     x = torch.randint(0, 2048, (4, 64), device="cuda")

@@ -1,9 +1,9 @@
 """Variants as data: each axis changes only what it names (config and modules), the base is the variant with
 its own values, refusals are one line, and variants are sized to their base's budget with its shape."""
+
 import re
 
 import numpy as np
-
 import pytest
 
 from backend.arch import catalog
@@ -13,10 +13,25 @@ from backend.arch.patches import PATCH_FIELD
 from backend.arch.variants import AXES, RECIPE_FIELDS, axis_role, base_values, make_variant, parse_vary, variants
 
 VOCAB = 2048
-MOE_FIELDS = {"num_local_experts", "num_experts_per_tok", "n_shared_experts", "moe_intermediate_size", "n_group",
-              "topk_group", "norm_topk_prob", "routed_scaling_factor"}
-MLA_FIELDS = {"kv_lora_rank", "q_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim", "rope_interleave",
-              "num_key_value_heads"}
+MOE_FIELDS = {
+    "num_local_experts",
+    "num_experts_per_tok",
+    "n_shared_experts",
+    "moe_intermediate_size",
+    "n_group",
+    "topk_group",
+    "norm_topk_prob",
+    "routed_scaling_factor",
+}
+MLA_FIELDS = {
+    "kv_lora_rank",
+    "q_lora_rank",
+    "qk_nope_head_dim",
+    "qk_rope_head_dim",
+    "v_head_dim",
+    "rope_interleave",
+    "num_key_value_heads",
+}
 
 # (base, axis, value, config fields that change, pattern every changed parameter name matches (None: no change))
 CASES = [
@@ -27,8 +42,13 @@ CASES = [
     ("llama3-8b", "attention", "mqa", {"num_key_value_heads"}, r"self_attn\.[kv]_proj\."),
     ("olmo2-7b", "attention", "gqa:8", {"num_key_value_heads"}, r"self_attn\.(k_proj|v_proj|k_norm)\."),
     ("llama3-8b", "attention", "mla", MLA_FIELDS | {PATCH_FIELD}, r"self_attn\."),
-    ("deepseek-v3", "attention", "mla:kv_lora_rank=256", {"kv_lora_rank"},
-     r"self_attn\.(kv_a_proj_with_mqa|kv_a_layernorm|kv_b_proj)\."),
+    (
+        "deepseek-v3",
+        "attention",
+        "mla:kv_lora_rank=256",
+        {"kv_lora_rank"},
+        r"self_attn\.(kv_a_proj_with_mqa|kv_a_layernorm|kv_b_proj)\.",
+    ),
     ("smollm3-3b", "positions", "rope", {"no_rope_layers"}, None),
     ("llama3-8b", "positions", "nope:4", {"no_rope_layers", PATCH_FIELD}, None),
     ("llama3-8b", "positions", "partial:0.5", {"partial_rotary_factor", PATCH_FIELD}, None),
@@ -55,8 +75,9 @@ def test_each_axis_changes_only_what_it_names(key, axis, value, fields, modules)
     v = make_variant(key, {axis: value})
     assert not v.is_base
     base = catalog.raw_config(key)
-    changed = {k for k in set(base) | set(v.config)
-               if k not in base or k not in v.config or base[k] != v.config[k]} - {"_name_or_path"}
+    changed = {k for k in set(base) | set(v.config) if k not in base or k not in v.config or base[k] != v.config[k]} - {
+        "_name_or_path"
+    }
     if "partial_rotary_factor" in fields and "rope_parameters" in base:
         fields = fields - {"partial_rotary_factor"} | {"rope_parameters"}
     assert changed == fields
@@ -74,9 +95,17 @@ def test_each_axis_changes_only_what_it_names(key, axis, value, fields, modules)
 
 
 def test_base_values_read_the_catalog():
-    assert base_values("olmo2-7b") == {"attention": "mha", "qk_norm": "on", "norm": "post", "positions": "rope",
-                                       "ffn": "dense", "shared_expert": "off", "attention_pattern": "global",
-                                       "tied": "off", "mixer": "attention"}
+    assert base_values("olmo2-7b") == {
+        "attention": "mha",
+        "qk_norm": "on",
+        "norm": "post",
+        "positions": "rope",
+        "ffn": "dense",
+        "shared_expert": "off",
+        "attention_pattern": "global",
+        "tied": "off",
+        "mixer": "attention",
+    }
     g = base_values("gemma3-27b")
     assert (g["norm"], g["attention_pattern"], g["tied"]) == ("sandwich", "5:1", "on")
     assert base_values("smollm3-3b")["positions"] == "nope:4"
@@ -87,8 +116,12 @@ def test_base_values_read_the_catalog():
 
 def test_the_factorial_includes_the_base_once():
     cells = variants("olmo2-7b", [("qk_norm", ["off", "on"]), ("norm", ["pre", "post"])])
-    assert [c.label for c in cells] == ["qk_norm=off, norm=pre", "qk_norm=off, norm=post", "qk_norm=on, norm=pre",
-                                       "qk_norm=on, norm=post"]
+    assert [c.label for c in cells] == [
+        "qk_norm=off, norm=pre",
+        "qk_norm=off, norm=post",
+        "qk_norm=on, norm=pre",
+        "qk_norm=on, norm=post",
+    ]
     assert [c.is_base for c in cells] == [False, False, False, True]
     base = cells[3]
     assert {k: v for k, v in base.config.items() if k != "_name_or_path"} == catalog.raw_config("olmo2-7b")
@@ -100,49 +133,59 @@ def test_the_factorial_includes_the_base_once():
 
 def test_parse_vary():
     assert parse_vary("qk_norm=off,on") == ("qk_norm", ("off", "on"))
-    assert parse_vary(" attention = mha, gqa:8 ,mqa,mla:q_lora_rank=None:kv_lora_rank=64") == \
-        ("attention", ("mha", "gqa:8", "mqa", "mla:kv_lora_rank=64:q_lora_rank=none"))
+    assert parse_vary(" attention = mha, gqa:8 ,mqa,mla:q_lora_rank=None:kv_lora_rank=64") == (
+        "attention",
+        ("mha", "gqa:8", "mqa", "mla:kv_lora_rank=64:q_lora_rank=none"),
+    )
     assert parse_vary("positions=rope,nope:4,partial:.50") == ("positions", ("rope", "nope:4", "partial:0.5"))
     assert parse_vary("ffn=dense,moe:8:2,moe:8:2:0,moe:8:2:1") == ("ffn", ("dense", "moe:8:2", "moe:8:2:1"))
-    assert parse_vary("attention_pattern=global,5:1:window=512,sliding") == \
-        ("attention_pattern", ("global", "5:1:window=512", "sliding"))
+    assert parse_vary("attention_pattern=global,5:1:window=512,sliding") == (
+        "attention_pattern",
+        ("global", "5:1:window=512", "sliding"),
+    )
     assert parse_vary("lr=1e-3,3e-3") == ("lr", (1e-3, 3e-3))
     assert parse_vary("rms_norm_eps=1e-5,1e-6", "llama3-8b") == ("rms_norm_eps", (1e-5, 1e-6))
-    assert parse_vary("layer_types=[\"full_attention\"],x") == ("layer_types", (["full_attention"], "x"))
+    assert parse_vary('layer_types=["full_attention"],x') == ("layer_types", (["full_attention"], "x"))
     assert axis_role("lr") == "recipe" and axis_role("qk_norm") == "architecture" and "z_loss" in RECIPE_FIELDS
     assert axis_role("rms_norm_eps") == "architecture"
 
 
-@pytest.mark.parametrize("text,match", [
-    ("qk_norm=maybe", r"qk_norm='maybe' is not a value of qk_norm; write one of off, on, per-head, full-width"),
-    ("attention=gqa", "write one of mha, gqa:N, mqa, mla"),
-    ("attention=mla:rank=3", "write one of"),
-    ("positions=partial:1.5", "write one of rope, nope:K, partial:F"),
-    ("ffn=moe:4:8", "write one of dense, moe:E:K"),
-    ("attention_pattern=global:window=8", "write one of"),
-    ("no_such_field=1", "unknown axis 'no_such_field': not one of attention, qk_norm, norm"),
-    ("qk_norm", "--vary takes axis=v1,v2"),
-    ("qk_norm=", "needs at least one value"),
-    ("lr=fast", "a recipe field takes numbers"),
-])
+@pytest.mark.parametrize(
+    "text,match",
+    [
+        ("qk_norm=maybe", r"qk_norm='maybe' is not a value of qk_norm; write one of off, on, per-head, full-width"),
+        ("attention=gqa", "write one of mha, gqa:N, mqa, mla"),
+        ("attention=mla:rank=3", "write one of"),
+        ("positions=partial:1.5", "write one of rope, nope:K, partial:F"),
+        ("ffn=moe:4:8", "write one of dense, moe:E:K"),
+        ("attention_pattern=global:window=8", "write one of"),
+        ("no_such_field=1", "unknown axis 'no_such_field': not one of attention, qk_norm, norm"),
+        ("qk_norm", "--vary takes axis=v1,v2"),
+        ("qk_norm=", "needs at least one value"),
+        ("lr=fast", "a recipe field takes numbers"),
+    ],
+)
 def test_parse_vary_refuses_in_one_line(text, match):
     with pytest.raises(ArchLabError, match=match) as e:
         parse_vary(text, "llama3-8b")
     assert "\n" not in str(e.value)
 
 
-@pytest.mark.parametrize("key,changes,match", [
-    ("gpt2", {"norm": "post"}, "GPT-2 .* cannot build norm=post: .*no self_attn and mlp"),
-    ("llama3-8b", {"attention_pattern": "5:1"}, "cannot build attention_pattern=5:1: Llama has no sliding-window"),
-    ("deepseek-v3", {"attention": "mha"}, "builds only MLA attention"),
-    ("olmo2-7b", {"shared_expert": "on"}, "a dense model has no experts"),
-    ("mistral-small-3.1", {"attention_pattern": "5:1"}, "no layer_types field"),
-    ("llama3-8b", {"attention": "gqa:5"}, "KV heads dividing the 32 query heads"),
-    ("llama3-8b", {"positions": "partial:0.3"}, "not an even number of dimensions"),
-    ("deepseek-v3", {"ffn": "moe:12:8"}, "do not fit its 8 expert groups"),
-    ("olmo2-7b", {"lr": 0.1}, "lr is a recipe field"),
-    ("olmo2-7b", [("norm", "pre"), ("norm", "post")], "an axis is given twice"),
-])
+@pytest.mark.parametrize(
+    "key,changes,match",
+    [
+        ("gpt2", {"norm": "post"}, "GPT-2 .* cannot build norm=post: .*no self_attn and mlp"),
+        ("llama3-8b", {"attention_pattern": "5:1"}, "cannot build attention_pattern=5:1: Llama has no sliding-window"),
+        ("deepseek-v3", {"attention": "mha"}, "builds only MLA attention"),
+        ("olmo2-7b", {"shared_expert": "on"}, "a dense model has no experts"),
+        ("mistral-small-3.1", {"attention_pattern": "5:1"}, "no layer_types field"),
+        ("llama3-8b", {"attention": "gqa:5"}, "KV heads dividing the 32 query heads"),
+        ("llama3-8b", {"positions": "partial:0.3"}, "not an even number of dimensions"),
+        ("deepseek-v3", {"ffn": "moe:12:8"}, "do not fit its 8 expert groups"),
+        ("olmo2-7b", {"lr": 0.1}, "lr is a recipe field"),
+        ("olmo2-7b", [("norm", "pre"), ("norm", "post")], "an axis is given twice"),
+    ],
+)
 def test_refusals_are_one_line(key, changes, match):
     with pytest.raises(ArchLabError, match=match) as e:
         make_variant(key, changes)
@@ -178,6 +221,7 @@ def test_the_base_value_is_the_base_whatever_the_class_can_change():
 
 # ----------------------------------------------------------------- sizing
 
+
 def _sized(base, varies, **kw):
     from backend.train.budget import size_to_budget, size_variants
 
@@ -191,11 +235,19 @@ def test_variants_are_sized_to_the_base_budget_with_its_shape():
     for s in out:
         spec = s.arch.spec
         assert abs(s.deviation) <= 0.05
-        assert (spec.num_heads, spec.head_dim, spec.num_layers, spec.hidden_size) == \
-            (mini.num_heads, mini.head_dim, mini.num_layers, mini.hidden_size)
+        assert (spec.num_heads, spec.head_dim, spec.num_layers, spec.hidden_size) == (
+            mini.num_heads,
+            mini.head_dim,
+            mini.num_layers,
+            mini.hidden_size,
+        )
         assert not s.notes
-    assert [(s.arch.spec.qk_norm, s.arch.spec.norm_placement) for s in out] == \
-        [("none", "pre"), ("none", "post"), ("full-width", "pre"), ("full-width", "post")]
+    assert [(s.arch.spec.qk_norm, s.arch.spec.norm_placement) for s in out] == [
+        ("none", "pre"),
+        ("none", "post"),
+        ("full-width", "pre"),
+        ("full-width", "post"),
+    ]
     assert out[3].config == size_to_base(out)  # the base's cell is the base's sizing
 
 
@@ -203,8 +255,16 @@ def size_to_base(out):
     from backend.train.budget import size_to_budget
 
     mini = out[3].arch.spec
-    return size_to_budget("olmo2-7b", 1e6, "active", vocab=VOCAB, heads=mini.num_heads, head_dim=mini.head_dim,
-                          layers=mini.num_layers, prefer=(mini.hidden_size, out[3].width)).config
+    return size_to_budget(
+        "olmo2-7b",
+        1e6,
+        "active",
+        vocab=VOCAB,
+        heads=mini.num_heads,
+        head_dim=mini.head_dim,
+        layers=mini.num_layers,
+        prefer=(mini.hidden_size, out[3].width),
+    ).config
 
 
 def test_attention_variants_share_query_heads_and_head_width():
@@ -257,14 +317,20 @@ def test_a_patched_variant_trains_with_the_project_trainer():
     m.close()
 
 
-@pytest.mark.parametrize("key,changes,marked", [
-    ("olmo2-7b", {"qk_norm": "off"}, {"attention": {"qk_norm"}}),
-    ("olmo2-7b", {"norm": "pre"}, {"norm_attn_pre": {"*"}, "norm_attn_post": {"*"}, "norm_mlp_pre": {"*"},
-                                   "norm_mlp_post": {"*"}}),
-    ("llama3-8b", {"positions": "nope:4"}, {"attention": {"nope"}, "pattern": {"summary", "pos"}}),
-    ("llama3-8b", {"tied": "on"}, {"lm_head": {"tied"}}),
-    ("gemma3-27b", {"attention_pattern": "global"}, {"attention": {"window"}, "pattern": {"summary", "attn"}}),
-])
+@pytest.mark.parametrize(
+    "key,changes,marked",
+    [
+        ("olmo2-7b", {"qk_norm": "off"}, {"attention": {"qk_norm"}}),
+        (
+            "olmo2-7b",
+            {"norm": "pre"},
+            {"norm_attn_pre": {"*"}, "norm_attn_post": {"*"}, "norm_mlp_pre": {"*"}, "norm_mlp_post": {"*"}},
+        ),
+        ("llama3-8b", {"positions": "nope:4"}, {"attention": {"nope"}, "pattern": {"summary", "pos"}}),
+        ("llama3-8b", {"tied": "on"}, {"lm_head": {"tied"}}),
+        ("gemma3-27b", {"attention_pattern": "global"}, {"attention": {"window"}, "pattern": {"summary", "attn"}}),
+    ],
+)
 def test_the_diagram_marks_exactly_the_changed_boxes(key, changes, marked):
     from backend.present import diagram
 

@@ -1,5 +1,6 @@
 """The shipped trained zoo: every catalog architecture has one, it loads as it is, reproduces its recorded
 validation loss, beats the same architecture untrained by a wide margin, and keeps its routing."""
+
 import json
 
 import numpy as np
@@ -21,10 +22,13 @@ def loss(model, windows) -> float:
     total = n = 0.0
     with torch.no_grad():
         for i in range(0, len(windows), 32):
-            w = torch.from_numpy(windows[i:i + 32].astype(np.int64))
+            w = torch.from_numpy(windows[i : i + 32].astype(np.int64))
             logits = model(input_ids=w[:, :-1], use_cache=False).logits.float()
-            total += float(torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), w[:, 1:].reshape(-1),
-                                                              reduction="sum"))
+            total += float(
+                torch.nn.functional.cross_entropy(
+                    logits.reshape(-1, logits.shape[-1]), w[:, 1:].reshape(-1), reduction="sum"
+                )
+            )
             n += w[:, 1:].numel()
     return total / n
 
@@ -71,7 +75,7 @@ def test_trained_beats_the_same_architecture_untrained_by_a_wide_margin(key, win
     config = resolve(json.loads((m.folder / "config.json").read_text())).config
     untrained = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
     a, b = loss(trained, windows[:8]), loss(untrained, windows[:8])
-    assert b - a > 2.0, (a, b)   # nats per token: untrained sits near ln(2048) = 7.6
+    assert b - a > 2.0, (a, b)  # nats per token: untrained sits near ln(2048) = 7.6
 
 
 def test_moe_miniatures_keep_top_k_and_say_where_experts_were_cut():
@@ -102,18 +106,27 @@ def test_the_leaderboard_covers_every_architecture_with_its_seeds():
 def test_fill_finds_the_missing_seeds_and_a_repeated_run_counts_once():
     from backend.train.zoo import latest_runs, missing_runs
 
-    res = pd.DataFrame([{"model": "a", "data": "corpus", "seed": s, "status": "finished", "val_loss": 4.0 + s}
-                        for s in (0, 1, 2)]
-                       + [{"model": "b", "data": "corpus", "seed": 0, "status": "finished", "val_loss": 5.0},
-                          {"model": "b", "data": "corpus", "seed": 0, "status": "finished", "val_loss": 4.5},
-                          {"model": "b", "data": "corpus", "seed": 1, "status": "failed", "val_loss": None},
-                          {"model": "b", "data": "mqar", "seed": 2, "status": "finished", "val_loss": 7.0}])
+    res = pd.DataFrame(
+        [{"model": "a", "data": "corpus", "seed": s, "status": "finished", "val_loss": 4.0 + s} for s in (0, 1, 2)]
+        + [
+            {"model": "b", "data": "corpus", "seed": 0, "status": "finished", "val_loss": 5.0},
+            {"model": "b", "data": "corpus", "seed": 0, "status": "finished", "val_loss": 4.5},
+            {"model": "b", "data": "corpus", "seed": 1, "status": "failed", "val_loss": None},
+            {"model": "b", "data": "mqar", "seed": 2, "status": "finished", "val_loss": 7.0},
+        ]
+    )
     latest = latest_runs(res)
     assert len(latest) == 5 and latest[latest["model"] == "b"]["val_loss"].tolist() == [4.5, 7.0]
     groups = [{"keys": ["a", "a-twin"]}, {"keys": ["b"]}]
     assert missing_runs(groups, res, (0, 1, 2)) == [
-        ("a", "mqar", 0), ("a", "mqar", 1), ("a", "mqar", 2),
-        ("b", "corpus", 1), ("b", "corpus", 2), ("b", "mqar", 0), ("b", "mqar", 1)]
+        ("a", "mqar", 0),
+        ("a", "mqar", 1),
+        ("a", "mqar", 2),
+        ("b", "corpus", 1),
+        ("b", "corpus", 2),
+        ("b", "mqar", 0),
+        ("b", "mqar", 1),
+    ]
 
 
 def test_the_shipped_leaderboard_is_what_its_runs_give():
@@ -135,8 +148,9 @@ def test_a_zoo_build_trains_each_architectures_seeds_as_one_stack(tmp_path):
     from backend.train.recipe import preset
 
     r = preset("zoo", budget=100_000, layers=2, tokens=64 * 256 * 6)
-    out = zoo_train.build(tmp_path / "zoo", r, seeds=(0, 1), keys=["llama3-8b"], parallel=1, root=tmp_path / "runs",
-                          log=lambda s: None)
+    out = zoo_train.build(
+        tmp_path / "zoo", r, seeds=(0, 1), keys=["llama3-8b"], parallel=1, root=tmp_path / "runs", log=lambda s: None
+    )
     runs = pd.read_csv(out / "runs.csv")
     assert sorted(runs["data"].unique()) == ["corpus", "mqar"]
     assert len(runs) == 4 and set(runs["model"]) == {"llama3-8b"} and sorted(runs["seed"].unique()) == [0, 1]

@@ -10,6 +10,7 @@ zoo, and the Findings page's verdicts. Exits with status 1, naming the page, whe
     .venv/bin/python tools/screenshots.py                     # re-makes docs/img/*.png
     .venv/bin/python tools/screenshots.py --out /tmp/shots    # somewhere else
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,7 +22,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from bench.ui import ARGS, CHROMIUM, Server  # the browser benchmark's server and Chromium flags
+from bench.ui import ARGS, CHROMIUM, Server  # noqa: E402  (after the path)  the browser benchmark's server and Chromium flags
 
 OUT = ROOT / "docs" / "img"
 WIDTH, HEIGHT = 1280, 800
@@ -35,6 +36,7 @@ SERVER_ARGS = ("--client.toolbarMode", "minimal")
 @dataclass(frozen=True)
 class Shot:
     """One screenshot: the file name, the page's URL path, and what to do there before the shot."""
+
     name: str
     path: str
     prepare: Callable
@@ -43,12 +45,15 @@ class Shot:
 def _scroll_to(page, text: str) -> None:
     """Scroll the main column so that the first visible text holding ``text`` is near the top."""
     page.locator(MAIN).get_by_text(text).first.wait_for()
-    page.evaluate("""(text) => {
+    page.evaluate(
+        """(text) => {
         const main = document.querySelector("[data-testid='stMain']");
         const el = [...main.querySelectorAll('*')].find(
             e => [...e.childNodes].some(n => n.nodeType === 3 && n.textContent.includes(text)) && e.getClientRects().length);
         main.scrollTo(0, el.getBoundingClientRect().top + main.scrollTop - 70);
-    }""", text)
+    }""",
+        text,
+    )
 
 
 def _architectures(page) -> None:
@@ -99,8 +104,9 @@ SHOTS = (
 
 def _idle(page, timeout_ms: int = 60_000) -> None:
     """Wait until the app has finished its rerun (Streamlit's running indicator is gone) and paint settles."""
-    page.wait_for_function("!document.querySelector(\"[data-testid='stStatusWidget'], [data-stale='true']\")",
-                           timeout=timeout_ms)
+    page.wait_for_function(
+        "!document.querySelector(\"[data-testid='stStatusWidget'], [data-stale='true']\")", timeout=timeout_ms
+    )
     page.wait_for_timeout(800)
 
 
@@ -109,8 +115,9 @@ def quantise(path: Path, colours: int = COLOURS) -> int:
     from PIL import Image
 
     with Image.open(path) as im:
-        small = im.convert("RGB").quantize(colors=colours, method=Image.Quantize.MAXCOVERAGE, kmeans=2,
-                                           dither=Image.Dither.NONE)
+        small = im.convert("RGB").quantize(
+            colors=colours, method=Image.Quantize.MAXCOVERAGE, kmeans=2, dither=Image.Dither.NONE
+        )
     small.save(path, optimize=True)
     return path.stat().st_size
 
@@ -142,8 +149,9 @@ def capture(base_url: str, out: Path, chromium: str = CHROMIUM, shots: tuple[Sho
                 page.wait_for_timeout(300)
                 path = out / f"{shot.name}.png"
                 page.screenshot(path=str(path))
-                print(f"{path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}: "
-                      f"{quantise(path) / 1024:.0f} KB")
+                print(
+                    f"{path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}: {quantise(path) / 1024:.0f} KB"
+                )
                 saved.append(path)
         finally:
             browser.close()

@@ -1,5 +1,6 @@
 """The Experiments page's Ablation mode: the form (pre-filled from ``?mode=ablation&spec=…``), the preview of the
 cells, and a finished ablation's results. Lays out what ``backend.present.ablation`` returns."""
+
 from __future__ import annotations
 
 import json
@@ -13,8 +14,8 @@ from backend.arch.errors import ArchLabError
 from backend.arch.variants import AXES, RECIPE_FIELDS, base_values
 from backend.present import ablation as ab
 from backend.present import ablation_charts as abc
-from backend.present import findings as fd
 from backend.present import experiments as ex
+from backend.present import findings as fd
 from backend.present.text import md
 from backend.train.ablation import MAX_RUNS, RECIPE_AXES, AblationSpec
 from views import _state, _train_form, _ui
@@ -76,16 +77,22 @@ def _finding() -> Optional[dict]:
             st.query_params.pop(k, None)
         return None
     if tag is not None:
-        _finding_note(tag, "When it ends, its evidence is saved in this server's runs folder and the Findings page "
-                      "draws it beside the shipped one.")
+        _finding_note(
+            tag,
+            "When it ends, its evidence is saved in this server's runs folder and the Findings page "
+            "draws it beside the shipped one.",
+        )
     return tag
 
 
 def _finding_note(tag: dict, what: str) -> None:
     from backend.train.findings import claim
 
-    st.info(f"A re-run of the finding **{md(claim(tag['claim']).title)}** (ablation {md(tag['ablation'])}, "
-            f"{md(fd.MODE_LABELS[tag['mode']])}). {what}", icon=":material/fact_check:")
+    st.info(
+        f"A re-run of the finding **{md(claim(tag['claim']).title)}** (ablation {md(tag['ablation'])}, "
+        f"{md(fd.MODE_LABELS[tag['mode']])}). {what}",
+        icon=":material/fact_check:",
+    )
     st.page_link("views/findings.py", label="The Findings page", icon=":material/fact_check:")
 
 
@@ -95,10 +102,15 @@ def _axis_values(base: str, axis: str, own: str) -> list[str]:
     other = next((x for x in a.examples if x != own), own)
     st.session_state.setdefault(key, list(dict.fromkeys([own, other])))
     options = list(dict.fromkeys([own, *a.examples, *st.session_state[key]]))
-    return st.multiselect(f"{axis} values", options, key=key, accept_new_options=True,
-                          format_func=lambda v: f"{v} (the base's)" if v == own else v,
-                          help=f"{a.description}. Syntax: {' | '.join(a.values)}. Type a value that is not listed "
-                          "(e.g. gqa:4, nope:3, moe:16:2:1, 3:1:window=64) and press Enter.")
+    return st.multiselect(
+        f"{axis} values",
+        options,
+        key=key,
+        accept_new_options=True,
+        format_func=lambda v: f"{v} (the base's)" if v == own else v,
+        help=f"{a.description}. Syntax: {' | '.join(a.values)}. Type a value that is not listed "
+        "(e.g. gqa:4, nope:3, moe:16:2:1, 3:1:window=64) and press Enter.",
+    )
 
 
 def _form() -> Optional[tuple[AblationSpec, _train_form.Chosen]]:
@@ -114,30 +126,47 @@ def _form() -> Optional[tuple[AblationSpec, _train_form.Chosen]]:
     ss.setdefault(f"{PREFIX}_name", "")
     c1, c2 = st.columns([1, 2])
     with c1:
-        base = st.selectbox("Base architecture", keys, key=f"{PREFIX}_base", format_func=_state.label_of,
-                            help="Every cell is this catalog model with the components below changed, sized to the "
-                            "same budget with the base's heads, head width and depth.")
+        base = st.selectbox(
+            "Base architecture",
+            keys,
+            key=f"{PREFIX}_base",
+            format_func=_state.label_of,
+            help="Every cell is this catalog model with the components below changed, sized to the "
+            "same budget with the base's heads, head width and depth.",
+        )
     with c2:
-        axes = st.multiselect("Components to change (two or more make a full factorial)", list(AXES),
-                              key=f"{PREFIX}_axes",
-                              help="Each component's values are tried in every combination with the others'.")
+        axes = st.multiselect(
+            "Components to change (two or more make a full factorial)",
+            list(AXES),
+            key=f"{PREFIX}_axes",
+            help="Each component's values are tried in every combination with the others'.",
+        )
     own = _own(base)
     st.caption("The base's own values: " + " · ".join(f"{a} **{md(v)}**" for a, v in own.items()))
     chosen = []
     for row in range(0, len(axes), 3):
         cols = st.columns(3)
-        for col, axis in zip(cols, axes[row:row + 3]):
+        for col, axis in zip(cols, axes[row : row + 3]):
             with col:
                 chosen.append((axis, _axis_values(base, axis, own[axis])))
-    free = st.text_area("Other fields to vary, one `key=v1,v2` per line (optional)", key=f"{PREFIX}_free",
-                        height=68, placeholder="rms_norm_eps=1e-6,1e-5\nwarmup=0.01,0.1",
-                        help="Any field of the base's config (values read as JSON), or a per-run recipe field: "
-                        + ", ".join(RECIPE_AXES) + ". Every line is one more factor of the factorial.")
+    free = st.text_area(
+        "Other fields to vary, one `key=v1,v2` per line (optional)",
+        key=f"{PREFIX}_free",
+        height=68,
+        placeholder="rms_norm_eps=1e-6,1e-5\nwarmup=0.01,0.1",
+        help="Any field of the base's config (values read as JSON), or a per-run recipe field: "
+        + ", ".join(RECIPE_AXES)
+        + ". Every line is one more factor of the factorial.",
+    )
     c1, c2, c3, c4 = st.columns([2, 2, 1, 1])
     with c1:
-        choice = st.selectbox("Learning-rate grid (log-spaced)", LR_CHOICES, key=f"{PREFIX}_lr_choice",
-                              help="Every cell trains at each peak learning rate: the results give each cell's best "
-                              "learning rate, the loss there and its LR sensitivity (Wortsman et al. 2023).")
+        choice = st.selectbox(
+            "Learning-rate grid (log-spaced)",
+            LR_CHOICES,
+            key=f"{PREFIX}_lr_choice",
+            help="Every cell trains at each peak learning rate: the results give each cell's best "
+            "learning rate, the loss there and its LR sensitivity (Wortsman et al. 2023).",
+        )
     with c2:
         if choice == CUSTOM:
             lrs = st.text_input("Learning rates", key=f"{PREFIX}_lrs", help="Comma-separated, e.g. 1e-3, 1e-2, 1e-1")
@@ -145,9 +174,12 @@ def _form() -> Optional[tuple[AblationSpec, _train_form.Chosen]]:
             lrs = choice
             st.text_input("Learning rates", value=choice, disabled=True)
     with c3:
-        seeds = st.text_input("Seeds", key=f"{PREFIX}_seeds",
-                              help="Three by default: each seed gives every cell the same batches and its own "
-                              "initialisation. Fewer is a quick look: one seed gives no interval and no verdict.")
+        seeds = st.text_input(
+            "Seeds",
+            key=f"{PREFIX}_seeds",
+            help="Three by default: each seed gives every cell the same batches and its own "
+            "initialisation. Fewer is a quick look: one seed gives no interval and no verdict.",
+        )
     with c4:
         name = st.text_input("Name (optional)", key=f"{PREFIX}_name")
     try:
@@ -163,29 +195,45 @@ def _form() -> Optional[tuple[AblationSpec, _train_form.Chosen]]:
     if spec is None:
         return None
     encoded = ab.encode_spec(spec)
-    ss[f"{PREFIX}_applied"] = encoded   # the link now describes the form
+    ss[f"{PREFIX}_applied"] = encoded  # the link now describes the form
     st.query_params[SPEC_PARAM] = encoded
     return spec, recipe
 
 
-PARAMS = {c: NUM for c in ("total params", "active params", "non-embedding active", "non-embedding total",
-                           "budget value", "training FLOPs / token")} \
-    | {"off target (%)": st.column_config.NumberColumn(format="%+.1f")}
+PARAMS = {
+    c: NUM
+    for c in (
+        "total params",
+        "active params",
+        "non-embedding active",
+        "non-embedding total",
+        "budget value",
+        "training FLOPs / token",
+    )
+} | {"off target (%)": st.column_config.NumberColumn(format="%+.1f")}
 
 
 def setup(start: Callable[..., None]) -> None:
     """The Ablation mode before training: the form, the preview and the Train button (``start(run spec, upload,
     sizer=…, before=…)`` starts the run)."""
-    st.caption("Change one component of a catalog architecture, hold everything else (data, batches, recipe, "
-               "budget, depth, heads), and train every combination over a grid of learning rates and seeds: the "
-               "results say whether the change mattered, with the noise shown.")
+    st.caption(
+        "Change one component of a catalog architecture, hold everything else (data, batches, recipe, "
+        "budget, depth, heads), and train every combination over a grid of learning rates and seeds: the "
+        "results say whether the change mattered, with the noise shown."
+    )
     _apply_link()
     tag = _finding()
     made = _form()
     with st.expander("The components (axes) and their values"):
-        _ui.frame(ab.axes_table(), "ablation axes", hide_index=True, width="stretch",
-                  caption="Recipe fields that may vary too (as key=v1,v2 lines): " + ", ".join(
-                      f for f in RECIPE_FIELDS if f in RECIPE_AXES) + ".")
+        _ui.frame(
+            ab.axes_table(),
+            "ablation axes",
+            hide_index=True,
+            width="stretch",
+            caption="Recipe fields that may vary too (as key=v1,v2 lines): "
+            + ", ".join(f for f in RECIPE_FIELDS if f in RECIPE_AXES)
+            + ".",
+        )
     if made is None:
         return
     spec, chosen = made
@@ -201,18 +249,22 @@ def setup(start: Callable[..., None]) -> None:
         return
     r = spec.recipe
     st.subheader("The cells this ablation trains")
-    st.caption(f"{len(pv.cells)} cell(s) × {len(spec.lrs)} learning rate(s) × {len(spec.seeds)} seed(s) = "
-               f"**{pv.runs} runs** (at most {MAX_RUNS}), each {r.steps:,} steps of {r.batch} × {r.seq_len} tokens; "
-               f"budget {r.budget:,.0f} {_train_form.METRICS[r.budget_metric]} (±5 %). Exact counts from the model "
-               "transformers builds; the reference cell (the base) is the one every other is compared against.")
+    st.caption(
+        f"{len(pv.cells)} cell(s) × {len(spec.lrs)} learning rate(s) × {len(spec.seeds)} seed(s) = "
+        f"**{pv.runs} runs** (at most {MAX_RUNS}), each {r.steps:,} steps of {r.batch} × {r.seq_len} tokens; "
+        f"budget {r.budget:,.0f} {_train_form.METRICS[r.budget_metric]} (±5 %). Exact counts from the model "
+        "transformers builds; the reference cell (the base) is the one every other is compared against."
+    )
     if pv.quick_look:
         st.info(pv.quick_look, icon=":material/bolt:")
     for cell, why in pv.left_out:
         st.error(f"Left out {md(cell)}: {md(why)}")
     _ui.frame(pv.cells, "ablation preview", hide_index=True, width="stretch", column_config=PARAMS)
     est = pv.estimate
-    st.caption(f":material/schedule: Estimated training time: **{ab.duration(est['seconds'])}** on the "
-               f"{est['device'].upper()} ({md(est['basis'])}; an estimate, not a promise).")
+    st.caption(
+        f":material/schedule: Estimated training time: **{ab.duration(est['seconds'])}** on the "
+        f"{est['device'].upper()} ({md(est['basis'])}; an estimate, not a promise)."
+    )
     if pv.problem:
         st.error(md(pv.problem))
     if st.button("Train the ablation", type="primary", icon=":material/play_arrow:", disabled=bool(pv.problem)):
@@ -226,14 +278,20 @@ def _page_url() -> str:
 def header(spec: AblationSpec, run_id: str, finding: Optional[dict] = None) -> None:
     """What an attached ablation varies, the claim it re-runs (``finding``), and the link that re-opens its form."""
     vary = " × ".join(f"{a} = {ab.values_text(v)}" for a, v in spec.vary)
-    st.markdown(f"**Ablation of {md(_state.label_of(spec.base) if isinstance(spec.base, str) else 'a config')}**: "
-                f"{md(vary)}; learning rates {md(ab.values_text(spec.lrs))}; seeds {md(ab.values_text(spec.seeds))}.")
+    st.markdown(
+        f"**Ablation of {md(_state.label_of(spec.base) if isinstance(spec.base, str) else 'a config')}**: "
+        f"{md(vary)}; learning rates {md(ab.values_text(spec.lrs))}; seeds {md(ab.values_text(spec.seeds))}."
+    )
     if finding is not None:
         with _ui.guard("the finding this run re-runs"):
             _finding_note(finding, "Once it ends, the Findings page draws its result beside the shipped one.")
-    st.link_button("Re-open this ablation's form", _page_url() + "?" + ab.spec_query(spec), icon=":material/edit:",
-                   help="Opens the Ablation mode with every field of this ablation filled in (in a new tab), to run it "
-                   "again or change it.")
+    st.link_button(
+        "Re-open this ablation's form",
+        _page_url() + "?" + ab.spec_query(spec),
+        icon=":material/edit:",
+        help="Opens the Ablation mode with every field of this ablation filled in (in a new tab), to run it "
+        "again or change it.",
+    )
 
 
 def results(folder: Path, f: ex.Frames, styles: ab.Styles, ended: bool) -> None:
@@ -250,28 +308,55 @@ def results(folder: Path, f: ex.Frames, styles: ab.Styles, ended: bool) -> None:
     for x in summary.get("refused", []):
         st.caption(f":material/block: Left out {md(x['cell'])}: {md(x['reason'])}")
     table = ab.headline(summary)
-    _ui.frame(ab.headline_display(table), "ablation headline", csv=table, hide_index=True, width="stretch",
-              caption="Per cell at its best learning rate: the final validation loss, mean over seeds with its 95 % "
-              "Student-t interval; LR sensitivity (the mean over the grid of min(loss, loss at initialisation) minus "
-              "the best loss); and against the reference cell the paired difference over seeds (the same seed gives "
-              "both the same batches) with its interval. The verdict is read off the interval: lower or higher "
-              "when it excludes zero, within noise when it holds it, no interval with one seed. The CSV has every "
-              "bound as a number.")
+    _ui.frame(
+        ab.headline_display(table),
+        "ablation headline",
+        csv=table,
+        hide_index=True,
+        width="stretch",
+        caption="Per cell at its best learning rate: the final validation loss, mean over seeds with its 95 % "
+        "Student-t interval; LR sensitivity (the mean over the grid of min(loss, loss at initialisation) minus "
+        "the best loss); and against the reference cell the paired difference over seeds (the same seed gives "
+        "both the same batches) with its interval. The verdict is read off the interval: lower or higher "
+        "when it excludes zero, within noise when it holds it, no interval with one seed. The CSV has every "
+        "bound as a number.",
+    )
     colors = {c["name"]: styles.cells.get(c["name"], "#444") for c in summary["cells"]}
-    _ui.chart(abc.loss_vs_lr(summary, colors), "loss against learning rate",
-              "Each cell's seeds (dots), their mean (line) and 95 % interval (band) at every learning rate; the star "
-              "is its best learning rate. Runs that diverged (NaN, inf or above the initial loss) or are missing "
-              "are crosses at the initial loss, counted, not dropped; a learning rate with one is never a cell's best. "
-              "The axis spans the points: a band wider than that (two seeds give wide intervals) is cut at its edge.")
-    _ui.frame(ab.grid_table(summary), "ablation grid", hide_index=True, width="stretch",
-              column_config={"mean loss": LOSS, "CI low": LOSS, "CI high": LOSS,
-                             "lr": st.column_config.NumberColumn(format="%g")},
-              caption="Every cell and learning rate: the seeds' final validation losses, their mean and interval, "
-              "and the stability scores (means over seeds).")
-    _ui.chart(abc.score_heatmaps(summary), "stability per cell",
-              "Spike scores as OLMo 2 defines them (the share of steps at least 7 standard deviations from the rolling "
-              "mean of the steps before, the window scaled to the run's length; blank when the run is too short for "
-              "one) and the largest attention logit seen in any layer.")
-    st.download_button("summary.json", data=json.dumps(summary, indent=1), file_name="summary.json",
-                       mime="application/json", icon=":material/download:", on_click="ignore",
-                       help="The whole summary, as python -m backend ablate writes it")
+    _ui.chart(
+        abc.loss_vs_lr(summary, colors),
+        "loss against learning rate",
+        "Each cell's seeds (dots), their mean (line) and 95 % interval (band) at every learning rate; the star "
+        "is its best learning rate. Runs that diverged (NaN, inf or above the initial loss) or are missing "
+        "are crosses at the initial loss, counted, not dropped; a learning rate with one is never a cell's best. "
+        "The axis spans the points: a band wider than that (two seeds give wide intervals) is cut at its edge.",
+    )
+    _ui.frame(
+        ab.grid_table(summary),
+        "ablation grid",
+        hide_index=True,
+        width="stretch",
+        column_config={
+            "mean loss": LOSS,
+            "CI low": LOSS,
+            "CI high": LOSS,
+            "lr": st.column_config.NumberColumn(format="%g"),
+        },
+        caption="Every cell and learning rate: the seeds' final validation losses, their mean and interval, "
+        "and the stability scores (means over seeds).",
+    )
+    _ui.chart(
+        abc.score_heatmaps(summary),
+        "stability per cell",
+        "Spike scores as OLMo 2 defines them (the share of steps at least 7 standard deviations from the rolling "
+        "mean of the steps before, the window scaled to the run's length; blank when the run is too short for "
+        "one) and the largest attention logit seen in any layer.",
+    )
+    st.download_button(
+        "summary.json",
+        data=json.dumps(summary, indent=1),
+        file_name="summary.json",
+        mime="application/json",
+        icon=":material/download:",
+        on_click="ignore",
+        help="The whole summary, as python -m backend ablate writes it",
+    )

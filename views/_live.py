@@ -6,6 +6,7 @@ link in any tab, or reloading, re-attaches to the same run (same tokens, same ro
 keeps it. A tab that follows a running run keeps it going; a run that no tab has followed for
 ``generation.IDLE_TIMEOUT_S`` seconds cancels itself (what it produced stays reachable by its link).
 """
+
 from __future__ import annotations
 
 import time
@@ -66,8 +67,9 @@ def current_id() -> Optional[str]:
     return st.session_state.get(KEY)
 
 
-def start(slots: Sequence[SlotModel], requests: Sequence[ModelRequest], prompt: str,
-          settings: GenerationSettings) -> LiveRun:
+def start(
+    slots: Sequence[SlotModel], requests: Sequence[ModelRequest], prompt: str, settings: GenerationSettings
+) -> LiveRun:
     """Start a run as this session's current one, within this visitor's quotas (ArchLabError says which
     limit). The session's previous run is stopped first if this session started it; a run it only watches
     through a link is left to its owner."""
@@ -102,10 +104,12 @@ def show_link(live: LiveRun, page: str) -> None:
     st.caption(f"Prompt of this run: {md(prompt)}")
     run_id = current_id()
     if run_id:
-        st.caption(f":material/link: Link to this run: {md(link(run_id, page))}",
-                   help=f"Opens this run in any tab or browser, on the Playground and Routing pages, while the server "
-                   f"keeps it: until {runs.limits().ttl_s / 3600:g} h after it ends. Anyone with the link can watch "
-                   "it and stop it; nobody without it can find it.")
+        st.caption(
+            f":material/link: Link to this run: {md(link(run_id, page))}",
+            help=f"Opens this run in any tab or browser, on the Playground and Routing pages, while the server "
+            f"keeps it: until {runs.limits().ttl_s / 3600:g} h after it ends. Anyone with the link can watch "
+            "it and stop it; nobody without it can find it.",
+        )
 
 
 def _milestones(live: LiveRun) -> tuple:

@@ -10,6 +10,7 @@ Model ids: a catalog key ("gpt2"), "custom:<file stem>" (uploaded config.json),
 with one component changed, backend.arch.variants; its config dict is carried like an upload's).
 Query params: "models" (comma-separated catalog keys); pages add their own through :func:`setting`.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -50,11 +51,11 @@ def _ss():
 def label_of(model_id: str) -> str:
     """Display name of a model id."""
     if model_id.startswith(CUSTOM):
-        return f"{model_id[len(CUSTOM):]} (uploaded)"
+        return f"{model_id[len(CUSTOM) :]} (uploaded)"
     if model_id.startswith(LOCAL):
-        return f"{Path(model_id[len(LOCAL):]).name} (local folder)"
+        return f"{Path(model_id[len(LOCAL) :]).name} (local folder)"
     if model_id.startswith(VARIANT):
-        return model_id[len(VARIANT):]
+        return model_id[len(VARIANT) :]
     try:
         return catalog.get(model_id).name
     except ArchLabError:
@@ -104,8 +105,10 @@ def use_checkpoint(path: str) -> str | None:
         folder = resolve_checkpoint(path, confined=True)  # checked before anything there is looked at
         config = folder / "config.json"
         if not config.is_file():
-            raise ArchLabError(f"{folder.name} has no config.json: point at the folder that holds config.json and "
-                               "the *.safetensors files.")
+            raise ArchLabError(
+                f"{folder.name} has no config.json: point at the folder that holds config.json and "
+                "the *.safetensors files."
+            )
         if config.stat().st_size > MAX_CONFIG_BYTES:
             raise ArchLabError(f"config.json in {folder.name} is over {MAX_CONFIG_BYTES:,} bytes")
         model_id = add_config(LOCAL + str(folder), config.read_bytes())
@@ -142,8 +145,12 @@ def add_variant(base: Model, axis: str, value: str) -> str:
     ss = _ss()
     model_id = VARIANT + v.name
     ss.setdefault("custom_configs", {})[model_id] = v.config
-    ss.setdefault("variant_info", {})[model_id] = {"base": base.label, "changes": v.label, "patches": list(v.patches),
-                                                   "notes": list(v.notes)}
+    ss.setdefault("variant_info", {})[model_id] = {
+        "base": base.label,
+        "changes": v.label,
+        "patches": list(v.patches),
+        "notes": list(v.notes),
+    }
     selected = [m for m in ss.get("models", []) if m != model_id] + [model_id]
     while len(selected) > MAX_MODELS:  # drop the oldest, never the base
         selected.remove(next(m for m in selected if m != base.id))
@@ -191,8 +198,10 @@ def _restore_models() -> None:
     ss["models"] = list(dict.fromkeys(k for k in wanted if k in known))[:MAX_MODELS]
     if bad:
         ss["url_warning_for"] = list(ss["models"])
-        ss["url_warning"] = (f"Ignored unknown model key(s) in the URL: {md(', '.join(bad))}. "
-                             f"Valid keys are catalog keys such as {', '.join(DEFAULT_MODELS)}.")
+        ss["url_warning"] = (
+            f"Ignored unknown model key(s) in the URL: {md(', '.join(bad))}. "
+            f"Valid keys are catalog keys such as {', '.join(DEFAULT_MODELS)}."
+        )
 
 
 def restore_selection() -> None:
@@ -212,19 +221,34 @@ def sidebar() -> list[Model]:
     ss = _ss()
     options = catalog.keys() + list(ss["custom_configs"])
     with st.sidebar:
-        st.multiselect("Models to compare", options, key="models", format_func=label_of,
-                       max_selections=MAX_MODELS, help="Catalog models use their published config.json. "
-                       "Up to six at once; the order here is the order on every page.")
+        st.multiselect(
+            "Models to compare",
+            options,
+            key="models",
+            format_func=label_of,
+            max_selections=MAX_MODELS,
+            help="Catalog models use their published config.json. "
+            "Up to six at once; the order here is the order on every page.",
+        )
         if ss.get("url_warning") and ss.get("url_warning_for") == ss["models"]:
             st.warning(ss["url_warning"])
         with st.expander("Add your own model"):
-            st.file_uploader("Upload a config.json", type=["json"], key="upload", on_change=_on_upload,
-                             help="A Hugging Face transformers config.json; nothing is downloaded or run.")
+            st.file_uploader(
+                "Upload a config.json",
+                type=["json"],
+                key="upload",
+                on_change=_on_upload,
+                help="A Hugging Face transformers config.json; nothing is downloaded or run.",
+            )
             if ss.get("upload_error"):
                 st.error(md(ss["upload_error"]) + " The previous selection is kept.")
-            st.text_input("Local checkpoint folder", key="checkpoint_input", on_change=_on_checkpoint,
-                          placeholder="/path/to/model (holds config.json)",
-                          help="A folder on the server with config.json (+ safetensors for the Playground).")
+            st.text_input(
+                "Local checkpoint folder",
+                key="checkpoint_input",
+                on_change=_on_checkpoint,
+                placeholder="/path/to/model (holds config.json)",
+                help="A folder on the server with config.json (+ safetensors for the Playground).",
+            )
             if ss.get("checkpoint_error"):
                 st.error(md(ss["checkpoint_error"]))
             elif ss["checkpoint_path"]:
@@ -263,8 +287,9 @@ def restored(name: str, default: Any, parse: Callable[[str], Any] = str, url: bo
     return ss[wkey]
 
 
-def setting(name: str, default: Any, widget: Callable[..., Any], parse: Callable[[str], Any] = str,
-            url: bool = True, **kwargs) -> Any:
+def setting(
+    name: str, default: Any, widget: Callable[..., Any], parse: Callable[[str], Any] = str, url: bool = True, **kwargs
+) -> Any:
     """A page setting: restored from ?name= on first use, kept across pages, mirrored to the URL
     (``url=False``: kept across pages and reruns only, e.g. a long prompt).
 
@@ -300,28 +325,34 @@ def parse_bool(raw: str) -> bool:
 
 def int_in(lo: int, hi: int) -> Callable[[str], int]:
     """A URL parser for an integer in [lo, hi] (ValueError otherwise)."""
+
     def parse(raw: str) -> int:
         v = int(raw)
         if not lo <= v <= hi:
             raise ValueError(raw)
         return v
+
     return parse
 
 
 def float_in(lo: float, hi: float) -> Callable[[str], float]:
     """A URL parser for a number in [lo, hi] (ValueError otherwise, nan included)."""
+
     def parse(raw: str) -> float:
         v = float(raw)
         if not lo <= v <= hi:  # also refuses nan
             raise ValueError(raw)
         return v
+
     return parse
 
 
 def choice(options) -> Callable[[str], str]:
     """A URL parser for one of ``options``."""
+
     def parse(raw: str) -> str:
         if raw not in options:
             raise ValueError(raw)
         return raw
+
     return parse

@@ -1,4 +1,5 @@
 """Helpers every page uses: error guard, cached backend calls, charts and tables with downloads."""
+
 from __future__ import annotations
 
 import contextlib
@@ -29,11 +30,15 @@ def guard(what: str = "this section") -> Iterator[None]:
     try:
         yield
     except ArchLabError as e:
-        st.error(f"{md(e)}  \nChange the selection or the settings above and try again.")  # messages may quote visitors' text
+        st.error(
+            f"{md(e)}  \nChange the selection or the settings above and try again."
+        )  # messages may quote visitors' text
     except Exception as e:  # never a traceback on the page
         log.exception("unexpected error in %s", what)
-        st.error(f"Unexpected error in {what}: {type(e).__name__}: {md(str(e)[:200])}. "
-                 "The other sections still work; please report this.")
+        st.error(
+            f"Unexpected error in {what}: {type(e).__name__}: {md(str(e)[:200])}. "
+            "The other sections still work; please report this."
+        )
 
 
 # The spinner shows only when a table is computed and that takes over half a second (the first one after a
@@ -67,12 +72,27 @@ def download_figure(fig: go.Figure, name: str) -> None:
     problem = export.image_export_problem()
     with st.container(horizontal=True, gap="small"):
         for fmt, mime in (("png", "image/png"), ("svg", "image/svg+xml")):
-            st.download_button(fmt.upper(), data=(lambda f=fmt: _image(fig_json, f)), file_name=f"{slug}.{fmt}",
-                               mime=mime, key=f"dl_{slug}_{fmt}", on_click="ignore", disabled=problem is not None,
-                               help=problem or f"Download this chart as {fmt.upper()}", icon=":material/download:")
-        st.download_button("HTML", data=lambda: _html(fig_json, name), file_name=f"{slug}.html", mime="text/html",
-                           key=f"dl_{slug}_html", on_click="ignore", icon=":material/download:",
-                           help="Interactive chart in one file that opens offline")
+            st.download_button(
+                fmt.upper(),
+                data=(lambda f=fmt: _image(fig_json, f)),
+                file_name=f"{slug}.{fmt}",
+                mime=mime,
+                key=f"dl_{slug}_{fmt}",
+                on_click="ignore",
+                disabled=problem is not None,
+                help=problem or f"Download this chart as {fmt.upper()}",
+                icon=":material/download:",
+            )
+        st.download_button(
+            "HTML",
+            data=lambda: _html(fig_json, name),
+            file_name=f"{slug}.html",
+            mime="text/html",
+            key=f"dl_{slug}_html",
+            on_click="ignore",
+            icon=":material/download:",
+            help="Interactive chart in one file that opens offline",
+        )
 
 
 def chart(fig: go.Figure, name: str, caption: str = "") -> None:
@@ -83,8 +103,13 @@ def chart(fig: go.Figure, name: str, caption: str = "") -> None:
     download_figure(fig, name)
 
 
-def frame(df: pd.DataFrame | "pd.io.formats.style.Styler", name: str, caption: str = "",
-          csv: pd.DataFrame | None = None, **kwargs) -> None:
+def frame(
+    df: pd.DataFrame | "pd.io.formats.style.Styler",
+    name: str,
+    caption: str = "",
+    csv: pd.DataFrame | None = None,
+    **kwargs,
+) -> None:
     """A table, its caption and a CSV download button (of ``csv`` if given, else of the table shown)."""
     import pandas as pd
 
@@ -92,9 +117,16 @@ def frame(df: pd.DataFrame | "pd.io.formats.style.Styler", name: str, caption: s
     st.dataframe(df, **kwargs)
     if caption:
         st.caption(caption)
-    st.download_button("CSV", data=export.table_csv(data), file_name=f"{_slug(name)}.csv", mime="text/csv",
-                       key=f"dl_{_slug(name)}_csv", on_click="ignore", icon=":material/download:",
-                       help="Download this table as CSV (exact numbers)")
+    st.download_button(
+        "CSV",
+        data=export.table_csv(data),
+        file_name=f"{_slug(name)}.csv",
+        mime="text/csv",
+        key=f"dl_{_slug(name)}_csv",
+        on_click="ignore",
+        icon=":material/download:",
+        help="Download this table as CSV (exact numbers)",
+    )
 
 
 def need_models(models: list) -> bool:

@@ -1,5 +1,6 @@
 """Architectures: block diagrams side by side with their differences from a baseline model (or between any)
 highlighted, and the feature matrix marked the same way."""
+
 from __future__ import annotations
 
 import streamlit as st
@@ -41,10 +42,18 @@ def _baseline(models: list[_state.Model], draw: bool = True) -> _state.Model | N
         value = _state.restored("base", ids[0], choice(options))
         return None if value == ANY else next((m for m in models if m.id == value), models[0])
     labels = {m.id: m.label for m in models}
-    value = setting("base", ids[0], st.selectbox, choice(options), label="Compare against", options=options,
-                    format_func=lambda i: labels.get(i, "any of them (what differs between any)"), width=420,
-                    help="Mark what differs from this model (the baseline), or what differs between any of the "
-                    "selected models. Applies to the block diagrams and the feature matrix.")
+    value = setting(
+        "base",
+        ids[0],
+        st.selectbox,
+        choice(options),
+        label="Compare against",
+        options=options,
+        format_func=lambda i: labels.get(i, "any of them (what differs between any)"),
+        width=420,
+        help="Mark what differs from this model (the baseline), or what differs between any of the "
+        "selected models. Applies to the block diagrams and the feature matrix.",
+    )
     if value.startswith((_state.CUSTOM, _state.LOCAL, _state.VARIANT)):  # a visitor's own model: not in links
         st.query_params.pop("base", None)
     return None if value == ANY else next(m for m in models if m.id == value)
@@ -55,24 +64,39 @@ def _variant_picker(models: list[_state.Model]) -> None:
     key=value), drawn beside its base with the base as the baseline."""
     ss = st.session_state
     with st.expander("Add a variant: one component changed", expanded=bool(ss.get("variant_error"))):
-        st.caption("Start from a selected model and change one component; the variant is drawn beside it and "
-                   "marked where it differs. Components a model's transformers class lacks are added as small, "
-                   "named module patches (listed under *About each model*). The same variants train in an ablation.")
+        st.caption(
+            "Start from a selected model and change one component; the variant is drawn beside it and "
+            "marked where it differs. Components a model's transformers class lacks are added as small, "
+            "named module patches (listed under *About each model*). The same variants train in an ablation."
+        )
         labels = {m.id: m.label for m in models}
         if ss.get("variant_base") not in labels:
             ss["variant_base"] = models[0].id
         cols = st.columns([3, 2, 3])
         base_id = cols[0].selectbox("Model", list(labels), key="variant_base", format_func=labels.get)
-        axis = cols[1].selectbox("Component", list(AXES) + [_state.FREE], key="variant_axis",
-                                 format_func=lambda a: "other field (key=value)" if a == _state.FREE else a)
+        axis = cols[1].selectbox(
+            "Component",
+            list(AXES) + [_state.FREE],
+            key="variant_axis",
+            format_func=lambda a: "other field (key=value)" if a == _state.FREE else a,
+        )
         base = next(m for m in models if m.id == base_id)
         if axis == _state.FREE:
-            cols[2].text_input("Field = value", key=f"variant_value_{axis}", placeholder="rms_norm_eps=1e-5",
-                               help="Any field of the model's config.json, with one value (read as JSON).")
+            cols[2].text_input(
+                "Field = value",
+                key=f"variant_value_{axis}",
+                placeholder="rms_norm_eps=1e-5",
+                help="Any field of the model's config.json, with one value (read as JSON).",
+            )
         else:
             a = AXES[axis]
-            cols[2].selectbox("Value", a.examples, key=f"variant_value_{axis}", accept_new_options=True,
-                              help=f"{a.description}. Values: {' | '.join(a.values)}. How: {a.applies}.")
+            cols[2].selectbox(
+                "Value",
+                a.examples,
+                key=f"variant_value_{axis}",
+                accept_new_options=True,
+                help=f"{a.description}. Values: {' | '.join(a.values)}. How: {a.applies}.",
+            )
             with _ui.guard("the model's own value"):
                 st.caption(f"{md(base.label)} has {axis}={md(base_values(base.source)[axis])}.")
         st.button("Add variant", on_click=_state.on_add_variant)
@@ -81,32 +105,44 @@ def _variant_picker(models: list[_state.Model]) -> None:
 
 
 def _legend(items: dict[str, str]) -> None:
-    chips = " ".join(f"<span style='display:inline-block;width:.9em;height:.9em;background:{c};"
-                     f"border:1px solid #999;vertical-align:middle'></span>&nbsp;{n}" for n, c in items.items())
+    chips = " ".join(
+        f"<span style='display:inline-block;width:.9em;height:.9em;background:{c};"
+        f"border:1px solid #999;vertical-align:middle'></span>&nbsp;{n}"
+        for n, c in items.items()
+    )
     st.markdown(f"<small>Layer strip: {chips}</small>", unsafe_allow_html=True)
 
 
 def _diagrams(models: list[_state.Model], base: _state.Model | None) -> None:
     st.subheader("Block diagrams")
-    st.caption("Each column is one model, read top to bottom: tokens are embedded, pass through one decoder "
-               "block repeated N times (the dashed frame; lines on the right are residual connections, ⊕ adds "
-               "them back), then a final norm and the LM head that scores every vocabulary entry. All diagrams "
-               "share one scale and rows line up.")
+    st.caption(
+        "Each column is one model, read top to bottom: tokens are embedded, pass through one decoder "
+        "block repeated N times (the dashed frame; lines on the right are residual connections, ⊕ adds "
+        "them back), then a final norm and the LM head that scores every vocabulary entry. All diagrams "
+        "share one scale and rows line up."
+    )
     if len(models) < 2:
         st.caption("Select two or more models to see their differences highlighted.")
     else:  # no model name in this HTML (a name may be a visitor's text): the baseline's diagram says which
         badge = "≠ baseline" if base else "≠ differs"
-        st.caption(f"Boxes outlined in <span style='color:{HIGHLIGHT}'><b>orange with a {badge} badge</b></span>, "
-                   "and the lines written in orange, "
-                   + ("differ from the baseline chosen under <i>Compare against</i> (its diagram is titled "
-                      "<i>baseline</i> and marks nothing)." if base else
-                      "differ between the selected models: a box is marked in every diagram when any two of them "
-                      "differ there."), unsafe_allow_html=True)
-    figs, legend = _figures({m.label: m.source for m in models}, {m.label: m.color for m in models},
-                            base.label if base else None)
+        st.caption(
+            f"Boxes outlined in <span style='color:{HIGHLIGHT}'><b>orange with a {badge} badge</b></span>, "
+            "and the lines written in orange, "
+            + (
+                "differ from the baseline chosen under <i>Compare against</i> (its diagram is titled "
+                "<i>baseline</i> and marks nothing)."
+                if base
+                else "differ between the selected models: a box is marked in every diagram when any two of them "
+                "differ there."
+            ),
+            unsafe_allow_html=True,
+        )
+    figs, legend = _figures(
+        {m.label: m.source for m in models}, {m.label: m.color for m in models}, base.label if base else None
+    )
     _legend(legend)
     for start in range(0, len(models), PER_ROW):
-        row = models[start:start + PER_ROW]
+        row = models[start : start + PER_ROW]
         for col, m in zip(st.columns(PER_ROW), row):
             with col:
                 _ui.chart(figs[m.label], f"diagram {m.label}")
@@ -115,17 +151,23 @@ def _diagrams(models: list[_state.Model], base: _state.Model | None) -> None:
 def _matrix(models: list[_state.Model], base: _state.Model | None) -> None:
     st.subheader("Feature matrix")
     baseline = base.label if base else None
-    st.caption("One row per architectural choice, one column per model. "
-               + (f"Cells that differ from **{md(base.label)}** (the baseline, chosen under *Compare against* "
-                  "above) are shaded; rows with any such cell are marked ≠." if baseline else
-                  "Rows where the models differ are shaded and marked ≠."))
+    st.caption(
+        "One row per architectural choice, one column per model. "
+        + (
+            f"Cells that differ from **{md(base.label)}** (the baseline, chosen under *Compare against* "
+            "above) are shaded; rows with any such cell are marked ≠."
+            if baseline
+            else "Rows where the models differ are shaded and marked ≠."
+        )
+    )
     from backend.present import tables  # pandas: imported once the diagrams are out (first visit)
 
     df = _ui.table("feature_matrix", {m.label: m.source for m in models})
     marks = tables.feature_marks(df, baseline)
     rows = marks.any(axis=1)
-    only = st.toggle("Only rows that differ" + (" from the baseline" if baseline else ""), value=False,
-                     disabled=len(models) < 2)
+    only = st.toggle(
+        "Only rows that differ" + (" from the baseline" if baseline else ""), value=False, disabled=len(models) < 2
+    )
     keep = rows[rows].index if only else df.index
     shown = df.loc[keep].drop(columns="differs")
     shown.insert(0, "≠", rows[keep].map({True: "≠", False: ""}))
@@ -135,13 +177,15 @@ def _matrix(models: list[_state.Model], base: _state.Model | None) -> None:
     csv = df.loc[keep].drop(columns="differs")
     csv["differs"] = rows[keep]
     if baseline:  # which models differ from the baseline in each row
-        csv[f"differs from {baseline}"] = marks.loc[keep].apply(lambda r: ", ".join(c for c, hit in r.items() if hit),
-                                                               axis=1)
+        csv[f"differs from {baseline}"] = marks.loc[keep].apply(
+            lambda r: ", ".join(c for c, hit in r.items() if hit), axis=1
+        )
     config = {"_index": st.column_config.Column("Feature", width="medium"), "≠": st.column_config.Column(width=40)}
     if baseline:
         config[baseline] = st.column_config.Column(f"{baseline} (baseline)")
-    _ui.frame(styled, "feature matrix", csv=csv, height=min(38 + 35 * len(shown), 950), width="stretch",
-              column_config=config)
+    _ui.frame(
+        styled, "feature matrix", csv=csv, height=min(38 + 35 * len(shown), 950), width="stretch", column_config=config
+    )
 
 
 def _notes(models: list[_state.Model]) -> None:
@@ -156,8 +200,10 @@ def _notes(models: list[_state.Model]) -> None:
             if info is not None:
                 st.markdown(f"Variant of **{md(info['base'])}**: {md(info['changes'])}.")
                 if info["patches"]:
-                    st.caption("Module patches (the class has no such component): " +
-                               ", ".join(f"`{p}`" for p in info["patches"]))
+                    st.caption(
+                        "Module patches (the class has no such component): "
+                        + ", ".join(f"`{p}`" for p in info["patches"])
+                    )
                 for note in info["notes"]:
                     st.caption(md(note))
                 continue
@@ -169,13 +215,16 @@ def _notes(models: list[_state.Model]) -> None:
                 st.caption(f"Parameter count: {e.count_note}")
             if e.trained_note:
                 st.caption(e.trained_note)
-            st.caption(f"{e.org}, {e.year} · stated {e.stated_total} total / {e.stated_active} active · "
-                       f"[official config.json]({e.source})")
+            st.caption(
+                f"{e.org}, {e.year} · stated {e.stated_total} total / {e.stated_active} active · "
+                f"[official config.json]({e.source})"
+            )
 
 
 st.title("Architectures")
-st.caption("What the selected models are made of, drawn from their published config.json files "
-           "(no weights are downloaded).")
+st.caption(
+    "What the selected models are made of, drawn from their published config.json files (no weights are downloaded)."
+)
 models = _state.selected()
 if _ui.need_models(models):
     # The diagrams go out before the "Compare against" box above them: a first visit's browser fetches the

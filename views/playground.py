@@ -1,12 +1,13 @@
 """Playground: one prompt, up to four models side by side, tokens streamed as they are generated."""
+
 from __future__ import annotations
 
 import streamlit as st
 
 from backend.arch import libs
 from backend.live import runtime
-from backend.live.runs import valid_id
 from backend.live.generation import MAX_NEW_TOKENS, GenerationSettings
+from backend.live.runs import valid_id
 from backend.present import playground
 from backend.present.colors import model_colors
 from backend.present.playground import LiveRun, SlotModel
@@ -45,53 +46,130 @@ def _settings(hw: dict) -> dict:
     devices = playground.device_options(hw)
     c = st.columns(4)
     with c[0]:
-        mode = setting("mode", playground.TRAINED, st.selectbox, choice(modes), label="Model", options=modes,
-                       format_func=playground.mode_label,
-                       help="Trained miniature (the default): each architecture at a tiny width, trained on the "
-                       "shipped corpus (Shakespeare + King James Bible) with one recipe, so it writes corpus-style "
-                       "English. Random-weight miniatures keep the same architecture (attention kind, layer "
-                       "pattern, MoE shape) with untrained weights: gibberish, but their speed and routing "
-                       "mechanics are the architecture's. Full size builds the real shape with random weights, "
-                       "where memory allows. Full width, fewer layers builds the real shape with only its first k "
-                       "decoder layers, for models too large for this machine: the decode step is then timed at k "
-                       "and k − 1 layers and extrapolated to full depth. Pretrained loads the sidebar's checkpoint "
-                       "folder (safetensors). Trained miniatures (run …) load the checkpoints a training run of "
-                       "this session left (Experiments page).")
+        mode = setting(
+            "mode",
+            playground.TRAINED,
+            st.selectbox,
+            choice(modes),
+            label="Model",
+            options=modes,
+            format_func=playground.mode_label,
+            help="Trained miniature (the default): each architecture at a tiny width, trained on the "
+            "shipped corpus (Shakespeare + King James Bible) with one recipe, so it writes corpus-style "
+            "English. Random-weight miniatures keep the same architecture (attention kind, layer "
+            "pattern, MoE shape) with untrained weights: gibberish, but their speed and routing "
+            "mechanics are the architecture's. Full size builds the real shape with random weights, "
+            "where memory allows. Full width, fewer layers builds the real shape with only its first k "
+            "decoder layers, for models too large for this machine: the decode step is then timed at k "
+            "and k − 1 layers and extrapolated to full depth. Pretrained loads the sidebar's checkpoint "
+            "folder (safetensors). Trained miniatures (run …) load the checkpoints a training run of "
+            "this session left (Experiments page).",
+        )
         layers = playground.DEFAULT_LAYERS
         if mode == "layers":
-            layers = setting("layers", playground.DEFAULT_LAYERS, st.number_input, int_in(2, 1000),
-                             label="Layers run (k)", min_value=2, max_value=1000, step=1,
-                             help="The first k decoder layers at full width (a model with fewer runs whole). "
-                             "Pick k past any prefix of special layers (DeepSeek-V3 and Kimi K2: 3 and 1 dense "
-                             "layers first), so that layer k is like the layers it stands for.")
+            layers = setting(
+                "layers",
+                playground.DEFAULT_LAYERS,
+                st.number_input,
+                int_in(2, 1000),
+                label="Layers run (k)",
+                min_value=2,
+                max_value=1000,
+                step=1,
+                help="The first k decoder layers at full width (a model with fewer runs whole). "
+                "Pick k past any prefix of special layers (DeepSeek-V3 and Kimi K2: 3 and 1 dense "
+                "layers first), so that layer k is like the layers it stands for.",
+            )
     with c[1]:
-        device = setting("device", "auto", st.selectbox, choice(devices), label="Device", options=devices,
-                         format_func=playground.DEVICE_LABELS.get,
-                         help="Only what this server has. auto: one GPU if the model fits, else all GPUs, else CPU.")
+        device = setting(
+            "device",
+            "auto",
+            st.selectbox,
+            choice(devices),
+            label="Device",
+            options=devices,
+            format_func=playground.DEVICE_LABELS.get,
+            help="Only what this server has. auto: one GPU if the model fits, else all GPUs, else CPU.",
+        )
     with c[2]:
-        max_new = setting("tokens", 48, st.number_input, int_in(1, MAX_NEW_TOKENS), label="Max new tokens",
-                          min_value=1, max_value=MAX_NEW_TOKENS, step=16)
+        max_new = setting(
+            "tokens",
+            48,
+            st.number_input,
+            int_in(1, MAX_NEW_TOKENS),
+            label="Max new tokens",
+            min_value=1,
+            max_value=MAX_NEW_TOKENS,
+            step=16,
+        )
     with c[3]:
         compile_ = False
         if hw.get("gpus"):
-            compile_ = setting("compile", False, st.checkbox, parse_bool, label="Compile decode step",
-                               help="GPU fast path: torch.compile the decode step (slow first run, faster after).")
+            compile_ = setting(
+                "compile",
+                False,
+                st.checkbox,
+                parse_bool,
+                label="Compile decode step",
+                help="GPU fast path: torch.compile the decode step (slow first run, faster after).",
+            )
     c = st.columns(4)
     with c[0]:
-        temp = setting("temp", 0.0, st.number_input, float_in(0.0, 10.0), label="Temperature",
-                       min_value=0.0, max_value=10.0, step=0.1, help="0 = greedy (always the most likely token).")
+        temp = setting(
+            "temp",
+            0.0,
+            st.number_input,
+            float_in(0.0, 10.0),
+            label="Temperature",
+            min_value=0.0,
+            max_value=10.0,
+            step=0.1,
+            help="0 = greedy (always the most likely token).",
+        )
     with c[1]:
-        top_p = setting("topp", 1.0, st.number_input, float_in(0.01, 1.0), label="Top-p", min_value=0.01,
-                        max_value=1.0, step=0.05, help="Sample from the smallest set of tokens holding this "
-                        "probability mass (with temperature > 0).")
+        top_p = setting(
+            "topp",
+            1.0,
+            st.number_input,
+            float_in(0.01, 1.0),
+            label="Top-p",
+            min_value=0.01,
+            max_value=1.0,
+            step=0.05,
+            help="Sample from the smallest set of tokens holding this probability mass (with temperature > 0).",
+        )
     with c[2]:
-        seed = setting("seed", 0, st.number_input, int_in(0, 2**31 - 1), label="Seed", min_value=0,
-                       max_value=2**31 - 1, step=1, help="Seed of the sampler (temperature > 0).")
+        seed = setting(
+            "seed",
+            0,
+            st.number_input,
+            int_in(0, 2**31 - 1),
+            label="Seed",
+            min_value=0,
+            max_value=2**31 - 1,
+            step=1,
+            help="Seed of the sampler (temperature > 0).",
+        )
     with c[3]:
-        stop = setting("stop", "", st.text_input, label="Stop strings", placeholder=r"e.g. \n, ###",
-                       help=r"Comma-separated; \n is a newline, \t a tab, \, a comma.")
-    return dict(mode=mode, device=device, max_new=max_new, temp=temp, top_p=top_p, seed=seed, stop=stop,
-                compile=compile_, layers=int(layers))
+        stop = setting(
+            "stop",
+            "",
+            st.text_input,
+            label="Stop strings",
+            placeholder=r"e.g. \n, ###",
+            help=r"Comma-separated; \n is a newline, \t a tab, \, a comma.",
+        )
+    return dict(
+        mode=mode,
+        device=device,
+        max_new=max_new,
+        temp=temp,
+        top_p=top_p,
+        seed=seed,
+        stop=stop,
+        compile=compile_,
+        layers=int(layers),
+    )
 
 
 def _mode_note(models: list[_state.Model], mode: str) -> None:
@@ -107,13 +185,27 @@ def _mode_note(models: list[_state.Model], mode: str) -> None:
 def _start(models: list[_state.Model], prompt: str, s: dict) -> None:
     """Validate the settings and start a run (errors shown by the caller's guard)."""
     checkpoint = st.session_state.get("checkpoint_path", "")
-    runs = playground.requests_for([(m.id, m.source) for m in models], s["mode"], s["device"],
-                                   bool(s["compile"]), checkpoint, s["layers"])
+    runs = playground.requests_for(
+        [(m.id, m.source) for m in models], s["mode"], s["device"], bool(s["compile"]), checkpoint, s["layers"]
+    )
     colors = model_colors([m.id for m in models] + [i for i, _, _ in runs])
-    slots = [SlotModel(i, playground.model_label(i) or _state.label_of(i), colors[i], not playground.is_dense(src),
-                       playground.full_depth(src) if s["mode"] == "layers" else None) for i, src, _ in runs]
-    settings = GenerationSettings(max_new_tokens=int(s["max_new"]), temperature=float(s["temp"]),
-                                  top_p=float(s["top_p"]), stop=playground.parse_stop(s["stop"]), seed=int(s["seed"]))
+    slots = [
+        SlotModel(
+            i,
+            playground.model_label(i) or _state.label_of(i),
+            colors[i],
+            not playground.is_dense(src),
+            playground.full_depth(src) if s["mode"] == "layers" else None,
+        )
+        for i, src, _ in runs
+    ]
+    settings = GenerationSettings(
+        max_new_tokens=int(s["max_new"]),
+        temperature=float(s["temp"]),
+        top_p=float(s["top_p"]),
+        stop=playground.parse_stop(s["stop"]),
+        seed=int(s["seed"]),
+    )
     _live.start(slots, [r for _, _, r in runs], prompt, settings)
 
 
@@ -160,49 +252,78 @@ def _depth(live: LiveRun) -> None:
     if table.empty:
         return
     st.subheader("Extrapolated to full depth")
-    _ui.frame(table, "playground depth extrapolation", hide_index=True, width="stretch",
-              column_config={c: MS for c in table.columns if "(ms)" in c or "tok/s" in c},
-              caption="Each model ran at full width with its first k decoder layers (random weights). Its decode "
-              "step was then timed alone at k layers and at k − 1 (a view sharing the same weights), as it "
-              "decodes here (CUDA graph on a GPU). Full depth ≈ step(k) + (layers − k) × (step(k) − step(k − 1)). "
-              "An estimate, not a measurement: it holds when the layers past k are like layer k.")
+    _ui.frame(
+        table,
+        "playground depth extrapolation",
+        hide_index=True,
+        width="stretch",
+        column_config={c: MS for c in table.columns if "(ms)" in c or "tok/s" in c},
+        caption="Each model ran at full width with its first k decoder layers (random weights). Its decode "
+        "step was then timed alone at k layers and at k − 1 (a view sharing the same weights), as it "
+        "decodes here (CUDA graph on a GPU). Full depth ≈ step(k) + (layers − k) × (step(k) − step(k − 1)). "
+        "An estimate, not a measurement: it holds when the layers past k are like layer k.",
+    )
 
 
 def _results(live: LiveRun) -> None:
     if live.done:
         _depth(live)
     st.subheader("Timings")
-    _ui.frame(playground.stats_table(live), "playground timings", hide_index=True, width="stretch",
-              caption="TTFT: prompt tokenization + prefill + first token. tok/s: decode speed after the first "
-              "token (tokens after the first ÷ time after the first). Reason: length (max tokens), stop "
-              "(a stop string), eos, cancelled — or why the model failed. The models run at the same time and share "
-              "this server's cores, so each slows the others: run one model alone to time it.",
-              column_config={"TTFT (ms)": MS, "tok/s": MS, "total (s)": st.column_config.NumberColumn(format="%.3f")})
+    _ui.frame(
+        playground.stats_table(live),
+        "playground timings",
+        hide_index=True,
+        width="stretch",
+        caption="TTFT: prompt tokenization + prefill + first token. tok/s: decode speed after the first "
+        "token (tokens after the first ÷ time after the first). Reason: length (max tokens), stop "
+        "(a stop string), eos, cancelled — or why the model failed. The models run at the same time and share "
+        "this server's cores, so each slows the others: run one model alone to time it.",
+        column_config={"TTFT (ms)": MS, "tok/s": MS, "total (s)": st.column_config.NumberColumn(format="%.3f")},
+    )
     mem = playground.memory_table(live)
     if mem.empty:
         return
     st.subheader("Memory of the loaded models")
     shown = mem.drop(columns=["predicted_bytes", "measured_bytes"])
-    _ui.frame(shown, "playground memory", csv=mem, hide_index=True, width="stretch",
-              column_config={c: MIB for c in shown.columns if "MiB" in c},
-              caption="Predicted from the config (parameters × bytes of the dtype; the GPU fast path's static KV "
-              "cache) beside what the tensors and the GPU allocator report. 1 MiB = 2²⁰ bytes; the CSV has bytes.")
+    _ui.frame(
+        shown,
+        "playground memory",
+        csv=mem,
+        hide_index=True,
+        width="stretch",
+        column_config={c: MIB for c in shown.columns if "MiB" in c},
+        caption="Predicted from the config (parameters × bytes of the dtype; the GPU fast path's static KV "
+        "cache) beside what the tensors and the GPU allocator report. 1 MiB = 2²⁰ bytes; the CSV has bytes.",
+    )
     place = playground.placement_table(live)
     if not place.empty:
         st.subheader("Device map vs where the weights are")
         shown = place.drop(columns=["planned_bytes", "actual_bytes"])
-        _ui.frame(shown, "playground placement", csv=place, hide_index=True, width="stretch",
-                  column_config={c: MIB for c in shown.columns if "MiB" in c},
-                  caption="The device map the model was loaded with (one device, or accelerate's split over all "
-                  "GPUs) beside the bytes of the parameters actually on each device. Misplaced: parameters found "
-                  "on another device than their module's entry in the map.")
+        _ui.frame(
+            shown,
+            "playground placement",
+            csv=place,
+            hide_index=True,
+            width="stretch",
+            column_config={c: MIB for c in shown.columns if "MiB" in c},
+            caption="The device map the model was loaded with (one device, or accelerate's split over all "
+            "GPUs) beside the bytes of the parameters actually on each device. Misplaced: parameters found "
+            "on another device than their module's entry in the map.",
+        )
 
 
 def _page() -> None:
     hw = _hardware()
     models = _state.selected()
-    prompt = setting("pg_prompt", DEFAULT_PROMPT, st.text_area, url=False, label="Prompt", height=100,
-                     help="Kept while you switch pages. Every model gets the same prompt.")
+    prompt = setting(
+        "pg_prompt",
+        DEFAULT_PROMPT,
+        st.text_area,
+        url=False,
+        label="Prompt",
+        height=100,
+        help="Kept while you switch pages. Every model gets the same prompt.",
+    )
     s = _settings(hw)
     _mode_note(models, s["mode"])
     if not libs.models_loaded():  # before Generate is drawn: a first click would wait for this import
@@ -220,8 +341,9 @@ def _run(models: list[_state.Model], prompt: str, s: dict) -> None:
     with st.container(horizontal=True, gap="small", vertical_alignment="center"):
         generate = st.button("Generate", type="primary", icon=":material/play_arrow:")
         stop_slot = st.empty()  # drawn after a new run starts, so Stop is live during it
-        st.page_link("views/routing.py", label="Watch the experts live on the Routing page",
-                     icon=":material/alt_route:")
+        st.page_link(
+            "views/routing.py", label="Watch the experts live on the Routing page", icon=":material/alt_route:"
+        )
     if len(models) > playground.MAX_COLUMNS and s["mode"] != "pretrained" and playground.run_mode(s["mode"]) is None:
         st.caption(f"Runs the first {playground.MAX_COLUMNS} selected models.")
     if generate:
@@ -254,13 +376,15 @@ def _run(models: list[_state.Model], prompt: str, s: dict) -> None:
 
 
 st.title("Playground")
-st.caption("One prompt, up to four models side by side, each streaming its own tokens. By default each model is "
-           "its **trained miniature**: the architecture at a tiny width, trained on the shipped corpus "
-           "(Shakespeare + King James Bible), so it answers in corpus-style English. Under **Model** you can pick "
-           "the random-weight miniatures or full-size shapes instead: their text is gibberish by design, but they "
-           "show each architecture's speed (time to first token, tokens per second) and, for mixture-of-experts "
-           "models, which experts every token goes to. Load a pretrained checkpoint folder (sidebar) for a real "
-           "model's text.")
+st.caption(
+    "One prompt, up to four models side by side, each streaming its own tokens. By default each model is "
+    "its **trained miniature**: the architecture at a tiny width, trained on the shipped corpus "
+    "(Shakespeare + King James Bible), so it answers in corpus-style English. Under **Model** you can pick "
+    "the random-weight miniatures or full-size shapes instead: their text is gibberish by design, but they "
+    "show each architecture's speed (time to first token, tokens per second) and, for mixture-of-experts "
+    "models, which experts every token goes to. Load a pretrained checkpoint folder (sidebar) for a real "
+    "model's text."
+)
 if _ui.need_models(_state.selected()) or st.session_state.get("checkpoint_path") or _session_runs():
     with _ui.guard("the playground"):
         _page()

@@ -5,14 +5,15 @@ A source (catalog key or config dict) is resolved once into an :class:`Architect
 (``architecture.resolve``), which the other layers are handed. Imports nothing of ArchLab's above it
 (no ``live``, ``train`` or ``present``).
 """
+
 from .architecture import (  # noqa: F401
-                           Architecture,
-                           Source,
-                           arch_spec,
-                           count_params,
-                           formula_params,
-                           load_config,
-                           meta_model,
-                           resolve,
-                           with_layers,
+    Architecture,
+    Source,
+    arch_spec,
+    count_params,
+    formula_params,
+    load_config,
+    meta_model,
+    resolve,
+    with_layers,
 )

@@ -6,6 +6,7 @@ that object and read what they need from it, instead of canonicalising the sourc
 validated when the object is made (a catalog config on first use); the meta-device model, the spec and the
 counts are built on first use and kept on the object.
 """
+
 from __future__ import annotations
 
 import json
@@ -85,8 +86,8 @@ class Architecture:
     def spec(self):
         """The normalized :class:`~backend.arch.spec.ArchSpec` (a catalog model's from ``assets/specs.json``
         when that file was built by this code: no torch needed; see :mod:`backend.arch.speccache`)."""
-        from .speccache import lookup
         from .spec import read_spec
+        from .speccache import lookup
 
         return lookup(self.canon) or read_spec(self.config, self.meta_model)
 

@@ -2,6 +2,7 @@
 
 Adding a model is adding data: a config file and a catalog row; no code changes.
 """
+
 from __future__ import annotations
 
 import json
@@ -31,7 +32,7 @@ class CatalogEntry:
     stated_active: str
     note: str
     count_note: str = ""
-    trained_note: str = ""   # where the shipped trained miniature could not keep the real routing
+    trained_note: str = ""  # where the shipped trained miniature could not keep the real routing
     native_dtype: str = "bf16"
     config_file: str = ""
     #: components the authors leave out of their "active" figure (e.g. the embedding lookup)

@@ -16,6 +16,7 @@ The KV-cache dtype comes from ``config.json``'s ``quantization_config`` when it 
 (``kv_cache_scheme`` of compressed-tensors, ``kv_cache_quant_algo`` of ModelOpt, ``kv_cache_dtype``),
 else the config's own dtype.
 """
+
 from __future__ import annotations
 
 import json
@@ -34,10 +35,32 @@ MAX_FILES = 4096
 MAX_CONFIG_BYTES = 1_000_000
 MAX_INDEX_BYTES = 64_000_000
 #: bytes per element of each safetensors dtype
-ST_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U64": 8, "U32": 4,
-            "U16": 2, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1, "F8_E8M0": 1}
-ST_NAMES = {"F64": "fp64", "F32": "fp32", "F16": "fp16", "BF16": "bf16", "F8_E4M3": "fp8 (e4m3)",
-            "F8_E5M2": "fp8 (e5m2)"}
+ST_BYTES = {
+    "F64": 8,
+    "F32": 4,
+    "F16": 2,
+    "BF16": 2,
+    "I64": 8,
+    "I32": 4,
+    "I16": 2,
+    "I8": 1,
+    "U64": 8,
+    "U32": 4,
+    "U16": 2,
+    "U8": 1,
+    "BOOL": 1,
+    "F8_E4M3": 1,
+    "F8_E5M2": 1,
+    "F8_E8M0": 1,
+}
+ST_NAMES = {
+    "F64": "fp64",
+    "F32": "fp32",
+    "F16": "fp16",
+    "BF16": "bf16",
+    "F8_E4M3": "fp8 (e4m3)",
+    "F8_E5M2": "fp8 (e5m2)",
+}
 #: bytes per element of a KV-cache dtype
 KV_BYTES = {"fp32": 4.0, "bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "int8": 1.0, "fp4": 0.5}
 _TORCH_DTYPES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32", "half": "fp16", "float": "fp32"}
@@ -48,18 +71,18 @@ _REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 class TensorInfo:
     name: str
     file: str
-    dtype: str          # as stored (safetensors dtype, or the GGUF type name)
+    dtype: str  # as stored (safetensors dtype, or the GGUF type name)
     shape: tuple[int, ...]
-    nbytes: int         # exact, from the file's byte range
-    kind: str           # storage class, e.g. "fp8 weights", "MXFP4 scales"
-    params: int         # logical parameters this tensor holds (0 for scales, zeros, indices)
-    component: str      # embeddings / attention / ... (counting.COMPONENTS, or "other")
+    nbytes: int  # exact, from the file's byte range
+    kind: str  # storage class, e.g. "fp8 weights", "MXFP4 scales"
+    params: int  # logical parameters this tensor holds (0 for scales, zeros, indices)
+    component: str  # embeddings / attention / ... (counting.COMPONENTS, or "other")
 
 
 @dataclass(frozen=True)
 class CheckpointMemory:
     path: str
-    format: str                       # "safetensors" / "gguf"
+    format: str  # "safetensors" / "gguf"
     files: tuple[tuple[str, int], ...]  # (file name, size in bytes)
     tensors: tuple[TensorInfo, ...]
     quant_method: Optional[str]
@@ -98,24 +121,42 @@ class CheckpointMemory:
         w = Working(f"Weights of {Path(self.path).name} from its {self.format} metadata")
         for kind, (n, b, p) in self.by("kind").items():
             w.step(f"{kind} ({n:,} tensors)", "Σ bytes of their byte ranges", f"{p:,} parameters", b, "B")
-        w.step("all tensors", "Σ over kinds", " + ".join(num(v[1]) for v in self.by("kind").values()),
-               self.tensor_bytes, "B")
-        w.step("bits per parameter", "8 × bytes / parameters", f"8 × {num(self.tensor_bytes)} / {num(self.params)}",
-               round(self.bits_per_param, 4))
-        w.step("files on disk", "Σ file sizes (tensors + headers)", f"{num(self.tensor_bytes)} + "
-               f"{num(self.file_bytes - self.tensor_bytes)}", self.file_bytes, "B")
-        w.note("Scales, zero points and index tensors count bytes but no parameters; packed 4-bit tensors count "
-               "two parameters a byte (GPTQ/AWQ: 32 / bits per int32).")
+        w.step(
+            "all tensors",
+            "Σ over kinds",
+            " + ".join(num(v[1]) for v in self.by("kind").values()),
+            self.tensor_bytes,
+            "B",
+        )
+        w.step(
+            "bits per parameter",
+            "8 × bytes / parameters",
+            f"8 × {num(self.tensor_bytes)} / {num(self.params)}",
+            round(self.bits_per_param, 4),
+        )
+        w.step(
+            "files on disk",
+            "Σ file sizes (tensors + headers)",
+            f"{num(self.tensor_bytes)} + {num(self.file_bytes - self.tensor_bytes)}",
+            self.file_bytes,
+            "B",
+        )
+        w.note(
+            "Scales, zero points and index tensors count bytes but no parameters; packed 4-bit tensors count "
+            "two parameters a byte (GPTQ/AWQ: 32 / bits per int32)."
+        )
         return w
 
 
 # ----------------------------------------------------------------- locating a checkpoint
 
+
 def locate(path: str) -> Path:
     """A checkpoint folder or file: a local path, or a repo id already in the HF cache (nothing downloaded)."""
     if not path or not isinstance(path, str) or not path.strip():
-        raise ArchLabError("give a checkpoint: a local folder, a .safetensors or .gguf file, or a repo id in the "
-                           "Hugging Face cache")
+        raise ArchLabError(
+            "give a checkpoint: a local folder, a .safetensors or .gguf file, or a repo id in the Hugging Face cache"
+        )
     path = path.strip()
     p = Path(path).expanduser()
     if p.exists():
@@ -123,8 +164,10 @@ def locate(path: str) -> Path:
     snapshot = hub_snapshot(path)
     if snapshot is not None:
         return snapshot
-    raise ArchLabError(f"{path!r} is neither a file or folder on this server nor a model in the local Hugging Face "
-                       "cache (nothing is downloaded)")
+    raise ArchLabError(
+        f"{path!r} is neither a file or folder on this server nor a model in the local Hugging Face "
+        "cache (nothing is downloaded)"
+    )
 
 
 def hub_snapshot(repo_id: str) -> Optional[Path]:
@@ -169,8 +212,16 @@ def read_checkpoint(path: str) -> CheckpointMemory:
         raise ArchLabError(f"{p.name}: give a .safetensors or .gguf file")
     kv, source = kv_dtype_of(config) if config is not None else (None, "no config.json beside the weights")
     method = qc.get("quant_method")
-    return CheckpointMemory(str(p), fmt, tuple((f.name, f.stat().st_size) for f in files), tuple(tensors),
-                            str(method) if method else None, kv, source, config)
+    return CheckpointMemory(
+        str(p),
+        fmt,
+        tuple((f.name, f.stat().st_size) for f in files),
+        tuple(tensors),
+        str(method) if method else None,
+        kv,
+        source,
+        config,
+    )
 
 
 def _check_index(folder: Path) -> None:
@@ -207,6 +258,7 @@ def _config(folder: Path) -> Optional[dict]:
 
 # ----------------------------------------------------------------- KV-cache dtype
 
+
 def kv_dtype_of(config: dict) -> tuple[str, str]:
     """(KV-cache dtype, where it was read) from a config dict."""
     qc = config.get("quantization_config")
@@ -214,9 +266,13 @@ def kv_dtype_of(config: dict) -> tuple[str, str]:
         scheme = qc.get("kv_cache_scheme")
         if isinstance(scheme, dict) and scheme.get("num_bits"):
             bits, kind = scheme.get("num_bits"), str(scheme.get("type", "float")).lower()
-            dtype = {(8, "float"): "fp8", (8, "int"): "int8", (16, "float"): "bf16", (4, "float"): "fp4"}.get((bits, kind))
+            dtype = {(8, "float"): "fp8", (8, "int"): "int8", (16, "float"): "bf16", (4, "float"): "fp4"}.get(
+                (bits, kind)
+            )
             if dtype is None:
-                raise ArchLabError(f"quantization_config.kv_cache_scheme: {bits}-bit {kind} is not a KV dtype ArchLab knows")
+                raise ArchLabError(
+                    f"quantization_config.kv_cache_scheme: {bits}-bit {kind} is not a KV dtype ArchLab knows"
+                )
             return dtype, f"quantization_config.kv_cache_scheme ({bits}-bit {kind})"
         algo = qc.get("kv_cache_quant_algo")
         if isinstance(algo, str) and algo:
@@ -238,6 +294,7 @@ def kv_dtype_of(config: dict) -> tuple[str, str]:
 
 # ----------------------------------------------------------------- safetensors
 
+
 def safetensors_header(path: Path) -> tuple[dict, int]:
     """(header dict without ``__metadata__``, header length) of a safetensors file, reading nothing else."""
     try:
@@ -250,7 +307,9 @@ def safetensors_header(path: Path) -> tuple[dict, int]:
         if not isinstance(header, dict):
             raise ValueError("header is not a JSON object")
     except (OSError, ValueError, RecursionError) as e:
-        raise ArchLabError(f"{path.name} is not a valid safetensors file ({type(e).__name__}: {str(e)[:120]})") from None
+        raise ArchLabError(
+            f"{path.name} is not a valid safetensors file ({type(e).__name__}: {str(e)[:120]})"
+        ) from None
     header.pop("__metadata__", None)
     return header, n
 
@@ -271,8 +330,10 @@ def _safetensors_tensors(path: Path, bits: int) -> list[TensorInfo]:
         if dtype not in ST_BYTES:
             raise ArchLabError(f"{path.name}: tensor {name!r} has dtype {dtype!r}, which ArchLab does not know")
         if not 0 <= begin <= end <= data_size or nbytes != numel * ST_BYTES[dtype]:
-            raise ArchLabError(f"{path.name}: tensor {name!r} ({dtype} {list(shape)}) has byte range {begin}-{end} "
-                               "that does not match its shape or the file")
+            raise ArchLabError(
+                f"{path.name}: tensor {name!r} ({dtype} {list(shape)}) has byte range {begin}-{end} "
+                "that does not match its shape or the file"
+            )
         kind, params = _classify(name, dtype, numel, names, bits)
         out.append(TensorInfo(name, path.name, dtype, shape, nbytes, kind, params, _component(name)))
     return out
@@ -282,8 +343,9 @@ def _classify(name: str, dtype: str, numel: int, names: set, bits: int) -> tuple
     leaf = name.rsplit(".", 1)[-1]
     if dtype.startswith("F8_E4") or dtype == "F8_E5M2":
         return "fp8 weights", numel
-    if leaf.endswith(("weight_scale_inv", "weight_scale", "input_scale", "activation_scale")) \
-            or (leaf.endswith("_scale") and dtype in ("F32", "BF16", "F16")):
+    if leaf.endswith(("weight_scale_inv", "weight_scale", "input_scale", "activation_scale")) or (
+        leaf.endswith("_scale") and dtype in ("F32", "BF16", "F16")
+    ):
         return "fp8 scales", 0
     if leaf == "qweight" and dtype == "I32":
         return f"int{bits} packed (GPTQ/AWQ)", numel * (32 // bits)
@@ -304,9 +366,19 @@ def _component(name: str) -> str:
 # ----------------------------------------------------------------- GGUF
 
 #: GGUF tensor-name parts -> component (llama.cpp naming: blk.N.attn_q.weight, blk.N.ffn_up_exps.weight, ...)
-_GGUF_PARTS = (("token_embd", "embeddings"), ("output_norm", "norms"), ("_norm", "norms"), ("norm", "norms"),
-               ("_shexp", "shared_experts"), ("_exps", "routed_experts"), ("ffn_gate_inp", "router"),
-               ("attn", "attention"), ("ssm", "attention"), ("ffn", "dense_mlp"), ("output", "lm_head"))
+_GGUF_PARTS = (
+    ("token_embd", "embeddings"),
+    ("output_norm", "norms"),
+    ("_norm", "norms"),
+    ("norm", "norms"),
+    ("_shexp", "shared_experts"),
+    ("_exps", "routed_experts"),
+    ("ffn_gate_inp", "router"),
+    ("attn", "attention"),
+    ("ssm", "attention"),
+    ("ffn", "dense_mlp"),
+    ("output", "lm_head"),
+)
 
 
 def gguf_component(name: str) -> str:
@@ -329,8 +401,18 @@ def _gguf_tensors(path: Path) -> list[TensorInfo]:
         out = []
         for t in reader.tensors:
             shape = tuple(int(x) for x in reversed(t.shape.tolist()))  # GGUF lists the fastest dimension first
-            out.append(TensorInfo(t.name, path.name, t.tensor_type.name, shape, int(t.n_bytes),
-                                  f"{t.tensor_type.name} weights", int(t.n_elements), gguf_component(t.name)))
+            out.append(
+                TensorInfo(
+                    t.name,
+                    path.name,
+                    t.tensor_type.name,
+                    shape,
+                    int(t.n_bytes),
+                    f"{t.tensor_type.name} weights",
+                    int(t.n_elements),
+                    gguf_component(t.name),
+                )
+            )
         return out
     except ArchLabError:
         raise
@@ -339,6 +421,7 @@ def _gguf_tensors(path: Path) -> list[TensorInfo]:
 
 
 # ----------------------------------------------------------------- KV cache of a checkpoint
+
 
 @dataclass(frozen=True)
 class CheckpointKV:
@@ -361,8 +444,18 @@ def checkpoint_kv(ck: CheckpointMemory, context: int, batch: int = 1, mla_layout
     b = KV_BYTES[ck.kv_dtype]
     elements = kv_cache(arch, context, batch, "fp32", mla_layout)  # 4 bytes an element: elements = bytes / 4
     w = Working(f"KV cache of {arch.label} in {ck.kv_dtype} ({ck.kv_dtype_source})")
-    per_token = w.step("KV bytes per token, all layers", "elements per token × b_kv",
-                       f"{num(elements.per_token_bytes / 4)} × {num(b)}", elements.per_token_bytes / 4 * b, "B")
-    total = w.step(f"KV bytes at {context:,} tokens × {batch}", "cached elements × b_kv (windows and linear "
-                   "states capped)", f"{num(elements.total_bytes // 4)} × {num(b)}", int(elements.total_bytes // 4 * b), "B")
+    per_token = w.step(
+        "KV bytes per token, all layers",
+        "elements per token × b_kv",
+        f"{num(elements.per_token_bytes / 4)} × {num(b)}",
+        elements.per_token_bytes / 4 * b,
+        "B",
+    )
+    total = w.step(
+        f"KV bytes at {context:,} tokens × {batch}",
+        "cached elements × b_kv (windows and linear states capped)",
+        f"{num(elements.total_bytes // 4)} × {num(b)}",
+        int(elements.total_bytes // 4 * b),
+        "B",
+    )
     return CheckpointKV(ck.kv_dtype, ck.kv_dtype_source, per_token, total, context, w)

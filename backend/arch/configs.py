@@ -2,6 +2,7 @@
 
 Validation happens before anything is built, so absurd sizes are refused without allocating.
 """
+
 from __future__ import annotations
 
 import json
@@ -57,10 +58,25 @@ ALIASES = {
     "num_experts": ("num_experts", "n_routed_experts", "num_local_experts"),
     "head_dim": ("head_dim", "qk_nope_head_dim", "v_head_dim"),
     "max_position_embeddings": ("max_position_embeddings", "n_positions"),
-    **{k: (k,) for k in ("kv_lora_rank", "q_lora_rank", "qk_rope_head_dim", "shared_expert_intermediate_size",
-                         "n_shared_experts", "n_group", "topk_group", "linear_num_key_heads",
-                         "linear_num_value_heads", "linear_key_head_dim", "linear_value_head_dim",
-                         "linear_conv_kernel_dim", "sliding_window", "attention_chunk_size")},
+    **{
+        k: (k,)
+        for k in (
+            "kv_lora_rank",
+            "q_lora_rank",
+            "qk_rope_head_dim",
+            "shared_expert_intermediate_size",
+            "n_shared_experts",
+            "n_group",
+            "topk_group",
+            "linear_num_key_heads",
+            "linear_num_value_heads",
+            "linear_key_head_dim",
+            "linear_value_head_dim",
+            "linear_conv_kernel_dim",
+            "sliding_window",
+            "attention_chunk_size",
+        )
+    },
     "num_experts_per_tok": ("num_experts_per_tok", "experts_per_token", "moe_top_k"),
 }
 # Fields dropped before building: they describe how weights are stored, not the architecture.
@@ -91,20 +107,26 @@ def _check_heads(cfg, d: dict[str, Any]) -> None:
     names): each KV head serves a whole group of query heads, each linear-attention key head a whole group of
     value heads. Refuse cross-attention (decoder-only models only). Head widths are checked with the modules
     (spec.py)."""
+
     def get(name: str) -> Any:
         v = getattr(cfg, name, None)
         return v if isinstance(v, int) and not isinstance(v, bool) and v > 0 else None
 
-    for many, few, why in (("num_attention_heads", "num_key_value_heads", "KV head serves a group of query heads"),
-                           ("linear_num_value_heads", "linear_num_key_heads",
-                            "linear-attention key head serves a group of value heads")):
+    for many, few, why in (
+        ("num_attention_heads", "num_key_value_heads", "KV head serves a group of query heads"),
+        ("linear_num_value_heads", "linear_num_key_heads", "linear-attention key head serves a group of value heads"),
+    ):
         m, f = get(many), get(few)
         if m and f and m % f:
-            raise ArchLabError(f"config field {_field(d, few)!r} = {f} must divide {_field(d, many)!r} = {m}: "
-                               f"each {why} of the same size")
+            raise ArchLabError(
+                f"config field {_field(d, few)!r} = {f} must divide {_field(d, many)!r} = {m}: "
+                f"each {why} of the same size"
+            )
     if getattr(cfg, "add_cross_attention", False):
-        raise ArchLabError("config field 'add_cross_attention' must be false: ArchLab builds decoder-only models "
-                           "(cross-attention layers need an encoder)")
+        raise ArchLabError(
+            "config field 'add_cross_attention' must be false: ArchLab builds decoder-only models "
+            "(cross-attention layers need an encoder)"
+        )
 
 
 def parse_config_text(text: str | bytes) -> dict[str, Any]:
@@ -168,8 +190,9 @@ def build_config(canon: str):
         cfg = AutoConfig.for_model(model_type, **d)
         built = cfg.to_dict()
     except Exception as e:  # transformers raises many types for bad values
-        raise ArchLabError(f"transformers rejected this {model_type} config: "
-                           f"{(str(e).splitlines() or [type(e).__name__])[0][:300]}") from None
+        raise ArchLabError(
+            f"transformers rejected this {model_type} config: {(str(e).splitlines() or [type(e).__name__])[0][:300]}"
+        ) from None
     _check_sizes(built)
     _check_heads(cfg, d)
     return cfg

@@ -5,6 +5,7 @@ Two independent paths: :func:`count_tensors` sums the tensors transformers build
 ``Architecture`` keeps both (``.counts``, ``.formula_counts``).
 Tests hold them equal to the parameter for every catalog model.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -14,9 +15,14 @@ from .working import Working, num
 
 COMPONENTS = ("embeddings", "attention", "dense_mlp", "routed_experts", "shared_experts", "router", "norms", "lm_head")
 COMPONENT_LABELS = {
-    "embeddings": "Embeddings", "attention": "Attention", "dense_mlp": "Dense MLP",
-    "routed_experts": "Routed experts", "shared_experts": "Shared experts", "router": "Router",
-    "norms": "Norms", "lm_head": "LM head",
+    "embeddings": "Embeddings",
+    "attention": "Attention",
+    "dense_mlp": "Dense MLP",
+    "routed_experts": "Routed experts",
+    "shared_experts": "Shared experts",
+    "router": "Router",
+    "norms": "Norms",
+    "lm_head": "LM head",
 }
 
 
@@ -65,15 +71,21 @@ def _active(spec: ArchSpec, components: dict[str, int]) -> int:
 def active_working(spec: ArchSpec, components: dict[str, int]) -> Working:
     """Total and active parameters from the components, with the formula and this model's numbers."""
     w = Working("Total and active parameters")
-    total = w.step("total", "Σ components", " + ".join(num(v) for v in components.values() if v), sum(components.values()))
+    total = w.step(
+        "total", "Σ components", " + ".join(num(v) for v in components.values() if v), sum(components.values())
+    )
     if spec.moe is None:
         w.step("active", "total (dense: every parameter runs for every token)", num(total), total)
         return w
     routed = components["routed_experts"]
     m = spec.moe
     # Every token runs top_k of the E routed experts in each MoE layer (all layers share E).
-    w.step("active", "total − routed + routed × k / E", f"{num(total)} − {num(routed)} + {num(routed)} × {m.top_k} / "
-           f"{m.num_experts}", total - routed + routed * m.top_k // m.num_experts)
+    w.step(
+        "active",
+        "total − routed + routed × k / E",
+        f"{num(total)} − {num(routed)} + {num(routed)} × {m.top_k} / {m.num_experts}",
+        total - routed + routed * m.top_k // m.num_experts,
+    )
     return w
 
 
@@ -90,18 +102,21 @@ def count_tensors(model, spec: ArchSpec) -> ParamCount:
 
 # ----------------------------------------------------------------- formula path
 
+
 def _attention(s: ArchSpec, layer_type: str) -> tuple[int, int]:
     """(attention params, attention-internal norm params) of one layer."""
     H = s.hidden_size
     if layer_type == "linear":
         la = s.linear
         key_dim, value_dim = la.num_key_heads * la.key_head_dim, la.num_value_heads * la.value_head_dim
-        params = (H * (2 * key_dim + 2 * value_dim)      # q, k, v and output gate z
-                  + H * 2 * la.num_value_heads           # beta and decay a
-                  + (2 * key_dim + value_dim) * la.conv_kernel  # depthwise causal conv
-                  + 2 * la.num_value_heads               # dt bias, A_log
-                  + value_dim * H)                       # output projection
-        return params, la.value_head_dim                 # gated RMSNorm over the value head
+        params = (
+            H * (2 * key_dim + 2 * value_dim)  # q, k, v and output gate z
+            + H * 2 * la.num_value_heads  # beta and decay a
+            + (2 * key_dim + value_dim) * la.conv_kernel  # depthwise causal conv
+            + 2 * la.num_value_heads  # dt bias, A_log
+            + value_dim * H
+        )  # output projection
+        return params, la.value_head_dim  # gated RMSNorm over the value head
     if s.mla is not None:
         m, nh = s.mla, s.num_heads
         qk = m.qk_nope_head_dim + m.qk_rope_head_dim
@@ -125,8 +140,7 @@ def _attention(s: ArchSpec, layer_type: str) -> tuple[int, int]:
         params += H
     if s.attention_sinks:
         params += s.num_heads
-    norms = {"per-head": 2 * s.head_dim,
-             "full-width": (s.num_heads + s.num_kv_heads) * s.head_dim}.get(s.qk_norm, 0)
+    norms = {"per-head": 2 * s.head_dim, "full-width": (s.num_heads + s.num_kv_heads) * s.head_dim}.get(s.qk_norm, 0)
     return params, norms
 
 

@@ -3,6 +3,7 @@
 Each GPU has its peak memory bandwidth and dense tensor-core FLOP/s for bf16 and fp8, as the vendor
 publishes them (sources in the JSON). A GPU is data: add a row to the JSON, no code.
 """
+
 from __future__ import annotations
 
 import json
@@ -49,9 +50,20 @@ class GPU:
 @lru_cache(maxsize=1)
 def _table() -> dict[str, GPU]:
     rows = json.loads((ASSETS / "gpus.json").read_text())["gpus"]
-    return {r["key"]: GPU(r["key"], r["name"], r["vendor"], float(r["memory_gb"]), float(r["bandwidth_Bps"]),
-                          float(r["bf16_flops"]), None if r["fp8_flops"] is None else float(r["fp8_flops"]),
-                          r["source"], tuple(r.get("device_names", ()))) for r in rows}
+    return {
+        r["key"]: GPU(
+            r["key"],
+            r["name"],
+            r["vendor"],
+            float(r["memory_gb"]),
+            float(r["bandwidth_Bps"]),
+            float(r["bf16_flops"]),
+            None if r["fp8_flops"] is None else float(r["fp8_flops"]),
+            r["source"],
+            tuple(r.get("device_names", ())),
+        )
+        for r in rows
+    }
 
 
 def keys() -> list[str]:
@@ -86,12 +98,25 @@ def _positive(v, what: str, hi: float) -> float:
     return f
 
 
-def custom(bandwidth_tbs: float, bf16_tflops: float, fp8_tflops: Optional[float] = None,
-           memory_gb: float = 80.0, name: str = "custom GPU") -> GPU:
+def custom(
+    bandwidth_tbs: float,
+    bf16_tflops: float,
+    fp8_tflops: Optional[float] = None,
+    memory_gb: float = 80.0,
+    name: str = "custom GPU",
+) -> GPU:
     """A GPU of your own: bandwidth in TB/s (10¹² bytes/s), dense FLOP/s in TFLOP/s."""
     bw = _positive(bandwidth_tbs, "bandwidth (TB/s)", MAX_BANDWIDTH_TBS)
     bf = _positive(bf16_tflops, "bf16 TFLOP/s", MAX_TFLOPS)
     f8 = None if fp8_tflops in (None, 0, 0.0) else _positive(fp8_tflops, "fp8 TFLOP/s", MAX_TFLOPS)
     mem = _positive(memory_gb, "memory (GB)", 1e6)
-    return GPU(CUSTOM, f"{name} ({bw:g} TB/s, {bf:g} TFLOP/s bf16)", "custom", mem, bw * 1e12, bf * 1e12,
-               None if f8 is None else f8 * 1e12, "entered by the user")
+    return GPU(
+        CUSTOM,
+        f"{name} ({bw:g} TB/s, {bf:g} TFLOP/s bf16)",
+        "custom",
+        mem,
+        bw * 1e12,
+        bf * 1e12,
+        None if f8 is None else f8 * 1e12,
+        "entered by the user",
+    )

@@ -7,6 +7,7 @@ Streamlit sessions pressing Generate on a fresh server hit exactly that. Every f
 ArchLab goes through :func:`load` (config building, meta models, tokenizers, generation), so the import runs
 in one thread and the others wait for it; after that ``load`` is a flag check.
 """
+
 from __future__ import annotations
 
 import logging
@@ -45,13 +46,16 @@ def load() -> None:
             PreTrainedTokenizerFast,
             StaticCache,
         )
+
         logging.getLogger("transformers.modeling_rope_utils").addFilter(_equal_llama3_rope_factors)
         import_seconds = time.perf_counter() - t
         _ready.set()
 
 
-_EQUAL_FACTORS = re.compile(r"high_freq_factor field must be greater than low_freq_factor, "
-                            r"got high_freq_factor=(\S+) and low_freq_factor=(\S+)$")
+_EQUAL_FACTORS = re.compile(
+    r"high_freq_factor field must be greater than low_freq_factor, "
+    r"got high_freq_factor=(\S+) and low_freq_factor=(\S+)$"
+)
 
 
 def _equal_llama3_rope_factors(record: logging.LogRecord) -> bool:

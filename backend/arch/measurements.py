@@ -7,6 +7,7 @@ steps. The estimate is computed for that shape on the table's GPU whose device n
 context of the timed steps, with MLA run as transformers runs it (the measured code). Nothing is fitted:
 the ratio measured / estimate is shown as it is.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,13 +30,13 @@ BENCH_PROMPT_TOKENS = 32
 @dataclass(frozen=True)
 class DecodeMeasurement:
     file: str
-    device: str                 # torch device name
-    gpu: Optional[gpus.GPU]     # the table's GPU of that name (None: not in the table)
+    device: str  # torch device name
+    gpu: Optional[gpus.GPU]  # the table's GPU of that name (None: not in the table)
     key: str
     layers: int
     full_layers: int
     tokens: int
-    tok_s: float                # fast path (static cache + CUDA graph), steady decode
+    tok_s: float  # fast path (static cache + CUDA graph), steady decode
     compiled_tok_s: Optional[float]
     copy_bandwidth_Bps: Optional[float]
 
@@ -56,7 +57,9 @@ class DecodeMeasurement:
 
     @property
     def label(self) -> str:
-        return self.key if self.layers == self.full_layers else f"{self.key} [{self.layers} of {self.full_layers} layers]"
+        return (
+            self.key if self.layers == self.full_layers else f"{self.key} [{self.layers} of {self.full_layers} layers]"
+        )
 
     def estimate(self, gpu: Optional[gpus.GPU] = None) -> SpeedEstimate:
         """The roofline estimate for this shape (on ``gpu``, else the measured GPU)."""
@@ -83,10 +86,20 @@ def decode_measurements(results: Path = RESULTS) -> list[DecodeMeasurement]:
                 except ArchLabError:
                     continue
                 full = int(cfg.get("num_hidden_layers") or cfg.get("n_layer"))
-                out.append(DecodeMeasurement(f.name, device, gpus.by_device_name(device), key, int(r["layers"]), full,
-                                             int(data["tokens"]), float(r["fast_tok_s"]),
-                                             float(r["compiled_tok_s"]) if r.get("compiled_tok_s") else None,
-                                             float(data["copy_bandwidth_Bps"]) if data.get("copy_bandwidth_Bps") else None))
+                out.append(
+                    DecodeMeasurement(
+                        f.name,
+                        device,
+                        gpus.by_device_name(device),
+                        key,
+                        int(r["layers"]),
+                        full,
+                        int(data["tokens"]),
+                        float(r["fast_tok_s"]),
+                        float(r["compiled_tok_s"]) if r.get("compiled_tok_s") else None,
+                        float(data["copy_bandwidth_Bps"]) if data.get("copy_bandwidth_Bps") else None,
+                    )
+                )
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise ArchLabError(f"{f.name} is not a bench/gpu.py result ({type(e).__name__}: {str(e)[:120]})") from None
     return out

@@ -1,4 +1,5 @@
 """Memory: weights by dtype, KV cache per token and at a context length, and a multi-GPU plan."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -11,7 +12,7 @@ from .working import Working, num
 
 #: Bytes per parameter (int4 counts the 4-bit payload only, without group scales).
 DTYPE_BYTES = {"fp32": 4.0, "bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "int4": 0.5}
-GiB = 1024 ** 3
+GiB = 1024**3
 MAX_CONTEXT = 1 << 26  # 64M tokens: any larger request is a typo
 MAX_BATCH = 1 << 16
 
@@ -47,6 +48,7 @@ def weights_table(source: Source) -> dict[str, int]:
 
 # ----------------------------------------------------------------- KV cache
 
+
 def layer_kv_elements_per_token(spec: ArchSpec, attention: str, mla_layout: str = "latent") -> int:
     """Cached elements per token for one layer of a given attention type.
 
@@ -77,9 +79,9 @@ class KVCache:
     context: int
     batch: int
     dtype: str
-    per_token_bytes: float        # the first token's cost over all layers (no window cap)
-    total_bytes: int              # at ``context`` tokens and ``batch`` sequences
-    by_layer_type: dict           # attention type -> bytes at this context and batch
+    per_token_bytes: float  # the first token's cost over all layers (no window cap)
+    total_bytes: int  # at ``context`` tokens and ``batch`` sequences
+    by_layer_type: dict  # attention type -> bytes at this context and batch
     working: Optional[Working] = field(default=None, compare=False, repr=False)  # the formula, with numbers
 
     @property
@@ -95,17 +97,17 @@ def _check_context(context: int, batch: int) -> None:
         raise ArchLabError(f"batch size must be an integer from 1 to {MAX_BATCH:,}, got {batch!r}")
 
 
-def kv_cache(source: Source, context: int, batch: int = 1, dtype: str = "bf16",
-             mla_layout: str = "latent") -> KVCache:
+def kv_cache(source: Source, context: int, batch: int = 1, dtype: str = "bf16", mla_layout: str = "latent") -> KVCache:
     """KV-cache bytes for ``batch`` sequences of ``context`` tokens.
 
     Sliding-window and chunked layers keep at most ``window`` tokens; linear-attention layers keep
     a fixed state whatever the length.
     """
     _check_context(context, batch)
-    arch = (source if isinstance(source, Architecture) else resolve(source))
-    return arch.memo(("kv", context, batch, dtype, mla_layout),
-                     lambda: _kv(arch.spec, context, batch, dtype, mla_layout))
+    arch = source if isinstance(source, Architecture) else resolve(source)
+    return arch.memo(
+        ("kv", context, batch, dtype, mla_layout), lambda: _kv(arch.spec, context, batch, dtype, mla_layout)
+    )
 
 
 def _kv(spec: ArchSpec, context: int, batch: int, dtype: str, mla_layout: str) -> KVCache:
@@ -124,12 +126,28 @@ def _kv(spec: ArchSpec, context: int, batch: int, dtype: str, mla_layout: str) -
         by_type[layer.attention] = by_type.get(layer.attention, 0) + n
         layers[layer.attention] = layers.get(layer.attention, 0) + 1
     total = int(sum(by_type.values()))
-    return KVCache(context, batch, dtype, per_token, total, {k: int(v) for k, v in by_type.items()},
-                   _kv_working(spec, context, batch, dtype, mla_layout, layers, by_type, per_token, total))
+    return KVCache(
+        context,
+        batch,
+        dtype,
+        per_token,
+        total,
+        {k: int(v) for k, v in by_type.items()},
+        _kv_working(spec, context, batch, dtype, mla_layout, layers, by_type, per_token, total),
+    )
 
 
-def _kv_working(spec: ArchSpec, context: int, batch: int, dtype: str, mla_layout: str, layers: dict,
-                by_type: dict, per_token: float, total: int) -> Working:
+def _kv_working(
+    spec: ArchSpec,
+    context: int,
+    batch: int,
+    dtype: str,
+    mla_layout: str,
+    layers: dict,
+    by_type: dict,
+    per_token: float,
+    total: int,
+) -> Working:
     """The KV figures of ``_kv`` written out with this model's numbers."""
     b = dtype_bytes(dtype)
     w = Working(f"KV cache: {context:,} tokens × {batch} sequence(s) in {dtype}")
@@ -138,8 +156,13 @@ def _kv_working(spec: ArchSpec, context: int, batch: int, dtype: str, mla_layout
         elems = layer_kv_elements_per_token(spec, kind, mla_layout)
         if kind == "linear":
             state = linear_state_elements(spec)
-            w.step(f"{n} linear-attention layers, fixed state", "n × state elements × B × b",
-                   f"{n} × {num(state)} × {batch} × {num(b)}", by_type[kind], "B")
+            w.step(
+                f"{n} linear-attention layers, fixed state",
+                "n × state elements × B × b",
+                f"{n} × {num(state)} × {batch} × {num(b)}",
+                by_type[kind],
+                "B",
+            )
             continue
         if spec.mla is not None and mla_layout == "latent":
             f, v = "r_kv + d_rope", f"{spec.mla.kv_lora_rank} + {spec.mla.qk_rope_head_dim}"
@@ -151,28 +174,40 @@ def _kv_working(spec: ArchSpec, context: int, batch: int, dtype: str, mla_layout
         parts.append(f"{n} × {num(elems)}")
         capped = kind in ("sliding", "chunked") and spec.window
         tokens = min(context, spec.window) if capped else context
-        w.step(f"{n} {kind} layers at this context", "n × elements × " + ("min(L, W)" if capped else "L") + " × B × b",
-               f"{n} × {num(elems)} × {num(tokens)} × {batch} × {num(b)}", by_type[kind], "B")
-    w.step("KV bytes per token, no window", "Σ n × elements × b", f"({' + '.join(parts) or '0'}) × {num(b)}",
-           per_token, "B")
+        w.step(
+            f"{n} {kind} layers at this context",
+            "n × elements × " + ("min(L, W)" if capped else "L") + " × B × b",
+            f"{n} × {num(elems)} × {num(tokens)} × {batch} × {num(b)}",
+            by_type[kind],
+            "B",
+        )
+    w.step(
+        "KV bytes per token, no window",
+        "Σ n × elements × b",
+        f"({' + '.join(parts) or '0'}) × {num(b)}",
+        per_token,
+        "B",
+    )
     w.step("KV cache total", "Σ over layer kinds", " + ".join(num(int(v)) for v in by_type.values()), total, "B")
     return w
 
 
-def kv_curve(source: Source, contexts: list[int], batch: int = 1, dtype: str = "bf16",
-             mla_layout: str = "latent") -> list[int]:
+def kv_curve(
+    source: Source, contexts: list[int], batch: int = 1, dtype: str = "bf16", mla_layout: str = "latent"
+) -> list[int]:
     """Total KV bytes at each context length (for charts)."""
     return [kv_cache(source, c, batch, dtype, mla_layout).total_bytes for c in contexts]
 
 
 # ----------------------------------------------------------------- device plan
 
+
 @dataclass(frozen=True)
 class DevicePlan:
-    device_map: dict[str, object]     # module name -> device (int GPU index, "cpu" or "disk")
+    device_map: dict[str, object]  # module name -> device (int GPU index, "cpu" or "disk")
     bytes_per_device: dict[str, int]  # device label -> weight bytes placed there
     layers_per_device: dict[str, int]
-    fits: bool                        # everything on the GPUs
+    fits: bool  # everything on the GPUs
 
     @property
     def devices(self) -> list[str]:
@@ -189,8 +224,9 @@ def _parse_gib(v) -> float:
     return f
 
 
-def device_plan(source: Source, gpu_gib: list[float], dtype: str = "bf16", cpu_gib: float = 0,
-                reserve_gib: float = 0.0) -> DevicePlan:
+def device_plan(
+    source: Source, gpu_gib: list[float], dtype: str = "bf16", cpu_gib: float = 0, reserve_gib: float = 0.0
+) -> DevicePlan:
     """Where ``accelerate.infer_auto_device_map`` would put each block over GPUs of the given sizes.
 
     Decoder layers are never split across devices. ``reserve_gib`` is kept free on each GPU
@@ -199,9 +235,11 @@ def device_plan(source: Source, gpu_gib: list[float], dtype: str = "bf16", cpu_g
     if not gpu_gib or len(gpu_gib) > 64:
         raise ArchLabError("give between 1 and 64 GPUs")
     sizes = tuple(_parse_gib(g) for g in gpu_gib)
-    arch = (source if isinstance(source, Architecture) else resolve(source))
-    return arch.memo(("plan", sizes, dtype, float(cpu_gib), float(reserve_gib)),
-                     lambda: _plan(arch, sizes, dtype, float(cpu_gib), float(reserve_gib)))
+    arch = source if isinstance(source, Architecture) else resolve(source)
+    return arch.memo(
+        ("plan", sizes, dtype, float(cpu_gib), float(reserve_gib)),
+        lambda: _plan(arch, sizes, dtype, float(cpu_gib), float(reserve_gib)),
+    )
 
 
 def _plan(arch, sizes: tuple, dtype: str, cpu_gib: float, reserve_gib: float) -> DevicePlan:
@@ -211,8 +249,12 @@ def _plan(arch, sizes: tuple, dtype: str, cpu_gib: float, reserve_gib: float) ->
     from accelerate import infer_auto_device_map
     from accelerate.utils import compute_module_sizes
 
-    torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16,
-                   "fp8": torch.float8_e4m3fn}.get(dtype)
+    torch_dtype = {
+        "fp32": torch.float32,
+        "bf16": torch.bfloat16,
+        "fp16": torch.float16,
+        "fp8": torch.float8_e4m3fn,
+    }.get(dtype)
     if torch_dtype is None:
         raise ArchLabError(f"device plans support fp32, bf16, fp16 and fp8, not {dtype!r}")
     model, spec = arch.meta_model, arch.spec
@@ -225,8 +267,9 @@ def _plan(arch, sizes: tuple, dtype: str, cpu_gib: float, reserve_gib: float) ->
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            dmap = infer_auto_device_map(model, max_memory=max_memory, dtype=torch_dtype,
-                                         no_split_module_classes=[spec.decoder_layer_class])
+            dmap = infer_auto_device_map(
+                model, max_memory=max_memory, dtype=torch_dtype, no_split_module_classes=[spec.decoder_layer_class]
+            )
     finally:
         alog.setLevel(level)
     module_sizes = compute_module_sizes(model, dtype=torch_dtype)

@@ -1,4 +1,5 @@
 """Full-size models on the meta device: shapes without memory, built once per config."""
+
 from __future__ import annotations
 
 import contextlib
@@ -39,9 +40,13 @@ def build_meta_model(cfg):
     except ArchLabError:
         raise
     except ValueError as e:
-        raise ArchLabError(f"transformers has no causal-LM class for {cfg.model_type!r}: {str(e).splitlines()[0][:200]}") from None
+        raise ArchLabError(
+            f"transformers has no causal-LM class for {cfg.model_type!r}: {str(e).splitlines()[0][:200]}"
+        ) from None
     except Exception as e:
-        raise ArchLabError(f"could not build a {cfg.model_type} model from this config: {type(e).__name__}: {str(e).splitlines()[0][:200]}") from None
+        raise ArchLabError(
+            f"could not build a {cfg.model_type} model from this config: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
+        ) from None
     finally:
         tlog.setLevel(level)
     model.eval()

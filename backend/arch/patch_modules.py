@@ -3,6 +3,7 @@
 Plain ``nn.Module`` code with parameters and buffers only: no hooks, no per-call Python state, no Python branch
 on a tensor's value (safe under ``torch.func.functional_call`` and ``vmap``). Imported when a patch is applied.
 """
+
 from __future__ import annotations
 
 import torch
@@ -53,6 +54,7 @@ class PartialRotary(nn.Module):
 class NoPE:
     """Mixed into an attention class: the rotation it is handed becomes the identity (cos 1, sin 0), so the layer
     sees no positions but the causal mask. ``use_rope`` says so, as SmolLM3's and Llama 4's attention do."""
+
     use_rope = False
 
     def forward(self, *args, **kwargs):
@@ -71,6 +73,7 @@ class Placed:
                   out = h + post_feedforward_layernorm(mlp(pre_feedforward_layernorm(h)))
 
     (the names Llama, OLMo 2 and Gemma 3 give these norms). Keyword arguments go to the attention unchanged."""
+
     _placement = "pre"
     _mlp_name = "mlp"
 

@@ -19,6 +19,7 @@ Modules a patch creates are initialised the way the model initialises its own (`
 ``init_weights()`` after a meta-device build); 3-D expert weights and router weights get normal(0,
 ``initializer_range``), their correction biases zeros.
 """
+
 from __future__ import annotations
 
 import copy
@@ -41,21 +42,31 @@ QK_NORM_KINDS = ("per-head", "full-width")
 #: MLA config fields the ``attention:mla`` patch reads
 MLA_FIELDS = ("kv_lora_rank", "q_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim")
 #: MoE config fields the ``ffn:moe`` patch reads (DeepSeek-style experts, router and shared experts)
-MOE_FIELDS = ("num_local_experts", "num_experts_per_tok", "moe_intermediate_size", "n_shared_experts", "n_group",
-              "topk_group", "norm_topk_prob", "routed_scaling_factor")
+MOE_FIELDS = (
+    "num_local_experts",
+    "num_experts_per_tok",
+    "moe_intermediate_size",
+    "n_shared_experts",
+    "n_group",
+    "topk_group",
+    "norm_topk_prob",
+    "routed_scaling_factor",
+)
 _MLP_NAMES = ("mlp", "feed_forward")
 
 
 @dataclass(frozen=True)
 class Patch:
     """One named patch: ``apply(model, config, arg)`` changes the model in place and returns the modules it made."""
+
     name: str
     apply: Callable[[Any, Any, Optional[str]], list]
-    args: tuple[str, ...] = ()   # the allowed ``:arg`` values (empty: the patch takes none)
+    args: tuple[str, ...] = ()  # the allowed ``:arg`` values (empty: the patch takes none)
     doc: str = ""
 
 
 # ----------------------------------------------------------------- reading a patch list
+
 
 def entries(source: Any) -> list[tuple[str, Optional[str]]]:
     """(name, arg) of every patch a config (dict or ``PretrainedConfig``) lists; ArchLabError for a malformed list
@@ -84,6 +95,7 @@ def describe() -> list[str]:
 
 # ----------------------------------------------------------------- building
 
+
 def apply(model) -> Any:
     """Apply the patches ``model.config`` lists, in order (a model without any is returned untouched).
 
@@ -99,8 +111,10 @@ def apply(model) -> Any:
         except ArchLabError:
             raise
         except Exception as e:  # a class whose modules do not look like the patch expects
-            raise ArchLabError(f"patch {name}{':' + arg if arg else ''} does not fit {type(model).__name__}: "
-                               f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}") from None
+            raise ArchLabError(
+                f"patch {name}{':' + arg if arg else ''} does not fit {type(model).__name__}: "
+                f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}"
+            ) from None
     from transformers import PreTrainedModel
 
     for sub in model.modules():  # a composite model initialises each sub-model with its own _init_weights
@@ -170,8 +184,12 @@ def from_pretrained(folder: str | Path, *, dtype=None, device_map=None, **kwargs
 
 def _is_tied(model, key: str) -> bool:
     out = model.get_output_embeddings()
-    return out is not None and key.endswith(".weight") and model.get_submodule(key.rsplit(".", 1)[0]) is out and \
-        out.weight is model.get_input_embeddings().weight
+    return (
+        out is not None
+        and key.endswith(".weight")
+        and model.get_submodule(key.rsplit(".", 1)[0]) is out
+        and out.weight is model.get_input_embeddings().weight
+    )
 
 
 def set_experts_implementation(model, implementation: str) -> None:
@@ -211,6 +229,7 @@ def _init_weights(self, module) -> None:
 
 
 # ----------------------------------------------------------------- helpers
+
 
 def _fit(new, like):
     """``new`` on the device and in the dtype of ``like``'s first parameter (or buffer)."""
@@ -284,6 +303,7 @@ def _head_dim(config) -> int:
 
 # ----------------------------------------------------------------- the patches
 
+
 def _qk_norm_off(model, config, arg) -> list:
     """QK-Norm off: every attention's ``q_norm`` and ``k_norm`` become identities (the projections, heads and
     everything else unchanged). For classes that normalise queries and keys in modules (OLMo 2, Qwen3, Gemma 3)."""
@@ -328,10 +348,16 @@ def _qk_norm_on(model, config, arg) -> list:
 
 
 #: the block norms each placement has, named as the class that has it natively names them
-PLACEMENT_NORMS = {"pre": ("input_layernorm", "post_attention_layernorm"),
-                   "post": ("post_attention_layernorm", "post_feedforward_layernorm"),
-                   "sandwich": ("input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm",
-                                "post_feedforward_layernorm")}
+PLACEMENT_NORMS = {
+    "pre": ("input_layernorm", "post_attention_layernorm"),
+    "post": ("post_attention_layernorm", "post_feedforward_layernorm"),
+    "sandwich": (
+        "input_layernorm",
+        "post_attention_layernorm",
+        "pre_feedforward_layernorm",
+        "post_feedforward_layernorm",
+    ),
+}
 
 
 def _norm_placement(model, config, arg) -> list:
@@ -346,8 +372,10 @@ def _norm_placement(model, config, arg) -> list:
     for layer in decoder_layers(model):
         mlp = next((n for n in _MLP_NAMES if getattr(layer, n, None) is not None), None)
         if getattr(layer, "self_attn", None) is None or mlp is None:
-            raise ArchLabError(f"{type(layer).__name__} has no self_attn and mlp to re-wire (linear-attention or "
-                               "GPT-2-style blocks are not covered)")
+            raise ArchLabError(
+                f"{type(layer).__name__} has no self_attn and mlp to re-wire (linear-attention or "
+                "GPT-2-style blocks are not covered)"
+            )
         like = _block_norm(layer)
         for name in [n for n, _ in layer.named_children() if "norm" in n or n.startswith("ln")]:
             delattr(layer, name)
@@ -384,8 +412,10 @@ def _partial_rotary(model, config, arg) -> list:
     hd = _head_dim(config)
     rotated = int(round(frac * hd))
     if not 0 < frac < 1 or abs(frac * hd - rotated) > 1e-6 or rotated < 2 or rotated % 2 or rotated >= hd:
-        raise ArchLabError(f"partial rotary needs rope_parameters.partial_rotary_factor giving an even width "
-                           f"from 2 to below the head width {hd}, got {frac!r}")
+        raise ArchLabError(
+            f"partial rotary needs rope_parameters.partial_rotary_factor giving an even width "
+            f"from 2 to below the head width {hd}, got {frac!r}"
+        )
     from .patch_modules import PartialRotary
 
     base, old, inner = _rotary_for(model, config, rotated)
@@ -440,14 +470,17 @@ def _ffn_moe(model, config, arg) -> list:
     return made
 
 
-PATCHES: dict[str, Patch] = {p.name: p for p in (
-    Patch("qk_norm_off", _qk_norm_off, doc=_qk_norm_off.__doc__),
-    Patch("qk_norm_on", _qk_norm_on, QK_NORM_KINDS, _qk_norm_on.__doc__),
-    Patch("norm", _norm_placement, PLACEMENTS, _norm_placement.__doc__),
-    Patch("nope", _nope, doc=_nope.__doc__),
-    Patch("partial_rotary", _partial_rotary, doc=_partial_rotary.__doc__),
-    Patch("attention", _attention_mla, ("mla",), _attention_mla.__doc__),
-    Patch("ffn", _ffn_moe, ("moe",), _ffn_moe.__doc__),
-)}
+PATCHES: dict[str, Patch] = {
+    p.name: p
+    for p in (
+        Patch("qk_norm_off", _qk_norm_off, doc=_qk_norm_off.__doc__),
+        Patch("qk_norm_on", _qk_norm_on, QK_NORM_KINDS, _qk_norm_on.__doc__),
+        Patch("norm", _norm_placement, PLACEMENTS, _norm_placement.__doc__),
+        Patch("nope", _nope, doc=_nope.__doc__),
+        Patch("partial_rotary", _partial_rotary, doc=_partial_rotary.__doc__),
+        Patch("attention", _attention_mla, ("mla",), _attention_mla.__doc__),
+        Patch("ffn", _ffn_moe, ("moe",), _ffn_moe.__doc__),
+    )
+}
 #: the order patches are listed in (and applied): what replaces modules before what changes their behaviour
 ORDER = ("attention", "ffn", "qk_norm_off", "qk_norm_on", "nope", "partial_rotary", "norm")

@@ -21,6 +21,7 @@ What is counted, read from the ArchSpec and the exact parameter counts:
   ordinary attention over the expanded keys and values, as transformers 5.x runs it);
 - prefill computes logits for the last token of each sequence only.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -39,15 +40,21 @@ SPEED_DTYPES = {"bf16": (2.0, "bf16"), "fp16": (2.0, "bf16"), "fp8": (1.0, "fp8"
 KV_DTYPES = ("bf16", "fp16", "fp8", "fp32")
 MLA_MODES = ("engine", "transformers")
 COMPONENT_ORDER = ("attention", "attention_kv", "dense_mlp", "experts", "lm_head", "other")
-COMPONENT_LABELS = {"attention": "Attention: projections", "attention_kv": "Attention: KV cache / state",
-                    "dense_mlp": "Dense MLP", "experts": "Experts (routed + shared + router)",
-                    "lm_head": "LM head", "other": "Embedding rows + norms"}
+COMPONENT_LABELS = {
+    "attention": "Attention: projections",
+    "attention_kv": "Attention: KV cache / state",
+    "dense_mlp": "Dense MLP",
+    "experts": "Experts (routed + shared + router)",
+    "lm_head": "LM head",
+    "other": "Embedding rows + norms",
+}
 LAYER_NAMES = {"full": "full", "sliding": "sliding-window", "chunked": "chunked", "linear": "linear-attention"}
 
 
 @dataclass(frozen=True)
 class Op:
     """One operation of a step: bytes moved, arithmetic done, and its time on the GPU."""
+
     component: str
     bytes: float
     flops: float
@@ -71,6 +78,7 @@ class Op:
 @dataclass(frozen=True)
 class Phase:
     """A prefill or one decode step: its operations and total time."""
+
     ops: tuple[Op, ...]
     working: Working = field(compare=False, repr=False)
 
@@ -100,14 +108,22 @@ class Phase:
             if ops:
                 t = sum(o.time_s for o in ops)
                 mem = sum(o.time_s for o in ops if o.bound == "memory")
-                out.append(Component(comp, sum(o.bytes for o in ops), sum(o.flops for o in ops), t,
-                                     "memory" if mem >= t / 2 else "compute"))
+                out.append(
+                    Component(
+                        comp,
+                        sum(o.bytes for o in ops),
+                        sum(o.flops for o in ops),
+                        t,
+                        "memory" if mem >= t / 2 else "compute",
+                    )
+                )
         return out
 
 
 @dataclass(frozen=True)
 class Component:
     """A component's operations in one phase: bytes, FLOPs, time and what bounds most of that time."""
+
     component: str
     bytes: float
     flops: float
@@ -128,8 +144,8 @@ class SpeedEstimate:
     prompt: int
     dtype: str
     kv_dtype: str
-    mla: Optional[str]          # engine / transformers for MLA models, else None
-    compute_dtype: str          # tensor-core dtype the arithmetic runs in
+    mla: Optional[str]  # engine / transformers for MLA models, else None
+    compute_dtype: str  # tensor-core dtype the arithmetic runs in
     experts_touched: Optional[float]  # expected distinct routed experts per MoE layer in a decode step
     decode: Phase
     prefill: Phase
@@ -203,19 +219,36 @@ class _Builder:
         self.w = Working(title)
         self.gpu, self.bw, self.peak = gpu, gpu.bandwidth_Bps, gpu.flops(compute)
         self.ops: list[Op] = []
-        self.w.note(f"{gpu.name}: BW = {gpu.bandwidth_Bps / 1e12:g} TB/s, peak = {self.peak / 1e12:g} TFLOP/s "
-                    f"({compute}, dense); time of an operation = max(bytes / BW, FLOPs / peak).")
+        self.w.note(
+            f"{gpu.name}: BW = {gpu.bandwidth_Bps / 1e12:g} TB/s, peak = {self.peak / 1e12:g} TFLOP/s "
+            f"({compute}, dense); time of an operation = max(bytes / BW, FLOPs / peak)."
+        )
 
-    def op(self, component: str, label: str, bytes_f: str, bytes_n: str, nbytes: float,
-           flops_f: str, flops_n: str, flops: float) -> None:
+    def op(
+        self,
+        component: str,
+        label: str,
+        bytes_f: str,
+        bytes_n: str,
+        nbytes: float,
+        flops_f: str,
+        flops_n: str,
+        flops: float,
+    ) -> None:
         w = self.w
         w.step(f"{label}: bytes", bytes_f, bytes_n, nbytes, "B")
         w.step(f"{label}: FLOPs", flops_f, flops_n, flops, "FLOP")
         mem, comp = nbytes / self.bw, flops / self.peak
         o = Op(component, nbytes, flops, mem, comp)
-        w.step(f"{label}: time ({o.bound}-bound)", "max(bytes / BW, FLOPs / peak)",
-               f"max({num(nbytes)} / {self.bw:.4g}, {num(flops)} / {self.peak:.4g})", o.time_s, "s")
+        w.step(
+            f"{label}: time ({o.bound}-bound)",
+            "max(bytes / BW, FLOPs / peak)",
+            f"max({num(nbytes)} / {self.bw:.4g}, {num(flops)} / {self.peak:.4g})",
+            o.time_s,
+            "s",
+        )
         self.ops.append(o)
+
 
 def _layer_groups(spec: ArchSpec) -> dict[str, int]:
     groups: dict[str, int] = {}
@@ -226,16 +259,30 @@ def _layer_groups(spec: ArchSpec) -> dict[str, int]:
 
 def _params(arch: Architecture) -> dict[str, int]:
     c = arch.counts.components
-    return {k: int(c.get(k, 0)) for k in ("embeddings", "attention", "dense_mlp", "routed_experts",
-                                           "shared_experts", "router", "norms", "lm_head", "other")}
+    return {
+        k: int(c.get(k, 0))
+        for k in (
+            "embeddings",
+            "attention",
+            "dense_mlp",
+            "routed_experts",
+            "shared_experts",
+            "router",
+            "norms",
+            "lm_head",
+            "other",
+        )
+    }
 
 
-def _decode(arch: Architecture, gpu: GPU, batch: int, context: int, wb: float, compute: str, kv: str,
-            kvb: float, mla: str) -> tuple[Phase, Optional[float]]:
+def _decode(
+    arch: Architecture, gpu: GPU, batch: int, context: int, wb: float, compute: str, kv: str, kvb: float, mla: str
+) -> tuple[Phase, Optional[float]]:
     s, p = arch.spec, _params(arch)
     B = batch
-    b = _Builder(f"Decode step: batch {B}, {context:,} tokens of context, weights {wb:g} B each, KV cache {kv}",
-                 gpu, compute)
+    b = _Builder(
+        f"Decode step: batch {B}, {context:,} tokens of context, weights {wb:g} B each, KV cache {kv}", gpu, compute
+    )
     H, V = s.hidden_size, s.vocab_size
     # --- attention projections
     pa = p["attention"]
@@ -243,21 +290,43 @@ def _decode(arch: Architecture, gpu: GPU, batch: int, context: int, wb: float, c
     if mla_t:
         m = s.mla
         kvb_params = s.num_layers * m.kv_lora_rank * s.num_heads * (m.qk_nope_head_dim + m.v_head_dim)
-        b.op("attention", "attention projections", "P_attn × b_w", f"{num(pa)} × {num(wb)}", pa * wb,
-             "2 × B × (P_attn − P_kv_b)", f"2 × {B} × ({num(pa)} − {num(kvb_params)})", 2 * B * (pa - kvb_params))
+        b.op(
+            "attention",
+            "attention projections",
+            "P_attn × b_w",
+            f"{num(pa)} × {num(wb)}",
+            pa * wb,
+            "2 × B × (P_attn − P_kv_b)",
+            f"2 × {B} × ({num(pa)} − {num(kvb_params)})",
+            2 * B * (pa - kvb_params),
+        )
     else:
-        b.op("attention", "attention projections", "P_attn × b_w", f"{num(pa)} × {num(wb)}", pa * wb,
-             "2 × B × P_attn", f"2 × {B} × {num(pa)}", 2 * B * pa)
+        b.op(
+            "attention",
+            "attention projections",
+            "P_attn × b_w",
+            f"{num(pa)} × {num(wb)}",
+            pa * wb,
+            "2 × B × P_attn",
+            f"2 × {B} × {num(pa)}",
+            2 * B * pa,
+        )
     # --- attention over the cache, one group per layer kind
     for kind, n in _layer_groups(s).items():
         name = f"attention over the cache, {n} {LAYER_NAMES.get(kind, kind)} layers"
         if kind == "linear":
             la = s.linear
             st = linear_state_elements(s)
-            b.op("attention_kv", name, "n × 2 × B × state × b_kv (read + write)",
-                 f"{n} × 2 × {B} × {num(st)} × {num(kvb)}", n * 2 * B * st * kvb,
-                 "n × B × 6 × heads_v × d_k × d_v", f"{n} × {B} × 6 × {la.num_value_heads} × {la.key_head_dim} × "
-                 f"{la.value_head_dim}", n * B * 6 * la.num_value_heads * la.key_head_dim * la.value_head_dim)
+            b.op(
+                "attention_kv",
+                name,
+                "n × 2 × B × state × b_kv (read + write)",
+                f"{n} × 2 × {B} × {num(st)} × {num(kvb)}",
+                n * 2 * B * st * kvb,
+                "n × B × 6 × heads_v × d_k × d_v",
+                f"{n} × {B} × 6 × {la.num_value_heads} × {la.key_head_dim} × {la.value_head_dim}",
+                n * B * 6 * la.num_value_heads * la.key_head_dim * la.value_head_dim,
+            )
             continue
         T = tokens_read(kind, context, s.window)
         if kind == "sliding" and s.window:
@@ -270,89 +339,153 @@ def _decode(arch: Architecture, gpu: GPU, batch: int, context: int, wb: float, c
         if s.mla is not None and mla == "engine":
             m = s.mla
             lat = m.kv_lora_rank + m.qk_rope_head_dim
-            b.op("attention_kv", name + " (MLA, absorbed)", "n × B × T × (r_kv + d_rope) × b_kv",
-                 f"{n} × {B} × {num(T)} × ({m.kv_lora_rank} + {m.qk_rope_head_dim}) × {num(kvb)}",
-                 n * B * T * lat * kvb,
-                 "n × 2 × B × T × heads × (2 r_kv + d_rope)",
-                 f"{n} × 2 × {B} × {num(T)} × {s.num_heads} × (2 × {m.kv_lora_rank} + {m.qk_rope_head_dim})",
-                 n * 2 * B * T * s.num_heads * (2 * m.kv_lora_rank + m.qk_rope_head_dim))
+            b.op(
+                "attention_kv",
+                name + " (MLA, absorbed)",
+                "n × B × T × (r_kv + d_rope) × b_kv",
+                f"{n} × {B} × {num(T)} × ({m.kv_lora_rank} + {m.qk_rope_head_dim}) × {num(kvb)}",
+                n * B * T * lat * kvb,
+                "n × 2 × B × T × heads × (2 r_kv + d_rope)",
+                f"{n} × 2 × {B} × {num(T)} × {s.num_heads} × (2 × {m.kv_lora_rank} + {m.qk_rope_head_dim})",
+                n * 2 * B * T * s.num_heads * (2 * m.kv_lora_rank + m.qk_rope_head_dim),
+            )
         elif s.mla is not None:
             m = s.mla
             lat = m.kv_lora_rank + m.qk_rope_head_dim
             qk = m.qk_nope_head_dim + m.qk_rope_head_dim
             exp = s.num_heads * (qk + m.v_head_dim)
-            b.op("attention_kv", name + " (MLA as transformers runs it: re-expanded each step)",
-                 "n × B × T × b_kv × ((r_kv + d_rope) + 2 × heads × (d_qk + d_v))",
-                 f"{n} × {B} × {num(T)} × {num(kvb)} × ({lat} + 2 × {s.num_heads} × ({qk} + {m.v_head_dim}))",
-                 n * B * T * kvb * (lat + 2 * exp),
-                 "n × 2 × B × T × heads × (r_kv × (d_nope + d_v) + d_qk + d_v)",
-                 f"{n} × 2 × {B} × {num(T)} × {s.num_heads} × ({m.kv_lora_rank} × ({m.qk_nope_head_dim} + "
-                 f"{m.v_head_dim}) + {qk} + {m.v_head_dim})",
-                 n * 2 * B * T * s.num_heads * (m.kv_lora_rank * (m.qk_nope_head_dim + m.v_head_dim) + qk + m.v_head_dim))
+            b.op(
+                "attention_kv",
+                name + " (MLA as transformers runs it: re-expanded each step)",
+                "n × B × T × b_kv × ((r_kv + d_rope) + 2 × heads × (d_qk + d_v))",
+                f"{n} × {B} × {num(T)} × {num(kvb)} × ({lat} + 2 × {s.num_heads} × ({qk} + {m.v_head_dim}))",
+                n * B * T * kvb * (lat + 2 * exp),
+                "n × 2 × B × T × heads × (r_kv × (d_nope + d_v) + d_qk + d_v)",
+                f"{n} × 2 × {B} × {num(T)} × {s.num_heads} × ({m.kv_lora_rank} × ({m.qk_nope_head_dim} + "
+                f"{m.v_head_dim}) + {qk} + {m.v_head_dim})",
+                n
+                * 2
+                * B
+                * T
+                * s.num_heads
+                * (m.kv_lora_rank * (m.qk_nope_head_dim + m.v_head_dim) + qk + m.v_head_dim),
+            )
         else:
             e = layer_kv_elements_per_token(s, kind)
-            b.op("attention_kv", name, "n × B × T × kv_heads × (d_k + d_v) × b_kv",
-                 f"{n} × {B} × {num(T)} × {s.num_kv_heads} × ({s.head_dim} + {s.v_head_dim}) × {num(kvb)}",
-                 n * B * T * e * kvb,
-                 "n × 2 × B × T × heads × (d_k + d_v)",
-                 f"{n} × 2 × {B} × {num(T)} × {s.num_heads} × ({s.head_dim} + {s.v_head_dim})",
-                 n * 2 * B * T * s.num_heads * (s.head_dim + s.v_head_dim))
+            b.op(
+                "attention_kv",
+                name,
+                "n × B × T × kv_heads × (d_k + d_v) × b_kv",
+                f"{n} × {B} × {num(T)} × {s.num_kv_heads} × ({s.head_dim} + {s.v_head_dim}) × {num(kvb)}",
+                n * B * T * e * kvb,
+                "n × 2 × B × T × heads × (d_k + d_v)",
+                f"{n} × 2 × {B} × {num(T)} × {s.num_heads} × ({s.head_dim} + {s.v_head_dim})",
+                n * 2 * B * T * s.num_heads * (s.head_dim + s.v_head_dim),
+            )
     # --- dense MLP
     if p["dense_mlp"]:
         pd_ = p["dense_mlp"]
-        b.op("dense_mlp", "dense MLP", "P_mlp × b_w", f"{num(pd_)} × {num(wb)}", pd_ * wb,
-             "2 × B × P_mlp", f"2 × {B} × {num(pd_)}", 2 * B * pd_)
+        b.op(
+            "dense_mlp",
+            "dense MLP",
+            "P_mlp × b_w",
+            f"{num(pd_)} × {num(wb)}",
+            pd_ * wb,
+            "2 × B × P_mlp",
+            f"2 × {B} × {num(pd_)}",
+            2 * B * pd_,
+        )
     # --- experts
     touched = None
     if s.moe is not None:
         m = s.moe
         n_moe = len(m.layers)
         pe = p["routed_experts"] / (n_moe * m.num_experts)
-        touched = b.w.step("distinct experts touched per MoE layer", "E × (1 − (1 − k / E)^B)",
-                           f"{m.num_experts} × (1 − (1 − {m.top_k} / {m.num_experts})^{B})",
-                           experts_touched(m.num_experts, m.top_k, B))
+        touched = b.w.step(
+            "distinct experts touched per MoE layer",
+            "E × (1 − (1 − k / E)^B)",
+            f"{m.num_experts} × (1 − (1 − {m.top_k} / {m.num_experts})^{B})",
+            experts_touched(m.num_experts, m.top_k, B),
+        )
         always = p["shared_experts"] + p["router"]
-        b.op("experts", "experts", "(n_moe × touched × P_expert + P_shared + P_router) × b_w",
-             f"({n_moe} × {touched:,.3f} × {num(pe)} + {num(p['shared_experts'])} + {num(p['router'])}) × {num(wb)}",
-             (n_moe * touched * pe + always) * wb,
-             "2 × B × (n_moe × k × P_expert + P_shared + P_router)",
-             f"2 × {B} × ({n_moe} × {m.top_k} × {num(pe)} + {num(p['shared_experts'])} + {num(p['router'])})",
-             2 * B * (n_moe * m.top_k * pe + always))
+        b.op(
+            "experts",
+            "experts",
+            "(n_moe × touched × P_expert + P_shared + P_router) × b_w",
+            f"({n_moe} × {touched:,.3f} × {num(pe)} + {num(p['shared_experts'])} + {num(p['router'])}) × {num(wb)}",
+            (n_moe * touched * pe + always) * wb,
+            "2 × B × (n_moe × k × P_expert + P_shared + P_router)",
+            f"2 × {B} × ({n_moe} × {m.top_k} × {num(pe)} + {num(p['shared_experts'])} + {num(p['router'])})",
+            2 * B * (n_moe * m.top_k * pe + always),
+        )
     # --- LM head (the embedding matrix when tied)
-    b.op("lm_head", "LM head", "V × H × b_w", f"{V:,} × {H:,} × {num(wb)}", V * H * wb,
-         "2 × B × V × H", f"2 × {B} × {V:,} × {H:,}", 2 * B * V * H)
+    b.op(
+        "lm_head",
+        "LM head",
+        "V × H × b_w",
+        f"{V:,} × {H:,} × {num(wb)}",
+        V * H * wb,
+        "2 × B × V × H",
+        f"2 × {B} × {V:,} × {H:,}",
+        2 * B * V * H,
+    )
     # --- embedding rows and norms (small)
     small = p["norms"] + p["other"]
-    b.op("other", "embedding rows + norms", "(B × H + P_norms) × b_w", f"({B} × {H:,} + {num(small)}) × {num(wb)}",
-         (B * H + small) * wb, "4 × B × P_norms", f"4 × {B} × {num(p['norms'])}", 4 * B * p["norms"])
+    b.op(
+        "other",
+        "embedding rows + norms",
+        "(B × H + P_norms) × b_w",
+        f"({B} × {H:,} + {num(small)}) × {num(wb)}",
+        (B * H + small) * wb,
+        "4 × B × P_norms",
+        f"4 × {B} × {num(p['norms'])}",
+        4 * B * p["norms"],
+    )
     phase = Phase(tuple(b.ops), b.w)
-    b.w.step("decode step", "Σ operation times", " + ".join(f"{o.time_s * 1e3:.4g} ms" for o in b.ops),
-             sum(o.time_s for o in b.ops), "s")
+    b.w.step(
+        "decode step",
+        "Σ operation times",
+        " + ".join(f"{o.time_s * 1e3:.4g} ms" for o in b.ops),
+        sum(o.time_s for o in b.ops),
+        "s",
+    )
     b.w.step("tokens/s per sequence", "1 / step", f"1 / {phase.time_s:.6g}", 1 / phase.time_s, "tok/s")
     if B > 1:
         b.w.step("tokens/s over the batch", "B / step", f"{B} / {phase.time_s:.6g}", B / phase.time_s, "tok/s")
     return phase, touched
 
 
-def _prefill(arch: Architecture, gpu: GPU, batch: int, n: int, wb: float, compute: str, kv: str,
-             kvb: float) -> Phase:
+def _prefill(arch: Architecture, gpu: GPU, batch: int, n: int, wb: float, compute: str, kv: str, kvb: float) -> Phase:
     s, p = arch.spec, _params(arch)
     B, M = batch, batch * n
     b = _Builder(f"Prefill: batch {B} × {n:,} prompt tokens, weights {wb:g} B each, KV cache {kv}", gpu, compute)
     H, V = s.hidden_size, s.vocab_size
     pa = p["attention"]
-    b.op("attention", "attention projections", "P_attn × b_w", f"{num(pa)} × {num(wb)}", pa * wb,
-         "2 × B × N × P_attn", f"2 × {B} × {n:,} × {num(pa)}", 2 * M * pa)
+    b.op(
+        "attention",
+        "attention projections",
+        "P_attn × b_w",
+        f"{num(pa)} × {num(wb)}",
+        pa * wb,
+        "2 × B × N × P_attn",
+        f"2 × {B} × {n:,} × {num(pa)}",
+        2 * M * pa,
+    )
     for kind, count in _layer_groups(s).items():
         name = f"attention scores, {count} {LAYER_NAMES.get(kind, kind)} layers"
         if kind == "linear":
             la = s.linear
             st = linear_state_elements(s)
-            b.op("attention_kv", name, "n × B × state × b_kv (final state written)",
-                 f"{count} × {B} × {num(st)} × {num(kvb)}", count * B * st * kvb,
-                 "n × B × N × 6 × heads_v × d_k × d_v",
-                 f"{count} × {B} × {n:,} × 6 × {la.num_value_heads} × {la.key_head_dim} × {la.value_head_dim}",
-                 count * M * 6 * la.num_value_heads * la.key_head_dim * la.value_head_dim)
+            b.op(
+                "attention_kv",
+                name,
+                "n × B × state × b_kv (final state written)",
+                f"{count} × {B} × {num(st)} × {num(kvb)}",
+                count * B * st * kvb,
+                "n × B × N × 6 × heads_v × d_k × d_v",
+                f"{count} × {B} × {n:,} × 6 × {la.num_value_heads} × {la.key_head_dim} × {la.value_head_dim}",
+                count * M * 6 * la.num_value_heads * la.key_head_dim * la.value_head_dim,
+            )
             continue
         if kind == "sliding" and s.window:
             formula, numbers = "Σ_{i=1..N} min(i, W)", f"N = {n:,}, W = {s.window:,}"
@@ -360,50 +493,103 @@ def _prefill(arch: Architecture, gpu: GPU, batch: int, n: int, wb: float, comput
             formula, numbers = "⌊N/C⌋ × C(C + 1)/2 + r(r + 1)/2, r = N mod C", f"N = {n:,}, C = {s.window:,}"
         else:
             formula, numbers = "N(N + 1) / 2", f"{n:,} × {n + 1:,} / 2"
-        pairs = b.w.step(f"causal (query, key) pairs per {LAYER_NAMES.get(kind, kind)} layer", formula, numbers,
-                         prefill_pairs(kind, n, s.window))
+        pairs = b.w.step(
+            f"causal (query, key) pairs per {LAYER_NAMES.get(kind, kind)} layer",
+            formula,
+            numbers,
+            prefill_pairs(kind, n, s.window),
+        )
         e = layer_kv_elements_per_token(s, kind, "latent")
         if s.mla is not None:  # prefill runs MLA expanded (no absorption) in engines and transformers alike
             m = s.mla
             dk, dv = m.qk_nope_head_dim + m.qk_rope_head_dim, m.v_head_dim
         else:
             dk, dv = s.head_dim, s.v_head_dim
-        b.op("attention_kv", name, "n × B × N × kv_elements × b_kv (cache written)",
-             f"{count} × {B} × {n:,} × {e} × {num(kvb)}", count * M * e * kvb,
-             "n × 2 × B × pairs × heads × (d_k + d_v)",
-             f"{count} × 2 × {B} × {num(pairs)} × {s.num_heads} × ({dk} + {dv})",
-             count * 2 * B * pairs * s.num_heads * (dk + dv))
+        b.op(
+            "attention_kv",
+            name,
+            "n × B × N × kv_elements × b_kv (cache written)",
+            f"{count} × {B} × {n:,} × {e} × {num(kvb)}",
+            count * M * e * kvb,
+            "n × 2 × B × pairs × heads × (d_k + d_v)",
+            f"{count} × 2 × {B} × {num(pairs)} × {s.num_heads} × ({dk} + {dv})",
+            count * 2 * B * pairs * s.num_heads * (dk + dv),
+        )
     if p["dense_mlp"]:
         pd_ = p["dense_mlp"]
-        b.op("dense_mlp", "dense MLP", "P_mlp × b_w", f"{num(pd_)} × {num(wb)}", pd_ * wb,
-             "2 × B × N × P_mlp", f"2 × {B} × {n:,} × {num(pd_)}", 2 * M * pd_)
+        b.op(
+            "dense_mlp",
+            "dense MLP",
+            "P_mlp × b_w",
+            f"{num(pd_)} × {num(wb)}",
+            pd_ * wb,
+            "2 × B × N × P_mlp",
+            f"2 × {B} × {n:,} × {num(pd_)}",
+            2 * M * pd_,
+        )
     if s.moe is not None:
         m = s.moe
         n_moe = len(m.layers)
         pe = p["routed_experts"] / (n_moe * m.num_experts)
-        touched = b.w.step("distinct experts touched per MoE layer", "E × (1 − (1 − k / E)^(B × N))",
-                           f"{m.num_experts} × (1 − (1 − {m.top_k} / {m.num_experts})^{M:,})",
-                           experts_touched(m.num_experts, m.top_k, M))
+        touched = b.w.step(
+            "distinct experts touched per MoE layer",
+            "E × (1 − (1 − k / E)^(B × N))",
+            f"{m.num_experts} × (1 − (1 − {m.top_k} / {m.num_experts})^{M:,})",
+            experts_touched(m.num_experts, m.top_k, M),
+        )
         always = p["shared_experts"] + p["router"]
-        b.op("experts", "experts", "(n_moe × touched × P_expert + P_shared + P_router) × b_w",
-             f"({n_moe} × {touched:,.3f} × {num(pe)} + {num(always)}) × {num(wb)}", (n_moe * touched * pe + always) * wb,
-             "2 × B × N × (n_moe × k × P_expert + P_shared + P_router)",
-             f"2 × {B} × {n:,} × ({n_moe} × {m.top_k} × {num(pe)} + {num(always)})",
-             2 * M * (n_moe * m.top_k * pe + always))
-    b.op("lm_head", "LM head (last token of each sequence)", "V × H × b_w", f"{V:,} × {H:,} × {num(wb)}", V * H * wb,
-         "2 × B × V × H", f"2 × {B} × {V:,} × {H:,}", 2 * B * V * H)
+        b.op(
+            "experts",
+            "experts",
+            "(n_moe × touched × P_expert + P_shared + P_router) × b_w",
+            f"({n_moe} × {touched:,.3f} × {num(pe)} + {num(always)}) × {num(wb)}",
+            (n_moe * touched * pe + always) * wb,
+            "2 × B × N × (n_moe × k × P_expert + P_shared + P_router)",
+            f"2 × {B} × {n:,} × ({n_moe} × {m.top_k} × {num(pe)} + {num(always)})",
+            2 * M * (n_moe * m.top_k * pe + always),
+        )
+    b.op(
+        "lm_head",
+        "LM head (last token of each sequence)",
+        "V × H × b_w",
+        f"{V:,} × {H:,} × {num(wb)}",
+        V * H * wb,
+        "2 × B × V × H",
+        f"2 × {B} × {V:,} × {H:,}",
+        2 * B * V * H,
+    )
     small = p["norms"] + p["other"]
-    b.op("other", "embedding rows + norms", "(B × N × H + P_norms) × b_w",
-         f"({B} × {n:,} × {H:,} + {num(small)}) × {num(wb)}", (M * H + small) * wb,
-         "4 × B × N × P_norms", f"4 × {B} × {n:,} × {num(p['norms'])}", 4 * M * p["norms"])
+    b.op(
+        "other",
+        "embedding rows + norms",
+        "(B × N × H + P_norms) × b_w",
+        f"({B} × {n:,} × {H:,} + {num(small)}) × {num(wb)}",
+        (M * H + small) * wb,
+        "4 × B × N × P_norms",
+        f"4 × {B} × {n:,} × {num(p['norms'])}",
+        4 * M * p["norms"],
+    )
     phase = Phase(tuple(b.ops), b.w)
-    b.w.step("prefill time", "Σ operation times", " + ".join(f"{o.time_s * 1e3:.4g} ms" for o in b.ops),
-             sum(o.time_s for o in b.ops), "s")
+    b.w.step(
+        "prefill time",
+        "Σ operation times",
+        " + ".join(f"{o.time_s * 1e3:.4g} ms" for o in b.ops),
+        sum(o.time_s for o in b.ops),
+        "s",
+    )
     return phase
 
 
-def estimate(source: Source, gpu: GPU, batch: int = 1, context: int = 2048, prompt: int = 512,
-             dtype: str = "bf16", kv_dtype: Optional[str] = None, mla: str = "engine") -> SpeedEstimate:
+def estimate(
+    source: Source,
+    gpu: GPU,
+    batch: int = 1,
+    context: int = 2048,
+    prompt: int = 512,
+    dtype: str = "bf16",
+    kv_dtype: Optional[str] = None,
+    mla: str = "engine",
+) -> SpeedEstimate:
     """Roofline prefill time and decode speed of a model on ``gpu``.
 
     ``context``: tokens each sequence attends to during the decode step (prompt + generated so far);
@@ -422,11 +608,26 @@ def estimate(source: Source, gpu: GPU, batch: int = 1, context: int = 2048, prom
     prefill = _prefill(arch, gpu, batch, prompt, wb, compute, kv, kvb)
     if compute != SPEED_DTYPES[dtype][1]:
         for w in (decode.working, prefill.working):
-            w.note(f"{gpu.name} has no {SPEED_DTYPES[dtype][1]} tensor cores: weights are read at {wb:g} byte(s) "
-                   "and the arithmetic runs in bf16 (weight-only quantization).")
+            w.note(
+                f"{gpu.name} has no {SPEED_DTYPES[dtype][1]} tensor cores: weights are read at {wb:g} byte(s) "
+                "and the arithmetic runs in bf16 (weight-only quantization)."
+            )
     if dtype == "int4":
         for w in (decode.working, prefill.working):
             w.note("int4 counts the 4-bit payload only (group scales add a few per cent); arithmetic in bf16.")
     limit = s.max_context or MAX_CONTEXT
-    return SpeedEstimate(arch.label, gpu, batch, context, prompt, dtype, kv, mla if s.mla is not None else None,
-                         compute, touched, decode, prefill, max(context, prompt) <= limit)
+    return SpeedEstimate(
+        arch.label,
+        gpu,
+        batch,
+        context,
+        prompt,
+        dtype,
+        kv,
+        mla if s.mla is not None else None,
+        compute,
+        touched,
+        decode,
+        prefill,
+        max(context, prompt) <= limit,
+    )

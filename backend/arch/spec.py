@@ -5,6 +5,7 @@ Built from the config plus a look at the modules transformers builds from it on 
 of any model type transformers knows gets a spec without per-model code. Diagrams, tables,
 formulas and the runtime all read this spec, never a model name.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -15,8 +16,12 @@ from .errors import ArchLabError
 #: router classes that score experts with a sigmoid although their config does not say so
 SIGMOID_ROUTERS = frozenset({"Llama4Router"})
 
-LAYER_TYPES = {"full_attention": "full", "sliding_attention": "sliding", "chunked_attention": "chunked",
-               "linear_attention": "linear"}
+LAYER_TYPES = {
+    "full_attention": "full",
+    "sliding_attention": "sliding",
+    "chunked_attention": "chunked",
+    "linear_attention": "linear",
+}
 
 
 @dataclass(frozen=True)
@@ -31,6 +36,7 @@ class MLASpec:
 @dataclass(frozen=True)
 class LinearAttentionSpec:
     """Gated-DeltaNet-style linear attention: a fixed-size state instead of a growing KV cache."""
+
     num_key_heads: int
     num_value_heads: int
     key_head_dim: int
@@ -43,25 +49,25 @@ class MoESpec:
     num_experts: int
     top_k: int
     expert_width: int
-    num_shared: int          # shared (always-on) experts; 0 if none
-    shared_width: int        # total intermediate width of the shared expert(s)
-    shared_gate: bool        # a learned sigmoid gate scales the shared expert
+    num_shared: int  # shared (always-on) experts; 0 if none
+    shared_width: int  # total intermediate width of the shared expert(s)
+    shared_gate: bool  # a learned sigmoid gate scales the shared expert
     router_bias: bool
     expert_bias: bool
-    scoring: str             # softmax / sigmoid
-    bias_corrected: bool     # DeepSeek-style per-expert bias used only for the choice
-    n_group: int             # expert groups for group-limited routing (1 = none)
+    scoring: str  # softmax / sigmoid
+    bias_corrected: bool  # DeepSeek-style per-expert bias used only for the choice
+    n_group: int  # expert groups for group-limited routing (1 = none)
     topk_group: int
     layers: tuple[int, ...]  # indices of MoE layers
 
 
 @dataclass(frozen=True)
 class LayerSpec:
-    attention: str   # full / sliding / chunked / linear
-    rope: bool       # False: NoPE layer (or absolute positions)
-    mlp: str         # dense / moe
+    attention: str  # full / sliding / chunked / linear
+    rope: bool  # False: NoPE layer (or absolute positions)
+    mlp: str  # dense / moe
     dense_width: int  # intermediate width of the dense MLP (0 in MoE layers)
-    norms: int       # norm modules in the block (QK/latent norms excluded)
+    norms: int  # norm modules in the block (QK/latent norms excluded)
 
 
 @dataclass(frozen=True)
@@ -75,25 +81,25 @@ class ArchSpec:
     max_context: int
     tied_embeddings: bool
     # attention
-    attention_kind: str        # MHA / GQA / MQA / MLA
+    attention_kind: str  # MHA / GQA / MQA / MLA
     num_heads: int
     num_kv_heads: int
-    head_dim: int              # query/key head width
+    head_dim: int  # query/key head width
     v_head_dim: int
     qkv_bias: bool
     out_bias: bool
     attention_sinks: bool
-    output_gate: bool          # queries projected twice as wide to gate the attention output
-    window: Optional[int]      # sliding window / chunk size for local layers
+    output_gate: bool  # queries projected twice as wide to gate the attention output
+    window: Optional[int]  # sliding window / chunk size for local layers
     mla: Optional[MLASpec]
     linear: Optional[LinearAttentionSpec]
     # norms and positions
-    norm_type: str             # RMSNorm / LayerNorm
+    norm_type: str  # RMSNorm / LayerNorm
     norm_bias: bool
-    norm_placement: str        # pre / post / pre+post
-    qk_norm: str               # none / per-head / full-width / L2 (no weights)
-    position: str              # absolute / RoPE
-    rope_fraction: float       # share of each head rotated (partial RoPE)
+    norm_placement: str  # pre / post / pre+post
+    qk_norm: str  # none / per-head / full-width / L2 (no weights)
+    position: str  # absolute / RoPE
+    rope_fraction: float  # share of each head rotated (partial RoPE)
     rope_theta: Optional[float]
     rope_scaling: Optional[str]
     # MLP
@@ -108,7 +114,11 @@ class ArchSpec:
     def mlp_kind(self) -> str:
         act = self.activation.lower()
         if self.gated_mlp:
-            return "SwiGLU" if ("silu" in act or "swish" in act) else ("GeGLU" if "gelu" in act else f"gated {self.activation}")
+            return (
+                "SwiGLU"
+                if ("silu" in act or "swish" in act)
+                else ("GeGLU" if "gelu" in act else f"gated {self.activation}")
+            )
         return f"{self.activation.upper().split('_')[0]} MLP"
 
     def count(self, attention: str) -> int:
@@ -125,7 +135,9 @@ class ArchSpec:
     @property
     def layer_pattern(self) -> str:
         """Compact per-layer pattern of attention kinds, e.g. 'S S S S S F ×10 + S S'."""
-        return _pattern([l.attention[0].upper() + ("" if l.rope or self.position != "RoPE" else "ø") for l in self.layers])
+        return _pattern(
+            [l.attention[0].upper() + ("" if l.rope or self.position != "RoPE" else "ø") for l in self.layers]
+        )
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -160,7 +172,7 @@ def _pattern(tokens: list[str]) -> str:
         unit = tokens[:size]
         reps = n // size
         if unit * reps == tokens[: size * reps]:
-            rest = tokens[size * reps:]
+            rest = tokens[size * reps :]
             if len(rest) < size and (reps > 1 or not rest):
                 text = " ".join(unit) + (f" ×{reps}" if reps > 1 else "")
                 return text + (" + " + " ".join(rest) if rest else "")
@@ -243,12 +255,20 @@ def _moe(cfg, model_layers, hidden: int) -> Optional[MoESpec]:
     if not top_k:
         raise ArchLabError("MoE config has no top-k (num_experts_per_tok)")
     if isinstance(top_k, bool) or not isinstance(top_k, int) or not 0 < top_k <= num:
-        raise ArchLabError(f"MoE top-k (num_experts_per_tok) must be an integer from 1 to the {num} experts, got {top_k!r}")
+        raise ArchLabError(
+            f"MoE top-k (num_experts_per_tok) must be an integer from 1 to the {num} experts, got {top_k!r}"
+        )
     n_group, topk_group = _get(cfg, "n_group", default=1), _get(cfg, "topk_group", default=1)
-    if (any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in (n_group, topk_group))
-            or num % n_group or topk_group > n_group or top_k > topk_group * (num // n_group)):
-        raise ArchLabError(f"MoE groups do not fit: {num} experts in n_group={n_group!r} groups, "
-                           f"topk_group={topk_group!r}, top-k {top_k}")
+    if (
+        any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in (n_group, topk_group))
+        or num % n_group
+        or topk_group > n_group
+        or top_k > topk_group * (num // n_group)
+    ):
+        raise ArchLabError(
+            f"MoE groups do not fit: {num} experts in n_group={n_group!r} groups, "
+            f"topk_group={topk_group!r}, top-k {top_k}"
+        )
     shared = _child(first, "shared_experts", "shared_expert", "shared_mlp")
     if shared is not None and not sum(p.numel() for p in shared.parameters()):
         shared = None  # zero shared experts: DeepSeek's class builds them zero wide
@@ -258,9 +278,12 @@ def _moe(cfg, model_layers, hidden: int) -> Optional[MoESpec]:
     # Configs rarely name the scoring function: routers with a choice-only bias correction use sigmoid
     # scores, and so do the router classes listed in SIGMOID_ROUTERS; the rest use softmax.
     scoring = _get(cfg, "scoring_func", default=None) or (
-        "sigmoid" if bias_corrected or type(router).__name__ in SIGMOID_ROUTERS else "softmax")
+        "sigmoid" if bias_corrected or type(router).__name__ in SIGMOID_ROUTERS else "softmax"
+    )
     return MoESpec(
-        num_experts=int(num), top_k=int(top_k), expert_width=int(width),
+        num_experts=int(num),
+        top_k=int(top_k),
+        expert_width=int(width),
         num_shared=int(_get(cfg, "n_shared_experts", default=1)) if shared is not None else 0,
         shared_width=int(shared_width),
         shared_gate=_child(first, "shared_expert_gate") is not None,
@@ -279,18 +302,25 @@ def _check_heads(cfg, hidden: int, heads: int, kv_heads: int, mla: bool) -> None
     key and a value for every query head; without a ``head_dim`` a head is hidden_size / num_attention_heads
     wide, so the heads must divide the hidden size. (Head ratios are checked with the config: configs.py.)"""
     if mla and kv_heads != heads:
-        raise ArchLabError(f"config field 'num_key_value_heads' = {kv_heads} must equal 'num_attention_heads' = "
-                           f"{heads}: latent attention expands a key and a value for every query head")
+        raise ArchLabError(
+            f"config field 'num_key_value_heads' = {kv_heads} must equal 'num_attention_heads' = "
+            f"{heads}: latent attention expands a key and a value for every query head"
+        )
     if not mla and not _get(cfg, "head_dim") and hidden % heads:
-        raise ArchLabError(f"config field 'num_attention_heads' = {heads} must divide 'hidden_size' = {hidden}: "
-                           f"without a 'head_dim' each head is hidden_size / num_attention_heads wide")
+        raise ArchLabError(
+            f"config field 'num_attention_heads' = {heads} must divide 'hidden_size' = {hidden}: "
+            f"without a 'head_dim' each head is hidden_size / num_attention_heads wide"
+        )
 
 
 def _refuse_layer_type(cfg, i: int, layer) -> None:
     """A layer whose attention module does not match its config entry (a layer_types entry the class builds no
     attention for, or linear attention where the class builds softmax attention)."""
-    got = "linear" if _child(layer, "linear_attn") is not None else (
-        "softmax" if _child(layer, "self_attn", "attn", "attention") is not None else "no")
+    got = (
+        "linear"
+        if _child(layer, "linear_attn") is not None
+        else ("softmax" if _child(layer, "self_attn", "attn", "attention") is not None else "no")
+    )
     raw = getattr(cfg, "layer_types", None)
     entry = f"config field 'layer_types' has {raw[i]!r} at layer {i}" if raw and i < len(raw) else f"layer {i}"
     raise ArchLabError(f"{entry}, but {type(layer).__name__} builds {got} attention there")
@@ -313,8 +343,10 @@ def read_spec(cfg, model) -> ArchSpec:
         raise
     except (TypeError, ValueError, AttributeError, KeyError, IndexError, ZeroDivisionError) as e:
         # A config transformers accepted but whose fields do not fit together (a user's upload).
-        raise ArchLabError(f"this {cfg.model_type} config is inconsistent: {type(e).__name__}: "
-                           f"{(str(e).splitlines() or [''])[0][:200]}") from None
+        raise ArchLabError(
+            f"this {cfg.model_type} config is inconsistent: {type(e).__name__}: "
+            f"{(str(e).splitlines() or [''])[0][:200]}"
+        ) from None
 
 
 def _read_spec(cfg, model) -> ArchSpec:
@@ -361,27 +393,44 @@ def _read_spec(cfg, model) -> ArchSpec:
         kind = "MHA" if kv_heads == heads else ("MQA" if kv_heads == 1 else "GQA")
     else:
         kv_heads = heads
-    qkv_bias = any(n.endswith("bias") and n.split(".")[0] in ("q_proj", "k_proj", "v_proj", "c_attn", "qkv_proj", "q_a_proj", "kv_a_proj_with_mqa") for n in ap)
+    qkv_bias = any(
+        n.endswith("bias")
+        and n.split(".")[0] in ("q_proj", "k_proj", "v_proj", "c_attn", "qkv_proj", "q_a_proj", "kv_a_proj_with_mqa")
+        for n in ap
+    )
     out_bias = any(n.split(".")[0] in ("o_proj", "c_proj", "out_proj") and n.endswith("bias") for n in ap)
     q_proj = _child(attn, "q_proj")
     output_gate = mla is None and q_proj is not None and _linear_out(q_proj) == 2 * heads * head_dim
     q_norm = ap.get("q_norm.weight", ap.get("q_proj.norm.weight"))  # the latter: the qk_norm_on patch
     if q_norm is not None:
         qk_norm = "per-head" if q_norm.numel() == head_dim else "full-width"
-    elif getattr(cfg, "use_qk_norm", False) or any(_child(_child(l, "self_attn") or l, "qk_norm") is not None for l in layers):
+    elif getattr(cfg, "use_qk_norm", False) or any(
+        _child(_child(l, "self_attn") or l, "qk_norm") is not None for l in layers
+    ):
         qk_norm = "L2 (no weights)"
     else:
         qk_norm = "none"
 
     linear = None
     if "linear" in types:
-        linear = LinearAttentionSpec(cfg.linear_num_key_heads, cfg.linear_num_value_heads, cfg.linear_key_head_dim,
-                                     cfg.linear_value_head_dim, cfg.linear_conv_kernel_dim)
+        linear = LinearAttentionSpec(
+            cfg.linear_num_key_heads,
+            cfg.linear_num_value_heads,
+            cfg.linear_key_head_dim,
+            cfg.linear_value_head_dim,
+            cfg.linear_conv_kernel_dim,
+        )
 
     # --- norms, positions ---
     norm_names = _norm_names(layers[0])
     norm_mod = getattr(layers[0], norm_names[0]) if norm_names else None
-    norm_type = "LayerNorm" if norm_mod is not None and "rms" not in type(norm_mod).__name__.lower() and "layernorm" in type(norm_mod).__name__.lower().replace("_", "") else "RMSNorm"
+    norm_type = (
+        "LayerNorm"
+        if norm_mod is not None
+        and "rms" not in type(norm_mod).__name__.lower()
+        and "layernorm" in type(norm_mod).__name__.lower().replace("_", "")
+        else "RMSNorm"
+    )
     norm_bias = norm_mod is not None and "bias" in _params(norm_mod)
     base = base_model(model)
     absolute = any(getattr(base, n, None) is not None for n in ("wpe", "embed_positions", "position_embeddings"))
@@ -389,7 +438,9 @@ def _read_spec(cfg, model) -> ArchSpec:
     if mla is not None:
         frac = mla.qk_rope_head_dim / head_dim
     # NoPE layers: the attention module's own flag (classes that ignore a no_rope_layers field have none)
-    rope = [not absolute and bool(getattr(_child(l, "self_attn", "attn", "attention"), "use_rope", True)) for l in layers]
+    rope = [
+        not absolute and bool(getattr(_child(l, "self_attn", "attn", "attention"), "use_rope", True)) for l in layers
+    ]
 
     # --- MLP / MoE ---
     moe = _moe(cfg, layers, hidden)
@@ -405,23 +456,46 @@ def _read_spec(cfg, model) -> ArchSpec:
             width = _linear_out(up) // (2 if _child(mlp, "gate_up_proj") is not None and up is mlp.gate_up_proj else 1)
             gated = gated or _child(mlp, "gate_proj", "w1", "gate_up_proj") is not None
             mlp_bias = mlp_bias or any(n.endswith("bias") for n in _params(mlp))
-        per_layer.append(LayerSpec(types[i], rope[i], "moe" if i in moe_set else "dense", int(width),
-                                   len(_norm_names(layer))))
+        per_layer.append(
+            LayerSpec(types[i], rope[i], "moe" if i in moe_set else "dense", int(width), len(_norm_names(layer)))
+        )
 
-    tied = model.get_output_embeddings() is not None and \
-        model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    tied = (
+        model.get_output_embeddings() is not None
+        and model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    )
     return ArchSpec(
-        model_type=cfg.model_type, architecture=type(model).__name__,
+        model_type=cfg.model_type,
+        architecture=type(model).__name__,
         decoder_layer_class=type(layers[0]).__name__,
-        vocab_size=int(cfg.vocab_size), hidden_size=hidden, num_layers=n_layers,
+        vocab_size=int(cfg.vocab_size),
+        hidden_size=hidden,
+        num_layers=n_layers,
         max_context=int(_get(cfg, "max_position_embeddings", "n_positions", default=0)),
         tied_embeddings=bool(tied),
-        attention_kind=kind, num_heads=heads, num_kv_heads=kv_heads, head_dim=head_dim, v_head_dim=v_head_dim,
-        qkv_bias=qkv_bias, out_bias=out_bias, attention_sinks="sinks" in ap, output_gate=output_gate,
-        window=window, mla=mla, linear=linear,
-        norm_type=norm_type, norm_bias=norm_bias, norm_placement=_placement(norm_names), qk_norm=qk_norm,
-        position="absolute" if absolute else "RoPE", rope_fraction=frac,
-        rope_theta=None if absolute else theta, rope_scaling=None if absolute else scaling,
+        attention_kind=kind,
+        num_heads=heads,
+        num_kv_heads=kv_heads,
+        head_dim=head_dim,
+        v_head_dim=v_head_dim,
+        qkv_bias=qkv_bias,
+        out_bias=out_bias,
+        attention_sinks="sinks" in ap,
+        output_gate=output_gate,
+        window=window,
+        mla=mla,
+        linear=linear,
+        norm_type=norm_type,
+        norm_bias=norm_bias,
+        norm_placement=_placement(norm_names),
+        qk_norm=qk_norm,
+        position="absolute" if absolute else "RoPE",
+        rope_fraction=frac,
+        rope_theta=None if absolute else theta,
+        rope_scaling=None if absolute else scaling,
         activation=str(_get(cfg, "hidden_act", "hidden_activation", "activation_function", default="?")),
-        gated_mlp=gated, mlp_bias=mlp_bias, moe=moe, layers=tuple(per_layer),
+        gated_mlp=gated,
+        mlp_bias=mlp_bias,
+        moe=moe,
+        layers=tuple(per_layer),
     )

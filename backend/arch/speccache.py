@@ -12,6 +12,7 @@ of those files (or transformers):
 
     python -m backend.arch.speccache
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -117,8 +118,11 @@ def build() -> dict[str, Any]:
         cfg = build_config(canon)
         model = build_meta_model(cfg)
         spec = read_spec(cfg, model)
-        entries[config_key(canon)] = {"key": key, "spec": to_json(spec),
-                                      "counts": dataclasses.asdict(count_tensors(model, spec))}
+        entries[config_key(canon)] = {
+            "key": key,
+            "spec": to_json(spec),
+            "counts": dataclasses.asdict(count_tensors(model, spec)),
+        }
     return {"fingerprint": fingerprint(), "transformers": metadata.version("transformers"), "specs": entries}
 
 

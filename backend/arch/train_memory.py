@@ -85,6 +85,7 @@ Measured peaks to compare with (written by the trainer's benchmark, never by han
 
 :func:`measured_rows` reads it and pairs each row with this module's estimate for the same settings.
 """
+
 from __future__ import annotations
 
 import json
@@ -101,29 +102,45 @@ from .working import Working, num
 TRAIN_DTYPES = {"bf16": 2, "fp16": 2, "fp32": 4}
 OPTIMIZERS = {"adamw": 2, "sgd": 1}
 PARALLEL = ("none", "ddp", "zero1", "zero2", "zero3", "fsdp", "tp", "pp", "ep")
-PARALLEL_LABELS = {"none": "one GPU", "ddp": "DDP", "zero1": "ZeRO-1", "zero2": "ZeRO-2", "zero3": "ZeRO-3",
-                   "fsdp": "FSDP (full shard)", "tp": "tensor parallel", "pp": "pipeline parallel (1F1B)",
-                   "ep": "expert parallel"}
+PARALLEL_LABELS = {
+    "none": "one GPU",
+    "ddp": "DDP",
+    "zero1": "ZeRO-1",
+    "zero2": "ZeRO-2",
+    "zero3": "ZeRO-3",
+    "fsdp": "FSDP (full shard)",
+    "tp": "tensor parallel",
+    "pp": "pipeline parallel (1F1B)",
+    "ep": "expert parallel",
+}
 MAX_GPUS = 4096
 MAX_TOKENS = 1 << 26
 MEASURED_FILE = Path(__file__).resolve().parents[2] / "bench" / "results" / "train-memory.json"
 PARTS = ("weights", "gradients", "master_weights", "optimizer_states", "activations", "loss", "gathered")
-PART_LABELS = {"weights": "Weights", "gradients": "Gradients", "master_weights": "fp32 master weights",
-               "optimizer_states": "Optimizer states", "activations": "Activations", "loss": "Loss (logits)",
-               "gathered": "Gathered layers (ZeRO-3/FSDP)"}
+PART_LABELS = {
+    "weights": "Weights",
+    "gradients": "Gradients",
+    "master_weights": "fp32 master weights",
+    "optimizer_states": "Optimizer states",
+    "activations": "Activations",
+    "loss": "Loss (logits)",
+    "gathered": "Gathered layers (ZeRO-3/FSDP)",
+}
 BACKENDS = ("cuda", "cpu")
 # transformers' RMSNorms that scale by the weight in fp32 before casting back ((w · x̂).to(dtype) or x̂ · (1 + w)):
 # on a 16-bit input they keep the normalised tensor in fp32; the others (Llama's w · x̂.to(dtype)) in 16 bits.
-WEIGHT_FIRST_NORMS = frozenset({"gemma", "gemma2", "gemma3", "gemma3_text", "gemma3n", "gemma3n_text", "olmo2",
-                                "olmo3", "gpt_oss", "qwen3_next"})
+WEIGHT_FIRST_NORMS = frozenset(
+    {"gemma", "gemma2", "gemma3", "gemma3_text", "gemma3n", "gemma3n_text", "olmo2", "olmo3", "gpt_oss", "qwen3_next"}
+)
 DELTA_CHUNK = 64  # chunk length of transformers' torch_chunk_gated_delta_rule
 
 
 @dataclass(frozen=True)
 class Saved:
     """A group of tensors autograd keeps for the backward pass: bytes per token, and how they were counted."""
+
     what: str
-    formula: str   # in symbols, bytes per token
+    formula: str  # in symbols, bytes per token
     nbytes: float  # bytes per token
     wide: bool = False  # H-wide: kept whole on every GPU under tensor parallelism (else split)
 
@@ -135,6 +152,7 @@ class Saved:
 class LayerActivations:
     """Activation bytes per token of one decoder layer: the H-wide part (kept whole under tensor parallel)
     and the rest (split by tensor parallel)."""
+
     replicated: float
     split: float
     terms: tuple = ()
@@ -155,11 +173,11 @@ class TrainingMemory:
     optimizer: str
     parallel: str
     gpus: int
-    parts: dict                  # part -> bytes on the busiest GPU, at the peak moment
+    parts: dict  # part -> bytes on the busiest GPU, at the peak moment
     activation_per_token: float  # bytes per token, all layers, without checkpointing (one GPU)
     activation_per_token_ckpt: float  # the same with checkpointing
     working: Working = field(compare=False, repr=False)
-    moment: str = "backward"     # "backward" (start of the backward pass) or "optimizer" (the optimizer step)
+    moment: str = "backward"  # "backward" (start of the backward pass) or "optimizer" (the optimizer step)
 
     @property
     def total(self) -> int:
@@ -167,6 +185,7 @@ class TrainingMemory:
 
 
 # ----------------------------------------------------------------- what autograd saves, per token
+
 
 class _Terms:
     """Collects the Saved groups of one layer (bytes per token; groups of 0 bytes are left out)."""
@@ -179,8 +198,19 @@ class _Terms:
             self.items.append(Saved(what, formula, float(nbytes), wide))
 
 
-def _rmsnorm(t: _Terms, what: str, width: int, rows: int, b_in: float, weight_first: bool, sym: str,
-             rows_sym: str = "", wide: bool = False, layer_norm: bool = False, autocast: bool = True) -> None:
+def _rmsnorm(
+    t: _Terms,
+    what: str,
+    width: int,
+    rows: int,
+    b_in: float,
+    weight_first: bool,
+    sym: str,
+    rows_sym: str = "",
+    wide: bool = False,
+    layer_norm: bool = False,
+    autocast: bool = True,
+) -> None:
     """A norm over ``rows`` rows of ``width`` per token (``width`` is the total) with ``b_in``-byte input."""
     if layer_norm:  # native_layer_norm keeps its input (fp32 under autocast, which runs it in fp32), mean, 1/σ
         b = 4 if autocast else b_in
@@ -206,40 +236,65 @@ def _kernel(s: ArchSpec, d: int, dv: int, backend: str) -> str:
     return "math" if d != dv else "fused"
 
 
-def _attention_core(t: _Terms, s: ArchSpec, nh: int, kvh: int, d: int, dv: int, S: int, masked: bool, ba: float,
-                    backend: str, head_major: bool) -> None:
+def _attention_core(
+    t: _Terms,
+    s: ArchSpec,
+    nh: int,
+    kvh: int,
+    d: int,
+    dv: int,
+    S: int,
+    masked: bool,
+    ba: float,
+    backend: str,
+    head_major: bool,
+) -> None:
     """The attention kernel's saved tensors for ``nh`` query heads over ``kvh`` key/value heads."""
     kernel = _kernel(s, d, dv, backend)
     if kernel == "flex":  # block masks (windows) and GQA inside the kernel; the sinks join through the log-sum-exp
-        t.add("flex attention: q, k, v, output, fp32 log-sum-exp", f"{num(ba)}·(nh·d + nkv·d + nkv·dv + nh·dv) + 4·nh",
-              ba * (nh * d + kvh * d + kvh * dv + nh * dv) + 4 * nh)
-        t.add("attention sinks: log-sum-exp with the sink (fp32), rescaled output for o_proj",
-              f"16·nh + {num(ba)}·nh·dv", 16 * nh + ba * nh * dv)
+        t.add(
+            "flex attention: q, k, v, output, fp32 log-sum-exp",
+            f"{num(ba)}·(nh·d + nkv·d + nkv·dv + nh·dv) + 4·nh",
+            ba * (nh * d + kvh * d + kvh * dv + nh * dv) + 4 * nh,
+        )
+        t.add(
+            "attention sinks: log-sum-exp with the sink (fp32), rescaled output for o_proj",
+            f"16·nh + {num(ba)}·nh·dv",
+            16 * nh + ba * nh * dv,
+        )
         return
     if masked:
         kvh = nh  # transformers repeats k and v (repeat_kv) when a mask is passed
     if kernel == "fused":
-        t.add("attention kernel: q, k, v, output, fp32 log-sum-exp",
-              f"{num(ba)}·(nh·d + kvh·d + kvh·dv + nh·dv) + 4·nh",
-              ba * (nh * d + kvh * d + kvh * dv + nh * dv) + 4 * nh)
+        t.add(
+            "attention kernel: q, k, v, output, fp32 log-sum-exp",
+            f"{num(ba)}·(nh·d + kvh·d + kvh·dv + nh·dv) + 4·nh",
+            ba * (nh * d + kvh * d + kvh * dv + nh * dv) + 4 * nh,
+        )
         if masked:  # the boolean mask becomes an additive one in the query's dtype, kept for the backward pass
             t.add("additive mask (B × 1 × T × T)", f"{num(ba)}·T", ba * S)
         if head_major:
             t.add("attention output made contiguous for o_proj", f"{num(ba)}·nh·dv", ba * nh * dv)
     elif kernel == "math":  # SDPA's math path upcasts 16-bit inputs to fp32 on CUDA; k, v repeated to nh heads
-        t.add("attention (SDPA math path, fp32): q, k, v, T-wide softmax", "4·(nh·d + nh·d + nh·dv) + 4·nh·T",
-              4 * (nh * d + nh * d + nh * dv) + 4 * nh * S)
+        t.add(
+            "attention (SDPA math path, fp32): q, k, v, T-wide softmax",
+            "4·(nh·d + nh·d + nh·dv) + 4·nh·T",
+            4 * (nh * d + nh * d + nh * dv) + 4 * nh * S,
+        )
         if masked:
             t.add("additive mask (B × 1 × T × T)", "4·T", 4 * S)
         t.add("attention output cast back for o_proj", f"{num(ba)}·nh·dv", ba * nh * dv)
     else:  # eager with sinks (gpt-oss): scores + sink column softmaxed in fp32, probabilities cast to 16 bits
-        t.add("eager attention: q, repeated k, v, fp32 softmax over T+1, 16-bit probabilities, argmax, output copy",
-              f"{num(ba)}·(2·nh·d + 2·nh·dv) + 4·nh·(T+1) + {num(ba)}·nh·T + 8·nh",
-              ba * (2 * nh * d + 2 * nh * dv) + 4 * nh * (S + 1) + ba * nh * S + 8 * nh)
+        t.add(
+            "eager attention: q, repeated k, v, fp32 softmax over T+1, 16-bit probabilities, argmax, output copy",
+            f"{num(ba)}·(2·nh·d + 2·nh·dv) + 4·nh·(T+1) + {num(ba)}·nh·T + 8·nh",
+            ba * (2 * nh * d + 2 * nh * dv) + 4 * nh * (S + 1) + ba * nh * S + 8 * nh,
+        )
 
 
-def saved_per_token(s: ArchSpec, layer, seq_len: int, b_act: float = 2, autocast: bool = True,
-                    backend: str = "cuda") -> list[Saved]:
+def saved_per_token(
+    s: ArchSpec, layer, seq_len: int, b_act: float = 2, autocast: bool = True, backend: str = "cuda"
+) -> list[Saved]:
     """What autograd keeps for the backward pass of one decoder layer, per token (see the module docstring).
 
     ``autocast``: fp32 parameters with ``b_act``-byte matmuls (PyTorch autocast); else the model runs in
@@ -249,13 +304,15 @@ def saved_per_token(s: ArchSpec, layer, seq_len: int, b_act: float = 2, autocast
         raise ArchLabError(f"backend must be one of {', '.join(BACKENDS)}")
     t = _Terms()
     ba, S, H = b_act, seq_len, s.hidden_size
-    res = 4 if autocast else ba          # the residual stream: fp32 under autocast (fp32 embeddings + adds)
+    res = 4 if autocast else ba  # the residual stream: fp32 under autocast (fp32 embeddings + adds)
     wf = s.model_type in WEIGHT_FIRST_NORMS
     ln = s.norm_type == "LayerNorm"
 
     def inputs(what: str, calls: int) -> None:  # linear layers reading an H-wide, res-byte input
         if autocast and ba < 4:
-            t.add(f"{what}: 16-bit copies of the input (one per linear)", f"{calls} × {num(ba)}·H", calls * ba * H, True)
+            t.add(
+                f"{what}: 16-bit copies of the input (one per linear)", f"{calls} × {num(ba)}·H", calls * ba * H, True
+            )
         # otherwise the linear saves the norm's output itself, counted once with the norm below
 
     # ---- block norms
@@ -263,11 +320,33 @@ def saved_per_token(s: ArchSpec, layer, seq_len: int, b_act: float = 2, autocast
     post = n if s.norm_placement == "post" else (n // 2 if s.norm_placement == "pre+post" else 0)
     pre = n - post
     if pre:
-        _rmsnorm(t, f"{pre} pre-norm{'s' if pre > 1 else ''} (input, normalised, 1/RMS)", pre * H, pre, res, wf,
-                 f"{pre}·H" if pre > 1 else "H", f"{pre}" if pre > 1 else "", True, ln, autocast)
+        _rmsnorm(
+            t,
+            f"{pre} pre-norm{'s' if pre > 1 else ''} (input, normalised, 1/RMS)",
+            pre * H,
+            pre,
+            res,
+            wf,
+            f"{pre}·H" if pre > 1 else "H",
+            f"{pre}" if pre > 1 else "",
+            True,
+            ln,
+            autocast,
+        )
     if post:
-        _rmsnorm(t, f"{post} post-norm{'s' if post > 1 else ''} on sublayer outputs", post * H, post, ba, wf,
-                 f"{post}·H" if post > 1 else "H", f"{post}" if post > 1 else "", True, ln, autocast)
+        _rmsnorm(
+            t,
+            f"{post} post-norm{'s' if post > 1 else ''} on sublayer outputs",
+            post * H,
+            post,
+            ba,
+            wf,
+            f"{post}·H" if post > 1 else "H",
+            f"{post}" if post > 1 else "",
+            True,
+            ln,
+            autocast,
+        )
 
     if not (autocast and ba < 4):  # the token mixer's and the MLP's inputs, each saved once by its projections
         t.add("projection inputs (token mixer, MLP)", f"2 × {num(ba)}·H", 2 * ba * H, True)
@@ -281,23 +360,40 @@ def saved_per_token(s: ArchSpec, layer, seq_len: int, b_act: float = 2, autocast
         chunks = -(-S // C)
         pad = chunks * C / S  # padded length over T
         inputs("in_proj_qkvz, in_proj_ba", 2)
-        t.add("causal conv: input and output (kernel − 1 extra positions)", f"{num(ba)}·K·(1 + (T + k_conv − 1)/T)",
-              ba * conv * (1 + (S + la.conv_kernel - 1) / S))
+        t.add(
+            "causal conv: input and output (kernel − 1 extra positions)",
+            f"{num(ba)}·K·(1 + (T + k_conv − 1)/T)",
+            ba * conv * (1 + (S + la.conv_kernel - 1) / S),
+        )
         t.add("β (sigmoid) and the decay (softplus input, scaled)", f"{num(ba)}·nv + 2 × 4·nv", ba * nv + 8 * nv)
-        t.add("chunked delta rule, fp32 copies (q, k normalised and padded, v, β·k, UT results)",
-              "4·nv·(6·dk + 2·dv)", 4 * nv * (6 * dk + 2 * dv) * pad)
-        t.add("chunk × chunk decay and UT matrices (fp32) and their 16-bit matmul outputs",
-              f"2 × 4·nv·C + 3 × {num(ba)}·nv·C", (8 + 3 * ba) * nv * C * pad)
+        t.add(
+            "chunked delta rule, fp32 copies (q, k normalised and padded, v, β·k, UT results)",
+            "4·nv·(6·dk + 2·dv)",
+            4 * nv * (6 * dk + 2 * dv) * pad,
+        )
+        t.add(
+            "chunk × chunk decay and UT matrices (fp32) and their 16-bit matmul outputs",
+            f"2 × 4·nv·C + 3 × {num(ba)}·nv·C",
+            (8 + 3 * ba) * nv * C * pad,
+        )
         # the scan over n chunks: the first chunk's state is zeros (no gradient), the last state update is dropped
         later = (chunks - 1) / chunks
-        t.add("16-bit copies taken by the chunk matmuls (before the scan; in it)",
-              f"{num(ba)}·nv·(4·dk + 3·dk·(n − 1)/n + dv·(2n − 1)/n)",
-              ba * nv * (4 * dk + 3 * dk * later + dv * (1 + later)) * pad)
-        t.add("per-chunk recurrent states (two 16-bit copies each; fp32 but the last)",
-              f"(2·{num(ba)} + 4·(n − 1)/n)·nv·dk·dv / C", (2 * ba + 4 * later) * nv * dk * dv / C * pad)
+        t.add(
+            "16-bit copies taken by the chunk matmuls (before the scan; in it)",
+            f"{num(ba)}·nv·(4·dk + 3·dk·(n − 1)/n + dv·(2n − 1)/n)",
+            ba * nv * (4 * dk + 3 * dk * later + dv * (1 + later)) * pad,
+        )
+        t.add(
+            "per-chunk recurrent states (two 16-bit copies each; fp32 but the last)",
+            f"(2·{num(ba)} + 4·(n − 1)/n)·nv·dk·dv / C",
+            (2 * ba + 4 * later) * nv * dk * dv / C * pad,
+        )
         t.add("1/‖q‖, 1/‖k‖, β and three decay factors (fp32)", "6 × 4·nv", 24 * nv)
-        t.add("gated RMSNorm: fp32 input, scaled, gate, SiLU; 16-bit normalised; 1/RMS",
-              f"4 × 4·nv·dv + {num(ba)}·nv·dv + 4·nv", 16 * nv * dv + ba * nv * dv + 4 * nv)
+        t.add(
+            "gated RMSNorm: fp32 input, scaled, gate, SiLU; 16-bit normalised; 1/RMS",
+            f"4 × 4·nv·dv + {num(ba)}·nv·dv + 4·nv",
+            16 * nv * dv + ba * nv * dv + 4 * nv,
+        )
         t.add("out_proj input", f"{num(ba)}·nv·dv", ba * nv * dv)
     elif s.mla is not None:
         m, nh = s.mla, s.num_heads
@@ -318,8 +414,11 @@ def saved_per_token(s: ArchSpec, layer, seq_len: int, b_act: float = 2, autocast
             _rmsnorm(t, "QK-norm on q", nh * d, nh if per_head else 1, ba, wf, "nh·d", "nh" if per_head else "")
             _rmsnorm(t, "QK-norm on k", nkv * d, nkv if per_head else 1, ba, wf, "nkv·d", "nkv" if per_head else "")
         elif s.qk_norm == "L2":
-            t.add("L2 QK-norm: inputs and 1/‖·‖", f"{num(ba)}·(nh + nkv)·d + 4·(nh + nkv)",
-                  ba * (nh + nkv) * d + 4 * (nh + nkv))
+            t.add(
+                "L2 QK-norm: inputs and 1/‖·‖",
+                f"{num(ba)}·(nh + nkv)·d + 4·(nh + nkv)",
+                ba * (nh + nkv) * d + 4 * (nh + nkv),
+            )
         _attention_core(t, s, nh, nkv, d, dv, S, masked, ba, backend, s.rope_fraction < 1)
         if s.output_gate:
             t.add("output gate: sigmoid and gated output", f"2 × {num(ba)}·nh·dv", 2 * ba * nh * dv)
@@ -341,12 +440,17 @@ def saved_per_token(s: ArchSpec, layer, seq_len: int, b_act: float = 2, autocast
             t.add("router: softmax over the k chosen logits, indices", f"{num(ba)}·k + 8·k", ba * k + 8 * k)
         elif m.scoring == "sigmoid":  # DeepSeek-style: scores in b_act; group-limited routing keeps its group picks
             grp = m.n_group if m.n_group > 1 else 0
-            t.add("router: sigmoid scores, top-2 per expert group, indices, normalised weights",
-                  f"{num(ba)}·E + {'2·8·n_group + ' if grp else ''}8·k + {num(ba)}·(k + 1)",
-                  ba * E + 16 * grp + 8 * k + ba * (k + 1))
+            t.add(
+                "router: sigmoid scores, top-2 per expert group, indices, normalised weights",
+                f"{num(ba)}·E + {'2·8·n_group + ' if grp else ''}8·k + {num(ba)}·(k + 1)",
+                ba * E + 16 * grp + 8 * k + ba * (k + 1),
+            )
         else:
-            t.add("router: fp32 softmax over the experts, indices, normalised weights", "4·E + 8·k + 4·k + 4",
-                  4 * E + 8 * k + 4 * k + 4)
+            t.add(
+                "router: fp32 softmax over the experts, indices, normalised weights",
+                "4·E + 8·k + 4·k + 4",
+                4 * E + 8 * k + 4 * k + 4,
+            )
         if not m.bias_corrected:
             t.add("load-balancing loss: fp32 router probabilities", "4·E", 4 * E)
         if s.model_type == "gpt_oss":  # clamped SwiGLU on interleaved gate/up: clamped gate, σ, GLU, up + 1, product
@@ -357,9 +461,12 @@ def saved_per_token(s: ArchSpec, layer, seq_len: int, b_act: float = 2, autocast
             inner, inner_sym = 2 * I, "2·I_e"
         idx = 3 + (1 if m.expert_bias else 0)
         be = ba if experts_in_act_dtype(s, autocast) else 4
-        t.add("routed experts, per chosen expert: gathered token, expert tensors, output; weight; sort indices"
-              + ("" if be == ba else " (fp32: widths not multiples of 8)"),
-              f"k·({num(be)}·(2·H + {inner_sym} + 1) + {idx}·8)", k * (be * (2 * H + inner + 1) + 8 * idx))
+        t.add(
+            "routed experts, per chosen expert: gathered token, expert tensors, output; weight; sort indices"
+            + ("" if be == ba else " (fp32: widths not multiples of 8)"),
+            f"k·({num(be)}·(2·H + {inner_sym} + 1) + {idx}·8)",
+            k * (be * (2 * H + inner + 1) + 8 * idx),
+        )
         if m.num_shared:
             Is = m.shared_width
             inputs("shared expert gate, up projections", 2)
@@ -383,8 +490,19 @@ def _head_terms(s: ArchSpec, b_act: float, autocast: bool) -> list[Saved]:
     t = _Terms()
     res = 4 if autocast else b_act
     t.add("token ids (embedding lookup and loss targets, int64)", "2 × 8", 16)
-    _rmsnorm(t, "final norm", s.hidden_size, 1, res, s.model_type in WEIGHT_FIRST_NORMS, "H", "", True,
-             s.norm_type == "LayerNorm", autocast)
+    _rmsnorm(
+        t,
+        "final norm",
+        s.hidden_size,
+        1,
+        res,
+        s.model_type in WEIGHT_FIRST_NORMS,
+        "H",
+        "",
+        True,
+        s.norm_type == "LayerNorm",
+        autocast,
+    )
     if autocast and b_act < 4:
         t.add("LM head input (16-bit copy)", f"{num(b_act)}·H", b_act * s.hidden_size, True)
     else:
@@ -392,20 +510,25 @@ def _head_terms(s: ArchSpec, b_act: float, autocast: bool) -> list[Saved]:
     return t.items
 
 
-def layer_activations(s: ArchSpec, b_act: float, seq_len: int = 4096, autocast: bool = True,
-                      backend: str = "cuda") -> list[LayerActivations]:
+def layer_activations(
+    s: ArchSpec, b_act: float, seq_len: int = 4096, autocast: bool = True, backend: str = "cuda"
+) -> list[LayerActivations]:
     """Activation bytes per token of each decoder layer (H-wide part, rest, and the terms counted)."""
     out = []
     for layer in s.layers:
         terms = saved_per_token(s, layer, seq_len, b_act, autocast, backend)
-        out.append(LayerActivations(sum(x.nbytes for x in terms if x.wide), sum(x.nbytes for x in terms if not x.wide),
-                                    tuple(terms)))
+        out.append(
+            LayerActivations(
+                sum(x.nbytes for x in terms if x.wide), sum(x.nbytes for x in terms if not x.wide), tuple(terms)
+            )
+        )
     return out
 
 
 def _layer_kind(s: ArchSpec, layer) -> str:
-    mixer = {"linear": "linear-attention", "sliding": "sliding-window",
-             "chunked": "chunked"}.get(layer.attention, "full-attention")
+    mixer = {"linear": "linear-attention", "sliding": "sliding-window", "chunked": "chunked"}.get(
+        layer.attention, "full-attention"
+    )
     if s.mla is not None and layer.attention != "linear":
         mixer = "MLA"
     return f"{mixer} + {'MoE' if layer.mlp == 'moe' else 'dense MLP'}"
@@ -436,8 +559,11 @@ def _held(s: ArchSpec, comp: dict, parallel: str, N: int, w: Optional[Working], 
         f, n, v = "P / N", f"{num(P)} / {N}", P / N
     elif parallel == "tp":
         repl = comp.get("norms", 0) + comp.get("router", 0)
-        f, n, v = ("(P − P_norms − P_router) / N + P_norms + P_router",
-                   f"({num(P)} − {num(repl)}) / {N} + {num(repl)}", (P - repl) / N + repl)
+        f, n, v = (
+            "(P − P_norms − P_router) / N + P_norms + P_router",
+            f"({num(P)} − {num(repl)}) / {N} + {num(repl)}",
+            (P - repl) / N + repl,
+        )
     elif parallel == "ep":
         routed = comp.get("routed_experts", 0)
         f, n = "P − P_routed + P_routed / N", f"{num(P)} − {num(routed)} + {num(routed)} / {N}"
@@ -451,9 +577,18 @@ def _held(s: ArchSpec, comp: dict, parallel: str, N: int, w: Optional[Working], 
     return v
 
 
-def training_memory(arch: Source, batch: int, seq_len: int, dtype: str = "bf16", master_fp32: bool = True,
-                    checkpointing: bool = False, optimizer: str = "adamw", parallel: str = "none", gpus: int = 1,
-                    activation_dtype: Optional[str] = None) -> TrainingMemory:
+def training_memory(
+    arch: Source,
+    batch: int,
+    seq_len: int,
+    dtype: str = "bf16",
+    master_fp32: bool = True,
+    checkpointing: bool = False,
+    optimizer: str = "adamw",
+    parallel: str = "none",
+    gpus: int = 1,
+    activation_dtype: Optional[str] = None,
+) -> TrainingMemory:
     """Training memory per GPU (busiest GPU) at the peak of one step on a micro-batch of ``batch`` × ``seq_len``
     tokens.
 
@@ -478,23 +613,31 @@ def training_memory(arch: Source, batch: int, seq_len: int, dtype: str = "bf16",
     if parallel == "ep" and s.moe is None:
         raise ArchLabError(f"expert parallel needs a model with routed experts; {arch.label} has none")
     if parallel == "ep" and N > s.moe.num_experts:
-        raise ArchLabError(f"expert parallel over {N} GPUs needs at least {N} experts; {arch.label} has {s.moe.num_experts}")
+        raise ArchLabError(
+            f"expert parallel over {N} GPUs needs at least {N} experts; {arch.label} has {s.moe.num_experts}"
+        )
     if parallel == "pp" and N > s.num_layers:
-        raise ArchLabError(f"pipeline parallel over {N} GPUs needs at least {N} layers; {arch.label} has {s.num_layers}")
+        raise ArchLabError(
+            f"pipeline parallel over {N} GPUs needs at least {N} layers; {arch.label} has {s.num_layers}"
+        )
 
     b = TRAIN_DTYPES[dtype]
     ba = TRAIN_DTYPES[activation_dtype or dtype]
     master = master_fp32 and b < 4
     autocast = ba < 4 and (master or b == 4)  # fp32 parameters, 16-bit matrix multiplications
-    bp = 4 if master else b                   # the parameters (and their gradients)
+    bp = 4 if master else b  # the parameters (and their gradients)
     bs = 4 if (master or b == 4) else b
     k = OPTIMIZERS[optimizer]
     T = batch * seq_len
     P = c.total
     comp = c.components
-    w = Working(f"Training memory of {arch.label}: {batch} × {seq_len:,} tokens, {dtype}"
-                + (" + fp32 master" if master else "") + (" (autocast)" if autocast else "")
-                + f", {optimizer}, {PARALLEL_LABELS[parallel]}" + (f" over {N} GPUs" if parallel != "none" else ""))
+    w = Working(
+        f"Training memory of {arch.label}: {batch} × {seq_len:,} tokens, {dtype}"
+        + (" + fp32 master" if master else "")
+        + (" (autocast)" if autocast else "")
+        + f", {optimizer}, {PARALLEL_LABELS[parallel]}"
+        + (f" over {N} GPUs" if parallel != "none" else "")
+    )
 
     # ---- parameters, their 16-bit copies, gradients, optimizer states
     held = _held(s, comp, parallel, N, w)
@@ -502,32 +645,61 @@ def training_memory(arch: Source, batch: int, seq_len: int, dtype: str = "bf16",
     if autocast:
         cast_comp = _cast_components(s, comp)
         cast_held = _held(s, cast_comp, parallel, N, None)
-        w.step("matrix parameters held (read by the matmuls through 16-bit copies)",
-               "P_held − norms − embedding table (the LM head reads it when tied)"
-               + ("" if experts_in_act_dtype(s) else " − routed experts (run in fp32)"), f"{num(cast_held)}", cast_held)
-        copies = w.step("16-bit weight copies (autocast casts each matrix once per forward, kept for backward)",
-                        "P_matrices,held × b_act", f"{num(cast_held)} × {ba}", cast_held * ba, "B")
+        w.step(
+            "matrix parameters held (read by the matmuls through 16-bit copies)",
+            "P_held − norms − embedding table (the LM head reads it when tied)"
+            + ("" if experts_in_act_dtype(s) else " − routed experts (run in fp32)"),
+            f"{num(cast_held)}",
+            cast_held,
+        )
+        copies = w.step(
+            "16-bit weight copies (autocast casts each matrix once per forward, kept for backward)",
+            "P_matrices,held × b_act",
+            f"{num(cast_held)} × {ba}",
+            cast_held * ba,
+            "B",
+        )
     else:
         copies = 0.0
     own = 0.0 if master else held * b  # the parameters themselves, when they are not the fp32 master copy
-    weights = w.step("weights", ("P_held × b + " if not master else "") + "16-bit copies" if autocast else "P_held × b",
-                     (f"{num(held)} × {b} + " if not master else "") + num(copies) if autocast else f"{num(held)} × {b}",
-                     own + copies, "B")
+    weights = w.step(
+        "weights",
+        ("P_held × b + " if not master else "") + "16-bit copies" if autocast else "P_held × b",
+        (f"{num(held)} × {b} + " if not master else "") + num(copies) if autocast else f"{num(held)} × {b}",
+        own + copies,
+        "B",
+    )
     g_held = held / N if parallel == "zero2" else held
-    grads = w.step("gradients (all, once the backward pass is done)",
-                   "P_grad × b_param" + (" (sharded: P_held / N)" if parallel == "zero2" else "")
-                   + (" (fp32, as the fp32 parameters they belong to)" if master else ""),
-                   f"{num(g_held)} × {bp}", g_held * bp, "B")
+    grads = w.step(
+        "gradients (all, once the backward pass is done)",
+        "P_grad × b_param"
+        + (" (sharded: P_held / N)" if parallel == "zero2" else "")
+        + (" (fp32, as the fp32 parameters they belong to)" if master else ""),
+        f"{num(g_held)} × {bp}",
+        g_held * bp,
+        "B",
+    )
     o_held = held / N if parallel in ("zero1", "zero2") else held
     if master:
-        parts["master_weights"] = w.step("fp32 master weights (the parameters)", "P_opt × 4", f"{num(o_held)} × 4",
-                                         o_held * 4, "B")
-    parts["optimizer_states"] = w.step(f"optimizer states ({optimizer}: {k} per parameter)", "P_opt × states × b_state",
-                                       f"{num(o_held)} × {k} × {bs}", o_held * k * bs, "B")
+        parts["master_weights"] = w.step(
+            "fp32 master weights (the parameters)", "P_opt × 4", f"{num(o_held)} × 4", o_held * 4, "B"
+        )
+    parts["optimizer_states"] = w.step(
+        f"optimizer states ({optimizer}: {k} per parameter)",
+        "P_opt × states × b_state",
+        f"{num(o_held)} × {k} × {bs}",
+        o_held * k * bs,
+        "B",
+    )
     if parallel in ("zero3", "fsdp"):
         per_layer = (P - comp.get("embeddings", 0) - comp.get("lm_head", 0)) / s.num_layers
-        parts["gathered"] = w.step("gathered layers (running + prefetched)", "2 × P_layer × b × (N − 1) / N",
-                                   f"2 × {num(per_layer)} × {b} × {N - 1} / {N}", 2 * per_layer * b * (N - 1) / N, "B")
+        parts["gathered"] = w.step(
+            "gathered layers (running + prefetched)",
+            "2 × P_layer × b × (N − 1) / N",
+            f"2 × {num(per_layer)} × {b} × {N - 1} / {N}",
+            2 * per_layer * b * (N - 1) / N,
+            "B",
+        )
 
     # ---- activations: what autograd saved, per token
     layers = layer_activations(s, ba, seq_len, autocast)
@@ -539,87 +711,181 @@ def training_memory(arch: Source, batch: int, seq_len: int, dtype: str = "bf16",
             continue
         done.add(kind)
         count = sum(1 for x in s.layers if _layer_kind(s, x) == kind)
-        w.step(f"saved per token by a {kind} layer (× {count})", " + ".join(x.text() for x in la.terms),
-               " + ".join(num(x.nbytes) for x in la.terms), la.total, "B")
+        w.step(
+            f"saved per token by a {kind} layer (× {count})",
+            " + ".join(x.text() for x in la.terms),
+            " + ".join(num(x.nbytes) for x in la.terms),
+            la.total,
+            "B",
+        )
     tp = N if parallel == "tp" else 1
     full_tok = sum(l.total for l in layers)
-    w.step("activations per token, all layers (no checkpointing)", "Σ over layers of saved bytes per token",
-           _grouped([l.total for l in layers]), full_tok, "B")
-    head_tok = w.step("saved per token outside the layers", " + ".join(x.text() for x in head),
-                      " + ".join(num(x.nbytes) for x in head), sum(x.nbytes for x in head), "B")
+    w.step(
+        "activations per token, all layers (no checkpointing)",
+        "Σ over layers of saved bytes per token",
+        _grouped([l.total for l in layers]),
+        full_tok,
+        "B",
+    )
+    head_tok = w.step(
+        "saved per token outside the layers",
+        " + ".join(x.text() for x in head),
+        " + ".join(num(x.nbytes) for x in head),
+        sum(x.nbytes for x in head),
+        "B",
+    )
     head_split = sum(x.nbytes for x in head if not x.wide)
     H = s.hidden_size
     res = 4 if autocast else ba
     biggest_full = max(l.total for l in layers)
-    ckpt_tok = w.step("activations per token with checkpointing", "n_layers × H × b_residual + largest layer",
-                      f"{s.num_layers} × {H:,} × {res} + {num(biggest_full)}", s.num_layers * H * res + biggest_full, "B")
+    ckpt_tok = w.step(
+        "activations per token with checkpointing",
+        "n_layers × H × b_residual + largest layer",
+        f"{s.num_layers} × {H:,} × {res} + {num(biggest_full)}",
+        s.num_layers * H * res + biggest_full,
+        "B",
+    )
     V = s.vocab_size
-    aux = 4 * s.moe.num_experts * sum(1 for x in s.layers if x.mlp == "moe") \
-        if s.moe is not None and not s.moe.bias_corrected else 0
+    aux = (
+        4 * s.moe.num_experts * sum(1 for x in s.layers if x.mlp == "moe")
+        if s.moe is not None and not s.moe.bias_corrected
+        else 0
+    )
     if 3 * aux > 8 * V:
-        loss_tok = w.step("loss chain per token at the start of backward",
-                          "V × (b_act + 4) + 3 × A  (logits, fp32 log-softmax; the balancing loss's backward first: "
-                          "A = 4 × E × MoE layers, its probabilities' gradient, the softmax's gradient, a temporary)",
-                          f"{V:,} × ({ba} + 4) + 3 × {num(aux)}", V * (ba + 4) + 3 * aux, "B")
+        loss_tok = w.step(
+            "loss chain per token at the start of backward",
+            "V × (b_act + 4) + 3 × A  (logits, fp32 log-softmax; the balancing loss's backward first: "
+            "A = 4 × E × MoE layers, its probabilities' gradient, the softmax's gradient, a temporary)",
+            f"{V:,} × ({ba} + 4) + 3 × {num(aux)}",
+            V * (ba + 4) + 3 * aux,
+            "B",
+        )
     else:
-        loss_tok = w.step("loss chain per token at the start of backward",
-                          "V × (b_act + 4 + 8)  (logits, fp32 log-softmax, its gradient in and out)",
-                          f"{V:,} × ({ba} + 12)", V * (ba + 12), "B")
+        loss_tok = w.step(
+            "loss chain per token at the start of backward",
+            "V × (b_act + 4 + 8)  (logits, fp32 log-softmax, its gradient in and out)",
+            f"{V:,} × ({ba} + 12)",
+            V * (ba + 12),
+            "B",
+        )
     if parallel == "pp":
         act, loss = _pp_activations(s, layers, N, T, res, checkpointing, loss_tok, head_tok, w)
     else:
         if checkpointing:
             biggest = max(l.replicated + l.split / tp for l in layers)
             per_tok = s.num_layers * H * res + biggest
-            w.step("activations per token on this GPU", "n_layers × H × b_residual + largest layer"
-                   + (" / TP" if tp > 1 else ""), f"{s.num_layers} × {H:,} × {res} + {num(biggest)}", per_tok, "B")
+            w.step(
+                "activations per token on this GPU",
+                "n_layers × H × b_residual + largest layer" + (" / TP" if tp > 1 else ""),
+                f"{s.num_layers} × {H:,} × {res} + {num(biggest)}",
+                per_tok,
+                "B",
+            )
         else:
             per_tok = sum(l.replicated + l.split / tp for l in layers)
             if tp > 1:
-                w.step("activations per token on this GPU", "Σ (H-wide + rest / N)",
-                       f"{num(sum(l.replicated for l in layers))} + {num(sum(l.split for l in layers))} / {N}",
-                       per_tok, "B")
+                w.step(
+                    "activations per token on this GPU",
+                    "Σ (H-wide + rest / N)",
+                    f"{num(sum(l.replicated for l in layers))} + {num(sum(l.split for l in layers))} / {N}",
+                    per_tok,
+                    "B",
+                )
         head_gpu = head_tok - head_split + head_split / tp
-        act = w.step("activations", "tokens × (bytes per token + outside the layers)",
-                     f"{T:,} × ({num(per_tok)} + {num(head_gpu)})", T * (per_tok + head_gpu), "B")
-        loss = w.step("loss (logits)", "tokens × loss per token" + (" / N (vocabulary split)" if tp > 1 else ""),
-                      f"{T:,} × {num(loss_tok)}" + (f" / {N}" if tp > 1 else ""), T * loss_tok / tp, "B")
+        act = w.step(
+            "activations",
+            "tokens × (bytes per token + outside the layers)",
+            f"{T:,} × ({num(per_tok)} + {num(head_gpu)})",
+            T * (per_tok + head_gpu),
+            "B",
+        )
+        loss = w.step(
+            "loss (logits)",
+            "tokens × loss per token" + (" / N (vocabulary split)" if tp > 1 else ""),
+            f"{T:,} × {num(loss_tok)}" + (f" / {N}" if tp > 1 else ""),
+            T * loss_tok / tp,
+            "B",
+        )
 
     # ---- the two moments
     keeps_grads = parallel != "none"
     start = dict(parts, weights=weights, activations=act, loss=loss, gradients=grads if keeps_grads else 0.0)
-    a_total = w.step("at the start of the backward pass", "weights + master + optimizer states + activations + loss"
-                     + (" + gathered" if parts["gathered"] else "")
-                     + (" + gradients (kept in the layout's buffers)" if keeps_grads else
-                        " (no gradients yet: the previous step's were freed)"),
-                     " + ".join(num(int(v)) for v in start.values() if v), sum(start.values()), "B")
+    a_total = w.step(
+        "at the start of the backward pass",
+        "weights + master + optimizer states + activations + loss"
+        + (" + gathered" if parts["gathered"] else "")
+        + (
+            " + gradients (kept in the layout's buffers)"
+            if keeps_grads
+            else " (no gradients yet: the previous step's were freed)"
+        ),
+        " + ".join(num(int(v)) for v in start.values() if v),
+        sum(start.values()),
+        "B",
+    )
     moment, peak = "backward", start
     if not keeps_grads:
         step = dict.fromkeys(PARTS, 0.0)
-        step.update(weights=own, gradients=grads, master_weights=parts["master_weights"],
-                    optimizer_states=parts["optimizer_states"])
-        b_total = w.step("at the optimizer step", "parameters + master + optimizer states + gradients"
-                         + (" (activations and 16-bit copies freed)" if autocast else " (activations freed)"),
-                         " + ".join(num(int(v)) for v in step.values() if v), sum(step.values()), "B")
+        step.update(
+            weights=own,
+            gradients=grads,
+            master_weights=parts["master_weights"],
+            optimizer_states=parts["optimizer_states"],
+        )
+        b_total = w.step(
+            "at the optimizer step",
+            "parameters + master + optimizer states + gradients"
+            + (" (activations and 16-bit copies freed)" if autocast else " (activations freed)"),
+            " + ".join(num(int(v)) for v in step.values() if v),
+            sum(step.values()),
+            "B",
+        )
         if b_total > a_total:
             moment, peak = "optimizer", step
-    w.step("total per GPU", "max(start of backward, optimizer step): the "
-           + ("optimizer step" if moment == "optimizer" else "start of backward"),
-           " + ".join(num(int(v)) for v in peak.values() if v), sum(peak.values()), "B")
+    w.step(
+        "total per GPU",
+        "max(start of backward, optimizer step): the "
+        + ("optimizer step" if moment == "optimizer" else "start of backward"),
+        " + ".join(num(int(v)) for v in peak.values() if v),
+        sum(peak.values()),
+        "B",
+    )
     w.note(_symbols(s, seq_len))
-    w.note("Not counted: the CUDA context, cuBLAS/cuBLASLt workspaces (2 × 32 MiB on Hopper, which measured peaks "
-           "include), the caching allocator's rounding, kernels' transient buffers, communication buffers.")
+    w.note(
+        "Not counted: the CUDA context, cuBLAS/cuBLASLt workspaces (2 × 32 MiB on Hopper, which measured peaks "
+        "include), the caching allocator's rounding, kernels' transient buffers, communication buffers."
+    )
     if layers and any(l.attention == "linear" for l in s.layers):
-        w.note("Linear attention is counted as transformers' PyTorch chunked gated delta rule runs it (no "
-               "flash-linear-attention); fused kernels keep far less.")
+        w.note(
+            "Linear attention is counted as transformers' PyTorch chunked gated delta rule runs it (no "
+            "flash-linear-attention); fused kernels keep far less."
+        )
     if s.attention_sinks:
-        w.note("Attention sinks: counted as a fused kernel (flex attention, the trainer's choice on a GPU); "
-               "transformers' eager default keeps each head's T × (T + 1) fp32 softmax and 16-bit probabilities.")
+        w.note(
+            "Attention sinks: counted as a fused kernel (flex attention, the trainer's choice on a GPU); "
+            "transformers' eager default keeps each head's T × (T + 1) fp32 softmax and 16-bit probabilities."
+        )
     if parallel == "tp":
-        w.note("Tensor parallel assumes the heads and widths divide by N; without sequence parallelism the H-wide "
-               "activations are kept whole on every GPU.")
-    return TrainingMemory(arch.label, batch, seq_len, dtype, master, checkpointing, optimizer, parallel, N,
-                          {k_: int(round(v)) for k_, v in peak.items()}, full_tok, ckpt_tok, w, moment)
+        w.note(
+            "Tensor parallel assumes the heads and widths divide by N; without sequence parallelism the H-wide "
+            "activations are kept whole on every GPU."
+        )
+    return TrainingMemory(
+        arch.label,
+        batch,
+        seq_len,
+        dtype,
+        master,
+        checkpointing,
+        optimizer,
+        parallel,
+        N,
+        {k_: int(round(v)) for k_, v in peak.items()},
+        full_tok,
+        ckpt_tok,
+        w,
+        moment,
+    )
 
 
 def _symbols(s: ArchSpec, seq_len: int) -> str:
@@ -629,18 +895,31 @@ def _symbols(s: ArchSpec, seq_len: int) -> str:
     if kinds - {"linear"}:
         if s.mla is not None:
             m = s.mla
-            out += [f"nh = {s.num_heads} heads", f"d = {m.qk_nope_head_dim + m.qk_rope_head_dim} (q·k width)",
-                    f"dv = {m.v_head_dim}", f"r_q = {m.q_lora_rank or 0}", f"r_kv = {m.kv_lora_rank} (latent ranks)"]
+            out += [
+                f"nh = {s.num_heads} heads",
+                f"d = {m.qk_nope_head_dim + m.qk_rope_head_dim} (q·k width)",
+                f"dv = {m.v_head_dim}",
+                f"r_q = {m.q_lora_rank or 0}",
+                f"r_kv = {m.kv_lora_rank} (latent ranks)",
+            ]
         else:
-            out += [f"nh = {s.num_heads}", f"nkv = {s.num_kv_heads} (query, key/value heads)", f"d = {s.head_dim}",
-                    f"dv = {s.v_head_dim}", "kvh = the k/v heads the kernel gets (nh when a mask makes transformers "
-                    "repeat them)"]
+            out += [
+                f"nh = {s.num_heads}",
+                f"nkv = {s.num_kv_heads} (query, key/value heads)",
+                f"d = {s.head_dim}",
+                f"dv = {s.v_head_dim}",
+                "kvh = the k/v heads the kernel gets (nh when a mask makes transformers repeat them)",
+            ]
     if "linear" in kinds and s.linear is not None:
         la = s.linear
-        out += [f"in linear-attention layers nk = {la.num_key_heads}, nv = {la.num_value_heads} (key, value heads), "
-                f"dk = {la.key_head_dim}, dv = {la.value_head_dim}",
-                f"K = {2 * la.num_key_heads * la.key_head_dim + la.num_value_heads * la.value_head_dim} (conv channels)",
-                f"k_conv = {la.conv_kernel}", f"C = {DELTA_CHUNK} (chunk)", f"n = {-(-seq_len // DELTA_CHUNK)} chunks"]
+        out += [
+            f"in linear-attention layers nk = {la.num_key_heads}, nv = {la.num_value_heads} (key, value heads), "
+            f"dk = {la.key_head_dim}, dv = {la.value_head_dim}",
+            f"K = {2 * la.num_key_heads * la.key_head_dim + la.num_value_heads * la.value_head_dim} (conv channels)",
+            f"k_conv = {la.conv_kernel}",
+            f"C = {DELTA_CHUNK} (chunk)",
+            f"n = {-(-seq_len // DELTA_CHUNK)} chunks",
+        ]
     dense = [layer.dense_width for layer in s.layers if layer.mlp == "dense"]
     if dense:
         out.append(f"I = {max(dense):,} (MLP width)")
@@ -651,8 +930,10 @@ def _symbols(s: ArchSpec, seq_len: int) -> str:
             out.append(f"I_s = {m.shared_width:,} (shared expert width)")
         if m.n_group > 1:
             out.append(f"n_group = {m.n_group}")
-    return "Symbols: " + "; ".join(out) + ". Numbers in a formula are bytes per element (2 for bf16, 4 for fp32, " \
+    return (
+        "Symbols: " + "; ".join(out) + ". Numbers in a formula are bytes per element (2 for bf16, 4 for fp32, "
         "8 for int64)."
+    )
 
 
 def _grouped(values: list[float]) -> str:
@@ -682,14 +963,27 @@ def _pp_params(s: ArchSpec, comp: dict, N: int, w: Optional[Working], what: str 
     last = len(stages[-1]) * per_layer + comp.get("lm_head", 0) + (comp.get("embeddings", 0) if N == 1 else 0)
     held = max(first, last)
     if w is not None:
-        w.step(f"{what} held by the busiest stage", "max(layers₀ × P_layer + P_emb, layers_last × P_layer + P_head)",
-               f"max({len(stages[0])} × {num(per_layer)} + {num(comp.get('embeddings', 0))}, {len(stages[-1])} × "
-               f"{num(per_layer)} + {num(comp.get('lm_head', 0))})", held)
+        w.step(
+            f"{what} held by the busiest stage",
+            "max(layers₀ × P_layer + P_emb, layers_last × P_layer + P_head)",
+            f"max({len(stages[0])} × {num(per_layer)} + {num(comp.get('embeddings', 0))}, {len(stages[-1])} × "
+            f"{num(per_layer)} + {num(comp.get('lm_head', 0))})",
+            held,
+        )
     return held
 
 
-def _pp_activations(s: ArchSpec, layers: list[LayerActivations], N: int, T: int, res: float, ckpt: bool,
-                    loss_tok: float, head_tok: float, w: Working) -> tuple[float, float]:
+def _pp_activations(
+    s: ArchSpec,
+    layers: list[LayerActivations],
+    N: int,
+    T: int,
+    res: float,
+    ckpt: bool,
+    loss_tok: float,
+    head_tok: float,
+    w: Working,
+) -> tuple[float, float]:
     """(activations, loss) of the busiest stage under 1F1B: stage i keeps N − i micro-batches in flight; the
     last stage also keeps what is saved outside the layers and the loss."""
     H = s.hidden_size
@@ -707,15 +1001,27 @@ def _pp_activations(s: ArchSpec, layers: list[LayerActivations], N: int, T: int,
         if act + loss > best[0] + best[1]:
             best = (act, loss, i)
     act, loss, i = best
-    w.step(f"activations of the busiest stage (stage {i}, {N - i} micro-batches in flight)",
-           "in-flight micro-batches × tokens × stage bytes per token" + (" + one recomputed layer" if ckpt else "")
-           + (" + saved outside the layers" if i == N - 1 else ""), f"{N - i} × {T:,} × …", act, "B")
-    w.step("loss (logits) on that stage", "tokens × loss per token (last stage only)",
-           f"{T:,} × {num(loss_tok)}" if loss else "0 (not the last stage)", loss, "B")
+    w.step(
+        f"activations of the busiest stage (stage {i}, {N - i} micro-batches in flight)",
+        "in-flight micro-batches × tokens × stage bytes per token"
+        + (" + one recomputed layer" if ckpt else "")
+        + (" + saved outside the layers" if i == N - 1 else ""),
+        f"{N - i} × {T:,} × …",
+        act,
+        "B",
+    )
+    w.step(
+        "loss (logits) on that stage",
+        "tokens × loss per token (last stage only)",
+        f"{T:,} × {num(loss_tok)}" if loss else "0 (not the last stage)",
+        loss,
+        "B",
+    )
     return act, loss
 
 
 # ----------------------------------------------------------------- measured peaks
+
 
 @dataclass(frozen=True)
 class MeasuredTraining:
@@ -728,8 +1034,8 @@ class MeasuredTraining:
     checkpointing: bool
     measured_peak_bytes: int
     estimate: TrainingMemory
-    saved_bytes: Optional[int] = None        # what autograd saved in one step, when the benchmark recorded it
-    step_start_bytes: Optional[int] = None   # allocated as a step starts (weights, optimizer states, workspaces)
+    saved_bytes: Optional[int] = None  # what autograd saved in one step, when the benchmark recorded it
+    step_start_bytes: Optional[int] = None  # allocated as a step starts (weights, optimizer states, workspaces)
 
     @property
     def ratio(self) -> float:
@@ -759,16 +1065,36 @@ def measured_rows(path: Optional[Path] = None) -> list[MeasuredTraining]:
         for r in rows:
             cfg = dict(r["config"])
             cfg.setdefault("_name_or_path", str(r["model"]))
-            est = training_memory(resolve(cfg), int(r["batch"]), int(r["seq_len"]), str(r["dtype"]),
-                                  bool(r["master_fp32"]), bool(r["checkpointing"]))
+            est = training_memory(
+                resolve(cfg),
+                int(r["batch"]),
+                int(r["seq_len"]),
+                str(r["dtype"]),
+                bool(r["master_fp32"]),
+                bool(r["checkpointing"]),
+            )
             peak = int(r["measured_peak_bytes"])
             if not 0 < peak < 1 << 50 or math.isnan(peak):
                 raise ValueError(f"measured_peak_bytes {peak}")
-            out.append(MeasuredTraining(gpu, str(r["model"]), est.batch, est.seq_len, est.dtype, bool(r["master_fp32"]),
-                                        est.checkpointing, peak, est, _opt_int(r, "saved_bytes"),
-                                        _opt_int(r, "step_start_bytes")))
+            out.append(
+                MeasuredTraining(
+                    gpu,
+                    str(r["model"]),
+                    est.batch,
+                    est.seq_len,
+                    est.dtype,
+                    bool(r["master_fp32"]),
+                    est.checkpointing,
+                    peak,
+                    est,
+                    _opt_int(r, "saved_bytes"),
+                    _opt_int(r, "step_start_bytes"),
+                )
+            )
         return out
     except ArchLabError as e:
         raise ArchLabError(f"{path.name}: {e}") from None
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise ArchLabError(f"{path.name} does not have the documented format ({type(e).__name__}: {str(e)[:120]})") from None
+        raise ArchLabError(
+            f"{path.name} does not have the documented format ({type(e).__name__}: {str(e)[:120]})"
+        ) from None

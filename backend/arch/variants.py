@@ -26,6 +26,7 @@ Value syntax (``--vary axis=v1,v2``; knobs after ``:``):
 Recipe fields (:data:`RECIPE_FIELDS`: learning rate, warm-up...) are varied by the ablation runner, not here:
 :func:`axis_role` tells the two apart.
 """
+
 from __future__ import annotations
 
 import copy
@@ -45,19 +46,29 @@ RECIPE_FIELDS = ("lr", "warmup", "weight_decay", "z_loss", "min_lr_ratio", "grad
 #: window of sliding layers a pattern adds to a base that has none (Gemma 3's; the miniature scales it)
 DEFAULT_WINDOW = 1024
 #: config fields that are not architecture: never varied free-form
-_NOT_FREE = {"model_type", "architectures", "_name_or_path", "name_or_path", "transformers_version", "dtype",
-             "torch_dtype", "auto_map", PATCH_FIELD}
+_NOT_FREE = {
+    "model_type",
+    "architectures",
+    "_name_or_path",
+    "name_or_path",
+    "transformers_version",
+    "dtype",
+    "torch_dtype",
+    "auto_map",
+    PATCH_FIELD,
+}
 
 
 @dataclass(frozen=True)
 class Axis:
     """One component a variant may change."""
+
     name: str
-    values: tuple[str, ...]      # value syntax, as a user writes it
-    examples: tuple[str, ...]    # concrete values to offer
+    values: tuple[str, ...]  # value syntax, as a user writes it
+    examples: tuple[str, ...]  # concrete values to offer
     description: str
-    applies: str                 # how: which native fields, else which patch
-    families: tuple[str, ...]    # patch names this axis owns
+    applies: str  # how: which native fields, else which patch
+    families: tuple[str, ...]  # patch names this axis owns
     parse: Callable[[str], str]  # canonical value (ArchLabError on bad syntax)
     read: Callable[[ArchSpec], str]
     apply: Callable[["_Ctx", str], None]
@@ -72,8 +83,9 @@ class Axis:
 class Variant:
     """A base with named components changed: its name, the changes (axis, canonical value), its config dict, and
     notes on anything else the change brought along."""
+
     name: str
-    base: str                                 # the base's display name
+    base: str  # the base's display name
     changes: tuple[tuple[str, Any], ...]
     config: dict = field(repr=False)
     is_base: bool = False
@@ -91,9 +103,11 @@ class Variant:
 
 # ----------------------------------------------------------------- parsing values
 
+
 def _bad(axis: str, value: str, syntax: Sequence[str], why: str = "") -> ArchLabError:
-    return ArchLabError(f"{axis}={value!r} is not a value of {axis}{': ' + why if why else ''}; "
-                        f"write one of {', '.join(syntax)}")
+    return ArchLabError(
+        f"{axis}={value!r} is not a value of {axis}{': ' + why if why else ''}; write one of {', '.join(syntax)}"
+    )
 
 
 def _int(text: str, lo: int = 1) -> int:
@@ -121,8 +135,11 @@ def _parse_attention(v: str) -> str:
         return f"gqa:{_int(rest[0], 2)}"
     if kind == "mla":
         knobs = _knobs(rest, MLA_FIELDS)
-        canon = {k: ("none" if knobs[k].lower() == "none" and k == "q_lora_rank" else str(_int(knobs[k], 2)))
-                 for k in MLA_FIELDS if k in knobs}
+        canon = {
+            k: ("none" if knobs[k].lower() == "none" and k == "q_lora_rank" else str(_int(knobs[k], 2)))
+            for k in MLA_FIELDS
+            if k in knobs
+        }
         return "mla" + "".join(f":{k}={x}" for k, x in canon.items())
     raise ValueError(v)
 
@@ -132,6 +149,7 @@ def _parse_choice(*choices: str) -> Callable[[str], str]:
         if v not in choices:
             raise ValueError(v)
         return v
+
     return parse
 
 
@@ -166,7 +184,7 @@ def _parse_pattern(v: str) -> str:
     parts = v.split(":")
     window = None
     if parts[-1].startswith("window="):
-        window = _int(parts.pop()[len("window="):], 2)
+        window = _int(parts.pop()[len("window=") :], 2)
     if parts in (["global"], ["sliding"]):
         kind = parts[0]
     elif len(parts) == 2:
@@ -179,6 +197,7 @@ def _parse_pattern(v: str) -> str:
 
 
 # ----------------------------------------------------------------- reading a spec
+
 
 def _read_attention(s: ArchSpec) -> str:
     if s.mla is not None:
@@ -252,7 +271,7 @@ def _read_pattern(s: ArchSpec) -> str:
         return "global"
     if all(local):
         return "sliding"
-    unit = local[:_period(local)]
+    unit = local[: _period(local)]
     return f"{sum(unit)}:{len(unit) - sum(unit)}"
 
 
@@ -266,6 +285,7 @@ def _read_tied(s: ArchSpec) -> str:
 
 
 # ----------------------------------------------------------------- applying a value
+
 
 class _Ctx:
     """A variant in the making: the base, its built config's fields, and the config dict being changed."""
@@ -303,8 +323,10 @@ def _apply_attention(c: _Ctx, v: str) -> None:
     knobs = _knobs(rest, MLA_FIELDS) if kind == "mla" else {}
     if s.mla is not None:
         if kind != "mla":
-            raise _Refused(f"{c.cls}'s class builds only MLA attention (its head width is tied to qk_rope_head_dim), "
-                           "and no patch adds standard attention to it")
+            raise _Refused(
+                f"{c.cls}'s class builds only MLA attention (its head width is tied to qk_rope_head_dim), "
+                "and no patch adds standard attention to it"
+            )
         for k, x in knobs.items():
             c.d[k] = None if x == "none" else int(x)
         return
@@ -312,8 +334,13 @@ def _apply_attention(c: _Ctx, v: str) -> None:
         if s.position != "RoPE":
             raise _Refused("MLA needs rotary positions, and this model uses learned absolute positions")
         hd = s.head_dim
-        mla = {"kv_lora_rank": 4 * hd, "q_lora_rank": None, "qk_nope_head_dim": hd,
-               "qk_rope_head_dim": max(2, hd // 4 * 2), "v_head_dim": hd}
+        mla = {
+            "kv_lora_rank": 4 * hd,
+            "q_lora_rank": None,
+            "qk_nope_head_dim": hd,
+            "qk_rope_head_dim": max(2, hd // 4 * 2),
+            "v_head_dim": hd,
+        }
         mla.update({k: (None if x == "none" else int(x)) for k, x in knobs.items()})
         c.d.update(mla, rope_interleave=False)
         if not c.has("attention_bias"):  # the MLA module reads it
@@ -328,8 +355,7 @@ def _apply_attention(c: _Ctx, v: str) -> None:
         raise _Refused(f"{c.cls} has no num_key_value_heads field (only multi-head attention)")
     kv = {"mha": s.num_heads, "mqa": 1}.get(kind) or int(rest[0])
     if kind == "gqa" and (kv >= s.num_heads or s.num_heads % kv):
-        raise _Refused(f"gqa:N takes N KV heads dividing the {s.num_heads} query heads, with 1 < N < "
-                       f"{s.num_heads}")
+        raise _Refused(f"gqa:N takes N KV heads dividing the {s.num_heads} query heads, with 1 < N < {s.num_heads}")
     c.d["num_key_value_heads"] = kv
 
 
@@ -416,9 +442,16 @@ def _apply_ffn(c: _Ctx, v: str) -> None:
     shared = rest[0] if rest else 0
     if s.moe is None:
         width = next((layer.dense_width for layer in s.layers if layer.dense_width), 0)
-        c.d.update(num_local_experts=e, num_experts_per_tok=k, n_shared_experts=shared,
-                   moe_intermediate_size=max(8, width // (k + shared)), n_group=1, topk_group=1,
-                   norm_topk_prob=True, routed_scaling_factor=1.0)
+        c.d.update(
+            num_local_experts=e,
+            num_experts_per_tok=k,
+            n_shared_experts=shared,
+            moe_intermediate_size=max(8, width // (k + shared)),
+            n_group=1,
+            topk_group=1,
+            norm_topk_prob=True,
+            routed_scaling_factor=1.0,
+        )
         act = next((c.built[k] for k in ("hidden_activation", "activation_function") if c.has(k)), None)
         if not c.has("hidden_act") and act:
             c.d["hidden_act"] = act  # the experts read hidden_act
@@ -426,8 +459,10 @@ def _apply_ffn(c: _Ctx, v: str) -> None:
         return
     m = s.moe
     if m.n_group > 1 and (e % m.n_group or k > m.topk_group * (e // m.n_group)):
-        raise _Refused(f"{e} experts top-{k} do not fit its {m.n_group} expert groups (top {m.topk_group} groups); "
-                       "vary n_group and topk_group with it")
+        raise _Refused(
+            f"{e} experts top-{k} do not fit its {m.n_group} expert groups (top {m.topk_group} groups); "
+            "vary n_group and topk_group with it"
+        )
     c.set_alias("num_experts", e)
     c.set_alias("num_experts_per_tok", k)
     if shared != m.num_shared:
@@ -488,7 +523,7 @@ def _read_mixer(s: ArchSpec) -> str:
         return "attention"
     if all(linear):
         return "linear"
-    unit = linear[:_period(linear)]
+    unit = linear[: _period(linear)]
     return f"{sum(unit)}:{len(unit) - sum(unit)}"
 
 
@@ -507,55 +542,131 @@ def _apply_tied(c: _Ctx, v: str) -> None:
     c.d["tie_word_embeddings"] = v == "on"
 
 
-AXES: dict[str, Axis] = {a.name: a for a in (
-    Axis("attention", ("mha", "gqa:N", "mqa", "mla[:kv_lora_rank=R:q_lora_rank=R|none:qk_nope_head_dim=D:"
-                       "qk_rope_head_dim=D:v_head_dim=D]"),
-         ("mha", "gqa:8", "mqa", "mla"),
-         "attention kind: all heads with their own K/V (MHA), N shared K/V heads (GQA), one (MQA), or a compressed "
-         "latent (MLA, ranks as knobs)",
-         "num_key_value_heads (N counts KV heads of the full-size model; the miniature keeps the query/KV ratio); "
-         "MLA in a class without it: patch attention:mla (DeepSeek V3's attention; defaults from the head width d: "
-         "kv_lora_rank 4d, no query latent, qk_nope_head_dim d, qk_rope_head_dim d/2, v_head_dim d)",
-         ("attention",), _parse_attention, _read_attention, _apply_attention, _matches_attention),
-    Axis("qk_norm", ("off", "on", "per-head", "full-width"), ("off", "on"),
-         "QK-Norm: queries and keys normalised before the dot product (on: the class's own kind, else per head)",
-         "use_qk_norm where the class has it; else patch qk_norm_off (its q/k norms become identities) or "
-         "qk_norm_on:per-head|full-width (norms on the q/k projections' outputs)",
-         ("qk_norm_off", "qk_norm_on"), _parse_choice("off", "on", "per-head", "full-width"), _read_qk_norm,
-         _apply_qk_norm, _matches_qk_norm),
-    Axis("norm", ("pre", "post", "sandwich"), ("pre", "post", "sandwich"),
-         "where each block's norms sit: before attention and MLP (pre), on their outputs before the residual add "
-         "(OLMo 2's post), or both (Gemma 3's sandwich)",
-         "patch norm:pre|post|sandwich (the block re-wired around its own attention and MLP)",
-         ("norm",), _parse_choice("pre", "post", "sandwich"), _read_norm, _apply_norm),
-    Axis("positions", ("rope", "nope:K", "partial:F"), ("rope", "nope:4", "partial:0.5"),
-         "rotary positions in every layer, none in every K-th layer (SmolLM3: 4), or on a share F of each head",
-         "no_rope_layers and rope_parameters.partial_rotary_factor where the class has them; else patch nope "
-         "(identity rotation in those layers) or partial_rotary (a rotary module over F of each head)",
-         ("nope", "partial_rotary"), _parse_positions, _read_positions, _apply_positions),
-    Axis("ffn", ("dense", "moe:E:K[:S]"), ("dense", "moe:8:2", "moe:8:2:1", "moe:64:8:1"),
-         "feed-forward: one dense MLP, or E routed experts with top-K routing and S shared experts (none if left out)",
-         "first_k_dense_replace / mlp_only_layers / moe_layers and the expert-count fields where the class has them; "
-         "a dense class gets patch ffn:moe (DeepSeek V3's experts and router, expert width = MLP width / (K + S))",
-         ("ffn",), _parse_ffn, _read_ffn, _apply_ffn),
-    Axis("shared_expert", ("on", "off"), ("on", "off"),
-         "a MoE model's always-on shared expert (DeepSeek's)", "n_shared_experts (0 or 1)",
-         (), _parse_choice("on", "off"), _read_shared, _apply_shared),
-    Axis("attention_pattern", ("global", "L:G", "sliding", "...[:window=W]"), ("global", "5:1", "1:1", "sliding"),
-         f"which layers attend within a sliding window: none, L of every L + G (Gemma 3 5:1, gpt-oss 1:1), or all; "
-         f"the window W defaults to the base's, else {DEFAULT_WINDOW}",
-         "layer_types and sliding_window (classes without layer_types: all layers or none)",
-         (), _parse_pattern, _read_pattern, _apply_pattern, _matches_pattern),
-    Axis("mixer", ("attention", "L:G", "linear"), ("attention", "3:1", "linear"),
-         "token mixer of a linear-attention hybrid: softmax attention in every layer, L linear-attention layers "
-         "then G attention layers (Qwen3-Next 3:1), or linear attention in every layer",
-         "layer_types (classes with linear_attention layers)", (), _parse_mixer, _read_mixer, _apply_mixer),
-    Axis("tied", ("on", "off"), ("on", "off"), "the LM head shares the input embedding matrix",
-         "tie_word_embeddings", (), _parse_choice("on", "off"), _read_tied, _apply_tied),
-)}
+AXES: dict[str, Axis] = {
+    a.name: a
+    for a in (
+        Axis(
+            "attention",
+            (
+                "mha",
+                "gqa:N",
+                "mqa",
+                "mla[:kv_lora_rank=R:q_lora_rank=R|none:qk_nope_head_dim=D:qk_rope_head_dim=D:v_head_dim=D]",
+            ),
+            ("mha", "gqa:8", "mqa", "mla"),
+            "attention kind: all heads with their own K/V (MHA), N shared K/V heads (GQA), one (MQA), or a compressed "
+            "latent (MLA, ranks as knobs)",
+            "num_key_value_heads (N counts KV heads of the full-size model; the miniature keeps the query/KV ratio); "
+            "MLA in a class without it: patch attention:mla (DeepSeek V3's attention; defaults from the head width d: "
+            "kv_lora_rank 4d, no query latent, qk_nope_head_dim d, qk_rope_head_dim d/2, v_head_dim d)",
+            ("attention",),
+            _parse_attention,
+            _read_attention,
+            _apply_attention,
+            _matches_attention,
+        ),
+        Axis(
+            "qk_norm",
+            ("off", "on", "per-head", "full-width"),
+            ("off", "on"),
+            "QK-Norm: queries and keys normalised before the dot product (on: the class's own kind, else per head)",
+            "use_qk_norm where the class has it; else patch qk_norm_off (its q/k norms become identities) or "
+            "qk_norm_on:per-head|full-width (norms on the q/k projections' outputs)",
+            ("qk_norm_off", "qk_norm_on"),
+            _parse_choice("off", "on", "per-head", "full-width"),
+            _read_qk_norm,
+            _apply_qk_norm,
+            _matches_qk_norm,
+        ),
+        Axis(
+            "norm",
+            ("pre", "post", "sandwich"),
+            ("pre", "post", "sandwich"),
+            "where each block's norms sit: before attention and MLP (pre), on their outputs before the residual add "
+            "(OLMo 2's post), or both (Gemma 3's sandwich)",
+            "patch norm:pre|post|sandwich (the block re-wired around its own attention and MLP)",
+            ("norm",),
+            _parse_choice("pre", "post", "sandwich"),
+            _read_norm,
+            _apply_norm,
+        ),
+        Axis(
+            "positions",
+            ("rope", "nope:K", "partial:F"),
+            ("rope", "nope:4", "partial:0.5"),
+            "rotary positions in every layer, none in every K-th layer (SmolLM3: 4), or on a share F of each head",
+            "no_rope_layers and rope_parameters.partial_rotary_factor where the class has them; else patch nope "
+            "(identity rotation in those layers) or partial_rotary (a rotary module over F of each head)",
+            ("nope", "partial_rotary"),
+            _parse_positions,
+            _read_positions,
+            _apply_positions,
+        ),
+        Axis(
+            "ffn",
+            ("dense", "moe:E:K[:S]"),
+            ("dense", "moe:8:2", "moe:8:2:1", "moe:64:8:1"),
+            "feed-forward: one dense MLP, or E routed experts with top-K routing and S shared experts (none if left out)",
+            "first_k_dense_replace / mlp_only_layers / moe_layers and the expert-count fields where the class has them; "
+            "a dense class gets patch ffn:moe (DeepSeek V3's experts and router, expert width = MLP width / (K + S))",
+            ("ffn",),
+            _parse_ffn,
+            _read_ffn,
+            _apply_ffn,
+        ),
+        Axis(
+            "shared_expert",
+            ("on", "off"),
+            ("on", "off"),
+            "a MoE model's always-on shared expert (DeepSeek's)",
+            "n_shared_experts (0 or 1)",
+            (),
+            _parse_choice("on", "off"),
+            _read_shared,
+            _apply_shared,
+        ),
+        Axis(
+            "attention_pattern",
+            ("global", "L:G", "sliding", "...[:window=W]"),
+            ("global", "5:1", "1:1", "sliding"),
+            f"which layers attend within a sliding window: none, L of every L + G (Gemma 3 5:1, gpt-oss 1:1), or all; "
+            f"the window W defaults to the base's, else {DEFAULT_WINDOW}",
+            "layer_types and sliding_window (classes without layer_types: all layers or none)",
+            (),
+            _parse_pattern,
+            _read_pattern,
+            _apply_pattern,
+            _matches_pattern,
+        ),
+        Axis(
+            "mixer",
+            ("attention", "L:G", "linear"),
+            ("attention", "3:1", "linear"),
+            "token mixer of a linear-attention hybrid: softmax attention in every layer, L linear-attention layers "
+            "then G attention layers (Qwen3-Next 3:1), or linear attention in every layer",
+            "layer_types (classes with linear_attention layers)",
+            (),
+            _parse_mixer,
+            _read_mixer,
+            _apply_mixer,
+        ),
+        Axis(
+            "tied",
+            ("on", "off"),
+            ("on", "off"),
+            "the LM head shares the input embedding matrix",
+            "tie_word_embeddings",
+            (),
+            _parse_choice("on", "off"),
+            _read_tied,
+            _apply_tied,
+        ),
+    )
+}
 
 
 # ----------------------------------------------------------------- public API
+
 
 def axis_role(name: str) -> str:
     """``"recipe"`` for a training-recipe field (:data:`RECIPE_FIELDS`, varied by the ablation runner), else
@@ -595,9 +706,11 @@ def parse_value(axis: str, value: Any, base: Optional[Source] = None) -> Any:
         return v
     if base is not None and axis not in _free_fields(resolve(base)):
         arch = resolve(base)
-        raise ArchLabError(f"unknown axis {axis!r}: not one of {', '.join(AXES)}, a recipe field "
-                           f"({', '.join(RECIPE_FIELDS)}) or a field of {arch.label}'s config "
-                           f"({type(arch.config).__name__})")
+        raise ArchLabError(
+            f"unknown axis {axis!r}: not one of {', '.join(AXES)}, a recipe field "
+            f"({', '.join(RECIPE_FIELDS)}) or a field of {arch.label}'s config "
+            f"({type(arch.config).__name__})"
+        )
     return _json(value) if isinstance(value, str) else value
 
 
@@ -666,8 +779,7 @@ def make_variant(base: Source, changes: Union[Mapping[str, Any], Sequence[tuple[
         except _Refused as e:
             raise ArchLabError(f"{arch.label} cannot build {axis}={_text(value)}: {e}") from None
     name = f"{arch.label} [{_changes(canon)}]"
-    is_base = all(AXES[a].holds(arch.spec, v) if a in AXES else arch.config.to_dict().get(a) == v
-                  for a, v in canon)
+    is_base = all(AXES[a].holds(arch.spec, v) if a in AXES else arch.config.to_dict().get(a) == v for a, v in canon)
     if is_base:
         return Variant(name, arch.label, tuple(canon), {**arch.as_dict(), "_name_or_path": name}, True)
     d = ctx.d
@@ -680,8 +792,9 @@ def make_variant(base: Source, changes: Union[Mapping[str, Any], Sequence[tuple[
         raise ArchLabError(f"{arch.label} cannot build {_changes(canon)}: {e}") from None
     for axis, value in canon:
         if axis in AXES and not AXES[axis].holds(built, value):
-            raise ArchLabError(f"{arch.label} cannot build {axis}={value}: its class built "
-                               f"{axis}={AXES[axis].read(built)}")
+            raise ArchLabError(
+                f"{arch.label} cannot build {axis}={value}: its class built {axis}={AXES[axis].read(built)}"
+            )
     return Variant(name, arch.label, tuple(canon), d, False, _side_effects(arch.spec, built, [a for a, _ in canon]))
 
 
@@ -701,9 +814,17 @@ def _check_axes(names: Sequence[str]) -> None:
 #: axes whose value another axis's change decides (not reported as side effects of it)
 _IMPLIED = {"ffn": ("shared_expert",), "shared_expert": ("ffn",), "attention": ("head_dim",)}
 #: spec fields no axis reads, compared too: (field, what it is)
-_ALSO = (("gated_mlp", "gated MLP"), ("activation", "activation"), ("norm_type", "norm type"),
-         ("qkv_bias", "q/k/v biases"), ("output_gate", "attention output gate"), ("attention_sinks", "attention sinks"),
-         ("num_heads", "query heads"), ("head_dim", "head width"), ("num_layers", "layers"))
+_ALSO = (
+    ("gated_mlp", "gated MLP"),
+    ("activation", "activation"),
+    ("norm_type", "norm type"),
+    ("qkv_bias", "q/k/v biases"),
+    ("output_gate", "attention output gate"),
+    ("attention_sinks", "attention sinks"),
+    ("num_heads", "query heads"),
+    ("head_dim", "head width"),
+    ("num_layers", "layers"),
+)
 
 
 def _side_effects(base: ArchSpec, variant: ArchSpec, asked: Sequence[str]) -> tuple[str, ...]:
@@ -743,5 +864,7 @@ def variants(base: Source, varies: Sequence[tuple[str, Sequence[Any]]]) -> list[
 
 def describe_axes() -> list[dict[str, str]]:
     """Every axis as a table row: name, value syntax, meaning, how it applies."""
-    return [{"axis": a.name, "values": " | ".join(a.values), "meaning": a.description, "applies": a.applies}
-            for a in AXES.values()]
+    return [
+        {"axis": a.name, "values": " | ".join(a.values), "meaning": a.description, "applies": a.applies}
+        for a in AXES.values()
+    ]

@@ -4,6 +4,7 @@ A function that computes a figure builds a :class:`Working` as it goes: ``w.step
 formula, the same formula with this model's numbers, and the value the code computed, and returns that
 value, so the number and the text shown under "how this is computed" come from one place.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -14,9 +15,9 @@ Number = Union[int, float]
 
 @dataclass(frozen=True)
 class Step:
-    name: str       # what is computed, e.g. "KV bytes per token"
-    formula: str    # in symbols
-    numbers: str    # the same with this model's numbers
+    name: str  # what is computed, e.g. "KV bytes per token"
+    formula: str  # in symbols
+    numbers: str  # the same with this model's numbers
     value: Number
     unit: str = ""
 
@@ -35,6 +36,7 @@ class Step:
 @dataclass
 class Working:
     """The steps behind one figure, in the order they were computed."""
+
     title: str
     steps: list[Step] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -60,8 +62,12 @@ class Working:
         lines = [f"**{escape(self.title)}**", ""]
         for s in self.steps:
             parts = s.parts()
-            lines.append(f"- {escape(s.name)} = " + " = ".join(f"`{p}`" for p in parts[:-1])
-                         + (" = " if len(parts) > 1 else "") + f"**{parts[-1]}**")
+            lines.append(
+                f"- {escape(s.name)} = "
+                + " = ".join(f"`{p}`" for p in parts[:-1])
+                + (" = " if len(parts) > 1 else "")
+                + f"**{parts[-1]}**"
+            )
         if self.notes:
             lines += [""] + [f"_{escape(n)}_" for n in self.notes]
         return "\n".join(lines)

@@ -24,6 +24,7 @@ when installed, and kept only when the two agree (the experts kernel's rounding 
 greedy tokens match it up to ties). Anything else (no Triton, CPU tensors, prefill-sized inputs, expert
 parallelism) runs the original code. :func:`install` returns a handle that undoes it all.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -55,11 +56,28 @@ def available() -> bool:
 # ----------------------------------------------------------------- kernels
 
 if triton is not None:
+
     @triton.jit
-    def _experts_up_kernel(x_ptr, w_ptr, b_ptr, idx_ptr, out_ptr, H, N_OUT, K,
-                           stride_xt, stride_we, stride_wn, stride_wh, stride_be, stride_os,
-                           HAS_BIAS: tl.constexpr, SILU: tl.constexpr, BLOCK_N: tl.constexpr,
-                           BLOCK_H: tl.constexpr):
+    def _experts_up_kernel(
+        x_ptr,
+        w_ptr,
+        b_ptr,
+        idx_ptr,
+        out_ptr,
+        H,
+        N_OUT,
+        K,
+        stride_xt,
+        stride_we,
+        stride_wn,
+        stride_wh,
+        stride_be,
+        stride_os,
+        HAS_BIAS: tl.constexpr,
+        SILU: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+        BLOCK_H: tl.constexpr,
+    ):
         """out[s, n] for pair s = (token s // K, expert idx[s]): rows n of the expert's up projection
         (+ bias); with SILU, silu(row n) * row (n + N_OUT) of a concatenated gate/up weight."""
         s = tl.program_id(0)
@@ -80,8 +98,7 @@ if triton is not None:
             w = tl.load(w_base + cols[:, None] * stride_wn + hs[None, :] * stride_wh, mask=m2, other=0.0)
             acc += w.to(tl.float32) * x[None, :]
             if SILU:
-                w2 = tl.load(w_base + (cols[:, None] + N_OUT) * stride_wn + hs[None, :] * stride_wh, mask=m2,
-                             other=0.0)
+                w2 = tl.load(w_base + (cols[:, None] + N_OUT) * stride_wn + hs[None, :] * stride_wh, mask=m2, other=0.0)
                 acc2 += w2.to(tl.float32) * x[None, :]
         acc = tl.sum(acc, axis=1)
         acc2 = tl.sum(acc2, axis=1)
@@ -100,10 +117,28 @@ if triton is not None:
         tl.store(out_ptr + s * stride_os + cols, g.to(ty), mask=cmask)
 
     @triton.jit
-    def _experts_down_kernel(m_ptr, w_ptr, b_ptr, idx_ptr, rw_ptr, out_ptr, N, I, K,
-                             stride_ms, stride_we, stride_wn, stride_wi, stride_be, stride_ot,
-                             HAS_BIAS: tl.constexpr, ROUND_WEIGHTED: tl.constexpr, K_PAD: tl.constexpr,
-                             BLOCK_N: tl.constexpr, BLOCK_I: tl.constexpr):
+    def _experts_down_kernel(
+        m_ptr,
+        w_ptr,
+        b_ptr,
+        idx_ptr,
+        rw_ptr,
+        out_ptr,
+        N,
+        I,
+        K,
+        stride_ms,
+        stride_we,
+        stride_wn,
+        stride_wi,
+        stride_be,
+        stride_ot,
+        HAS_BIAS: tl.constexpr,
+        ROUND_WEIGHTED: tl.constexpr,
+        K_PAD: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+        BLOCK_I: tl.constexpr,
+    ):
         """out[t, n] = sum over the token's K experts of weight * (down row n of the expert · m[s] (+ bias)),
         all K experts' tiles loaded at once (one launch per token, no atomics: deterministic)."""
         t = tl.program_id(0)
@@ -118,10 +153,10 @@ if triton is not None:
         for i0 in range(0, I, BLOCK_I):
             iv = i0 + tl.arange(0, BLOCK_I)
             imask = iv < I
-            mv = tl.load(m_ptr + s[:, None] * stride_ms + iv[None, :], mask=kmask[:, None] & imask[None, :],
-                         other=0.0).to(tl.float32)
-            ptr = (w_ptr + e[:, None, None] * stride_we + cols[None, :, None] * stride_wn
-                   + iv[None, None, :] * stride_wi)
+            mv = tl.load(
+                m_ptr + s[:, None] * stride_ms + iv[None, :], mask=kmask[:, None] & imask[None, :], other=0.0
+            ).to(tl.float32)
+            ptr = w_ptr + e[:, None, None] * stride_we + cols[None, :, None] * stride_wn + iv[None, None, :] * stride_wi
             msk = kmask[:, None, None] & cmask[None, :, None] & imask[None, None, :]
             w = tl.load(ptr, mask=msk, other=0.0).to(tl.float32)
             acc += w * mv[:, None, :]
@@ -129,8 +164,9 @@ if triton is not None:
         ty = out_ptr.dtype.element_ty
         p = acc.to(ty).to(tl.float32)
         if HAS_BIAS:
-            b = tl.load(b_ptr + e[:, None] * stride_be + cols[None, :], mask=kmask[:, None] & cmask[None, :],
-                        other=0.0).to(tl.float32)
+            b = tl.load(
+                b_ptr + e[:, None] * stride_be + cols[None, :], mask=kmask[:, None] & cmask[None, :], other=0.0
+            ).to(tl.float32)
             p = (p + b).to(ty).to(tl.float32)
         p = p * r[:, None]
         if ROUND_WEIGHTED:
@@ -157,9 +193,32 @@ if triton is not None:
         tl.store(y_ptr + row * stride_y + c, y.to(y_ptr.dtype.element_ty), mask=m)
 
     @triton.jit
-    def _rope_kernel(q_ptr, k_ptr, cos_ptr, sin_ptr, qo_ptr, ko_ptr, T, HQ,
-                     sq_b, sq_h, sq_t, sk_b, sk_h, sk_t, sqo_b, sqo_h, sqo_t, sko_b, sko_h, sko_t, sc_b, sc_t,
-                     HALF: tl.constexpr, BLOCK: tl.constexpr):
+    def _rope_kernel(
+        q_ptr,
+        k_ptr,
+        cos_ptr,
+        sin_ptr,
+        qo_ptr,
+        ko_ptr,
+        T,
+        HQ,
+        sq_b,
+        sq_h,
+        sq_t,
+        sk_b,
+        sk_h,
+        sk_t,
+        sqo_b,
+        sqo_h,
+        sqo_t,
+        sko_b,
+        sko_h,
+        sko_t,
+        sc_b,
+        sc_t,
+        HALF: tl.constexpr,
+        BLOCK: tl.constexpr,
+    ):
         """(x * cos) + (rotate_half(x) * sin) for one head row of q or k, rounded where transformers rounds."""
         bt = tl.program_id(0)
         h = tl.program_id(1)
@@ -189,9 +248,20 @@ if triton is not None:
 
 
 if triton is not None:
+
     @triton.jit
-    def _router_kernel(logits_ptr, w_ptr, idx_ptr, E, stride_l, K: tl.constexpr, K_PAD: tl.constexpr,
-                       FORM: tl.constexpr, NORM: tl.constexpr, BLOCK: tl.constexpr):
+    def _router_kernel(
+        logits_ptr,
+        w_ptr,
+        idx_ptr,
+        E,
+        stride_l,
+        K: tl.constexpr,
+        K_PAD: tl.constexpr,
+        FORM: tl.constexpr,
+        NORM: tl.constexpr,
+        BLOCK: tl.constexpr,
+    ):
         """One token's top-k from its router logits. FORM 0: softmax over all experts (float32), top-k of the
         probabilities, optionally renormalised (NORM); FORM 1: top-k of the logits, softmax over those k."""
         row = tl.program_id(0)
@@ -232,13 +302,15 @@ def _pow2(n: int) -> int:
 
 # ----------------------------------------------------------------- experts
 
+
 @dataclass
 class ExpertsPlan:
     """How one experts module runs fused: ``silu`` (gate fused in the first launch) or ``gate`` (the
     module's own ``_apply_gate`` / ``act_fn`` between the launches), and the tile sizes chosen for it."""
+
     form: str
-    up_block: tuple[int, int] = (8, 256)      # BLOCK_N, BLOCK_H
-    down_block: tuple[int, int] = (4, 128)    # BLOCK_N, BLOCK_I
+    up_block: tuple[int, int] = (8, 256)  # BLOCK_N, BLOCK_H
+    down_block: tuple[int, int] = (4, 128)  # BLOCK_N, BLOCK_I
     warps: int = 4
 
 
@@ -258,8 +330,9 @@ def _down_weight(module):
     return w, b, w.shape[1], w.shape[2], w.stride(1), w.stride(2)  # [E, H, I]
 
 
-def run_experts(module, plan: ExpertsPlan, hidden: torch.Tensor, top_k_index: torch.Tensor,
-                top_k_weights: torch.Tensor) -> torch.Tensor:
+def run_experts(
+    module, plan: ExpertsPlan, hidden: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor
+) -> torch.Tensor:
     """The fused experts of ``module`` on ``hidden`` [T, H] (no host synchronisation: capture-safe)."""
     x = hidden if hidden.stride(-1) == 1 else hidden.contiguous()
     t_n, k = top_k_index.shape[0], top_k_index.shape[-1]
@@ -274,9 +347,26 @@ def run_experts(module, plan: ExpertsPlan, hidden: torch.Tensor, top_k_index: to
     mid = torch.empty(s_n, n_out, device=x.device, dtype=x.dtype)
     bn, bh = plan.up_block
     _experts_up_kernel[(s_n, triton.cdiv(n_out, bn))](
-        x, w, b if b is not None else w, idx, mid, x.shape[1], n_out, k,
-        x.stride(0), w.stride(0), s_wn, s_wh, b.stride(0) if b is not None else 0, mid.stride(0),
-        HAS_BIAS=b is not None, SILU=silu, BLOCK_N=bn, BLOCK_H=bh, num_warps=plan.warps)
+        x,
+        w,
+        b if b is not None else w,
+        idx,
+        mid,
+        x.shape[1],
+        n_out,
+        k,
+        x.stride(0),
+        w.stride(0),
+        s_wn,
+        s_wh,
+        b.stride(0) if b is not None else 0,
+        mid.stride(0),
+        HAS_BIAS=b is not None,
+        SILU=silu,
+        BLOCK_N=bn,
+        BLOCK_H=bh,
+        num_warps=plan.warps,
+    )
     if not silu:
         mid = module._apply_gate(mid) if module.has_gate else module.act_fn(mid)
         mid = mid if mid.stride(-1) == 1 else mid.contiguous()
@@ -284,21 +374,44 @@ def run_experts(module, plan: ExpertsPlan, hidden: torch.Tensor, top_k_index: to
     out = torch.empty(t_n, n_dn, device=x.device, dtype=x.dtype)
     bn, bi = plan.down_block
     _experts_down_kernel[(t_n, triton.cdiv(n_dn, bn))](
-        mid, wd, bd if bd is not None else wd, idx, rw, out, n_dn, i_dn, k,
-        mid.stride(0), wd.stride(0), s_dn, s_di, bd.stride(0) if bd is not None else 0, out.stride(0),
-        HAS_BIAS=bd is not None, ROUND_WEIGHTED=rw.dtype != torch.float32, K_PAD=_pow2(k),
-        BLOCK_N=bn, BLOCK_I=bi, num_warps=plan.warps)
+        mid,
+        wd,
+        bd if bd is not None else wd,
+        idx,
+        rw,
+        out,
+        n_dn,
+        i_dn,
+        k,
+        mid.stride(0),
+        wd.stride(0),
+        s_dn,
+        s_di,
+        bd.stride(0) if bd is not None else 0,
+        out.stride(0),
+        HAS_BIAS=bd is not None,
+        ROUND_WEIGHTED=rw.dtype != torch.float32,
+        K_PAD=_pow2(k),
+        BLOCK_N=bn,
+        BLOCK_I=bi,
+        num_warps=plan.warps,
+    )
     return out
 
 
-def fused_experts_forward(module, hidden_states: torch.Tensor, top_k_index: torch.Tensor,
-                          top_k_weights: torch.Tensor) -> torch.Tensor:
+def fused_experts_forward(
+    module, hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor
+) -> torch.Tensor:
     """``experts_implementation`` entry: fused where this module was probed, else transformers' batched_mm."""
     from transformers.integrations.moe import batched_mm_experts_forward
 
     plan: Optional[ExpertsPlan] = getattr(module, "_archlab_experts", None)
-    if plan is None or not hidden_states.is_cuda or top_k_index.numel() > MAX_PAIRS or \
-            getattr(module, "_is_expert_parallel", False):
+    if (
+        plan is None
+        or not hidden_states.is_cuda
+        or top_k_index.numel() > MAX_PAIRS
+        or getattr(module, "_is_expert_parallel", False)
+    ):
         return batched_mm_experts_forward(module, hidden_states, top_k_index, top_k_weights)
     return run_experts(module, plan, hidden_states, top_k_index, top_k_weights)
 
@@ -320,8 +433,9 @@ def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
     return float((a.float() - b.float()).norm()) <= tol * float(b.float().norm()) + 1e-6
 
 
-def _tile_options(n_out: int, n_down: int, k_pad: int, up_rows: bool = True, down_rows: bool = True
-                  ) -> list[ExpertsPlan]:
+def _tile_options(
+    n_out: int, n_down: int, k_pad: int, up_rows: bool = True, down_rows: bool = True
+) -> list[ExpertsPlan]:
     """Tile sizes to try: accumulators of 2,048-4,096 floats a program (4 or 8 warps). ``up_rows`` /
     ``down_rows``: the weight is contiguous along the reduced dimension (rows of [E, N, H]); transposed
     weights ([E, H, N]) are contiguous along the outputs and want wide, short tiles instead."""
@@ -379,10 +493,13 @@ def _probe_experts(module, top_k: int) -> Optional[ExpertsPlan]:
     rw = torch.softmax(torch.randn(1, k, device=dev, generator=g), -1).to(dt)
     ref = batched_mm_experts_forward(module, x, idx, rw)
     forms = ["gate"]
-    if module.has_gate and getattr(module, "is_concatenated", True) and \
-            type(module)._apply_gate is _default_apply_gate and \
-            isinstance(getattr(module, "act_fn", None), torch.nn.Module) and \
-            _close(module.act_fn(x.float()), torch.nn.functional.silu(x.float())):
+    if (
+        module.has_gate
+        and getattr(module, "is_concatenated", True)
+        and type(module)._apply_gate is _default_apply_gate
+        and isinstance(getattr(module, "act_fn", None), torch.nn.Module)
+        and _close(module.act_fn(x.float()), torch.nn.functional.silu(x.float()))
+    ):
         forms.insert(0, "silu")
     for form in forms:
         try:
@@ -392,8 +509,9 @@ def _probe_experts(module, top_k: int) -> Optional[ExpertsPlan]:
         except Exception:  # a layout the kernel cannot take: try the next form, else batched_mm
             continue
         n_out = n_up // 2 if form == "silu" else n_up
-        options = _tile_options(n_out, hidden, _pow2(k), up_rows=_up_weight(module)[4] == 1,
-                                down_rows=_down_weight(module)[5] == 1)
+        options = _tile_options(
+            n_out, hidden, _pow2(k), up_rows=_up_weight(module)[4] == 1, down_rows=_down_weight(module)[5] == 1
+        )
         for opt in options:
             opt.form = form
         timed: dict[int, list[float]] = {}
@@ -414,6 +532,7 @@ def _probe_experts(module, top_k: int) -> Optional[ExpertsPlan]:
 
 # ----------------------------------------------------------------- RMSNorm
 
+
 def rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float, mode: int, out_dtype: torch.dtype) -> torch.Tensor:
     """RMSNorm over the last dimension in one launch (``mode`` as in ``_rmsnorm_kernel``)."""
     n = x.shape[-1]
@@ -421,8 +540,9 @@ def rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float, mode: int, out_dt
     if rows.stride(-1) != 1:
         rows = rows.contiguous()
     y = torch.empty(rows.shape, device=x.device, dtype=out_dtype)
-    _rmsnorm_kernel[(rows.shape[0],)](rows, weight, y, n, rows.stride(0), y.stride(0), eps, MODE=mode,
-                                      BLOCK=_pow2(n), num_warps=4 if n <= 4096 else 8)
+    _rmsnorm_kernel[(rows.shape[0],)](
+        rows, weight, y, n, rows.stride(0), y.stride(0), eps, MODE=mode, BLOCK=_pow2(n), num_warps=4 if n <= 4096 else 8
+    )
     return y.view(x.shape)
 
 
@@ -441,8 +561,11 @@ def _is_norm(module) -> bool:
     if getattr(module, "bias", None) is not None or list(module.children()):
         return False
     try:
-        params = [p for p in inspect.signature(module.forward).parameters.values()
-                  if p.default is inspect.Parameter.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        params = [
+            p
+            for p in inspect.signature(module.forward).parameters.values()
+            if p.default is inspect.Parameter.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+        ]
     except (TypeError, ValueError):
         return False
     return len(params) == 1 and "norm" in type(module).__name__.lower()
@@ -480,19 +603,44 @@ def _norm_forward(module, mode: int, in_dtype: torch.dtype, out_dtype: torch.dty
         if args or kwargs or not hidden_states.is_cuda or hidden_states.dtype != in_dtype:
             return original(module, hidden_states, *args, **kwargs)
         return rmsnorm(hidden_states, module.weight, eps, mode, out_dtype)
+
     return forward
 
 
 # ----------------------------------------------------------------- rotary embedding
+
 
 def rope(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Rotate-half RoPE of q [B, Hq, T, D] and k [B, Hk, T, D] with cos/sin [B, T, D], one launch."""
     b, hq, t, d = q.shape
     qo, ko = torch.empty_like(q), torch.empty_like(k)
     _rope_kernel[(b * t, hq + k.shape[1])](
-        q, k, cos, sin, qo, ko, t, hq, q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-        qo.stride(0), qo.stride(1), qo.stride(2), ko.stride(0), ko.stride(1), ko.stride(2),
-        cos.stride(0), cos.stride(1), HALF=d // 2, BLOCK=_pow2(d // 2), num_warps=1)
+        q,
+        k,
+        cos,
+        sin,
+        qo,
+        ko,
+        t,
+        hq,
+        q.stride(0),
+        q.stride(1),
+        q.stride(2),
+        k.stride(0),
+        k.stride(1),
+        k.stride(2),
+        qo.stride(0),
+        qo.stride(1),
+        qo.stride(2),
+        ko.stride(0),
+        ko.stride(1),
+        ko.stride(2),
+        cos.stride(0),
+        cos.stride(1),
+        HALF=d // 2,
+        BLOCK=_pow2(d // 2),
+        num_warps=1,
+    )
     return qo, ko
 
 
@@ -502,10 +650,17 @@ def _rope_ok(q, k, cos, sin, args, kwargs) -> bool:
     if not (q.is_cuda and q.dim() == 4 and k.dim() == 4 and cos.dim() == 3 and sin.shape == cos.shape):
         return False
     d = q.shape[-1]
-    return (d % 2 == 0 and k.shape[-1] == d and cos.shape[-1] == d and q.shape[0] == k.shape[0] == cos.shape[0]
-            and q.shape[2] == k.shape[2] == cos.shape[1] and q.stride(-1) == k.stride(-1) == 1
-            and cos.stride(-1) == sin.stride(-1) == 1 and cos.stride() == sin.stride()
-            and q.dtype == k.dtype == cos.dtype == sin.dtype)
+    return (
+        d % 2 == 0
+        and k.shape[-1] == d
+        and cos.shape[-1] == d
+        and q.shape[0] == k.shape[0] == cos.shape[0]
+        and q.shape[2] == k.shape[2] == cos.shape[1]
+        and q.stride(-1) == k.stride(-1) == 1
+        and cos.stride(-1) == sin.stride(-1) == 1
+        and cos.stride() == sin.stride()
+        and q.dtype == k.dtype == cos.dtype == sin.dtype
+    )
 
 
 def _rope_wrapper(original: Callable) -> Callable:
@@ -513,6 +668,7 @@ def _rope_wrapper(original: Callable) -> Callable:
         if _rope_ok(q, k, cos, sin, args, kwargs):
             return rope(q, k, cos, sin)
         return original(q, k, cos, sin, *args, **kwargs)
+
     apply_rotary_pos_emb.__wrapped__ = original
     apply_rotary_pos_emb._archlab_rope = True
     return apply_rotary_pos_emb
@@ -542,14 +698,26 @@ _rope_users: dict[str, int] = {}  # modeling module -> installed decoders using 
 _ROUTER_FORMS = ((0, True), (0, False), (1, False))
 
 
-def route(logits: torch.Tensor, top_k: int, form: tuple[int, bool], out_dtype: torch.dtype
-          ) -> tuple[torch.Tensor, torch.Tensor]:
+def route(
+    logits: torch.Tensor, top_k: int, form: tuple[int, bool], out_dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(weights [T, k], indices [T, k] int64) from router logits [T, E] in one launch."""
     t, e = logits.shape
     w = torch.empty(t, top_k, device=logits.device, dtype=out_dtype)
     idx = torch.empty(t, top_k, device=logits.device, dtype=torch.int64)
-    _router_kernel[(t,)](logits, w, idx, e, logits.stride(0), K=top_k, K_PAD=_pow2(top_k), FORM=form[0],
-                         NORM=form[1], BLOCK=_pow2(e), num_warps=1 if e <= 256 else 4)
+    _router_kernel[(t,)](
+        logits,
+        w,
+        idx,
+        e,
+        logits.stride(0),
+        K=top_k,
+        K_PAD=_pow2(top_k),
+        FORM=form[0],
+        NORM=form[1],
+        BLOCK=_pow2(e),
+        num_warps=1 if e <= 256 else 4,
+    )
     return w, idx
 
 
@@ -595,14 +763,17 @@ def _router_forward(module, form: tuple[int, bool], top_k: int, dtype: torch.dty
         logits = torch.nn.functional.linear(x, module.weight, getattr(module, "bias", None))
         weights, idx = route(logits, top_k, form, out_dtype)
         return logits, weights, idx
+
     return forward
 
 
 # ----------------------------------------------------------------- install
 
+
 @dataclass
 class Installed:
     """What :func:`install` put on a model; ``remove()`` undoes it."""
+
     experts: int = 0
     experts_form: str = ""
     routers: int = 0
@@ -612,8 +783,14 @@ class Installed:
     _undo: list[Callable[[], None]] = field(default_factory=list, repr=False)
 
     def summary(self) -> dict:
-        return {"experts": self.experts, "experts_form": self.experts_form, "routers": self.routers, "norms": self.norms,
-                "rope": len(self.rope_modules), "skipped": self.skipped}
+        return {
+            "experts": self.experts,
+            "experts_form": self.experts_form,
+            "routers": self.routers,
+            "norms": self.norms,
+            "rope": len(self.rope_modules),
+            "skipped": self.skipped,
+        }
 
     def remove(self) -> None:
         for undo in reversed(self._undo):
@@ -640,8 +817,14 @@ def _top_k(model) -> int:
     return 2
 
 
-def install(model, experts: bool = True, norms: bool = True, rotary: bool = True, routers: bool = True,
-            transposed_experts: bool = False) -> Installed:
+def install(
+    model,
+    experts: bool = True,
+    norms: bool = True,
+    rotary: bool = True,
+    routers: bool = True,
+    transposed_experts: bool = False,
+) -> Installed:
     """Probe and install the kernels on a CUDA model (a no-op without Triton or off CUDA).
 
     ``transposed_experts``: also fuse experts stored transposed (off by default, see :func:`_rows`)."""
@@ -652,7 +835,7 @@ def install(model, experts: bool = True, norms: bool = True, rotary: bool = True
         return done
     with torch.inference_mode():
         if experts and _register_experts():
-            for name, m in model.named_modules():
+            for _name, m in model.named_modules():
                 if not _is_fused_experts(m) or not m.down_proj.is_cuda:
                     continue
                 if not transposed_experts and not _rows(m):
@@ -660,8 +843,16 @@ def install(model, experts: bool = True, norms: bool = True, rotary: bool = True
                         done.skipped.append(f"experts {type(m).__name__}: transposed")
                     continue
                 w = m.gate_up_proj if m.has_gate else m.up_proj
-                key = (type(m), tuple(w.shape), tuple(m.down_proj.shape), w.dtype, str(w.device), _top_k(model),
-                       m.has_bias, m.is_transposed)
+                key = (
+                    type(m),
+                    tuple(w.shape),
+                    tuple(m.down_proj.shape),
+                    w.dtype,
+                    str(w.device),
+                    _top_k(model),
+                    m.has_bias,
+                    m.is_transposed,
+                )
                 if key not in _plans:
                     try:
                         _plans[key] = _probe_experts(m, _top_k(model))
@@ -726,8 +917,9 @@ def _install_routers(model, done: Installed) -> None:
 
 
 def _install_rope(model, done: Installed, param: torch.Tensor) -> None:
-    head_dim = getattr(model.config, "head_dim", None) or getattr(getattr(model.config, "text_config", None),
-                                                                  "head_dim", None)
+    head_dim = getattr(model.config, "head_dim", None) or getattr(
+        getattr(model.config, "text_config", None), "head_dim", None
+    )
     if not isinstance(head_dim, int):
         cfg = getattr(model.config, "text_config", None) or model.config
         try:
@@ -750,7 +942,7 @@ def _install_rope(model, done: Installed, param: torch.Tensor) -> None:
                 if params != ["q", "k", "cos", "sin"] or not _probe_rope(fn, head_dim, param.device, param.dtype):
                     done.skipped.append(f"rope {name.rsplit('.', 1)[-1]}")
                     continue
-                setattr(mod, "apply_rotary_pos_emb", _rope_wrapper(fn))
+                mod.apply_rotary_pos_emb = _rope_wrapper(fn)
             _rope_users[name] = _rope_users.get(name, 0) + 1
         done.rope_modules.append(name)
         done._undo.append(lambda name=name, mod=mod, original=original: _release_rope(name, mod, original))
@@ -761,7 +953,7 @@ def _release_rope(name: str, mod, original: Callable) -> None:
         _rope_users[name] = _rope_users.get(name, 1) - 1
         if _rope_users[name] <= 0:
             _rope_users.pop(name, None)
-            setattr(mod, "apply_rotary_pos_emb", original)
+            mod.apply_rotary_pos_emb = original
 
 
 _installs_lock = threading.Lock()

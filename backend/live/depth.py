@@ -8,6 +8,7 @@ GPU). Full depth then costs ``step(k) + (n - k) × per-layer``, assuming the lay
 what layer ``k`` costs (true when they are of one kind, e.g. DeepSeek-V3's MoE layers after its
 three dense ones; pick ``k`` past such a prefix).
 """
+
 from __future__ import annotations
 
 import time
@@ -24,11 +25,12 @@ STEPS, WARM, PROMPT, ROUNDS = 32, 4, 8, 2
 @dataclass(frozen=True)
 class DepthEstimate:
     """Per-layer decode cost measured at ``layers`` and ``shallower_layers``, extrapolated to ``full_layers``."""
+
     layers: int
     full_layers: int
-    step_s: float            # decode step at ``layers``
+    step_s: float  # decode step at ``layers``
     shallower_step_s: float  # decode step at ``shallower_layers``
-    graph: bool              # timed as CUDA graph replays (else eager static-cache steps)
+    graph: bool  # timed as CUDA graph replays (else eager static-cache steps)
     shallower_layers: Optional[int] = None  # default ``layers - 1``
 
     @property
@@ -56,11 +58,15 @@ class DepthEstimate:
     @property
     def note(self) -> str:
         if not self.measurable:
-            return (f"the step at {self.layers} layers was not slower than at {self.below} "
-                    "(timing noise): no extrapolation; run again on an idle machine")
-        return (f"decode step timed at {self.layers} and {self.below} layers "
-                f"({'CUDA graph' if self.graph else 'eager'}); layers {self.layers + 1}–{self.full_layers} "
-                f"assumed to cost what layer {self.layers} costs")
+            return (
+                f"the step at {self.layers} layers was not slower than at {self.below} "
+                "(timing noise): no extrapolation; run again on an idle machine"
+            )
+        return (
+            f"decode step timed at {self.layers} and {self.below} layers "
+            f"({'CUDA graph' if self.graph else 'eager'}); layers {self.layers + 1}–{self.full_layers} "
+            f"assumed to cost what layer {self.layers} costs"
+        )
 
 
 def two_depth_tok_s(a_layers: int, a_tok_s: float, b_layers: int, b_tok_s: float, full_layers: int) -> float:
@@ -73,7 +79,7 @@ def two_depth_tok_s(a_layers: int, a_tok_s: float, b_layers: int, b_tok_s: float
 
 def num_layers(model) -> int:
     cfg = model.config
-    return int(getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "n_layer"))
+    return int(getattr(cfg, "num_hidden_layers", None) or cfg.n_layer)
 
 
 def shallower(model, layers: int):

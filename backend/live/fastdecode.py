@@ -12,6 +12,7 @@ layers' choices to the host once per step.
 
 Falls back to running the same static-cache step eagerly when a model cannot be captured.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -24,10 +25,10 @@ from .routers import router_choice, router_modules
 
 @dataclass
 class StepOutput:
-    logits: torch.Tensor                                  # [vocab] float, on the model's device
+    logits: torch.Tensor  # [vocab] float, on the model's device
     routing: list[tuple[int, torch.Tensor, torch.Tensor]]  # (layer, indices [T,k], weights [T,k]), on device;
     #                                                      on decode steps views of the routing buffer (float indices)
-    packed: Optional[torch.Tensor] = None                 # all of ``routing`` flattened into one float tensor
+    packed: Optional[torch.Tensor] = None  # all of ``routing`` flattened into one float tensor
 
 
 class _Taps:
@@ -50,6 +51,7 @@ class _Taps:
                 return
             # clone: graph-owned copies that later replays overwrite in place
             self.current.append((layer, idx.detach().clone(), w.detach().float().clone()))
+
         return hook
 
     def take(self) -> list[tuple[int, torch.Tensor, torch.Tensor]]:
@@ -77,7 +79,7 @@ class _RouteSink:
             buf = torch.zeros(sum(2 * k for _, k in layers), dtype=torch.float32, device=dev)
             off = 0
             for layer, k in layers:
-                idx, w = buf[off:off + k].view(1, k), buf[off + k:off + 2 * k].view(1, k)
+                idx, w = buf[off : off + k].view(1, k), buf[off + k : off + 2 * k].view(1, k)
                 self.slots[layer] = (idx, w)
                 self.routing.append((layer, idx, w))
                 off += 2 * k
@@ -184,8 +186,16 @@ class GraphDecoder:
     default the devices of a model's device map (one segment on one device).
     """
 
-    def __init__(self, model, max_cache_len: int, capture_routing: bool = True, use_graph: bool = True,
-                 compile: bool = False, kernels: bool = True, segments: Optional[dict] = None):
+    def __init__(
+        self,
+        model,
+        max_cache_len: int,
+        capture_routing: bool = True,
+        use_graph: bool = True,
+        compile: bool = False,
+        kernels: bool = True,
+        segments: Optional[dict] = None,
+    ):
         from .segments import Segmenter, device_labels
 
         self.model = model
@@ -213,7 +223,7 @@ class GraphDecoder:
             from . import decode_kernels
 
             self.kernels = decode_kernels.acquire(model)
-        self.graph = None          # the first segment's graph once captured (all of them: ``graphs``)
+        self.graph = None  # the first segment's graph once captured (all of them: ``graphs``)
         self.graph_error: Optional[str] = None
         self._ids = torch.zeros(1, 1, dtype=torch.long, device=self.device)
         self._pos = torch.zeros(1, dtype=torch.long, device=self.device)
@@ -255,8 +265,14 @@ class GraphDecoder:
         _experts_impl(self.model, getattr(self, "_restore_impl", None))
 
     def _model_call(self, ids: torch.Tensor, pos: torch.Tensor):
-        return self._call(input_ids=ids, position_ids=pos.unsqueeze(0), cache_position=pos,
-                          past_key_values=self.cache, use_cache=True, logits_to_keep=1)
+        return self._call(
+            input_ids=ids,
+            position_ids=pos.unsqueeze(0),
+            cache_position=pos,
+            past_key_values=self.cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
 
     def _forward(self, ids: torch.Tensor, pos: torch.Tensor, capture: bool = False) -> StepOutput:
         if self.segmenter is not None:
@@ -270,7 +286,9 @@ class GraphDecoder:
             return StepOutput(out.logits[0, -1], sink.routing, sink.packed())
         routing = self.taps.take() if self.taps is not None else []
         # Packed here so that, inside a graph, packing is part of the replay (no extra launches).
-        packed = torch.cat([t for _, i, w in routing for t in (i.reshape(-1).float(), w.reshape(-1))]) if routing else None
+        packed = (
+            torch.cat([t for _, i, w in routing for t in (i.reshape(-1).float(), w.reshape(-1))]) if routing else None
+        )
         if self.taps is not None and routing and ids.shape[1] == 1 and self.taps.sink is None:
             # the first one-token step gives the layout of the routing buffer later steps write into
             self.taps.sink = _RouteSink([(layer, i.shape[-1], i.device) for layer, i, _ in routing])
@@ -375,7 +393,9 @@ class _local_outputs:
             h.io_same_device = True
 
 
-def sample(logits: torch.Tensor, temperature: float, top_p: float, generator: Optional[torch.Generator]) -> torch.Tensor:
+def sample(
+    logits: torch.Tensor, temperature: float, top_p: float, generator: Optional[torch.Generator]
+) -> torch.Tensor:
     """Greedy (temperature 0) or temperature / nucleus sampling, on device, no host sync."""
     if temperature <= 0:
         return logits.argmax(-1, keepdim=True)
@@ -403,8 +423,8 @@ def pack_step(token: torch.Tensor, out: StepOutput) -> tuple[torch.Tensor, Calla
         tok, off, layers = int(arr[0]), 1, []
         for layer, shape in shapes:
             n = shape[0] * shape[1]
-            idx = arr[off:off + n].astype("int64").reshape(shape)
-            w = arr[off + n:off + 2 * n].reshape(shape)
+            idx = arr[off : off + n].astype("int64").reshape(shape)
+            w = arr[off + n : off + 2 * n].reshape(shape)
             off += 2 * n
             layers.append((layer, idx, w))
         return tok, layers

@@ -5,6 +5,7 @@ first forward), so every token is timed exactly and a cancel takes effect before
 TTFT = prompt tokenization + prefill + first pick; tok/s = decode tokens / decode time (tokens after
 the first over the time after the first). One model failing emits ``Failed``; the others go on.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -33,12 +34,12 @@ IDLE_TIMEOUT_S = 30.0
 @dataclass(frozen=True)
 class GenerationSettings:
     max_new_tokens: int = 48
-    temperature: float = 0.0      # 0 = greedy
+    temperature: float = 0.0  # 0 = greedy
     top_p: float = 1.0
     stop: tuple[str, ...] = ()
     seed: int = 0
     capture_routing: bool = True
-    ignore_eos: bool = False      # keep going past EOS (benchmarks)
+    ignore_eos: bool = False  # keep going past EOS (benchmarks)
 
     def validate(self) -> None:
         """ArchLabError for out-of-range settings."""
@@ -49,14 +50,18 @@ class GenerationSettings:
             raise ArchLabError(f"temperature must be between 0 and 10, got {self.temperature!r}")
         if not isinstance(self.top_p, (int, float)) or not 0 < self.top_p <= 1:
             raise ArchLabError(f"top_p must be in (0, 1], got {self.top_p!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2 ** 63:
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
             raise ArchLabError(f"seed must be an integer from 0 to 2**63-1, got {self.seed!r}")
-        if not isinstance(self.stop, (tuple, list)) or len(self.stop) > 16 or \
-                not all(isinstance(s, str) and 0 < len(s) <= 1000 for s in self.stop):
+        if (
+            not isinstance(self.stop, (tuple, list))
+            or len(self.stop) > 16
+            or not all(isinstance(s, str) and 0 < len(s) <= 1000 for s in self.stop)
+        ):
             raise ArchLabError("stop must be a list of up to 16 non-empty strings (1,000 characters at most)")
 
 
 # ----------------------------------------------------------------- events
+
 
 @dataclass
 class Loading:
@@ -79,8 +84,8 @@ class Token:
     model: str
     step: int
     token_id: int
-    text: str          # new text this token completes (may be "" while a character is incomplete)
-    elapsed_s: float   # since the run of this model started (after loading)
+    text: str  # new text this token completes (may be "" while a character is incomplete)
+    elapsed_s: float  # since the run of this model started (after loading)
 
 
 @dataclass
@@ -99,7 +104,7 @@ class Finished:
     ttft_s: float
     tokens_per_s: float
     total_s: float
-    reason: str        # "length" | "stop" | "eos" | "cancelled"
+    reason: str  # "length" | "stop" | "eos" | "cancelled"
 
 
 @dataclass
@@ -115,7 +120,7 @@ Event = Union[Loading, Started, Token, Routing, Finished, Failed]
 @dataclass
 class _Slot:
     label: str
-    status: str = "waiting"       # waiting / loading / running / finished / failed
+    status: str = "waiting"  # waiting / loading / running / finished / failed
     text: str = ""
     new_tokens: int = 0
     ttft_s: Optional[float] = None
@@ -124,7 +129,7 @@ class _Slot:
     device: str = ""
     reason: str = ""
     error: str = ""
-    fast_path: bool = False       # GPU static cache + CUDA graph
+    fast_path: bool = False  # GPU static cache + CUDA graph
     trace: Optional[RoutingTrace] = None
     token_ids: list = field(default_factory=list)
 
@@ -173,8 +178,8 @@ class IncrementalText:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
     def _pending(self) -> str:
-        before = self._decode(self.ids[self.prefix:self.read])
-        return self._decode(self.ids[self.prefix:])[len(before):]
+        before = self._decode(self.ids[self.prefix : self.read])
+        return self._decode(self.ids[self.prefix :])[len(before) :]
 
     def add(self, token_id: int) -> str:
         """Append a token; returns the text so far (an unfinished multi-byte character held back)."""
@@ -306,8 +311,14 @@ def _stepper(lm: LoadedModel, capture: bool, needed: int):
 class GenerationRun:
     """Prompt several models at once; drain events with ``poll``."""
 
-    def __init__(self, requests: list[ModelRequest], prompt: str, settings: GenerationSettings = GenerationSettings(),
-                 session_id: Optional[str] = None, idle_timeout_s: Optional[float] = IDLE_TIMEOUT_S):
+    def __init__(
+        self,
+        requests: list[ModelRequest],
+        prompt: str,
+        settings: GenerationSettings = GenerationSettings(),
+        session_id: Optional[str] = None,
+        idle_timeout_s: Optional[float] = IDLE_TIMEOUT_S,
+    ):
         """``session_id`` files the run under a browser session for :func:`cancel_session`;
         ``idle_timeout_s``: the run cancels itself when nobody has polled or joined it for that long
         (None: never)."""
@@ -329,7 +340,7 @@ class GenerationRun:
         self._slots = [_Slot(request_label(r)) for r in self.requests]
         self._threads: list[threading.Thread] = []
         self.session_id, self.idle_timeout_s = session_id, idle_timeout_s
-        self._seen = time.monotonic()     # last poll/join: the page is still there
+        self._seen = time.monotonic()  # last poll/join: the page is still there
         if session_id is not None:
             _register(session_id, self)
 
@@ -339,8 +350,10 @@ class GenerationRun:
         if self._threads:
             raise ArchLabError("this run has already started")
         libs.load()  # transformers' first import is not thread-safe: once, under a lock, before the workers
-        self._threads = [threading.Thread(target=self._work, args=(i, r), daemon=True, name=f"archlab-gen-{i}")
-                         for i, r in enumerate(self.requests)]
+        self._threads = [
+            threading.Thread(target=self._work, args=(i, r), daemon=True, name=f"archlab-gen-{i}")
+            for i, r in enumerate(self.requests)
+        ]
         for t in self._threads:
             t.start()
         return self
@@ -383,9 +396,18 @@ class GenerationRun:
 
     def stats(self, slot: int) -> dict:
         s = self._slots[slot]
-        return {"model": s.label, "ttft_s": s.ttft_s, "tokens_per_s": s.tokens_per_s, "new_tokens": s.new_tokens,
-                "total_s": s.total_s, "device": s.device, "status": s.status, "reason": s.reason, "error": s.error,
-                "fast_path": s.fast_path}
+        return {
+            "model": s.label,
+            "ttft_s": s.ttft_s,
+            "tokens_per_s": s.tokens_per_s,
+            "new_tokens": s.new_tokens,
+            "total_s": s.total_s,
+            "device": s.device,
+            "status": s.status,
+            "reason": s.reason,
+            "error": s.error,
+            "fast_path": s.fast_path,
+        }
 
     def routing(self, slot: int) -> Optional[RoutingTrace]:
         return self._slots[slot].trace
@@ -487,7 +509,7 @@ class GenerationRun:
                 safe = full if last else full[: len(full) - _stop_hold(full, s.stop)]
                 if not last and safe.endswith("\ufffd"):
                     safe = safe[:-1]  # wait for the rest of a multi-byte character
-                delta = safe[len(emitted):] if safe.startswith(emitted) else ""
+                delta = safe[len(emitted) :] if safe.startswith(emitted) else ""
                 emitted = safe if safe.startswith(emitted) else emitted
                 st.text, st.new_tokens = full, len(generated)
                 self._emit(Token(slot, st.label, step, next_id, delta, now - t0))
@@ -501,7 +523,6 @@ class GenerationRun:
         st.tokens_per_s = (n - 1) / decode_t if decode_t > 0 else 0.0
         st.total_s, st.reason, st.new_tokens = total, reason, n
         self._emit(Finished(slot, st.label, n, st.ttft_s or 0.0, st.tokens_per_s, total, reason))
-
 
     def _idle(self) -> bool:
         """True (and the run cancelled) once nobody has polled or joined it for ``idle_timeout_s``."""

@@ -3,6 +3,7 @@
 Predictions come from the model's own config (weights at its dtype, the fast path's static KV
 cache); measurements from the tensors themselves and, on GPUs, ``torch.cuda.memory_allocated``.
 """
+
 from __future__ import annotations
 
 from ..arch.architecture import Architecture, Source, resolve
@@ -20,7 +21,7 @@ def _config_dict(model) -> dict:
 
 def static_cache_bytes(source: Source, tokens: int, dtype: str) -> int:
     """Bytes of the GPU fast path's static cache: every attention layer keeps ``tokens`` positions."""
-    arch = (source if isinstance(source, Architecture) else resolve(source))
+    arch = source if isinstance(source, Architecture) else resolve(source)
     kv = kv_cache(arch, 1, 1, dtype)
     spec = arch.spec
     linear = spec.count("linear") * linear_state_elements(spec) * DTYPE_BYTES[dtype]
@@ -37,24 +38,50 @@ def memory_check(lm) -> list[dict]:
     dtype = _TORCH_DTYPE.get(str(next(model.parameters()).dtype).replace("torch.", ""), "fp32")
     predicted_weights = int(src.counts.total * DTYPE_BYTES[dtype])
     measured_weights = sum(p.numel() * p.element_size() for p in model.parameters())
-    rows = [{"what": "weights (all devices)", "device": lm.device_summary, "predicted_bytes": predicted_weights,
-             "measured_bytes": measured_weights, "how measured": "sum of parameter tensors"}]
+    rows = [
+        {
+            "what": "weights (all devices)",
+            "device": lm.device_summary,
+            "predicted_bytes": predicted_weights,
+            "measured_bytes": measured_weights,
+            "how measured": "sum of parameter tensors",
+        }
+    ]
     dec = getattr(lm, "decoder", None)
     if dec is not None:
         predicted = static_cache_bytes(src, dec.max_cache_len, dtype)
-        measured = sum(t.numel() * t.element_size() for layer in dec.cache.layers
-                       for t in (getattr(layer, "keys", None), getattr(layer, "values", None)) if t is not None
-                       and t.numel() > 0) if hasattr(dec.cache, "layers") else None
-        rows.append({"what": f"static KV cache ({dec.max_cache_len:,} tokens)", "device": lm.device_summary,
-                     "predicted_bytes": predicted, "measured_bytes": measured,
-                     "how measured": "cache tensors (allocated at first use)"})
+        measured = (
+            sum(
+                t.numel() * t.element_size()
+                for layer in dec.cache.layers
+                for t in (getattr(layer, "keys", None), getattr(layer, "values", None))
+                if t is not None and t.numel() > 0
+            )
+            if hasattr(dec.cache, "layers")
+            else None
+        )
+        rows.append(
+            {
+                "what": f"static KV cache ({dec.max_cache_len:,} tokens)",
+                "device": lm.device_summary,
+                "predicted_bytes": predicted,
+                "measured_bytes": measured,
+                "how measured": "cache tensors (allocated at first use)",
+            }
+        )
     if torch.cuda.is_available():
         devices = sorted({p.device for p in model.parameters() if p.device.type == "cuda"}, key=str)
         for d in devices:
             on_d = sum(p.numel() * p.element_size() for p in model.parameters() if p.device == d)
-            rows.append({"what": "allocated on GPU (this process)", "device": str(d), "predicted_bytes": on_d,
-                         "measured_bytes": torch.cuda.memory_allocated(d),
-                         "how measured": "torch.cuda.memory_allocated (includes other loaded models)"})
+            rows.append(
+                {
+                    "what": "allocated on GPU (this process)",
+                    "device": str(d),
+                    "predicted_bytes": on_d,
+                    "measured_bytes": torch.cuda.memory_allocated(d),
+                    "how measured": "torch.cuda.memory_allocated (includes other loaded models)",
+                }
+            )
     return rows
 
 
@@ -94,6 +121,12 @@ def placement_rows(lm) -> list[dict]:
     """One row per device of a ``runtime.LoadedModel``: bytes its device map puts there vs bytes there."""
     check = placement_check(lm.model, lm.device_map)
     devices = sorted(set(check["planned_bytes"]) | set(check["actual_bytes"]))
-    return [{"device": d, "planned_bytes": check["planned_bytes"].get(d, 0),
-             "actual_bytes": check["actual_bytes"].get(d, 0), "misplaced": check["misplaced_count"]}
-            for d in devices]
+    return [
+        {
+            "device": d,
+            "planned_bytes": check["planned_bytes"].get(d, 0),
+            "actual_bytes": check["actual_bytes"].get(d, 0),
+            "misplaced": check["misplaced_count"],
+        }
+        for d in devices
+    ]

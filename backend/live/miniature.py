@@ -7,6 +7,7 @@ experts, top-k, group-limited routing). Widths scale with the hidden size; windo
 matter at prompt lengths of tens of tokens. Everything is read from the config and its ArchSpec;
 nothing branches on a model name.
 """
+
 from __future__ import annotations
 
 import math
@@ -26,8 +27,14 @@ MINIATURE_SIZES: dict[str, dict[str, int]] = {
     "medium": {"hidden": 256, "heads": 8, "layers": 8, "experts": 16, "window": 64},
 }
 # Widths that scale with the hidden size (kept in ratio, rounded to a multiple of 8).
-_WIDTHS = ("intermediate_size", "intermediate_size_mlp", "moe_intermediate_size", "n_inner",
-           "shared_expert_intermediate_size", "ffn_dim")
+_WIDTHS = (
+    "intermediate_size",
+    "intermediate_size_mlp",
+    "moe_intermediate_size",
+    "n_inner",
+    "shared_expert_intermediate_size",
+    "ffn_dim",
+)
 _TOP_K = ("num_experts_per_tok", "experts_per_token", "moe_top_k", "top_k")
 _WINDOWS = ("sliding_window", "attention_chunk_size")
 
@@ -132,6 +139,7 @@ class Knobs:
     the hidden size, so variants of one ablation keep their base's heads (a class that ignores a config's head_dim
     keeps hidden / heads).
     """
+
     hidden: int
     heads: int
     layers: int
@@ -173,7 +181,7 @@ def miniature_config_dict(source: Source, size: str = "small") -> dict[str, Any]
 
 def shrink(source: Source, knobs: Knobs) -> dict[str, Any]:
     """The config dict of ``source`` shrunk by ``knobs``, keeping its architecture (see module doc)."""
-    arch = (source if isinstance(source, Architecture) else resolve(source))
+    arch = source if isinstance(source, Architecture) else resolve(source)
     spec = arch.spec
     d = arch.config.to_dict()
     for k in ("architectures", "transformers_version", "_name_or_path", "dtype", "torch_dtype", "auto_map"):
@@ -275,8 +283,19 @@ def check_miniature(full: ArchSpec, mini: ArchSpec, size: str = "small") -> list
     got = [(l.attention, l.rope, l.mlp) for l in mini.layers]
     if got != expected_layers(full, size):
         lost.append(f"layer pattern {mini.layer_pattern!r}")
-    for field in ("attention_kind", "qk_norm", "norm_placement", "norm_type", "position", "output_gate",
-                  "attention_sinks", "qkv_bias", "gated_mlp", "tied_embeddings", "rope_fraction"):
+    for field in (
+        "attention_kind",
+        "qk_norm",
+        "norm_placement",
+        "norm_type",
+        "position",
+        "output_gate",
+        "attention_sinks",
+        "qkv_bias",
+        "gated_mlp",
+        "tied_embeddings",
+        "rope_fraction",
+    ):
         a, b = getattr(full, field), getattr(mini, field)
         if (not math.isclose(a, b, rel_tol=0.02)) if isinstance(a, float) else a != b:
             lost.append(f"{field} {a!r} -> {b!r}")
@@ -300,7 +319,7 @@ def check_miniature(full: ArchSpec, mini: ArchSpec, size: str = "small") -> list
 def miniature(source: Source, size: str = "small") -> Architecture:
     """The miniature of ``source`` as an Architecture (kept on the full one); ArchLabError if it would
     lose part of the architecture."""
-    full = (source if isinstance(source, Architecture) else resolve(source))
+    full = source if isinstance(source, Architecture) else resolve(source)
 
     def make() -> Architecture:
         mini = resolve(miniature_config_dict(full, size))
@@ -308,6 +327,7 @@ def miniature(source: Source, size: str = "small") -> Architecture:
         if lost:
             raise ArchLabError(f"the {size} miniature cannot keep this architecture: lost {'; '.join(lost)}")
         return mini
+
     return full.memo(("miniature", size), make)
 
 

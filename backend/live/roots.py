@@ -6,6 +6,7 @@ resolved first (``~``, symlinks, ``..``), then checked; anything outside is refu
 line that is the same for every refused path, whether it exists or not. The command line (run by the
 server's own user) does not go through this.
 """
+
 from __future__ import annotations
 
 import os
@@ -16,8 +17,10 @@ from ..arch.errors import ArchLabError
 
 REPO = Path(__file__).resolve().parents[2]
 #: The one line for a folder outside the allowed roots (it says nothing about the path).
-REFUSED = ("Refused: checkpoints load only from this server's model folders (its Hugging Face cache, its runs "
-           "folder and the folders its operator lists in ARCHLAB_MODEL_DIRS).")
+REFUSED = (
+    "Refused: checkpoints load only from this server's model folders (its Hugging Face cache, its runs "
+    "folder and the folders its operator lists in ARCHLAB_MODEL_DIRS)."
+)
 
 
 def runs_dir() -> Path:

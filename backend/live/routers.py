@@ -4,6 +4,7 @@ Routers are found structurally: the ``gate``/``router`` child of a block that ha
 transformers' top-k routers return ``(logits, weights[T,k], indices[T,k])``; Llama 4's returns
 ``(scores[T,E], logits)``, from which the choice is the top-k of the scores.
 """
+
 from __future__ import annotations
 
 import torch
@@ -23,7 +24,9 @@ def router_modules(model) -> list[tuple[int, torch.nn.Module]]:
             mlp = getattr(layer, name, None)
             if mlp is None or getattr(mlp, "experts", None) is None:
                 continue
-            router = next((getattr(mlp, r) for r in _ROUTER_NAMES if isinstance(getattr(mlp, r, None), torch.nn.Module)), None)
+            router = next(
+                (getattr(mlp, r) for r in _ROUTER_NAMES if isinstance(getattr(mlp, r, None), torch.nn.Module)), None
+            )
             if router is not None:
                 found.append((i, router))
     return found

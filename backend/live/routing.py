@@ -6,6 +6,7 @@ has ``experts``. Hooks keep what the router returned on its device (no host sync
 Routers return ``(logits, weights, indices)``, or ``(scores, logits)`` (full score matrix, zeros
 off the chosen experts, e.g. Llama 4): the top-k of the scores is then the choice.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -20,8 +21,8 @@ from .routers import router_choice, router_modules
 
 @dataclass
 class StepRouting:
-    step: int                   # 0 = prefill (all prompt tokens), then one per generated token
-    token_ids: list[int]        # tokens routed at this step
+    step: int  # 0 = prefill (all prompt tokens), then one per generated token
+    token_ids: list[int]  # tokens routed at this step
     layers: dict[int, tuple[np.ndarray, np.ndarray]]  # layer -> (indices [T,k] int, weights [T,k] float)
 
 
@@ -64,6 +65,7 @@ class RoutingRecorder:
         def hook(module, _inputs, output):
             idx, w = router_choice(module, output)
             self._pending[layer] = (idx.detach(), w.detach())  # fresh tensors: no copy needed
+
         return hook
 
     def __enter__(self) -> "RoutingRecorder":
@@ -100,12 +102,13 @@ class RoutingRecorder:
             start = 0
             for layer, i, _ in items:
                 n = i.numel() // i.shape[-1]
-                layers[layer] = (idx[start:start + n], w[start:start + n])
+                layers[layer] = (idx[start : start + n], w[start : start + n])
                 start += n
         return layers
 
 
 # ----------------------------------------------------------------- statistics
+
 
 def _steps(trace: RoutingTrace, steps: Optional[slice]) -> list[StepRouting]:
     return trace.steps if steps is None else trace.steps[steps]

@@ -21,6 +21,7 @@ Usage (generation runs and training runs alike)::
 
 No Streamlit here; the pages keep only the id.
 """
+
 from __future__ import annotations
 
 import os
@@ -39,8 +40,7 @@ KIND_NAMES = {"generate": "generation run", "train": "training run"}
 ID_BYTES = 18
 ID_RE = re.compile(r"^[A-Za-z0-9_-]{24}$")
 #: The one line for a malformed, unknown, expired or wrong-kind id (it says nothing about which).
-NOT_FOUND = ("This run link is not valid or has expired (finished runs are kept for a limited time). "
-             "Start a new run.")
+NOT_FOUND = "This run link is not valid or has expired (finished runs are kept for a limited time). Start a new run."
 
 
 class Job(Protocol):
@@ -55,21 +55,26 @@ class Job(Protocol):
 @dataclass(frozen=True)
 class Limits:
     """Per-visitor quotas and retention, from the environment (see :func:`limits`)."""
-    generate: int = 2          # ARCHLAB_QUOTA_GENERATE: generation runs going at once per session
-    train: int = 1             # ARCHLAB_QUOTA_TRAIN: training runs going at once per session
-    gpu_share: float = 0.5     # ARCHLAB_QUOTA_GPU_SHARE: share of the GPUs' total memory per session
-    ttl_s: float = 7200.0      # ARCHLAB_RUN_TTL_S: seconds a finished run stays reachable
-    kept: int = 256            # ARCHLAB_RUNS_KEPT: finished runs kept in all
+
+    generate: int = 2  # ARCHLAB_QUOTA_GENERATE: generation runs going at once per session
+    train: int = 1  # ARCHLAB_QUOTA_TRAIN: training runs going at once per session
+    gpu_share: float = 0.5  # ARCHLAB_QUOTA_GPU_SHARE: share of the GPUs' total memory per session
+    ttl_s: float = 7200.0  # ARCHLAB_RUN_TTL_S: seconds a finished run stays reachable
+    kept: int = 256  # ARCHLAB_RUNS_KEPT: finished runs kept in all
     kept_per_session: int = 16  # ARCHLAB_RUNS_KEPT_PER_SESSION: finished runs kept per session
 
     def quota(self, kind: str) -> int:
         return self.generate if kind == "generate" else self.train
 
 
-_ENV = {"generate": ("ARCHLAB_QUOTA_GENERATE", int, 0, 1000), "train": ("ARCHLAB_QUOTA_TRAIN", int, 0, 1000),
-        "gpu_share": ("ARCHLAB_QUOTA_GPU_SHARE", float, 0.0, 1.0),
-        "ttl_s": ("ARCHLAB_RUN_TTL_S", float, 60.0, 30 * 86400.0), "kept": ("ARCHLAB_RUNS_KEPT", int, 1, 100_000),
-        "kept_per_session": ("ARCHLAB_RUNS_KEPT_PER_SESSION", int, 1, 10_000)}
+_ENV = {
+    "generate": ("ARCHLAB_QUOTA_GENERATE", int, 0, 1000),
+    "train": ("ARCHLAB_QUOTA_TRAIN", int, 0, 1000),
+    "gpu_share": ("ARCHLAB_QUOTA_GPU_SHARE", float, 0.0, 1.0),
+    "ttl_s": ("ARCHLAB_RUN_TTL_S", float, 60.0, 30 * 86400.0),
+    "kept": ("ARCHLAB_RUNS_KEPT", int, 1, 100_000),
+    "kept_per_session": ("ARCHLAB_RUNS_KEPT_PER_SESSION", int, 1, 10_000),
+}
 
 
 def limits(env: Optional[dict] = None) -> Limits:
@@ -85,8 +90,9 @@ def limits(env: Optional[dict] = None) -> Limits:
         except ValueError:
             v = None
         if v is None or not lo <= v <= hi:  # nan fails too
-            raise ArchLabError(f"{var}={raw!r} is not valid: use a {'whole ' if typ is int else ''}number "
-                               f"from {lo:g} to {hi:g}")
+            raise ArchLabError(
+                f"{var}={raw!r} is not valid: use a {'whole ' if typ is int else ''}number from {lo:g} to {hi:g}"
+            )
         values[name] = v
     return Limits(**values)
 
@@ -104,13 +110,14 @@ def valid_id(run_id: Any) -> bool:
 @dataclass
 class Run:
     """One registered run."""
+
     id: str
     kind: str
     session_id: str
     job: Any
     gpu_bytes: int = 0
-    created: float = 0.0                 # registry clock
-    ended: Optional[float] = None        # registry clock when first seen finished
+    created: float = 0.0  # registry clock
+    ended: Optional[float] = None  # registry clock when first seen finished
 
     @property
     def running(self) -> bool:
@@ -131,11 +138,15 @@ def _gpu_total() -> int:
 class Registry:
     """Runs by id, quotas by session. ``clock`` (monotonic seconds) and ``gpu_total`` (bytes) can be injected."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic,
-                 gpu_total: Optional[Callable[[], int]] = None, env: Optional[dict] = None):
+    def __init__(
+        self,
+        clock: Callable[[], float] = time.monotonic,
+        gpu_total: Optional[Callable[[], int]] = None,
+        env: Optional[dict] = None,
+    ):
         self._clock, self._gpu_total, self._env = clock, gpu_total or _gpu_total, env
         self._runs: dict[str, Run] = {}
-        self._pending: dict[str, Run] = {}   # admitted, job not registered yet (counts against quotas)
+        self._pending: dict[str, Run] = {}  # admitted, job not registered yet (counts against quotas)
         self._lock = threading.RLock()
         self._total: Optional[int] = None
 
@@ -152,8 +163,11 @@ class Registry:
         """What a session has going: {"generate": n, "train": n, "gpu_bytes": n}."""
         with self._lock:
             self._sweep()
-            going = [r for r in list(self._runs.values()) + list(self._pending.values())
-                     if r.session_id == session_id and r.running]
+            going = [
+                r
+                for r in list(self._runs.values()) + list(self._pending.values())
+                if r.session_id == session_id and r.running
+            ]
         out = {k: sum(r.kind == k for r in going) for k in KINDS}
         out["gpu_bytes"] = sum(r.gpu_bytes for r in going)
         return out
@@ -165,15 +179,19 @@ class Registry:
             what = KIND_NAMES[kind]
             if cap == 0:
                 raise ArchLabError(f"This server does not start {what}s for visitors.")
-            raise ArchLabError(f"You already have {used[kind]} {what}{'s' if used[kind] != 1 else ''} going; each "
-                               f"visitor may have {cap} at once. Stop one or wait until it ends.")
+            raise ArchLabError(
+                f"You already have {used[kind]} {what}{'s' if used[kind] != 1 else ''} going; each "
+                f"visitor may have {cap} at once. Stop one or wait until it ends."
+            )
         if gpu_bytes > 0:
             allowed = lim.gpu_share * self.gpu_total()
             if used["gpu_bytes"] + gpu_bytes > allowed:
                 held = f" and your runs going hold {_gib(used['gpu_bytes'])}" if used["gpu_bytes"] else ""
-                raise ArchLabError(f"This {KIND_NAMES[kind]} needs {_gib(gpu_bytes)} of GPU memory{held}; each "
-                                   f"visitor may use {lim.gpu_share:.0%} of this server's GPU memory "
-                                   f"({_gib(allowed)}). Stop a run or choose smaller models.")
+                raise ArchLabError(
+                    f"This {KIND_NAMES[kind]} needs {_gib(gpu_bytes)} of GPU memory{held}; each "
+                    f"visitor may use {lim.gpu_share:.0%} of this server's GPU memory "
+                    f"({_gib(allowed)}). Stop a run or choose smaller models."
+                )
 
     @contextmanager
     def admit(self, session_id: str, kind: str, gpu_bytes: int = 0) -> Iterator["Ticket"]:
@@ -277,6 +295,7 @@ def _running(job: Any) -> bool:
 @dataclass
 class Ticket:
     """An admitted run: its id is fixed already (e.g. for a run folder); ``register`` files the job under it."""
+
     registry: Registry
     run: Run
     _done: bool = field(default=False, repr=False)

@@ -4,6 +4,7 @@ Placement is CPU, one GPU, or sharded over all visible GPUs with accelerate (dec
 split). Loaded models are cached per request until ``release``. Pretrained checkpoints come from a
 local folder or the Hugging Face cache only (never downloaded), as safetensors, without remote code.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -38,19 +39,30 @@ KV_ALLOWANCE_TOKENS = 4096
 #: Largest safetensors header read when checking a checkpoint's shapes.
 MAX_SAFETENSORS_HEADER = 100_000_000
 
-__all__ = ["ModelRequest", "LoadedModel", "Placement", "load", "release", "release_all", "hardware",
-           "plan_placement", "resolve_checkpoint", "check_checkpoint", "MINIATURE_SIZES"]
+__all__ = [
+    "ModelRequest",
+    "LoadedModel",
+    "Placement",
+    "load",
+    "release",
+    "release_all",
+    "hardware",
+    "plan_placement",
+    "resolve_checkpoint",
+    "check_checkpoint",
+    "MINIATURE_SIZES",
+]
 
 
 @dataclass(frozen=True)
 class ModelRequest:
-    source: str | dict          # catalog key, or a config dict (uploaded config.json)
-    mode: str = "miniature"     # "miniature" | "full" | "pretrained" | "trained" (a shipped trained miniature)
-    size: str = "small"         # miniature preset
-    path: str | None = None     # pretrained: local folder, or a repo id in the HF hub cache
-    device: str = "auto"        # "auto" | "cpu" | "cuda" | "multi-gpu"
-    dtype: str = "auto"         # "auto" | "fp32" | "bf16" | "fp16"
-    compile: bool = False       # GPU fast path: also torch.compile the decode step (slow once, faster after)
+    source: str | dict  # catalog key, or a config dict (uploaded config.json)
+    mode: str = "miniature"  # "miniature" | "full" | "pretrained" | "trained" (a shipped trained miniature)
+    size: str = "small"  # miniature preset
+    path: str | None = None  # pretrained: local folder, or a repo id in the HF hub cache
+    device: str = "auto"  # "auto" | "cpu" | "cuda" | "multi-gpu"
+    dtype: str = "auto"  # "auto" | "fp32" | "bf16" | "fp16"
+    compile: bool = False  # GPU fast path: also torch.compile the decode step (slow once, faster after)
 
     def architecture(self) -> Optional[Architecture]:
         """The source resolved (None in pretrained mode: the checkpoint's config decides)."""
@@ -62,8 +74,17 @@ class ModelRequest:
             src = repr(self.source)
         else:
             src = (arch or resolve(self.source)).canon
-        return json.dumps([src, self.mode, self.size if self.mode == "miniature" else "", self.path,
-                           self.device, self.dtype, self.compile])
+        return json.dumps(
+            [
+                src,
+                self.mode,
+                self.size if self.mode == "miniature" else "",
+                self.path,
+                self.device,
+                self.dtype,
+                self.compile,
+            ]
+        )
 
 
 @dataclass
@@ -90,14 +111,15 @@ class LoadedModel:
 
 @dataclass(frozen=True)
 class Placement:
-    kind: str                     # "cpu" | "cuda" | "multi-gpu"
-    dtype: str                    # resolved: fp32 / bf16 / fp16
-    device_map: dict[str, str]    # module name -> "cpu" / "cuda:i" ("" = whole model)
-    need_bytes: int               # weights at ``dtype``
-    kv_bytes: int = 0             # KV allowance (KV_ALLOWANCE_TOKENS tokens, batch 1) checked on top
+    kind: str  # "cpu" | "cuda" | "multi-gpu"
+    dtype: str  # resolved: fp32 / bf16 / fp16
+    device_map: dict[str, str]  # module name -> "cpu" / "cuda:i" ("" = whole model)
+    need_bytes: int  # weights at ``dtype``
+    kv_bytes: int = 0  # KV allowance (KV_ALLOWANCE_TOKENS tokens, batch 1) checked on top
 
 
 # ----------------------------------------------------------------- hardware
+
 
 def _meminfo() -> tuple[float, float]:
     total = avail = 0.0
@@ -129,8 +151,9 @@ def hardware() -> dict:
     if cuda:
         for i in range(torch.cuda.device_count()):
             free, total = torch.cuda.mem_get_info(i)
-            gpus.append({"index": i, "name": torch.cuda.get_device_name(i),
-                         "total_gib": total / GiB, "free_gib": free / GiB})
+            gpus.append(
+                {"index": i, "name": torch.cuda.get_device_name(i), "total_gib": total / GiB, "free_gib": free / GiB}
+            )
     total, avail = _meminfo()
     threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return {"cuda": cuda, "gpus": gpus, "cpu_threads": threads, "ram_total_gib": total, "ram_available_gib": avail}
@@ -138,12 +161,14 @@ def hardware() -> dict:
 
 # ----------------------------------------------------------------- placement
 
+
 def _gib(n: float) -> str:
     return f"{n / GiB:,.1f} GiB"
 
 
-def plan_placement(source: Source, device: str, dtype: str, hw: dict | None = None,
-                   need_bytes: int | None = None) -> Placement:
+def plan_placement(
+    source: Source, device: str, dtype: str, hw: dict | None = None, need_bytes: int | None = None
+) -> Placement:
     """Where a model goes, given the hardware (``hw`` as ``hardware()`` returns; fake it in tests).
 
     ``auto`` prefers one GPU, then all GPUs sharded, then the CPU. One GPU means one model per GPU: of
@@ -156,7 +181,7 @@ def plan_placement(source: Source, device: str, dtype: str, hw: dict | None = No
     if dtype not in DTYPES:
         raise ArchLabError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
     hw = hw if hw is not None else hardware()
-    arch = (source if isinstance(source, Architecture) else resolve(source))
+    arch = source if isinstance(source, Architecture) else resolve(source)
     gpus = hw.get("gpus") or []
     if device in ("cuda", "multi-gpu") and not gpus:
         raise ArchLabError(f"device {device!r} asked for, but no CUDA GPU is visible")
@@ -166,8 +191,10 @@ def plan_placement(source: Source, device: str, dtype: str, hw: dict | None = No
     kv = kv_allowance(arch, dt)
     total_need = need + kv
     what = f"{_gib(total_need)} ({_gib(need)} of {dt} weights + {_gib(kv)} KV cache for {KV_ALLOWANCE_TOKENS:,} tokens)"
-    fitting = sorted((g for g in gpus if total_need <= g["free_gib"] * GiB * (1 - HEADROOM)),
-                     key=lambda g: (g.get("models", 0), -g["free_gib"]))
+    fitting = sorted(
+        (g for g in gpus if total_need <= g["free_gib"] * GiB * (1 - HEADROOM)),
+        key=lambda g: (g.get("models", 0), -g["free_gib"]),
+    )
     best = fitting[0] if fitting else (max(gpus, key=lambda g: g["free_gib"]) if gpus else None)
 
     def fits_one() -> bool:
@@ -176,14 +203,18 @@ def plan_placement(source: Source, device: str, dtype: str, hw: dict | None = No
     if device in ("cuda", "auto") and fits_one():
         return Placement("cuda", dt, {"": f"cuda:{best['index']}"}, need, kv)
     if device == "cuda":
-        raise ArchLabError(f"needs {what} (+{HEADROOM:.0%} headroom); the largest free GPU "
-                           f"has {best['free_gib']:,.1f} GiB free: try multi-gpu or a smaller dtype")
+        raise ArchLabError(
+            f"needs {what} (+{HEADROOM:.0%} headroom); the largest free GPU "
+            f"has {best['free_gib']:,.1f} GiB free: try multi-gpu or a smaller dtype"
+        )
     total_free = sum(g["free_gib"] for g in gpus)
     if device == "multi-gpu" or (device == "auto" and gpus and total_need <= total_free * GiB * (1 - HEADROOM)):
         plan = _balanced_plan(arch, [g["free_gib"] * (1 - HEADROOM) for g in gpus], dt, need, kv)
         if not plan.fits:
-            raise ArchLabError(f"needs {what}; {len(gpus)} GPU(s) have {total_free:,.1f} GiB free "
-                               f"in all (decoder layers are not split)")
+            raise ArchLabError(
+                f"needs {what}; {len(gpus)} GPU(s) have {total_free:,.1f} GiB free "
+                f"in all (decoder layers are not split)"
+            )
         index = {g_i: g["index"] for g_i, g in enumerate(gpus)}
         dmap = {name: f"cuda:{index[d]}" for name, d in plan.device_map.items()}
         return Placement("multi-gpu", dt, dmap, need, kv)
@@ -191,8 +222,7 @@ def plan_placement(source: Source, device: str, dtype: str, hw: dict | None = No
     if total_need <= avail * GiB * (1 - HEADROOM):
         return Placement("cpu", dt, {"": "cpu"}, need, kv)
     where = f"{len(gpus)} GPU(s) with {total_free:,.1f} GiB free and " if gpus else ""
-    raise ArchLabError(f"needs {what} (+{HEADROOM:.0%} headroom); this machine has {where}{avail:,.1f} GiB of "
-                       f"free RAM")
+    raise ArchLabError(f"needs {what} (+{HEADROOM:.0%} headroom); this machine has {where}{avail:,.1f} GiB of free RAM")
 
 
 def _balanced_plan(arch: Architecture, free_gib: list[float], dtype: str, need: int, kv: int):
@@ -214,7 +244,7 @@ def _balanced_plan(arch: Architecture, free_gib: list[float], dtype: str, need: 
 
 def kv_allowance(source: Source, dtype: str) -> int:
     """KV-cache bytes a model must have room for: KV_ALLOWANCE_TOKENS tokens (or its context), batch 1."""
-    arch = (source if isinstance(source, Architecture) else resolve(source))
+    arch = source if isinstance(source, Architecture) else resolve(source)
     ctx = arch.spec.max_context
     tokens = min(KV_ALLOWANCE_TOKENS, ctx) if ctx else KV_ALLOWANCE_TOKENS
     return kv_cache(arch, tokens, 1, dtype).total_bytes
@@ -246,7 +276,9 @@ def resolve_checkpoint(path: str, confined: bool = False) -> Path:
             return Path(snapshot_download(repo_id=path, local_files_only=True))
         except Exception:
             pass
-    raise ArchLabError(f"{path!r} is neither a folder nor a model in the local Hugging Face cache (nothing is downloaded)")
+    raise ArchLabError(
+        f"{path!r} is neither a folder nor a model in the local Hugging Face cache (nothing is downloaded)"
+    )
 
 
 def _hub_snapshot(repo_id: str) -> Optional[Path]:
@@ -288,18 +320,23 @@ def check_checkpoint(folder: Path) -> dict:
     elif "model.safetensors" not in files:
         pickles = sorted(f for f in files if f.endswith(PICKLE_SUFFIXES))
         if pickles:
-            raise ArchLabError(f"{folder} has only pickle weights ({', '.join(pickles[:3])}); ArchLab loads "
-                               "safetensors only (pickles can run code)")
+            raise ArchLabError(
+                f"{folder} has only pickle weights ({', '.join(pickles[:3])}); ArchLab loads "
+                "safetensors only (pickles can run code)"
+            )
         missing.append("model.safetensors (or model.safetensors.index.json)")
-    has_tok = "tokenizer.json" in files or ("tokenizer_config.json" in files and (
-        {"vocab.json", "merges.txt"} <= files or "tokenizer.model" in files))
+    has_tok = "tokenizer.json" in files or (
+        "tokenizer_config.json" in files and ({"vocab.json", "merges.txt"} <= files or "tokenizer.model" in files)
+    )
     if not has_tok:
         missing.append("tokenizer.json (or tokenizer_config.json with its vocabulary files)")
     if missing:
         raise ArchLabError(f"checkpoint {folder} is missing: {', '.join(missing)}")
     d = _read_json(folder / "config.json", configs.MAX_CONFIG_BYTES)
     if d.get("auto_map") or d.get("trust_remote_code"):
-        raise ArchLabError(f"{folder}/config.json asks for remote code (auto_map); ArchLab never runs code from a checkpoint")
+        raise ArchLabError(
+            f"{folder}/config.json asks for remote code (auto_map); ArchLab never runs code from a checkpoint"
+        )
     return d
 
 
@@ -334,7 +371,9 @@ def _safetensors_shapes(path: Path) -> dict[str, tuple[int, ...]]:
         header.pop("__metadata__", None)
         return {str(k): tuple(int(x) for x in v["shape"]) for k, v in header.items()}
     except (OSError, ValueError, TypeError, KeyError, AttributeError, RecursionError) as e:
-        raise ArchLabError(f"{path.name} is not a valid safetensors file ({type(e).__name__}: {str(e)[:120]})") from None
+        raise ArchLabError(
+            f"{path.name} is not a valid safetensors file ({type(e).__name__}: {str(e)[:120]})"
+        ) from None
 
 
 def check_weights(folder: Path, config: "dict | Architecture") -> None:
@@ -352,19 +391,26 @@ def check_weights(folder: Path, config: "dict | Architecture") -> None:
         shapes.update(_safetensors_shapes(f))
     model = arch.meta_model
     expected = {n: tuple(t.shape) for n, t in model.named_parameters(remove_duplicate=False)}
-    bad = [f"{n}: config {tuple(expected[n])}, file {shape}" for n, shape in shapes.items()
-           if n in expected and expected[n] != shape]
+    bad = [
+        f"{n}: config {tuple(expected[n])}, file {shape}"
+        for n, shape in shapes.items()
+        if n in expected and expected[n] != shape
+    ]
     if bad:
-        raise ArchLabError(f"checkpoint {folder.name} does not match its config.json ({len(bad)} tensor(s) differ, "
-                           f"e.g. {'; '.join(bad[:2])})")
+        raise ArchLabError(
+            f"checkpoint {folder.name} does not match its config.json ({len(bad)} tensor(s) differ, "
+            f"e.g. {'; '.join(bad[:2])})"
+        )
     need = sum(p.numel() for p in model.parameters())
     have = sum(math.prod(s) for s in shapes.values())
     if have < need:
-        raise ArchLabError(f"checkpoint {folder.name} holds {have:,} weights but its config.json needs {need:,}: "
-                           "weights are missing")
+        raise ArchLabError(
+            f"checkpoint {folder.name} holds {have:,} weights but its config.json needs {need:,}: weights are missing"
+        )
 
 
 # ----------------------------------------------------------------- building
+
 
 def _torch_dtype(dt: str):
     import torch
@@ -403,7 +449,7 @@ def _random_model(cfg, placement: Placement, seed: Optional[int]):
         m.__dict__.pop("_is_hf_initialized", None)
     # The global RNG is shared by threads: seeded inits of two models built at once would interleave their
     # draws and give other weights than a build alone, so seeded inits take turns.
-    with (_seeded_init if seed is not None else _no_lock), torch.random.fork_rng(devices=[]):
+    with _seeded_init if seed is not None else _no_lock, torch.random.fork_rng(devices=[]):
         if seed is not None:
             torch.manual_seed(seed)
         model.init_weights()
@@ -450,7 +496,9 @@ def _build(request: ModelRequest, arch: Optional[Architecture], progress: Callab
             return _trained(request, progress, t0)
         if request.mode == "miniature":
             if request.size not in MINIATURE_SIZES:
-                raise ArchLabError(f"unknown miniature size {request.size!r}; choose one of {', '.join(MINIATURE_SIZES)}")
+                raise ArchLabError(
+                    f"unknown miniature size {request.size!r}; choose one of {', '.join(MINIATURE_SIZES)}"
+                )
             full = arch
             arch = miniature(full, request.size)
             label = f"{full.label} (miniature, {request.size})"
@@ -459,7 +507,9 @@ def _build(request: ModelRequest, arch: Optional[Architecture], progress: Callab
             seed = None
             label = f"{arch.label} (full width, random)"
         with _admitted(arch, request.device, request.dtype) as placement:
-            progress(f"building {label} on {placement.kind} ({_gib(placement.need_bytes)} of {placement.dtype} weights)")
+            progress(
+                f"building {label} on {placement.kind} ({_gib(placement.need_bytes)} of {placement.dtype} weights)"
+            )
             model = _random_model(arch.config, placement, seed)
         tokenizer = load_offline()
         return _loaded(request, model, tokenizer, arch, label, placement, t0)
@@ -485,12 +535,20 @@ def _trained(request: ModelRequest, progress, t0: float) -> LoadedModel:
     model = zoo.get(request.source)
     arch = resolve(json.loads((model.folder / "config.json").read_text()))
     check_weights(model.folder, arch)
-    return _load_folder(request, model.folder, arch, f"{configs.label(request.source)} (trained miniature)", progress,
-                        t0, tokenizer=load_offline())
+    return _load_folder(
+        request,
+        model.folder,
+        arch,
+        f"{configs.label(request.source)} (trained miniature)",
+        progress,
+        t0,
+        tokenizer=load_offline(),
+    )
 
 
-def _load_folder(request: ModelRequest, folder: Path, arch: Architecture, label: str, progress, t0: float,
-                 tokenizer=None) -> LoadedModel:
+def _load_folder(
+    request: ModelRequest, folder: Path, arch: Architecture, label: str, progress, t0: float, tokenizer=None
+) -> LoadedModel:
     """``from_pretrained`` of a checked folder onto the planned devices (its own tokenizer unless given one; a
     patched checkpoint built from its config and patched first, see ``arch.patches.from_pretrained``)."""
     from transformers import AutoTokenizer
@@ -505,15 +563,21 @@ def _load_folder(request: ModelRequest, folder: Path, arch: Architecture, label:
         try:
             with building():  # default dtype switched while it builds (see meta.BUILD_LOCK)
                 model = patches.from_pretrained(
-                    str(folder), dtype=_torch_dtype(placement.dtype), device_map=dmap, local_files_only=True,
-                    trust_remote_code=False, use_safetensors=True)
+                    str(folder),
+                    dtype=_torch_dtype(placement.dtype),
+                    device_map=dmap,
+                    local_files_only=True,
+                    trust_remote_code=False,
+                    use_safetensors=True,
+                )
             if tokenizer is None:
                 tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
         except ArchLabError:
             raise
         except Exception as e:
-            raise ArchLabError(f"could not load {folder}: {type(e).__name__}: "
-                               f"{(str(e).splitlines() or [''])[0][:300]}") from None
+            raise ArchLabError(
+                f"could not load {folder}: {type(e).__name__}: {(str(e).splitlines() or [''])[0][:300]}"
+            ) from None
     return _loaded(request, model.eval(), tokenizer, arch, label, placement, t0)
 
 
@@ -522,14 +586,26 @@ def _loaded(request, model, tokenizer, arch: Architecture, label, placement: Pla
     dmap = getattr(model, "hf_device_map", None) or placement.device_map
     dmap = {k: (f"cuda:{v}" if isinstance(v, int) else str(v)) for k, v in dmap.items()}
     params = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
-    return LoadedModel(request, model, tokenizer, arch.spec, label, params, _summary(list(per_dev)), dmap, per_dev,
-                       time.perf_counter() - t0, placement.dtype, arch)
+    return LoadedModel(
+        request,
+        model,
+        tokenizer,
+        arch.spec,
+        label,
+        params,
+        _summary(list(per_dev)),
+        dmap,
+        per_dev,
+        time.perf_counter() - t0,
+        placement.dtype,
+        arch,
+    )
 
 
 # ----------------------------------------------------------------- admission
 
-_reserved: dict[str, int] = {}   # device -> bytes promised to builds still in flight
-_building: dict[str, int] = {}   # device -> builds in flight there
+_reserved: dict[str, int] = {}  # device -> bytes promised to builds still in flight
+_building: dict[str, int] = {}  # device -> builds in flight there
 _admit = threading.Lock()
 
 

@@ -10,6 +10,7 @@ a label (their device, from the device map); any labelling works, so a model on 
 into several segments to exercise the same path. Without CUDA (or ``capture`` off) the hooks make the
 same hand-off copies eagerly.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -37,7 +38,7 @@ def _module_device(module: torch.nn.Module, fallback: torch.device) -> torch.dev
 class Segment:
     label: Hashable
     device: torch.device
-    graph: Any = None                                     # torch.cuda.CUDAGraph once captured
+    graph: Any = None  # torch.cuda.CUDAGraph once captured
     handoffs: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)  # (source, static copy)
 
 
@@ -127,6 +128,7 @@ class Segmenter:
             if any(foreign):  # made in an earlier segment on another device, not handed off yet: split here
                 return self._switch(Segment(label, device), args, kwargs)
             return args, kwargs
+
         return pre
 
     def _switch(self, seg: Segment, args, kwargs):

@@ -15,6 +15,7 @@ numbers, and keeps models with different expert counts on one scale.
 
 No Streamlit; the text comes in as token windows (``backend.train.data`` holds the corpus).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -34,9 +35,10 @@ CHANCE_ROUNDS = 5
 @dataclass(frozen=True)
 class TextRouting:
     """Every routing choice of one model over one text."""
-    token_ids: np.ndarray      # [N] the routed tokens, windows concatenated
-    layers: tuple[int, ...]    # MoE layer indices (rows of ``choices``)
-    choices: np.ndarray        # [L, N, k] expert indices in the router's own order (rank 0 = its first choice)
+
+    token_ids: np.ndarray  # [N] the routed tokens, windows concatenated
+    layers: tuple[int, ...]  # MoE layer indices (rows of ``choices``)
+    choices: np.ndarray  # [L, N, k] expert indices in the router's own order (rank 0 = its first choice)
     num_experts: int
 
     @property
@@ -67,10 +69,12 @@ def route_text(model, spec: ArchSpec, windows: np.ndarray, batch_tokens: int = B
     parts: dict[int, list[np.ndarray]] = {}
     with RoutingRecorder(model, spec) as rec, torch.inference_mode():
         for i in range(0, len(windows), per):
-            x = torch.from_numpy(windows[i:i + per].astype(np.int64)).to(device)
+            x = torch.from_numpy(windows[i : i + per].astype(np.int64)).to(device)
             body(input_ids=x, use_cache=False)
             for layer, (idx, _w) in rec.take().items():
-                parts.setdefault(layer, []).append(np.asarray(idx, dtype=np.int16 if spec.moe.num_experts < 32768 else np.int32))
+                parts.setdefault(layer, []).append(
+                    np.asarray(idx, dtype=np.int16 if spec.moe.num_experts < 32768 else np.int32)
+                )
     layers = tuple(sorted(parts))
     if not layers:
         raise ArchLabError("the routers recorded nothing for this text")
@@ -79,6 +83,7 @@ def route_text(model, spec: ArchSpec, windows: np.ndarray, batch_tokens: int = B
 
 
 # ----------------------------------------------------------------- statistics
+
 
 def _entropy_bits(counts: np.ndarray) -> float:
     c = counts[counts > 0].astype(float)
@@ -116,16 +121,25 @@ def specialisation(tr: TextRouting, rounds: int = CHANCE_ROUNDS, seed: int = 0) 
         h = _entropy_bits(np.bincount(y, minlength=tr.num_experts))
         mi = mutual_information(tr.token_ids, y)
         chance = chance_information(tr.token_ids, y, rounds, seed)
-        rows.append({"layer": layer, "tokens": int(len(y)), "expert entropy (bits)": h, "MI (bits)": mi,
-                     "chance MI (bits)": chance, "MI above chance (bits)": mi - chance,
-                     "specialisation": (mi - chance) / np.log2(tr.num_experts)})
+        rows.append(
+            {
+                "layer": layer,
+                "tokens": int(len(y)),
+                "expert entropy (bits)": h,
+                "MI (bits)": mi,
+                "chance MI (bits)": chance,
+                "MI above chance (bits)": mi - chance,
+                "specialisation": (mi - chance) / np.log2(tr.num_experts),
+            }
+        )
     return rows
 
 
 def expert_load(tr: TextRouting) -> np.ndarray:
     """[layers, E] selections of each expert (every rank of the top-k counts)."""
-    return np.stack([np.bincount(tr.choices[r].ravel(), minlength=tr.num_experts)[:tr.num_experts]
-                     for r in range(len(tr.layers))])
+    return np.stack(
+        [np.bincount(tr.choices[r].ravel(), minlength=tr.num_experts)[: tr.num_experts] for r in range(len(tr.layers))]
+    )
 
 
 def load_balance(tr: TextRouting) -> list[dict]:
@@ -133,9 +147,16 @@ def load_balance(tr: TextRouting) -> list[dict]:
     choices of every position), and the experts never chosen."""
     load = expert_load(tr)
     b = balance(load)
-    return [{"layer": layer, "cv": float(b["cv"][r]), "max_over_mean": float(b["max_over_mean"][r]),
-             "entropy": float(b["entropy"][r]), "never_chosen": int((load[r] == 0).sum())}
-            for r, layer in enumerate(tr.layers)]
+    return [
+        {
+            "layer": layer,
+            "cv": float(b["cv"][r]),
+            "max_over_mean": float(b["max_over_mean"][r]),
+            "entropy": float(b["entropy"][r]),
+            "never_chosen": int((load[r] == 0).sum()),
+        }
+        for r, layer in enumerate(tr.layers)
+    ]
 
 
 def token_expert_counts(tr: TextRouting, layer: int) -> tuple[np.ndarray, np.ndarray]:
@@ -144,7 +165,7 @@ def token_expert_counts(tr: TextRouting, layer: int) -> tuple[np.ndarray, np.nda
     r = tr.row(layer)
     ids, inverse = np.unique(tr.token_ids, return_inverse=True)
     k = tr.top_k
-    experts = tr.choices[r].astype(np.int64).ravel()            # [N * k]
+    experts = tr.choices[r].astype(np.int64).ravel()  # [N * k]
     cols = np.repeat(inverse, k)
     counts = np.bincount(experts * len(ids) + cols, minlength=tr.num_experts * len(ids))
     return counts.reshape(tr.num_experts, len(ids)), ids
@@ -164,8 +185,14 @@ def top_tokens(tr: TextRouting, layer: int, n: int = 8) -> list[dict]:
         row = counts[e]
         order = np.lexsort((ids, -row))[:n]
         order = order[row[order] > 0]
-        out.append({"expert": e, "selections": int(row.sum()), "load share": float(row.sum() / total) if total else 0.0,
-                    "tokens": [(int(ids[j]), int(row[j]), float(row[j] / occurrences[j])) for j in order]})
+        out.append(
+            {
+                "expert": e,
+                "selections": int(row.sum()),
+                "load share": float(row.sum() / total) if total else 0.0,
+                "tokens": [(int(ids[j]), int(row[j]), float(row[j] / occurrences[j])) for j in order],
+            }
+        )
     return out
 
 

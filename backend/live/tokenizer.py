@@ -6,6 +6,7 @@ training split of the shipped corpus (Shakespeare and the King James Bible, ``as
 ``python -m backend.train.tokenizer_build`` retrains it deterministically and records what it saw in
 ``assets/tokenizer/SOURCES.json``. Pretrained checkpoints bring their own tokenizer (see ``runtime``).
 """
+
 from __future__ import annotations
 
 from functools import lru_cache
@@ -24,8 +25,9 @@ def wrap(tok):
     libs.load()
     from transformers import PreTrainedTokenizerFast
 
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, bos_token=EOS, pad_token=PAD,
-                                   unk_token=None, model_max_length=1 << 20)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token=EOS, bos_token=EOS, pad_token=PAD, unk_token=None, model_max_length=1 << 20
+    )
 
 
 @lru_cache(maxsize=1)

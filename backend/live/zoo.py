@@ -6,6 +6,7 @@ trained on the shipped corpus under one recorded recipe. ``index.json`` maps eac
 loads as it is (config.json + model.safetensors in bf16); the tokenizer is the shipped one in
 ``assets/tokenizer/``. ``ARCHLAB_ZOO_DIR`` points elsewhere (tests, a rebuild).
 """
+
 from __future__ import annotations
 
 import json
@@ -30,7 +31,8 @@ def zoo_dir() -> Path:
 @dataclass(frozen=True)
 class ZooModel:
     """A shipped trained miniature."""
-    key: str                 # catalog key
+
+    key: str  # catalog key
     label: str
     folder: Path
     val_loss: Optional[float]
@@ -61,12 +63,22 @@ def get(key: str) -> ZooModel:
     """The trained miniature of a catalog key; ArchLabError when the zoo has none."""
     row = index().get("models", {}).get(key)
     if row is None:
-        raise ArchLabError(f"no trained miniature of {key!r} is shipped (rebuild the zoo: python -m backend train --zoo)")
+        raise ArchLabError(
+            f"no trained miniature of {key!r} is shipped (rebuild the zoo: python -m backend train --zoo)"
+        )
     folder = zoo_dir() / row["folder"]
     if not (folder / "config.json").is_file() or not (folder / "model.safetensors").is_file():
         raise ArchLabError(f"the trained miniature of {key!r} is incomplete ({folder.name} lacks its weights)")
-    return ZooModel(key, row.get("label", key), folder, row.get("val_loss"), row.get("experts"),
-                    row.get("real_experts"), tuple(row.get("notes", ())), row.get("stream_sha256", ""))
+    return ZooModel(
+        key,
+        row.get("label", key),
+        folder,
+        row.get("val_loss"),
+        row.get("experts"),
+        row.get("real_experts"),
+        tuple(row.get("notes", ())),
+        row.get("stream_sha256", ""),
+    )
 
 
 def models() -> list[ZooModel]:

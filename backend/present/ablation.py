@@ -9,6 +9,7 @@ budget (:func:`leave_out`) and records the spec and those cells in the run folde
 run re-attached from disk is judged the same way; when the run ends the page writes ``summary.json`` beside it
 (:func:`summary_of`), as ``python -m backend ablate`` does.
 """
+
 from __future__ import annotations
 
 import base64
@@ -28,6 +29,7 @@ from ..arch.errors import ArchLabError
 from ..train import ablation as abl
 from ..train.recipe import Recipe
 from . import experiments as ex
+from .reruns import save_rerun
 
 #: learning-rate grids the form offers: log-spaced, half a decade apart (the default is the CLI's)
 LR_PRESETS: tuple[tuple[float, ...], ...] = (
@@ -48,6 +50,7 @@ MAX_LINK_CHARS = 64_000
 
 # ----------------------------------------------------------------- the form and the link
 
+
 def values_text(values: Sequence[Any]) -> str:
     """Values as the form writes them: ``"1e-3, 3e-3"`` style numbers, strings as they are, others as JSON."""
     return ", ".join(f"{v:g}" if isinstance(v, float) else v if isinstance(v, str) else json.dumps(v) for v in values)
@@ -56,9 +59,10 @@ def values_text(values: Sequence[Any]) -> str:
 @dataclass(frozen=True)
 class Form:
     """An ablation spec as the page's form holds it."""
-    base: str                                  # catalog key
+
+    base: str  # catalog key
     axes: tuple[tuple[str, tuple[str, ...]], ...]  # named axes (``variants.AXES``) and their values
-    free: str                                  # any other field, ``key=v1,v2`` per line
+    free: str  # any other field, ``key=v1,v2`` per line
     lrs: str
     seeds: str
     recipe: Recipe
@@ -71,16 +75,27 @@ def form_of(spec: abl.AblationSpec) -> Form:
     from ..arch import catalog
 
     if not isinstance(spec.base, str) or spec.base not in catalog.keys():
-        raise ArchLabError("the ablation in this link starts from a config object, not a catalog model: run it with "
-                           "python -m backend ablate --spec")
+        raise ArchLabError(
+            "the ablation in this link starts from a config object, not a catalog model: run it with "
+            "python -m backend ablate --spec"
+        )
     axes = tuple((a, tuple(str(v) for v in vals)) for a, vals in spec.vary if a in variants_mod.AXES)
     free = "\n".join(f"{a}={values_text(vals)}" for a, vals in spec.vary if a not in variants_mod.AXES)
-    return Form(spec.base, axes, free, values_text(spec.lrs), values_text(spec.seeds), spec.recipe, spec.device,
-                spec.name)
+    return Form(
+        spec.base, axes, free, values_text(spec.lrs), values_text(spec.seeds), spec.recipe, spec.device, spec.name
+    )
 
 
-def build_spec(base: str, axes: Sequence[tuple[str, Sequence[str]]], free: str, lrs: str, seeds: str,
-               recipe: Recipe, device: str, name: str = "") -> tuple[Optional[abl.AblationSpec], list[str]]:
+def build_spec(
+    base: str,
+    axes: Sequence[tuple[str, Sequence[str]]],
+    free: str,
+    lrs: str,
+    seeds: str,
+    recipe: Recipe,
+    device: str,
+    name: str = "",
+) -> tuple[Optional[abl.AblationSpec], list[str]]:
     """The spec the form describes, or None and one line per problem (an unknown axis or value, a malformed
     learning rate or seed, a grid over ``ablation.MAX_RUNS``)."""
     errors, vary = [], []
@@ -103,8 +118,9 @@ def build_spec(base: str, axes: Sequence[tuple[str, Sequence[str]]], free: str, 
     if errors:
         return None, errors
     try:
-        return abl.AblationSpec(base, tuple(vary), parsed["learning rates"], parsed["seeds"], recipe, device,
-                                name).validate(), []
+        return abl.AblationSpec(
+            base, tuple(vary), parsed["learning rates"], parsed["seeds"], recipe, device, name
+        ).validate(), []
     except ArchLabError as e:
         return None, [str(e)]
 
@@ -135,6 +151,7 @@ def spec_query(spec: abl.AblationSpec) -> str:
 
 # ----------------------------------------------------------------- the preview
 
+
 def _fmt(v: Any) -> str:
     text = v if isinstance(v, str) else json.dumps(v)
     return text if len(text) <= 60 else text[:57] + "…"
@@ -161,12 +178,13 @@ def config_diff(base: dict, variant: Optional[dict]) -> str:
 @dataclass(frozen=True)
 class Preview:
     """What the page shows before training: one row per cell, the cells left out and why, the runs and the time."""
+
     cells: pd.DataFrame
-    left_out: list[tuple[str, str]]     # (cell, one-line reason): cannot be built or cannot meet the budget
+    left_out: list[tuple[str, str]]  # (cell, one-line reason): cannot be built or cannot meet the budget
     runs: int
-    estimate: dict                      # ``ablation.estimate`` of the cells that train
-    problem: str                        # "" or why this ablation is not offered for training (one line)
-    quick_look: str                     # "" or what fewer than 3 seeds means
+    estimate: dict  # ``ablation.estimate`` of the cells that train
+    problem: str  # "" or why this ablation is not offered for training (one line)
+    quick_look: str  # "" or what fewer than 3 seeds means
 
 
 def _device_kind(device: str) -> str:
@@ -203,11 +221,13 @@ def leave_out(p: abl.Plan, reasons: dict[str, str]) -> abl.Plan:
         return p
     cells = [c for c in p.cells if c.name not in reasons]
     if not cells:
-        raise ArchLabError("no cell of this ablation can train: "
-                           + "; ".join(f"{n}: {why}" for n, why in reasons.items())[:400])
+        raise ArchLabError(
+            "no cell of this ablation can train: " + "; ".join(f"{n}: {why}" for n, why in reasons.items())[:400]
+        )
     if not any(c.is_reference for c in cells):
-        cells[0] = replace(cells[0], is_reference=True,
-                           notes=cells[0].notes + ("reference cell (the base's cell cannot train)",))
+        cells[0] = replace(
+            cells[0], is_reference=True, notes=cells[0].notes + ("reference cell (the base's cell cannot train)",)
+        )
     keys = {abl.run_key(c.name, lr, s) for c in cells for lr in p.spec.lrs for s in p.spec.seeds}
     run = replace(p.run, members=tuple(m for m in p.run.members if m["key"] in keys)).validate()
     refused = list(p.refused) + [(n, why) for n, why in reasons.items() if n not in dict(p.refused)]
@@ -226,34 +246,53 @@ def prepare(spec: abl.AblationSpec) -> tuple[abl.Plan, Preview]:
     rows = []
     for c in kept.cells:
         s = sizes[c.model]
-        rows.append({"cell": c.name, "reference": c.is_reference,
-                     "config diff against the base": config_diff(base, c.config) or "(the base's own config)",
-                     **ex.sized_columns(s, r),
-                     "notes": "; ".join(list(c.notes) + list(s.notes))})
+        rows.append(
+            {
+                "cell": c.name,
+                "reference": c.is_reference,
+                "config diff against the base": config_diff(base, c.config) or "(the base's own config)",
+                **ex.sized_columns(s, r),
+                "notes": "; ".join(list(c.notes) + list(s.notes)),
+            }
+        )
     cells = pd.DataFrame(rows).dropna(axis=1, how="all")
     device = _device_kind(spec.device)
     est = abl.estimate(kept, sizes, device)
     problem = ""
     if est["seconds"] > MAX_HOURS * 3600:
-        problem = (f"this ablation would train for {duration(est['seconds'])} on the {device.upper()} "
-                   f"({est['basis']}); the page trains at most {MAX_HOURS:g} h: use fewer cells, learning rates, "
-                   "seeds or tokens, or a GPU")
+        problem = (
+            f"this ablation would train for {duration(est['seconds'])} on the {device.upper()} "
+            f"({est['basis']}); the page trains at most {MAX_HOURS:g} h: use fewer cells, learning rates, "
+            "seeds or tokens, or a GPU"
+        )
     n = len(spec.seeds)
-    quick = "" if n >= 3 else (f"Quick look: {n} seed(s). " + ("One seed gives no interval, so no verdict."
-                                                               if n < 2 else "Intervals over 2 seeds are wide."))
+    quick = (
+        ""
+        if n >= 3
+        else (
+            f"Quick look: {n} seed(s). "
+            + ("One seed gives no interval, so no verdict." if n < 2 else "Intervals over 2 seeds are wide.")
+        )
+    )
     return kept, Preview(cells, list(kept.refused), kept.runs, est, problem, quick)
 
 
 # ----------------------------------------------------------------- the run folder
 
+
 def record(folder: Path, p: abl.Plan, finding: Optional[dict] = None) -> None:
     """``ablation.json`` in the run folder: the spec and the cells left out, so the run can be judged from disk, and
-    the claim of the Findings page it re-runs (``finding``: claim, ablation, mode; see ``findings.finding_tag``)."""
+    the claim of the Findings page it re-runs (``finding``: claim, ablation, mode; see ``reruns.finding_tag``)."""
     from ..train.store import RunWriter
 
-    RunWriter(folder).write_json(SPEC_FILE, {"spec": json.loads(p.spec.to_json()),
-                                             "left_out": [[n, why] for n, why in p.refused],
-                                             **({"finding": dict(finding)} if finding else {})})
+    RunWriter(folder).write_json(
+        SPEC_FILE,
+        {
+            "spec": json.loads(p.spec.to_json()),
+            "left_out": [[n, why] for n, why in p.refused],
+            **({"finding": dict(finding)} if finding else {}),
+        },
+    )
 
 
 def finding_of(folder: Path) -> Optional[dict]:
@@ -283,8 +322,9 @@ def spec_of(folder: Path) -> Optional[tuple[abl.AblationSpec, dict[str, str]]]:
     return None
 
 
-def summary_of(folder: Path, results: Optional[Sequence[dict] | pd.DataFrame] = None,
-               finished: bool = True) -> Optional[dict]:
+def summary_of(
+    folder: Path, results: Optional[Sequence[dict] | pd.DataFrame] = None, finished: bool = True
+) -> Optional[dict]:
     """The summary of the ablation in ``folder``: ``summary.json`` when there is one, else computed from the run's
     final rows (``results``, or the folder's ``results.csv``) and, once the run has ended (``finished``), written
     there. None for a folder that holds no ablation or no final row yet."""
@@ -312,13 +352,12 @@ def summary_of(folder: Path, results: Optional[Sequence[dict] | pd.DataFrame] = 
         abl.write_summary(folder, summary)
         finding = finding_of(folder)
         if finding is not None:  # started for a claim: its evidence goes where the Findings page looks
-            from .findings import save_rerun
-
             save_rerun(folder, summary, rows, finding)
     return summary
 
 
 # ----------------------------------------------------------------- results as tables
+
 
 def _iv(d: Optional[dict], key: str) -> Optional[float]:
     v = (d or {}).get(key)
@@ -333,19 +372,29 @@ def headline(summary: dict) -> pd.DataFrame:
     for c in summary["cells"]:
         k = comp.get(c["name"], {})
         d, ds = k.get("loss_difference"), k.get("lr_sensitivity_difference")
-        rows.append({
-            "cell": c["name"], "reference": c["reference"], "best lr": c["best_lr"],
-            "loss at best lr": _iv(c["best"], "mean"), "loss CI low": _iv(c["best"], "low"),
-            "loss CI high": _iv(c["best"], "high"), "seeds": (c["best"] or {}).get("n", 0),
-            "LR sensitivity": _iv(c["lr_sensitivity"], "mean"),
-            "LR sensitivity CI low": _iv(c["lr_sensitivity"], "low"),
-            "LR sensitivity CI high": _iv(c["lr_sensitivity"], "high"),
-            "Δ loss vs reference": _iv(d, "mean"), "Δ CI low": _iv(d, "low"), "Δ CI high": _iv(d, "high"),
-            "verdict": "reference" if c["reference"] else k.get("verdict", ""),
-            "Δ LR sensitivity": _iv(ds, "mean"), "Δ sensitivity CI low": _iv(ds, "low"),
-            "Δ sensitivity CI high": _iv(ds, "high"),
-            "sensitivity verdict": "reference" if c["reference"] else k.get("lr_sensitivity_verdict", ""),
-            "notes": "; ".join(c.get("notes") or [])})
+        rows.append(
+            {
+                "cell": c["name"],
+                "reference": c["reference"],
+                "best lr": c["best_lr"],
+                "loss at best lr": _iv(c["best"], "mean"),
+                "loss CI low": _iv(c["best"], "low"),
+                "loss CI high": _iv(c["best"], "high"),
+                "seeds": (c["best"] or {}).get("n", 0),
+                "LR sensitivity": _iv(c["lr_sensitivity"], "mean"),
+                "LR sensitivity CI low": _iv(c["lr_sensitivity"], "low"),
+                "LR sensitivity CI high": _iv(c["lr_sensitivity"], "high"),
+                "Δ loss vs reference": _iv(d, "mean"),
+                "Δ CI low": _iv(d, "low"),
+                "Δ CI high": _iv(d, "high"),
+                "verdict": "reference" if c["reference"] else k.get("verdict", ""),
+                "Δ LR sensitivity": _iv(ds, "mean"),
+                "Δ sensitivity CI low": _iv(ds, "low"),
+                "Δ sensitivity CI high": _iv(ds, "high"),
+                "sensitivity verdict": "reference" if c["reference"] else k.get("lr_sensitivity_verdict", ""),
+                "notes": "; ".join(c.get("notes") or []),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -361,19 +410,31 @@ def with_ci(mean, low, high, digits: int = 4) -> str:
 def headline_display(table: pd.DataFrame) -> pd.DataFrame:
     """:func:`headline` as the page shows it: each value with its interval in one column."""
     t = table.astype(object).where(table.notna(), None)
-    return pd.DataFrame({
-        "cell": t["cell"], "best lr": [f"{x:g}" if x else "—" for x in t["best lr"]],
-        "loss at best lr (95 % CI)": [with_ci(*r) for r in zip(t["loss at best lr"], t["loss CI low"],
-                                                               t["loss CI high"])],
-        "LR sensitivity (95 % CI)": [with_ci(*r) for r in zip(t["LR sensitivity"], t["LR sensitivity CI low"],
-                                                               t["LR sensitivity CI high"])],
-        "Δ loss vs reference (95 % CI)": ["reference" if ref else with_ci(*r) for ref, *r in
-                                          zip(t["reference"], t["Δ loss vs reference"], t["Δ CI low"], t["Δ CI high"])],
-        "verdict": t["verdict"],
-        "Δ LR sensitivity (95 % CI)": ["reference" if ref else with_ci(*r) for ref, *r in
-                                       zip(t["reference"], t["Δ LR sensitivity"], t["Δ sensitivity CI low"],
-                                           t["Δ sensitivity CI high"])],
-        "sensitivity verdict": t["sensitivity verdict"], "notes": t["notes"]})
+    return pd.DataFrame(
+        {
+            "cell": t["cell"],
+            "best lr": [f"{x:g}" if x else "—" for x in t["best lr"]],
+            "loss at best lr (95 % CI)": [
+                with_ci(*r) for r in zip(t["loss at best lr"], t["loss CI low"], t["loss CI high"])
+            ],
+            "LR sensitivity (95 % CI)": [
+                with_ci(*r) for r in zip(t["LR sensitivity"], t["LR sensitivity CI low"], t["LR sensitivity CI high"])
+            ],
+            "Δ loss vs reference (95 % CI)": [
+                "reference" if ref else with_ci(*r)
+                for ref, *r in zip(t["reference"], t["Δ loss vs reference"], t["Δ CI low"], t["Δ CI high"])
+            ],
+            "verdict": t["verdict"],
+            "Δ LR sensitivity (95 % CI)": [
+                "reference" if ref else with_ci(*r)
+                for ref, *r in zip(
+                    t["reference"], t["Δ LR sensitivity"], t["Δ sensitivity CI low"], t["Δ sensitivity CI high"]
+                )
+            ],
+            "sensitivity verdict": t["sensitivity verdict"],
+            "notes": t["notes"],
+        }
+    )
 
 
 def grid_table(summary: dict) -> pd.DataFrame:
@@ -383,13 +444,22 @@ def grid_table(summary: dict) -> pd.DataFrame:
     for c in summary["cells"]:
         for g in c["grid"]:
             iv = g["interval"]
-            rows.append({"cell": c["name"], "lr": g["lr"], "best": g["lr"] == c["best_lr"],
-                         "mean loss": _iv(iv, "mean"), "CI low": _iv(iv, "low"), "CI high": _iv(iv, "high"),
-                         "seeds' losses": ", ".join("diverged/missing" if x is None else f"{x:.4f}"
-                                                    for x in g["losses"]),
-                         "diverged": g["diverged"], "missing": g["missing"],
-                         "loss spike score": g.get("loss_spike_score"), "grad spike score": g.get("grad_spike_score"),
-                         "max attention logit": g.get("max_attn_logit")})
+            rows.append(
+                {
+                    "cell": c["name"],
+                    "lr": g["lr"],
+                    "best": g["lr"] == c["best_lr"],
+                    "mean loss": _iv(iv, "mean"),
+                    "CI low": _iv(iv, "low"),
+                    "CI high": _iv(iv, "high"),
+                    "seeds' losses": ", ".join("diverged/missing" if x is None else f"{x:.4f}" for x in g["losses"]),
+                    "diverged": g["diverged"],
+                    "missing": g["missing"],
+                    "loss spike score": g.get("loss_spike_score"),
+                    "grad spike score": g.get("grad_spike_score"),
+                    "max attention logit": g.get("max_attn_logit"),
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -406,14 +476,21 @@ def seed_hashes(models: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for seed, g in m.groupby("seed"):
         full = g[g["batches"] == g["batches"].max()]
-        rows.append({"seed": int(seed), "runs": len(g), "batches consumed": int(g["batches"].max()),
-                     "distinct batch streams": int(full["stream_sha256"].nunique()),
-                     "same batches for every cell and learning rate": bool(full["stream_sha256"].nunique() == 1),
-                     "SHA-256": full["stream_sha256"].iloc[0]})
+        rows.append(
+            {
+                "seed": int(seed),
+                "runs": len(g),
+                "batches consumed": int(g["batches"].max()),
+                "distinct batch streams": int(full["stream_sha256"].nunique()),
+                "same batches for every cell and learning rate": bool(full["stream_sha256"].nunique() == 1),
+                "SHA-256": full["stream_sha256"].iloc[0],
+            }
+        )
     return pd.DataFrame(rows)
 
 
 # ----------------------------------------------------------------- runs and their styles
+
 
 def parse_key(key: str) -> Optional[tuple[str, float, int]]:
     """(cell, learning rate, seed) of a run key (``ablation.run_key``), or None for another key."""
@@ -433,7 +510,7 @@ def shade(color: str, amount: float) -> str:
     """``color`` (#rrggbb) mixed with white by ``amount`` (0: unchanged)."""
     if amount <= 0:
         return color
-    r, g, b = (int(color[i:i + 2], 16) for i in (1, 3, 5))
+    r, g, b = (int(color[i : i + 2], 16) for i in (1, 3, 5))
     return "#" + "".join(f"{round(x + (255 - x) * amount):02x}" for x in (r, g, b))
 
 
@@ -441,11 +518,12 @@ def shade(color: str, amount: float) -> str:
 class Styles:
     """How a run's curves look: one colour per cell (lighter for later seeds), one dash per learning rate, one
     legend entry per cell."""
-    colors: dict      # run key -> colour
-    dashes: dict      # run key -> dash
-    groups: dict      # run key -> its cell (the legend entry)
-    cells: dict       # cell -> colour
-    lr_dashes: dict   # learning rate -> dash
+
+    colors: dict  # run key -> colour
+    dashes: dict  # run key -> dash
+    groups: dict  # run key -> its cell (the legend entry)
+    cells: dict  # cell -> colour
+    lr_dashes: dict  # learning rate -> dash
 
     def legend(self) -> str:
         """What the dashes mean, e.g. ``solid: lr 0.001, dash: lr 0.01``."""
@@ -480,15 +558,17 @@ def shared_table(table: pd.DataFrame, spec: abl.AblationSpec) -> pd.DataFrame:
         "seed": f"per run: {values_text(spec.seeds)} (each seed: the same batches for every cell)",
         "batch order": "batch i drawn from (the run's seed, i): the same for every cell and learning rate",
         "schedule": f"linear warm-up over {r.warmup:g} of the steps, then cosine to {r.min_lr_ratio:g} × the peak at "
-                    f"step {r.steps}; peak learning rate per run: {values_text(spec.lrs)}",
+        f"step {r.steps}; peak learning rate per run: {values_text(spec.lrs)}",
     }
     out = table.copy()
     key = out.columns[0]
     for name, text in per_run.items():
         out.loc[out[key] == name, out.columns[1]] = text
     varied = [(a, v) for a, v in spec.vary if variants_mod.axis_role(a) == "recipe"]
-    extra = pd.DataFrame([{key: f"{a.replace('_', ' ')} (varied)", out.columns[1]: values_text(v)} for a, v in varied],
-                         columns=out.columns)
+    extra = pd.DataFrame(
+        [{key: f"{a.replace('_', ' ')} (varied)", out.columns[1]: values_text(v)} for a, v in varied],
+        columns=out.columns,
+    )
     return pd.concat([out, extra], ignore_index=True) if varied else out
 
 

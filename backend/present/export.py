@@ -1,4 +1,5 @@
 """Figures to PNG / SVG (kaleido, server-side) and self-contained HTML; tables to CSV."""
+
 from __future__ import annotations
 
 import shutil
@@ -30,8 +31,10 @@ def browser_path() -> Optional[str]:
 def image_export_problem() -> Optional[str]:
     """Why PNG/SVG export cannot work here (one line), or None if it can."""
     if browser_path() is None:
-        return ("PNG/SVG export needs Chromium on this server (e.g. `apt-get install -y chromium`); "
-                "HTML and CSV downloads work without it.")
+        return (
+            "PNG/SVG export needs Chromium on this server (e.g. `apt-get install -y chromium`); "
+            "HTML and CSV downloads work without it."
+        )
     return None
 
 
@@ -44,8 +47,13 @@ def _ensure_server() -> None:
         _server_started = True
 
 
-def figure_image(fig: go.Figure | dict, fmt: str = "png", width: Optional[int] = None,
-                 height: Optional[int] = None, scale: float = 2.0) -> bytes:
+def figure_image(
+    fig: go.Figure | dict,
+    fmt: str = "png",
+    width: Optional[int] = None,
+    height: Optional[int] = None,
+    scale: float = 2.0,
+) -> bytes:
     """PNG or SVG bytes of a figure, rendered by kaleido with the system Chromium."""
     if fmt not in IMAGE_FORMATS:
         raise ArchLabError(f"image format must be one of {', '.join(IMAGE_FORMATS)}, not {fmt!r}")
@@ -59,12 +67,15 @@ def figure_image(fig: go.Figure | dict, fmt: str = "png", width: Optional[int] =
             _ensure_server()
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                return pio.to_image(fig, format=fmt, width=width, height=height or fig.layout.height,
-                                    scale=scale if fmt == "png" else 1)
+                return pio.to_image(
+                    fig, format=fmt, width=width, height=height or fig.layout.height, scale=scale if fmt == "png" else 1
+                )
         except ArchLabError:
             raise
         except Exception as e:  # kaleido/choreographer raise many types
-            raise ArchLabError(f"{fmt.upper()} export failed: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}") from None
+            raise ArchLabError(
+                f"{fmt.upper()} export failed: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+            ) from None
 
 
 def figure_html(fig: go.Figure | dict, title: str = "ArchLab figure") -> bytes:

@@ -8,9 +8,9 @@ re-run a claim, and :func:`save_rerun`, the hook that keeps an ablation started 
 Plain data in, plain data out (no Streamlit); the figures are in ``findings_charts``, the HTML report in
 ``findings_report``. Static figures build variants on the meta device (torch); nothing else here imports it.
 """
+
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from functools import lru_cache
@@ -21,58 +21,66 @@ from urllib.parse import parse_qsl
 import pandas as pd
 
 from ..arch.errors import ArchLabError
-from ..live.roots import runs_dir
 from ..train import findings as F
-from ..train.ablation import AblationSpec
 from . import ablation as ab
+from .reruns import (  # noqa: F401  (the page and its tests read them here)
+    ABLATION_PARAM,
+    CLAIM_PARAM,
+    FINDING_PARAMS,
+    MODE_PARAM,
+    finding_tag,
+    rerun_root,
+    save_rerun,
+    tag_problem,
+)
 
 log = logging.getLogger("archlab.findings")
 
 MODES = F.MODES
 MODE_LABELS = {"full": "full recipe (one GPU)", "quick": "quick recipe (2-core CPU)"}
 SHIPPED, RERUN = "shipped", "re-run"
-#: query parameters of a re-run link besides the ablation's own (``mode``, ``spec``): the claim it re-runs
-CLAIM_PARAM, ABLATION_PARAM, MODE_PARAM = "claim", "ablation", "fmode"
-FINDING_PARAMS = (CLAIM_PARAM, ABLATION_PARAM, MODE_PARAM)
-METRIC_LABELS = {"loss": "loss (best lr)", "lr_sensitivity": "LR sensitivity", "accuracy": "probe accuracy (best lr)",
-                 "grad_spike_score": "gradient spike score", "loss_spike_score": "loss spike score",
-                 "max_attn_logit": "largest attention logit"}
+METRIC_LABELS = {
+    "loss": "loss (best lr)",
+    "lr_sensitivity": "LR sensitivity",
+    "accuracy": "probe accuracy (best lr)",
+    "grad_spike_score": "gradient spike score",
+    "loss_spike_score": "loss spike score",
+    "max_attn_logit": "largest attention logit",
+}
 DIGITS = {"accuracy": 3, "max_attn_logit": 2}
 EXPECTED = {"lower": "a lower than b", "higher": "a higher than b", "same": "no difference", None: "no direction"}
 NOT_JUDGED = "not judged (the source reports no direction)"
-INTRO = ("The article's claims and the published results behind them, each tested by ArchLab on equal footing: exact "
-         "figures from the catalog configs where the claim is static, and controlled ablations at a matched budget "
-         "(one component changed, a grid of learning rates, several seeds) where it is trained. A verdict is read "
-         "off the 95 % interval of a paired difference over seeds, and only once the task is shown learnable: "
-         "supports, contradicts, or inconclusive at this scale. Tiny models on a small corpus are not the papers' "
-         "scale: a verdict says what happens here, under the recipe shown.")
+INTRO = (
+    "The article's claims and the published results behind them, each tested by ArchLab on equal footing: exact "
+    "figures from the catalog configs where the claim is static, and controlled ablations at a matched budget "
+    "(one component changed, a grid of learning rates, several seeds) where it is trained. A verdict is read "
+    "off the 95 % interval of a paired difference over seeds, and only once the task is shown learnable: "
+    "supports, contradicts, or inconclusive at this scale. Tiny models on a small corpus are not the papers' "
+    "scale: a verdict says what happens here, under the recipe shown."
+)
 #: what the page and the report say about the tables (one source for both)
 CAPTIONS = {
     "sanity": "No trained verdict counts until the task is shown learnable. Learns: every cell's final loss minus "
-              "its loss at initialisation, paired over seeds at its best learning rate, with its 95 % interval "
-              "(below zero: it learned). Accuracy checks: mean over seeds at the best learning rate.",
+    "its loss at initialisation, paired over seeds at its best learning rate, with its 95 % interval "
+    "(below zero: it learned). Accuracy checks: mean over seeds at the best learning rate.",
     "comparisons": "Each comparison as the source makes it: the paired difference a − b over seeds (the same seed "
-                   "gives both cells the same batches), its 95 % Student-t interval, the direction measured "
-                   "(lower / higher when the interval excludes zero, within noise when it holds it) and the verdict "
-                   "against the source's direction: supports, contradicts, or inconclusive at this scale. A source "
-                   "that reports no difference is supported when the interval holds zero.",
+    "gives both cells the same batches), its 95 % Student-t interval, the direction measured "
+    "(lower / higher when the interval excludes zero, within noise when it holds it) and the verdict "
+    "against the source's direction: supports, contradicts, or inconclusive at this scale. A source "
+    "that reports no difference is supported when the interval holds zero.",
     "cells": "Per cell at its best learning rate: the final validation loss, mean over seeds with its 95 % interval, "
-             "and LR sensitivity (Wortsman et al. 2023: the mean over the grid of min(loss, loss at initialisation) "
-             "minus the best loss) with its interval.",
+    "and LR sensitivity (Wortsman et al. 2023: the mean over the grid of min(loss, loss at initialisation) "
+    "minus the best loss) with its interval.",
     "loss_vs_lr": "Each cell's seeds (dots), their mean (line) and 95 % interval (band) at every learning rate; the "
-                  "star is its best learning rate. A re-run is drawn beside the shipped evidence (dashed, "
-                  "'· re-run'). Diverged or missing runs are crosses at the initial loss.",
+    "star is its best learning rate. A re-run is drawn beside the shipped evidence (dashed, "
+    "'· re-run'). Diverged or missing runs are crosses at the initial loss.",
     "stability": "Spike scores as OLMo 2 defines them (the share of steps at least 7 standard deviations from the "
-                 "rolling mean) and the largest attention logit, per cell and learning rate (means over seeds).",
+    "rolling mean) and the largest attention logit, per cell and learning rate (means over seeds).",
     "recipe": "The exact recipe each piece of evidence was trained with (its spec.json), and where it ran.",
 }
 
 
 # ----------------------------------------------------------------- trained evidence
-
-def rerun_root() -> Path:
-    """Where re-runs of the claims go: ``<runs dir>/findings``."""
-    return runs_dir() / "findings"
 
 
 def _root(origin: str) -> Path:
@@ -90,11 +98,12 @@ def stamp(claim_name: str, mode: str, origin: str) -> tuple:
 @dataclass(frozen=True)
 class Trained:
     """One claim's evidence under one recipe (``mode``), shipped or re-run, with its verdict (``findings.judge``)."""
+
     claim: str
     mode: str
     origin: str
     folder: Path
-    evidence: dict           # ablation name -> findings.Evidence
+    evidence: dict  # ablation name -> findings.Evidence
     verdict: dict
 
     @property
@@ -117,6 +126,7 @@ def trained(claim_name: str, mode: str, origin: str) -> Optional[Trained]:
 @dataclass(frozen=True)
 class ModeEvidence:
     """A claim's evidence under one recipe: the shipped one and a re-run, either possibly absent."""
+
     mode: str
     shipped: Optional[Trained]
     rerun: Optional[Trained]
@@ -156,6 +166,7 @@ def verdict_color(verdict: Optional[str]) -> str:
 
 # ----------------------------------------------------------------- tables
 
+
 def summary_table(claims: Sequence[F.Claim], evidence: Mapping[str, Mapping[str, ModeEvidence]]) -> pd.DataFrame:
     """One row per claim: its title, name (the page's anchor), source and the verdict of each recipe, shipped and
     re-run (``evidence``: claim -> mode -> :class:`ModeEvidence`)."""
@@ -176,8 +187,12 @@ def _holds(h) -> str:
 
 def _sanity_detail(s: dict) -> str:
     if s["kind"] == "learns":
-        return "; ".join(f"{x['cell']}: Δ loss {ab.with_ci(*(x['loss_drop'][k] for k in ('mean', 'low', 'high')), 3)}"
-                         if x.get("loss_drop") else f"{x['cell']}: {x['why']}" for x in s["cells"])
+        return "; ".join(
+            f"{x['cell']}: Δ loss {ab.with_ci(*(x['loss_drop'][k] for k in ('mean', 'low', 'high')), 3)}"
+            if x.get("loss_drop")
+            else f"{x['cell']}: {x['why']}"
+            for x in s["cells"]
+        )
     points = s.get("points") or []
     text = "; ".join(f"{p['setting']}: " + ("—" if p["accuracy"] is None else f"{p['accuracy']:.1%}") for p in points)
     return text or s.get("why", "")
@@ -190,10 +205,15 @@ def sanity_table(claim: F.Claim, runs: Sequence[Trained]) -> pd.DataFrame:
         judged = {(s["ablation"], s["kind"], s.get("cell")): s for s in t.verdict["sanity"]}
         for check in claim.sanity:
             s = judged.get((check["ablation"], check["kind"], check.get("cell")))
-            rows.append({"evidence": t.label, "ablation": check["ablation"],
-                         "check": s["rule"] if s else check["kind"],
-                         "holds": _holds(s["holds"]) if s else "not run",
-                         "numbers": _sanity_detail(s) if s else ""})
+            rows.append(
+                {
+                    "evidence": t.label,
+                    "ablation": check["ablation"],
+                    "check": s["rule"] if s else check["kind"],
+                    "holds": _holds(s["holds"]) if s else "not run",
+                    "numbers": _sanity_detail(s) if s else "",
+                }
+            )
     return pd.DataFrame(rows, columns=["evidence", "ablation", "check", "holds", "numbers"])
 
 
@@ -205,13 +225,25 @@ def comparisons_table(runs: Sequence[Trained]) -> pd.DataFrame:
         for k in t.verdict["comparisons"]:
             d = k["difference"]
             lrs = "—" if k.get("a_lr") is None else f"{k['a_lr']:g}, {k['b_lr']:g}"
-            rows.append({"evidence": t.label, "ablation": k["ablation"], "a": k["a"], "b": k["b"],
-                         "metric": METRIC_LABELS.get(k["metric"], k["metric"]), "learning rates (a, b)": lrs,
-                         "the source": k.get("says", ""),
-                         "expected": EXPECTED.get(k.get("expected"), k.get("expected")),
-                         "Δ (a − b)": d["mean"], "CI low": d["low"], "CI high": d["high"], "seeds": d["n"],
-                         "measured": k["measured"], "verdict": k["verdict"] or NOT_JUDGED,
-                         "digits": DIGITS.get(k["metric"], 4)})
+            rows.append(
+                {
+                    "evidence": t.label,
+                    "ablation": k["ablation"],
+                    "a": k["a"],
+                    "b": k["b"],
+                    "metric": METRIC_LABELS.get(k["metric"], k["metric"]),
+                    "learning rates (a, b)": lrs,
+                    "the source": k.get("says", ""),
+                    "expected": EXPECTED.get(k.get("expected"), k.get("expected")),
+                    "Δ (a − b)": d["mean"],
+                    "CI low": d["low"],
+                    "CI high": d["high"],
+                    "seeds": d["n"],
+                    "measured": k["measured"],
+                    "verdict": k["verdict"] or NOT_JUDGED,
+                    "digits": DIGITS.get(k["metric"], 4),
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -220,12 +252,23 @@ def comparisons_display(table: pd.DataFrame) -> pd.DataFrame:
     if table.empty:
         return table
     t = table.astype(object).where(table.notna(), None)
-    return pd.DataFrame({
-        "comparison (a − b)": [f"{a} − {b}" for a, b in zip(t["a"], t["b"])], "metric": t["metric"],
-        "Δ (95 % CI)": [ab.with_ci(m, lo, hi, int(d)) for m, lo, hi, d in
-                        zip(t["Δ (a − b)"], t["CI low"], t["CI high"], t["digits"])],
-        "measured": t["measured"], "expected": t["expected"], "verdict": t["verdict"], "evidence": t["evidence"],
-        "seeds": t["seeds"], "learning rates (a, b)": t["learning rates (a, b)"], "the source": t["the source"]})
+    return pd.DataFrame(
+        {
+            "comparison (a − b)": [f"{a} − {b}" for a, b in zip(t["a"], t["b"])],
+            "metric": t["metric"],
+            "Δ (95 % CI)": [
+                ab.with_ci(m, lo, hi, int(d))
+                for m, lo, hi, d in zip(t["Δ (a − b)"], t["CI low"], t["CI high"], t["digits"])
+            ],
+            "measured": t["measured"],
+            "expected": t["expected"],
+            "verdict": t["verdict"],
+            "evidence": t["evidence"],
+            "seeds": t["seeds"],
+            "learning rates (a, b)": t["learning rates (a, b)"],
+            "the source": t["the source"],
+        }
+    )
 
 
 def comparisons_csv(table: pd.DataFrame) -> pd.DataFrame:
@@ -246,8 +289,16 @@ def cells_table(runs: Sequence[Trained], ablation: str) -> tuple[pd.DataFrame, p
         d.insert(0, "evidence", t.label)
         d["diverged or missing runs"] = [f"{bad[c]} of {len(ev.spec.lrs) * len(ev.spec.seeds)}" for c in d["cell"]]
         shown.append(d)
-        keep = ["cell", "best lr", "loss at best lr", "loss CI low", "loss CI high", "LR sensitivity",
-                "LR sensitivity CI low", "LR sensitivity CI high"]
+        keep = [
+            "cell",
+            "best lr",
+            "loss at best lr",
+            "loss CI low",
+            "loss CI high",
+            "LR sensitivity",
+            "LR sensitivity CI low",
+            "LR sensitivity CI high",
+        ]
         x = table[keep].copy()
         x.insert(0, "evidence", t.label)
         x["diverged or missing runs"] = [bad[c] for c in x["cell"]]
@@ -276,7 +327,8 @@ def recipe_rows(ev: F.Evidence, mode: str) -> dict[str, str]:
         "components varied": " × ".join(f"{a} = {ab.values_text(v)}" for a, v in s.vary),
         "data": r.data,
         "budget (matched)": f"{r.budget:,.0f} non-embedding {r.budget_metric} parameters"
-                            if r.budget_metric in ("active", "total") else f"{r.budget:,.0f} {r.budget_metric}",
+        if r.budget_metric in ("active", "total")
+        else f"{r.budget:,.0f} {r.budget_metric}",
         "tokens per run": f"{r.tokens:,}",
         "batch × sequence length": f"{r.batch} × {r.seq_len}",
         "steps per run": f"{r.steps:,}",
@@ -284,10 +336,10 @@ def recipe_rows(ev: F.Evidence, mode: str) -> dict[str, str]:
         "peak learning rates": ab.values_text(s.lrs),
         "seeds": ab.values_text(s.seeds),
         "runs": f"{cells} cells × {len(s.lrs)} learning rates × {len(s.seeds)} seeds = "
-                f"{cells * len(s.lrs) * len(s.seeds)}",
+        f"{cells * len(s.lrs) * len(s.seeds)}",
         "schedule": f"warm-up {r.warmup:g} of the steps, cosine to {r.min_lr_ratio:g} × the peak",
         "optimizer": f"AdamW betas {tuple(r.betas)}, weight decay {r.weight_decay:g}, clipping {r.grad_clip:g}, "
-                     f"z-loss {r.z_loss:g}",
+        f"z-loss {r.z_loss:g}",
         "precision": r.precision,
         "device": device_text(ev),
         "run": str(ev.summary.get("run_id") or ""),
@@ -336,18 +388,20 @@ def chart_title(claim: F.Claim, mode: str, ablation: str, what: str = "loss") ->
 
 def uses_stability(claim: F.Claim, ablation: str) -> bool:
     """Whether a comparison of this ablation reads a stability score (the page then draws the score heatmaps)."""
-    return any(k["ablation"] == ablation and k["metric"] in ("grad_spike_score", "loss_spike_score", "max_attn_logit")
-               for k in claim.comparisons)
+    return any(
+        k["ablation"] == ablation and k["metric"] in ("grad_spike_score", "loss_spike_score", "max_attn_logit")
+        for k in claim.comparisons
+    )
 
 
 # ----------------------------------------------------------------- re-running a claim
+
 
 def rerun_params(claim: F.Claim, ablation: str, mode: str) -> dict[str, str]:
     """The Experiments page's query that opens the Ablation mode filled with this ablation of the claim under the
     ``mode`` recipe (device ``auto``), tagged with the claim so that its result lands on the Findings page."""
     spec = F.ablation_spec(claim, ablation, mode, "auto")
-    return {**dict(parse_qsl(ab.spec_query(spec))), CLAIM_PARAM: claim.name, ABLATION_PARAM: ablation,
-            MODE_PARAM: mode}
+    return {**dict(parse_qsl(ab.spec_query(spec))), CLAIM_PARAM: claim.name, ABLATION_PARAM: ablation, MODE_PARAM: mode}
 
 
 def cli_line(claim: F.Claim, mode: str) -> str:
@@ -355,79 +409,18 @@ def cli_line(claim: F.Claim, mode: str) -> str:
     return f"python -m backend findings --claim {claim.name} --device auto" + (" --quick" if mode == "quick" else "")
 
 
-def finding_tag(params: Mapping[str, str]) -> Optional[dict]:
-    """The claim a link's query (``claim``, ``ablation``, ``fmode``) re-runs, checked; None when the link names no
-    claim; one-line ArchLabError for a claim, ablation or recipe that does not exist."""
-    name = params.get(CLAIM_PARAM)
-    if not name:
-        return None
-    c = F.claim(str(name))
-    ablation = str(params.get(ABLATION_PARAM) or "")
-    if ablation not in {a["name"] for a in c.ablations}:
-        raise ArchLabError(f"claim {c.name} has no ablation {ablation!r}; it has "
-                           f"{', '.join(a['name'] for a in c.ablations)}")
-    mode = str(params.get(MODE_PARAM) or "quick")
-    if mode not in MODES:
-        raise ArchLabError(f"a claim's recipe is {' or '.join(MODES)}, not {mode!r}")
-    return {"claim": c.name, "ablation": ablation, "mode": mode}
-
-
-def tag_problem(spec, tag: Mapping[str, str]) -> str:
-    """Why ``spec`` (an AblationSpec) no longer tests the tagged claim's ablation ("" when it does): the claim's
-    verdict reads its cells by name, so the base and the components varied must be the claim's."""
-    c = F.claim(tag["claim"])
-    a = next(x for x in c.ablations if x["name"] == tag["ablation"])
-    want = {axis: set(map(str, values)) for axis, values in a["vary"]}
-    got = {axis: set(map(str, values)) for axis, values in spec.vary}
-    if spec.base != a["base"] or want != got:
-        vary = " × ".join(f"{axis} = {', '.join(values)}" for axis, values in a["vary"])
-        return (f"this ablation no longer tests the claim {c.title!r} (it varies {vary} over {a['base']}), so it "
-                "will not be drawn on the Findings page")
-    return ""
-
-
-def save_rerun(folder: Path, summary: dict, results: Sequence[dict], tag: Mapping[str, str],
-               root: Optional[Path] = None) -> Optional[dict]:
-    """Keep a finished ablation that was started for a claim (``tag``) as that claim's re-run: its evidence in
-    ``<root>/<claim>/<mode>/<ablation>/`` (``findings.save_evidence``: spec, summary, results, probes, thinned
-    curves; root: :func:`rerun_root`) and the claim judged on every ablation found there, in ``verdict.json``.
-    Returns the verdict; None (logged) when the run does not fit the claim."""
-    from ..train.store import RunWriter, read_run
-
-    folder = Path(folder)
-    try:
-        tag = finding_tag({CLAIM_PARAM: tag.get("claim"), ABLATION_PARAM: tag.get("ablation"),
-                           MODE_PARAM: tag.get("mode")})
-        spec = AblationSpec.from_json(json.dumps(summary["spec"]))
-        problem = tag_problem(spec, tag)
-        if problem:
-            raise ArchLabError(problem)
-        rec = read_run(folder.name, folder.parent)
-        mode, c = tag["mode"], F.claim(tag["claim"])
-        kept = {**summary, "run_id": folder.name, "mode": mode, "device": rec.recipe.get("device", spec.device),
-                "status": rec.status.get("status", "")}
-        root = Path(root) if root else rerun_root()
-        out = F.evidence_dir(c.name, mode, root)
-        F.save_evidence(out / tag["ablation"], F.Evidence(tag["ablation"], spec, kept, pd.DataFrame(list(results)),
-                                                          rec.probes, F.thin_curves(rec.metrics)))
-        verdict = {**F.judge(c, F.load_evidence(c.name, mode, root)), "mode": mode}
-        RunWriter(out).write_json("verdict.json", verdict)
-        return verdict
-    except ArchLabError as e:
-        log.warning("run %s is not kept as a re-run of %s: %s", folder.name, dict(tag), e)
-        return None
-
-
 # ----------------------------------------------------------------- static evidence
+
 
 @dataclass(frozen=True)
 class Static:
     """A claim's exact figures from the catalog: one row per value of the axis it varies."""
+
     kind: str
     title: str
     table: pd.DataFrame
     caption: str
-    chart: tuple            # columns charted (bars), in the table
+    chart: tuple  # columns charted (bars), in the table
 
 
 @lru_cache(maxsize=16)
@@ -459,22 +452,30 @@ def static_evidence(claim_name: str) -> Optional[Static]:
         if s["kind"] == "kv_per_token":
             kv = memory.kv_cache(arch, 1, 1, dtype)
             kinds = sorted({layer.attention for layer in spec.layers})
-            row |= {"layers": spec.num_layers,
-                    "cached elements per token, one layer": memory.layer_kv_elements_per_token(spec, kinds[0]),
-                    f"KV bytes per token ({dtype})": int(kv.per_token_bytes),
-                    "total parameters": counts.total}
+            row |= {
+                "layers": spec.num_layers,
+                "cached elements per token, one layer": memory.layer_kv_elements_per_token(spec, kinds[0]),
+                f"KV bytes per token ({dtype})": int(kv.per_token_bytes),
+                "total parameters": counts.total,
+            }
         elif s["kind"] == "kv_at_context":
             kv = memory.kv_cache(arch, int(s["context"]), 1, dtype)
             kinds = [layer.attention for layer in spec.layers]
-            row |= {"layers": spec.num_layers, "global layers": sum(k == "full" for k in kinds),
-                    "sliding layers": sum(k == "sliding" for k in kinds),
-                    "window": spec.window if any(k == "sliding" for k in kinds) else None,
-                    f"KV cache at {int(s['context']):,} tokens ({dtype}, bytes)": kv.total_bytes,
-                    "KV bytes per token at this context": kv.per_token_at_context,
-                    f"weights ({dtype}, bytes)": memory.weight_bytes(arch, dtype)}
+            row |= {
+                "layers": spec.num_layers,
+                "global layers": sum(k == "full" for k in kinds),
+                "sliding layers": sum(k == "sliding" for k in kinds),
+                "window": spec.window if any(k == "sliding" for k in kinds) else None,
+                f"KV cache at {int(s['context']):,} tokens ({dtype}, bytes)": kv.total_bytes,
+                "KV bytes per token at this context": kv.per_token_at_context,
+                f"weights ({dtype}, bytes)": memory.weight_bytes(arch, dtype),
+            }
         elif s["kind"] == "params":
-            row |= {"total parameters": counts.total, "active parameters": counts.active,
-                    "active share": counts.active / counts.total}
+            row |= {
+                "total parameters": counts.total,
+                "active parameters": counts.active,
+                "active share": counts.active / counts.total,
+            }
         else:
             raise ArchLabError(f"claim {c.name}: unknown static kind {s['kind']!r}")
         rows.append(row)
@@ -483,21 +484,35 @@ def static_evidence(claim_name: str) -> Optional[Static]:
     if s["kind"] == "kv_per_token":
         col = f"KV bytes per token ({dtype})"
         table[f"share of {first}"] = table[col] / table[col].iloc[0]
-        return Static(s["kind"], f"KV cache per token: {', '.join(s['values'])} on {base}", table,
-                      f"Exact, from each variant's config as transformers builds it (arch.memory): cached elements "
-                      f"per token and layer (MHA, GQA, MQA: KV heads × (key + value width); MLA: the compressed "
-                      f"latent + the shared RoPE key), times the layers, times {memory.dtype_bytes(dtype):g} bytes "
-                      f"({dtype}). The variants keep the base's heads, widths and depth.", (col,))
+        return Static(
+            s["kind"],
+            f"KV cache per token: {', '.join(s['values'])} on {base}",
+            table,
+            f"Exact, from each variant's config as transformers builds it (arch.memory): cached elements "
+            f"per token and layer (MHA, GQA, MQA: KV heads × (key + value width); MLA: the compressed "
+            f"latent + the shared RoPE key), times the layers, times {memory.dtype_bytes(dtype):g} bytes "
+            f"({dtype}). The variants keep the base's heads, widths and depth.",
+            (col,),
+        )
     if s["kind"] == "kv_at_context":
         col = [x for x in table.columns if x.startswith("KV cache at")][0]
         ref = table[table[axis] == "global"][col]
         table["share of all global"] = table[col] / (ref.iloc[0] if len(ref) else table[col].iloc[0])
         table["KV ÷ weights"] = table[col] / table[f"weights ({dtype}, bytes)"]
-        return Static(s["kind"], f"KV cache at {int(s['context']):,} tokens: {', '.join(s['values'])} on {base}", table,
-                      f"Exact (arch.memory): a global layer caches every token of the context, a sliding layer at most "
-                      f"its window; one sequence, {dtype}. The report's Figure 5 (60 % → under 15 % overhead) is for "
-                      "a 2B model and other ratios, so its percentages are not these.", (col,))
-    return Static(s["kind"], f"Parameters: {', '.join(s['values'])} on {base}", table,
-                  "Exact counts of the model transformers builds (meta device): total parameters, and those active "
-                  "for one token (routed experts × top-k / experts, plus every shared part).",
-                  ("total parameters", "active parameters"))
+        return Static(
+            s["kind"],
+            f"KV cache at {int(s['context']):,} tokens: {', '.join(s['values'])} on {base}",
+            table,
+            f"Exact (arch.memory): a global layer caches every token of the context, a sliding layer at most "
+            f"its window; one sequence, {dtype}. The report's Figure 5 (60 % → under 15 % overhead) is for "
+            "a 2B model and other ratios, so its percentages are not these.",
+            (col,),
+        )
+    return Static(
+        s["kind"],
+        f"Parameters: {', '.join(s['values'])} on {base}",
+        table,
+        "Exact counts of the model transformers builds (meta device): total parameters, and those active "
+        "for one token (routed experts × top-k / experts, plus every shared part).",
+        ("total parameters", "active parameters"),
+    )

@@ -1,5 +1,6 @@
 """Plotly figures of the Findings page: an ablation's loss against the learning rate with a re-run drawn beside the
 shipped evidence, its stability scores, and a claim's static figures as bars."""
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -54,7 +55,7 @@ def stability(t: Trained, ablation: str, title: str) -> go.Figure:
 def _scale(column: str, top: float) -> tuple[float, str]:
     """(divisor, unit) a column is drawn in: bytes in GiB or KiB, parameters in billions."""
     if "bytes" in column:
-        return (2 ** 30, "GiB") if top >= 2 ** 30 else (2 ** 10, "KiB")
+        return (2**30, "GiB") if top >= 2**30 else (2**10, "KiB")
     if "parameters" in column:
         return 1e9, "billions"
     return 1.0, ""
@@ -67,10 +68,23 @@ def static_bars(s: Static) -> go.Figure:
     fig = go.Figure()
     for i, col in enumerate(s.chart):
         y = s.table[col]
-        fig.add_bar(x=s.table[axis].astype(str), y=y / div, name=col, marker_color=PALETTE[i % len(PALETTE)],
-                    customdata=y, text=[f"{v / div:,.3g} {'B' if unit == 'billions' else unit}" for v in y],
-                    textposition="outside",
-                    hovertemplate=f"%{{x}}<br>{col}: %{{customdata:,}}<extra></extra>")
+        fig.add_bar(
+            x=s.table[axis].astype(str),
+            y=y / div,
+            name=col,
+            marker_color=PALETTE[i % len(PALETTE)],
+            customdata=y,
+            text=[f"{v / div:,.3g} {'B' if unit == 'billions' else unit}" for v in y],
+            textposition="outside",
+            hovertemplate=f"%{{x}}<br>{col}: %{{customdata:,}}<extra></extra>",
+        )
     label = s.chart[0] if len(s.chart) == 1 else "parameters"
-    return _layout(fig, s.title, height=380, barmode="group", showlegend=len(s.chart) > 1,
-                   yaxis=dict(title=f"{label.split(' (')[0]} ({unit})"), xaxis=dict(title=axis, type="category"))
+    return _layout(
+        fig,
+        s.title,
+        height=380,
+        barmode="group",
+        showlegend=len(s.chart) > 1,
+        yaxis=dict(title=f"{label.split(' (')[0]} ({unit})"),
+        xaxis=dict(title=axis, type="category"),
+    )

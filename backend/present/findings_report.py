@@ -1,5 +1,6 @@
 """The Findings page as one self-contained HTML report: every claim's text, its static and trained evidence as tables,
 and its charts as Plotly divs, with plotly.js included once (the file opens offline)."""
+
 from __future__ import annotations
 
 from html import escape
@@ -50,9 +51,14 @@ def _mode(c: F.Claim, e: fd.ModeEvidence) -> list[str]:
         return out + [f"<p>Not run. Run it with {cli}.</p>"]
     for t in e.runs:
         out.append(f"<p>{escape(fd.sentence(t.label))}: {_verdict(fd.verdict_text(t))}</p>")
-    out += ["<h4>Sanity checks</h4>", _table(fd.sanity_table(c, e.runs)), _cap(fd.CAPTIONS["sanity"]),
-            "<h4>Comparisons</h4>", _table(fd.comparisons_display(fd.comparisons_table(e.runs))),
-            _cap(fd.CAPTIONS["comparisons"])]
+    out += [
+        "<h4>Sanity checks</h4>",
+        _table(fd.sanity_table(c, e.runs)),
+        _cap(fd.CAPTIONS["sanity"]),
+        "<h4>Comparisons</h4>",
+        _table(fd.comparisons_display(fd.comparisons_table(e.runs))),
+        _cap(fd.CAPTIONS["comparisons"]),
+    ]
     for a in c.ablations:
         name = a["name"]
         out.append(f"<h4>Ablation {escape(name)}</h4>")
@@ -65,8 +71,12 @@ def _mode(c: F.Claim, e: fd.ModeEvidence) -> list[str]:
             if changes:
                 out.append(_cap(f"The {t.label} differs from the claim's recipe: {'; '.join(changes)}."))
         shown, _ = fd.cells_table(here, name)
-        out += [_table(shown), _cap(fd.CAPTIONS["cells"]),
-                _figure(fc.loss_vs_lr(here, name, fd.chart_title(c, e.mode, name))), _cap(fd.CAPTIONS["loss_vs_lr"])]
+        out += [
+            _table(shown),
+            _cap(fd.CAPTIONS["cells"]),
+            _figure(fc.loss_vs_lr(here, name, fd.chart_title(c, e.mode, name))),
+            _cap(fd.CAPTIONS["loss_vs_lr"]),
+        ]
         if fd.uses_stability(c, name):
             out += [_figure(fc.stability(t, name, fd.chart_title(c, e.mode, name, "stability"))) for t in here]
             out.append(_cap(fd.CAPTIONS["stability"]))
@@ -77,39 +87,55 @@ def _mode(c: F.Claim, e: fd.ModeEvidence) -> list[str]:
 
 def _claim(c: F.Claim, evidence: Mapping[str, fd.ModeEvidence]) -> list[str]:
     src = c.source
-    out = [f"<section id='{escape(c.name)}'><h2>{escape(c.title)}</h2>",
-           f"<p><b>Claim.</b> {escape(c.claim)}</p>",
-           f"<p><b>Source.</b> {escape(src['label'])}: {escape(src['cite'])}.</p>",
-           f"<p><b>What the source reports.</b> {escape(src['reports'])}</p>",
-           f"<p><b>Direction.</b> {escape(src['direction'])}</p>"]
+    out = [
+        f"<section id='{escape(c.name)}'><h2>{escape(c.title)}</h2>",
+        f"<p><b>Claim.</b> {escape(c.claim)}</p>",
+        f"<p><b>Source.</b> {escape(src['label'])}: {escape(src['cite'])}.</p>",
+        f"<p><b>What the source reports.</b> {escape(src['reports'])}</p>",
+        f"<p><b>Direction.</b> {escape(src['direction'])}</p>",
+    ]
     if c.article:
         out.append(f"<blockquote>The article: “{escape(c.article)}”</blockquote>")
     static = fd.static_evidence(c.name)
     if static is not None:
-        out += ["<h3>Static evidence (exact, from the catalog)</h3>", _table(static.table), _cap(static.caption),
-                _figure(fc.static_bars(static))]
+        out += [
+            "<h3>Static evidence (exact, from the catalog)</h3>",
+            _table(static.table),
+            _cap(static.caption),
+            _figure(fc.static_bars(static)),
+        ]
     for mode in fd.MODES:
         out += _mode(c, evidence[mode])
     return out + ["</section>"]
 
 
-def report_html(claims: Optional[Sequence[F.Claim]] = None,
-                evidence: Optional[Mapping[str, Mapping[str, fd.ModeEvidence]]] = None) -> bytes:
+def report_html(
+    claims: Optional[Sequence[F.Claim]] = None, evidence: Optional[Mapping[str, Mapping[str, fd.ModeEvidence]]] = None
+) -> bytes:
     """Every claim (default: all of claims.json) with its evidence (default: what is on disk now) as one HTML file."""
     claims = list(claims) if claims is not None else F.claims()
     evidence = evidence or {c.name: {m: fd.mode_evidence(c.name, m) for m in fd.MODES} for c in claims}
     summary = fd.summary_table(claims, evidence)
     rows = "".join(
         f"<tr><td><a href='#{escape(r['name'])}'>{escape(r['claim'])}</a></td><td>{escape(r['source'])}</td>"
-        + "".join(f"<td>{_verdict(r[f'verdict ({m})'])}" + (f"<br>re-run: {_verdict(r[f're-run ({m})'])}"
-                                                            if r[f"re-run ({m})"] else "") + "</td>" for m in fd.MODES)
-        + "</tr>" for _, r in summary.iterrows())
+        + "".join(
+            f"<td>{_verdict(r[f'verdict ({m})'])}"
+            + (f"<br>re-run: {_verdict(r[f're-run ({m})'])}" if r[f"re-run ({m})"] else "")
+            + "</td>"
+            for m in fd.MODES
+        )
+        + "</tr>"
+        for _, r in summary.iterrows()
+    )
     head = "".join(f"<th>verdict ({escape(fd.MODE_LABELS[m])})</th>" for m in fd.MODES)
-    parts = ["<!DOCTYPE html><html><head><meta charset='utf-8'><title>ArchLab findings</title>",
-             f"<style>{STYLE}</style>",
-             f"<script type='text/javascript'>{plotly.offline.get_plotlyjs()}</script></head><body>",
-             "<h1>ArchLab findings</h1>", _cap(fd.INTRO),
-             f"<table><tr><th>claim</th><th>source</th>{head}</tr>{rows}</table>"]
+    parts = [
+        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>ArchLab findings</title>",
+        f"<style>{STYLE}</style>",
+        f"<script type='text/javascript'>{plotly.offline.get_plotlyjs()}</script></head><body>",
+        "<h1>ArchLab findings</h1>",
+        _cap(fd.INTRO),
+        f"<table><tr><th>claim</th><th>source</th>{head}</tr>{rows}</table>",
+    ]
     for c in claims:
         parts += _claim(c, evidence[c.name])
     parts.append("</body></html>")

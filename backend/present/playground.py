@@ -4,6 +4,7 @@
 selected model each slot is, its colour, the last loading message) so either page can drain it.
 Everything here is plain data in, plain data out; no Streamlit.
 """
+
 from __future__ import annotations
 
 import json
@@ -14,8 +15,8 @@ from typing import Optional, Sequence
 
 import pandas as pd
 
-from ..arch.architecture import Architecture, Source as ModelSource
-from ..arch.architecture import resolve, with_layers
+from ..arch.architecture import Architecture, resolve, with_layers
+from ..arch.architecture import Source as ModelSource
 from ..arch.errors import ArchLabError
 from ..live import memcheck, routing, runtime
 from ..live.depth import DepthEstimate, estimate
@@ -26,8 +27,13 @@ from ..live.miniature import MINIATURE_SIZES, miniature
 MAX_COLUMNS = 4
 #: the default: each architecture's miniature trained on the shipped corpus (``live.zoo``)
 TRAINED = "trained"
-MODES = {TRAINED: "trained miniature", **{size: f"{size} miniature, random weights" for size in MINIATURE_SIZES},
-         "full": "full size, random", "layers": "full width, fewer layers", "pretrained": "pretrained checkpoint"}
+MODES = {
+    TRAINED: "trained miniature",
+    **{size: f"{size} miniature, random weights" for size in MINIATURE_SIZES},
+    "full": "full size, random",
+    "layers": "full width, fewer layers",
+    "pretrained": "pretrained checkpoint",
+}
 #: a model without a shipped trained miniature runs as this random-weight miniature instead
 FALLBACK_SIZE = "small"
 #: mode of a training run's checkpoints: RUN + run id
@@ -41,14 +47,16 @@ _ESCAPES = {"\\n": "\n", "\\t": "\t", "\\,": ","}
 @dataclass(frozen=True)
 class SlotModel:
     """The selected model a slot of the run belongs to."""
+
     id: str
     label: str
     color: str
-    moe: bool       # has mixture-of-experts layers (a router to trace)
+    moe: bool  # has mixture-of-experts layers (a router to trace)
     full_layers: Optional[int] = None  # "full width, fewer layers": the real model's depth
 
 
 # ----------------------------------------------------------------- settings
+
 
 def mode_options(checkpoint: str, run_ids: Sequence[str] = ()) -> list[str]:
     """Modes to offer: trained miniatures, random-weight miniature sizes, full size, pretrained when a
@@ -59,7 +67,7 @@ def mode_options(checkpoint: str, run_ids: Sequence[str] = ()) -> list[str]:
 def mode_label(mode: str) -> str:
     """How a mode reads in the picker."""
     if mode.startswith(RUN):
-        return f"trained miniatures (run {mode[len(RUN):][:6]}…)"
+        return f"trained miniatures (run {mode[len(RUN) :][:6]}…)"
     return MODES.get(mode, mode)
 
 
@@ -72,7 +80,7 @@ def runs_with_checkpoints(run_ids: Sequence[str]) -> list[str]:
 
 def run_mode(mode: str) -> Optional[str]:
     """The run id of a training-run mode, else None."""
-    return mode[len(RUN):] if isinstance(mode, str) and mode.startswith(RUN) else None
+    return mode[len(RUN) :] if isinstance(mode, str) and mode.startswith(RUN) else None
 
 
 def has_trained(source: ModelSource) -> bool:
@@ -89,8 +97,10 @@ def fallback_note(models: Sequence[tuple[str, ModelSource]], labels: Sequence[st
     if not missing:
         return ""
     one = len(missing) == 1
-    return (f"No trained miniature is shipped for {', '.join(missing)}: {'it runs' if one else 'they run'} as "
-            f"{'a ' if one else ''}random-weight {FALLBACK_SIZE} miniature{'' if one else 's'} (gibberish by design).")
+    return (
+        f"No trained miniature is shipped for {', '.join(missing)}: {'it runs' if one else 'they run'} as "
+        f"{'a ' if one else ''}random-weight {FALLBACK_SIZE} miniature{'' if one else 's'} (gibberish by design)."
+    )
 
 
 def model_label(model_id: str) -> Optional[str]:
@@ -99,7 +109,7 @@ def model_label(model_id: str) -> Optional[str]:
         return None
     from ..train.store import trained_models
 
-    run_id, key = model_id[len(RUN):].split("/", 1)
+    run_id, key = model_id[len(RUN) :].split("/", 1)
     return next((t.label for t in trained_models([run_id]) if t.key == key), None)
 
 
@@ -113,7 +123,7 @@ def parse_stop(text: str) -> tuple[str, ...]:
     r"""Comma-separated stop strings; ``\n``, ``\t`` and ``\,`` are a newline, a tab and a comma."""
     parts, buf, i = [], "", 0
     while i < len(text):
-        two = text[i:i + 2]
+        two = text[i : i + 2]
         if two in _ESCAPES:
             buf, i = buf + _ESCAPES[two], i + 2
         elif text[i] == ",":
@@ -124,8 +134,14 @@ def parse_stop(text: str) -> tuple[str, ...]:
     return tuple(p.strip(" ") for p in parts if p.strip(" "))
 
 
-def requests_for(models: Sequence[tuple[str, ModelSource]], mode: str, device: str, compile: bool = False,
-                 checkpoint: str = "", layers: int = DEFAULT_LAYERS) -> list[tuple[str, ModelSource, runtime.ModelRequest]]:
+def requests_for(
+    models: Sequence[tuple[str, ModelSource]],
+    mode: str,
+    device: str,
+    compile: bool = False,
+    checkpoint: str = "",
+    layers: int = DEFAULT_LAYERS,
+) -> list[tuple[str, ModelSource, runtime.ModelRequest]]:
     """(model id, its config source, request) for each model to run: the first ``MAX_COLUMNS`` selected
     models, or in pretrained mode the sidebar's checkpoint folder alone (the others have no weights here).
     Mode "layers" runs each model at full width with its first ``layers`` decoder layers (all of them
@@ -136,29 +152,50 @@ def requests_for(models: Sequence[tuple[str, ModelSource]], mode: str, device: s
         return _run_requests(run_mode(mode), device, compile)
     if mode == "pretrained":
         if not checkpoint:
-            raise ArchLabError("pretrained mode needs a checkpoint folder: set one in the sidebar "
-                               "(Add your own model → Local checkpoint folder)")
+            raise ArchLabError(
+                "pretrained mode needs a checkpoint folder: set one in the sidebar "
+                "(Add your own model → Local checkpoint folder)"
+            )
         folder = str(runtime.resolve_checkpoint(checkpoint, confined=True))  # visitors: allowed roots only
         config = runtime.check_checkpoint(Path(folder))
-        request = runtime.ModelRequest(source=f"local:{folder}", mode="pretrained", path=folder,
-                                       device=device, compile=compile)
+        request = runtime.ModelRequest(
+            source=f"local:{folder}", mode="pretrained", path=folder, device=device, compile=compile
+        )
         return [(f"local:{folder}", config, request)]
     if not models:
         raise ArchLabError("choose at least one model in the sidebar")
     if mode not in ("full", "layers", TRAINED) and mode not in MINIATURE_SIZES:
         raise ArchLabError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
     if mode == TRAINED:
-        return [(i, src, runtime.ModelRequest(src, mode=TRAINED, device=device, compile=compile) if has_trained(src)
-                 else runtime.ModelRequest(src, mode="miniature", size=FALLBACK_SIZE, device=device, compile=compile))
-                for i, src in models[:MAX_COLUMNS]]
+        return [
+            (
+                i,
+                src,
+                runtime.ModelRequest(src, mode=TRAINED, device=device, compile=compile)
+                if has_trained(src)
+                else runtime.ModelRequest(src, mode="miniature", size=FALLBACK_SIZE, device=device, compile=compile),
+            )
+            for i, src in models[:MAX_COLUMNS]
+        ]
     if mode == "layers":
         if isinstance(layers, bool) or not isinstance(layers, int) or layers < 2:
-            raise ArchLabError(f"fewer layers needs at least 2 layers (the per-layer cost is timed at k and k − 1), "
-                               f"got {layers!r}")
-        return [(i, src, runtime.ModelRequest(with_layers(src, min(layers, full_depth(src))), mode="full",
-                                              device=device, compile=compile)) for i, src in models[:MAX_COLUMNS]]
+            raise ArchLabError(
+                f"fewer layers needs at least 2 layers (the per-layer cost is timed at k and k − 1), got {layers!r}"
+            )
+        return [
+            (
+                i,
+                src,
+                runtime.ModelRequest(
+                    with_layers(src, min(layers, full_depth(src))), mode="full", device=device, compile=compile
+                ),
+            )
+            for i, src in models[:MAX_COLUMNS]
+        ]
     kind = {"mode": "full"} if mode == "full" else {"mode": "miniature", "size": mode}
-    return [(i, src, runtime.ModelRequest(src, device=device, compile=compile, **kind)) for i, src in models[:MAX_COLUMNS]]
+    return [
+        (i, src, runtime.ModelRequest(src, device=device, compile=compile, **kind)) for i, src in models[:MAX_COLUMNS]
+    ]
 
 
 def _run_requests(run_id: str, device: str, compile: bool) -> list[tuple[str, ModelSource, runtime.ModelRequest]]:
@@ -172,8 +209,15 @@ def _run_requests(run_id: str, device: str, compile: bool) -> list[tuple[str, Mo
     for t in found[:MAX_COLUMNS]:
         folder = str(runtime.resolve_checkpoint(str(t.path), confined=True))
         config = runtime.check_checkpoint(Path(folder))
-        out.append((f"{RUN}{run_id}/{t.key}", config, runtime.ModelRequest(source=f"local:{folder}", mode="pretrained",
-                                                                          path=folder, device=device, compile=compile)))
+        out.append(
+            (
+                f"{RUN}{run_id}/{t.key}",
+                config,
+                runtime.ModelRequest(
+                    source=f"local:{folder}", mode="pretrained", path=folder, device=device, compile=compile
+                ),
+            )
+        )
     return out
 
 
@@ -252,21 +296,29 @@ def _built(request: runtime.ModelRequest) -> Architecture:
 
 # ----------------------------------------------------------------- the run
 
+
 @dataclass
 class LiveRun:
     """A started run plus what the pages need to draw it."""
+
     run: GenerationRun
     slots: list[SlotModel]
-    loading: dict[int, str] = field(default_factory=dict)   # slot -> last loading message
+    loading: dict[int, str] = field(default_factory=dict)  # slot -> last loading message
     prompt_tokens: dict[int, int] = field(default_factory=dict)
-    routing_steps: int = 0                                    # Routing events seen (live redraw trigger)
+    routing_steps: int = 0  # Routing events seen (live redraw trigger)
     depth: dict[int, "DepthEstimate | str"] = field(default_factory=dict)  # slot -> full-depth estimate or why not
-    version: int = 0            # events drained so far by any viewer (a viewer redraws when it changes)
+    version: int = 0  # events drained so far by any viewer (a viewer redraws when it changes)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     @classmethod
-    def start(cls, slots: Sequence[SlotModel], requests: Sequence[runtime.ModelRequest], prompt: str,
-              settings: GenerationSettings, session_id: Optional[str] = None) -> "LiveRun":
+    def start(
+        cls,
+        slots: Sequence[SlotModel],
+        requests: Sequence[runtime.ModelRequest],
+        prompt: str,
+        settings: GenerationSettings,
+        session_id: Optional[str] = None,
+    ) -> "LiveRun":
         """Validate and start a run (ArchLabError for a bad prompt or setting); ``session_id`` files it
         for ``generation.cancel_session``."""
         return cls(GenerationRun(list(requests), prompt, settings, session_id=session_id).start(), list(slots))
@@ -315,11 +367,12 @@ def display_label(live: LiveRun, slot: int) -> str:
 @dataclass(frozen=True)
 class SlotView:
     """What one column shows now."""
-    status: str                 # waiting / loading / running / finished / failed
-    progress: float             # 0..1
+
+    status: str  # waiting / loading / running / finished / failed
+    progress: float  # 0..1
     progress_text: str
     text: str
-    summary: str                # "TTFT 12 ms · 505 tok/s · 8 tokens"
+    summary: str  # "TTFT 12 ms · 505 tok/s · 8 tokens"
     device: str
     fast_path: bool
     error: str
@@ -343,8 +396,7 @@ def slot_view(live: LiveRun, slot: int) -> SlotView:
     e = live.depth.get(slot)
     if isinstance(e, DepthEstimate) and e.measurable:
         summary += f" · ≈ **{e.full_tok_s:,.1f} tok/s at {e.full_layers} layers** (extrapolated)"
-    return SlotView(status, progress, text, live.run.text(slot), summary, s["device"], bool(s["fast_path"]),
-                    s["error"])
+    return SlotView(status, progress, text, live.run.text(slot), summary, s["device"], bool(s["fast_path"]), s["error"])
 
 
 def _summary(s: dict) -> str:
@@ -360,8 +412,11 @@ def _summary(s: dict) -> str:
 
 def depth_pending(live: LiveRun) -> list[int]:
     """Fewer-layer slots that finished and have no full-depth estimate yet."""
-    return [i for i, slot in enumerate(live.slots) if slot.full_layers and i not in live.depth
-            and live.run.stats(i)["status"] == "finished"]
+    return [
+        i
+        for i, slot in enumerate(live.slots)
+        if slot.full_layers and i not in live.depth and live.run.stats(i)["status"] == "finished"
+    ]
 
 
 def measure_depth(live: LiveRun) -> None:
@@ -396,14 +451,28 @@ def depth_table(live: LiveRun) -> pd.DataFrame:
         if not slot.full_layers or i not in live.depth:
             continue
         e, s = live.depth[i], live.run.stats(i)
-        row = {"model": s["model"], "layers run": None, "of": slot.full_layers, "streamed tok/s": s["tokens_per_s"],
-               "step at k (ms)": None, "step at k − 1 (ms)": None, "per layer (ms)": None,
-               "tok/s at full depth (extrapolated)": None, "how": e}
+        row = {
+            "model": s["model"],
+            "layers run": None,
+            "of": slot.full_layers,
+            "streamed tok/s": s["tokens_per_s"],
+            "step at k (ms)": None,
+            "step at k − 1 (ms)": None,
+            "per layer (ms)": None,
+            "tok/s at full depth (extrapolated)": None,
+            "how": e,
+        }
         if isinstance(e, DepthEstimate):
-            row.update({"layers run": e.layers, "step at k (ms)": e.step_s * 1e3,
-                        "step at k − 1 (ms)": e.shallower_step_s * 1e3, "per layer (ms)": e.per_layer_s * 1e3,
-                        "tok/s at full depth (extrapolated)": e.full_tok_s if e.measurable else None,
-                        "how": e.note})
+            row.update(
+                {
+                    "layers run": e.layers,
+                    "step at k (ms)": e.step_s * 1e3,
+                    "step at k − 1 (ms)": e.shallower_step_s * 1e3,
+                    "per layer (ms)": e.per_layer_s * 1e3,
+                    "tok/s at full depth (extrapolated)": e.full_tok_s if e.measurable else None,
+                    "how": e.note,
+                }
+            )
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -411,12 +480,20 @@ def depth_table(live: LiveRun) -> pd.DataFrame:
 def stats_table(live: LiveRun) -> pd.DataFrame:
     """One row per model: TTFT (ms), decode tok/s, new tokens, total (s), device, GPU fast path, reason."""
     rows = []
-    for i, slot in enumerate(live.slots):
+    for i, _slot in enumerate(live.slots):
         s = live.run.stats(i)
-        rows.append({"model": display_label(live, i), "TTFT (ms)": None if s["ttft_s"] is None else s["ttft_s"] * 1e3,
-                     "tok/s": s["tokens_per_s"], "new tokens": s["new_tokens"],
-                     "total (s)": s["total_s"], "device": s["device"], "GPU fast path": s["fast_path"],
-                     "reason": s["reason"] or s["status"] + (f": {s['error']}" if s["error"] else "")})
+        rows.append(
+            {
+                "model": display_label(live, i),
+                "TTFT (ms)": None if s["ttft_s"] is None else s["ttft_s"] * 1e3,
+                "tok/s": s["tokens_per_s"],
+                "new tokens": s["new_tokens"],
+                "total (s)": s["total_s"],
+                "device": s["device"],
+                "GPU fast path": s["fast_path"],
+                "reason": s["reason"] or s["status"] + (f": {s['error']}" if s["error"] else ""),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -429,10 +506,19 @@ def memory_table(live: LiveRun) -> pd.DataFrame:
         lm = runtime.load(request)
         for r in memcheck.memory_check(lm):
             pred, meas = r["predicted_bytes"], r["measured_bytes"]
-            rows.append({"model": display_label(live, i), "what": r["what"], "device": r["device"],
-                         "predicted (MiB)": pred / 2**20, "measured (MiB)": None if meas is None else meas / 2**20,
-                         "measured − predicted (MiB)": None if meas is None else (meas - pred) / 2**20,
-                         "how measured": r["how measured"], "predicted_bytes": pred, "measured_bytes": meas})
+            rows.append(
+                {
+                    "model": display_label(live, i),
+                    "what": r["what"],
+                    "device": r["device"],
+                    "predicted (MiB)": pred / 2**20,
+                    "measured (MiB)": None if meas is None else meas / 2**20,
+                    "measured − predicted (MiB)": None if meas is None else (meas - pred) / 2**20,
+                    "how measured": r["how measured"],
+                    "predicted_bytes": pred,
+                    "measured_bytes": meas,
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -445,30 +531,40 @@ def placement_table(live: LiveRun) -> pd.DataFrame:
             continue
         lm = runtime.load(request)
         for r in memcheck.placement_rows(lm):
-            rows.append({"model": display_label(live, i), "device": r["device"], "device map (MiB)": r["planned_bytes"] / 2**20,
-                         "parameters there (MiB)": r["actual_bytes"] / 2**20, "misplaced parameters": r["misplaced"],
-                         "planned_bytes": r["planned_bytes"], "actual_bytes": r["actual_bytes"]})
+            rows.append(
+                {
+                    "model": display_label(live, i),
+                    "device": r["device"],
+                    "device map (MiB)": r["planned_bytes"] / 2**20,
+                    "parameters there (MiB)": r["actual_bytes"] / 2**20,
+                    "misplaced parameters": r["misplaced"],
+                    "planned_bytes": r["planned_bytes"],
+                    "actual_bytes": r["actual_bytes"],
+                }
+            )
     return pd.DataFrame(rows)
 
 
 # ----------------------------------------------------------------- routing
 
+
 @dataclass(frozen=True)
 class SlotRouting:
     """Routing of one slot, ready for the charts."""
+
     label: str
     color: str
     trace: routing.RoutingTrace
-    experts: pd.DataFrame       # routing.token_layer_experts
-    tokens: list[str]           # display text of each routed position (from ``first`` on)
+    experts: pd.DataFrame  # routing.token_layer_experts
+    tokens: list[str]  # display text of each routed position (from ``first`` on)
     prompt_tokens: int
-    first: int = 0              # position of tokens[0]
+    first: int = 0  # position of tokens[0]
 
 
 def token_label(text: str, width: int = 12) -> str:
     """A token's text made visible: spaces as ␣, newlines as ⏎, cut to ``width`` characters."""
     shown = text.replace(" ", "␣").replace("\n", "⏎").replace("\t", "⇥") or "∅"
-    return shown if len(shown) <= width else shown[:width - 1] + "…"
+    return shown if len(shown) <= width else shown[: width - 1] + "…"
 
 
 def _tokenizer(request: runtime.ModelRequest):
@@ -502,8 +598,9 @@ def window(r: SlotRouting, last: int) -> SlotRouting:
     first = max(0, len(r.tokens) - last) if last > 0 else 0
     if first == 0:
         return r
-    return SlotRouting(r.label, r.color, r.trace, r.experts[r.experts["position"] >= first], r.tokens[first:],
-                       r.prompt_tokens, first)
+    return SlotRouting(
+        r.label, r.color, r.trace, r.experts[r.experts["position"] >= first], r.tokens[first:], r.prompt_tokens, first
+    )
 
 
 def is_dense(source: ModelSource) -> bool:
@@ -520,7 +617,14 @@ def shared_table(live: LiveRun) -> pd.DataFrame:
             continue
         spec = runtime.load(request).spec
         shared = routing.shared_share(spec) * 100
-        rows.append({"model": display_label(live, i), "shared experts (%)": shared,
-                     "routed experts (%)": 100 - shared, "shared experts": spec.moe.num_shared,
-                     "routed experts": spec.moe.num_experts, "top-k": spec.moe.top_k})
+        rows.append(
+            {
+                "model": display_label(live, i),
+                "shared experts (%)": shared,
+                "routed experts (%)": 100 - shared,
+                "shared experts": spec.moe.num_shared,
+                "routed experts": spec.moe.num_experts,
+                "top-k": spec.moe.top_k,
+            }
+        )
     return pd.DataFrame(rows)

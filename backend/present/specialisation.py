@@ -10,6 +10,7 @@ their training started from. Routing records are cached in memory and on disk un
 directory (``cache/routing/``), keyed by the weights' bytes, the config, the seed and the text, so a server
 computes each model once (``live.specialisation`` holds the estimator).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -40,11 +41,12 @@ Progress = Callable[[str], None]
 @dataclass(frozen=True)
 class ZooMoE:
     """A distinct MoE miniature of the shipped zoo."""
-    key: str                  # its first catalog key (the folder's representative)
-    label: str                # names of every catalog architecture sharing it
+
+    key: str  # its first catalog key (the folder's representative)
+    label: str  # names of every catalog architecture sharing it
     folder: Path
     config: dict
-    router: str               # AUX / AUX_FREE / NONE
+    router: str  # AUX / AUX_FREE / NONE
     aux_coef: float
     num_experts: int
     top_k: int
@@ -88,8 +90,9 @@ def _zoo_moe(version: str) -> tuple[ZooMoE, ...]:
         if spec.moe is None:
             continue
         kind, coef = router_kind(config)
-        out[m.folder] = ZooMoE(m.key, m.label, m.folder, config, kind, coef, spec.moe.num_experts, spec.moe.top_k,
-                               tuple(spec.moe.layers))
+        out[m.folder] = ZooMoE(
+            m.key, m.label, m.folder, config, kind, coef, spec.moe.num_experts, spec.moe.top_k, tuple(spec.moe.layers)
+        )
     return tuple(replace(z, label=" / ".join(names[f])) for f, z in out.items())
 
 
@@ -103,6 +106,7 @@ def zoo_model(key: str) -> ZooMoE:
 
 
 # ----------------------------------------------------------------- the text
+
 
 def untrained_seed() -> int:
     """The seed the shipped checkpoints were trained from (the zoo's first seed; 0 without a record)."""
@@ -125,14 +129,16 @@ def routing_text(windows: int = WINDOWS, length: Optional[int] = None) -> np.nda
     if n < 1 or windows < 1:
         raise ArchLabError(f"the validation split ({len(val):,} tokens) holds no window of {length} tokens")
     starts = np.unique(np.linspace(0, n - 1, min(windows, n)).round().astype(int)) * length
-    out = np.stack([val[s:s + length] for s in starts]).astype(np.int64)
+    out = np.stack([val[s : s + length] for s in starts]).astype(np.int64)
     out.setflags(write=False)
     return out
 
 
 def describe_text(text: np.ndarray) -> str:
-    return (f"{text.size:,} tokens: {text.shape[0]} windows of {text.shape[1]} evenly spaced over the held-out "
-            "corpus split (Shakespeare + King James Bible)")
+    return (
+        f"{text.size:,} tokens: {text.shape[0]} windows of {text.shape[1]} evenly spaced over the held-out "
+        "corpus split (Shakespeare + King James Bible)"
+    )
 
 
 # ----------------------------------------------------------------- routing records, cached
@@ -161,8 +167,13 @@ def _file(path: Path) -> bytes:
 
 def _cache_key(z: ZooMoE, which: str, text: np.ndarray) -> str:
     weights = _file(z.folder / "model.safetensors") if which == TRAINED else str(untrained_seed()).encode()
-    return _digest(_VERSION.encode(), which.encode(), _file(z.folder / "config.json"), weights,
-                   np.ascontiguousarray(text).tobytes())
+    return _digest(
+        _VERSION.encode(),
+        which.encode(),
+        _file(z.folder / "config.json"),
+        weights,
+        np.ascontiguousarray(text).tobytes(),
+    )
 
 
 def _cache_file(key: str) -> Path:
@@ -183,8 +194,9 @@ def _write(path: Path, tr: TextRouting) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.stem}.{os.getpid()}.{threading.get_ident()}.tmp.npz")
-        np.savez_compressed(tmp, token_ids=tr.token_ids, layers=np.array(tr.layers), choices=tr.choices,
-                            num_experts=tr.num_experts)
+        np.savez_compressed(
+            tmp, token_ids=tr.token_ids, layers=np.array(tr.layers), choices=tr.choices, num_experts=tr.num_experts
+        )
         os.replace(tmp, path)
     except OSError:
         pass  # a read-only runs dir: the memory cache still holds it
@@ -198,8 +210,9 @@ def _model(z: ZooMoE, which: str):
 
     libs.load()
     if which == TRAINED:
-        return patches.from_pretrained(str(z.folder), dtype=torch.float32, local_files_only=True,
-                                       use_safetensors=True).eval()
+        return patches.from_pretrained(
+            str(z.folder), dtype=torch.float32, local_files_only=True, use_safetensors=True
+        ).eval()
     config = AutoConfig.from_pretrained(str(z.folder), local_files_only=True)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(untrained_seed())
@@ -207,8 +220,9 @@ def _model(z: ZooMoE, which: str):
     return model.eval()
 
 
-def routing_of(key: str, which: str = TRAINED, text: Optional[np.ndarray] = None,
-               progress: Optional[Progress] = None) -> TextRouting:
+def routing_of(
+    key: str, which: str = TRAINED, text: Optional[np.ndarray] = None, progress: Optional[Progress] = None
+) -> TextRouting:
     """Every routing choice of the zoo's miniature of ``key`` (``which``: TRAINED, or UNTRAINED: the same config
     with fresh weights) over ``text`` (default :func:`routing_text`); computed once per server and disk cache."""
     if which not in (TRAINED, UNTRAINED):
@@ -242,7 +256,10 @@ def is_cached(key: str, which: str = TRAINED, text: Optional[np.ndarray] = None)
 
 # ----------------------------------------------------------------- tables
 
-def specialisation_table(keys: list[str], text: Optional[np.ndarray] = None, progress: Optional[Progress] = None) -> pd.DataFrame:
+
+def specialisation_table(
+    keys: list[str], text: Optional[np.ndarray] = None, progress: Optional[Progress] = None
+) -> pd.DataFrame:
     """Per zoo MoE model, weights (trained / untrained) and MoE layer: the specialisation measure and its parts."""
     rows = []
     for key in keys:
@@ -272,8 +289,14 @@ def token_text(ids) -> list[str]:
     return [token_label(tok.decode([int(i)])) for i in ids]
 
 
-def top_tokens_table(key: str, layer: int, which: str = TRAINED, n: int = 8, text: Optional[np.ndarray] = None,
-                     progress: Optional[Progress] = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+def top_tokens_table(
+    key: str,
+    layer: int,
+    which: str = TRAINED,
+    n: int = 8,
+    text: Optional[np.ndarray] = None,
+    progress: Optional[Progress] = None,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(shown, long): per expert of ``layer``, its load and its ``n`` most frequent tokens as one line each
     ("token ×count (share of that token's occurrences)"); the long form has one row per expert and token."""
     tr = routing_of(key, which, text, progress)
@@ -282,17 +305,35 @@ def top_tokens_table(key: str, layer: int, which: str = TRAINED, n: int = 8, tex
     name = dict(zip(ids, token_text(ids)))
     shown, long = [], []
     for row in per:
-        shown.append({"expert": row["expert"], "selections": row["selections"], "load (%)": 100 * row["load share"],
-                      "tokens it takes most (count, % of that token)": "  ".join(
-                          f"{name[t]} ×{c:,} ({100 * s:.0f}%)" for t, c, s in row["tokens"])})
+        shown.append(
+            {
+                "expert": row["expert"],
+                "selections": row["selections"],
+                "load (%)": 100 * row["load share"],
+                "tokens it takes most (count, % of that token)": "  ".join(
+                    f"{name[t]} ×{c:,} ({100 * s:.0f}%)" for t, c, s in row["tokens"]
+                ),
+            }
+        )
         for rank, (t, c, s) in enumerate(row["tokens"]):
-            long.append({"layer": layer, "expert": row["expert"], "rank": rank, "token_id": t, "token": name[t],
-                         "count": c, "share_of_token": s, "expert_selections": row["selections"]})
+            long.append(
+                {
+                    "layer": layer,
+                    "expert": row["expert"],
+                    "rank": rank,
+                    "token_id": t,
+                    "token": name[t],
+                    "count": c,
+                    "share_of_token": s,
+                    "expert_selections": row["selections"],
+                }
+            )
     return pd.DataFrame(shown), pd.DataFrame(long)
 
 
-def shares(key: str, layer: int, tokens: int = 24, text: Optional[np.ndarray] = None,
-           progress: Optional[Progress] = None) -> dict[str, tuple[np.ndarray, list[str]]]:
+def shares(
+    key: str, layer: int, tokens: int = 24, text: Optional[np.ndarray] = None, progress: Optional[Progress] = None
+) -> dict[str, tuple[np.ndarray, list[str]]]:
     """TRAINED / UNTRAINED -> (P(first-choice expert | token) [tokens, E], token labels) for the ``tokens``
     most frequent tokens of the text (the same tokens for both)."""
     out = {}
@@ -302,16 +343,27 @@ def shares(key: str, layer: int, tokens: int = 24, text: Optional[np.ndarray] = 
     return out
 
 
-def balance_table(models: Optional[list[ZooMoE]] = None, text: Optional[np.ndarray] = None,
-                  progress: Optional[Progress] = None) -> pd.DataFrame:
+def balance_table(
+    models: Optional[list[ZooMoE]] = None, text: Optional[np.ndarray] = None, progress: Optional[Progress] = None
+) -> pd.DataFrame:
     """Per zoo MoE model (trained and untrained) and MoE layer: router kind, CV, max/mean and normalised entropy
     of the expert load over the text, experts never chosen."""
     rows = []
     for z in zoo_moe() if models is None else models:
         for which in (TRAINED, UNTRAINED):
             for r in load_balance(routing_of(z.key, which, text, progress)):
-                rows.append({"model": z.label, "key": z.key, "router": z.router, "aux loss coefficient": z.aux_coef,
-                             "experts": z.num_experts, "top-k": z.top_k, "weights": which, **r})
+                rows.append(
+                    {
+                        "model": z.label,
+                        "key": z.key,
+                        "router": z.router,
+                        "aux loss coefficient": z.aux_coef,
+                        "experts": z.num_experts,
+                        "top-k": z.top_k,
+                        "weights": which,
+                        **r,
+                    }
+                )
     return pd.DataFrame(rows)
 
 

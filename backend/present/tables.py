@@ -2,6 +2,7 @@
 
 Models are given as ``{label: source}`` (label = column/row name shown to the user).
 """
+
 from __future__ import annotations
 
 import math
@@ -19,8 +20,12 @@ from ..arch.spec import ArchSpec
 
 Models = Mapping[str, Source]
 NONE = "—"
-LAYER_TYPE_LABELS = {"full": "Full attention", "sliding": "Sliding window", "chunked": "Chunked",
-                     "linear": "Linear attention"}
+LAYER_TYPE_LABELS = {
+    "full": "Full attention",
+    "sliding": "Sliding window",
+    "chunked": "Chunked",
+    "linear": "Linear attention",
+}
 
 
 def entry(source: Source) -> catalog.CatalogEntry | None:
@@ -50,25 +55,42 @@ def _features(s: ArchSpec) -> dict[str, str]:
         "Attention": s.attention_kind + (" + linear (Gated DeltaNet)" if s.linear else ""),
         "Query heads / KV heads": f"{s.num_heads} / {s.num_kv_heads}",
         "Head dim (q·k / v)": str(s.head_dim) if s.head_dim == s.v_head_dim else f"{s.head_dim} / {s.v_head_dim}",
-        "MLA ranks (q / kv / rope)": NONE if mla is None else f"{mla.q_lora_rank or NONE} / {mla.kv_lora_rank} / {mla.qk_rope_head_dim}",
+        "MLA ranks (q / kv / rope)": NONE
+        if mla is None
+        else f"{mla.q_lora_rank or NONE} / {mla.kv_lora_rank} / {mla.qk_rope_head_dim}",
         "Local-attention layers (window)": NONE if not local else f"{_of(local, n)} {kind} ({s.window:,} tokens)",
         "Linear-attention layers": _of(s.count("linear"), n),
         "Layer pattern": s.layer_pattern,
-        "Attention extras": ", ".join(x for x, on in (("QKV bias", s.qkv_bias), ("output bias", s.out_bias),
-                                                      ("sinks", s.attention_sinks), ("output gate", s.output_gate)) if on) or NONE,
+        "Attention extras": ", ".join(
+            x
+            for x, on in (
+                ("QKV bias", s.qkv_bias),
+                ("output bias", s.out_bias),
+                ("sinks", s.attention_sinks),
+                ("output gate", s.output_gate),
+            )
+            if on
+        )
+        or NONE,
         "Norm type": s.norm_type + (" (with bias)" if s.norm_bias else ""),
         "Norm placement": s.norm_placement,
         "QK-Norm": s.qk_norm,
         "Positional encoding": position,
         "NoPE layers": _of(s.nope_layers, n),
-        "Partial RoPE (share of head rotated)": NONE if s.position != "RoPE" or s.rope_fraction >= 1 else f"{s.rope_fraction:.0%}",
+        "Partial RoPE (share of head rotated)": NONE
+        if s.position != "RoPE" or s.rope_fraction >= 1
+        else f"{s.rope_fraction:.0%}",
         "MLP / activation": f"{s.mlp_kind} ({s.activation})",
         "Experts routed / active / shared": NONE if m is None else f"{m.num_experts} / {m.top_k} / {m.num_shared}",
         "Expert width": NONE if m is None else f"{m.expert_width:,}",
-        "Router": NONE if m is None else m.scoring + (", bias-corrected" if m.bias_corrected else "")
+        "Router": NONE
+        if m is None
+        else m.scoring
+        + (", bias-corrected" if m.bias_corrected else "")
         + (f", {m.topk_group} of {m.n_group} groups" if m.n_group > 1 else ""),
         "MoE layers": NONE if m is None else _of(len(m.layers), n),
-        "Dense MLP width": ", ".join(f"{w:,}" for w in sorted({l.dense_width for l in s.layers if l.mlp == "dense"})) or NONE,
+        "Dense MLP width": ", ".join(f"{w:,}" for w in sorted({l.dense_width for l in s.layers if l.mlp == "dense"}))
+        or NONE,
         "Vocabulary": f"{s.vocab_size:,}",
         "Tied embeddings": "yes" if s.tied_embeddings else "no",
         "Max context (tokens)": f"{s.max_context:,}",
@@ -77,7 +99,9 @@ def _features(s: ArchSpec) -> dict[str, str]:
 
 def feature_matrix(models: Models) -> pd.DataFrame:
     """Rows = features, columns = models, plus a boolean ``differs`` column (the models do not all agree)."""
-    cols = {label: _features((src if isinstance(src, Architecture) else resolve(src)).spec) for label, src in models.items()}
+    cols = {
+        label: _features((src if isinstance(src, Architecture) else resolve(src)).spec) for label, src in models.items()
+    }
     df = pd.DataFrame(cols)
     df.index.name = "Feature"
     df["differs"] = df.nunique(axis=1) > 1 if len(cols) > 1 else False
@@ -103,11 +127,16 @@ def params_table(models: Models) -> pd.DataFrame:
     """Exact total/active parameters, the authors' stated figures and every component (integers)."""
     rows = []
     for label, src in models.items():
-        arch = (src if isinstance(src, Architecture) else resolve(src))
+        arch = src if isinstance(src, Architecture) else resolve(src)
         c, e = arch.counts, arch.entry
-        row = {"Model": label, "Total": c.total, "Active per token": c.active,
-               "Active share": c.active_share,
-               "Stated total": e.stated_total if e else NONE, "Stated active": e.stated_active if e else NONE}
+        row = {
+            "Model": label,
+            "Total": c.total,
+            "Active per token": c.active,
+            "Active share": c.active_share,
+            "Stated total": e.stated_total if e else NONE,
+            "Stated active": e.stated_active if e else NONE,
+        }
         row.update({COMPONENT_LABELS.get(k, k): c.components.get(k, 0) for k in COMPONENTS})
         row["Note on stated figure"] = e.count_note if e and e.count_note else ""
         rows.append(row)
@@ -116,8 +145,12 @@ def params_table(models: Models) -> pd.DataFrame:
 
 def components_long(models: Models) -> pd.DataFrame:
     """Long form (model, component, params) for stacked bars; zero components dropped."""
-    rows = [{"model": label, "component": k, "component_label": COMPONENT_LABELS.get(k, k), "params": n}
-            for label, src in models.items() for k, n in (src if isinstance(src, Architecture) else resolve(src)).counts.components.items() if n]
+    rows = [
+        {"model": label, "component": k, "component_label": COMPONENT_LABELS.get(k, k), "params": n}
+        for label, src in models.items()
+        for k, n in (src if isinstance(src, Architecture) else resolve(src)).counts.components.items()
+        if n
+    ]
     return pd.DataFrame(rows, columns=["model", "component", "component_label", "params"])
 
 
@@ -129,20 +162,23 @@ def weights_by_dtype(models: Models) -> pd.DataFrame:
     return df
 
 
-def kv_table(models: Models, context: int, batch: int = 1, dtype: str = "bf16",
-             mla_layout: str = "latent") -> pd.DataFrame:
+def kv_table(
+    models: Models, context: int, batch: int = 1, dtype: str = "bf16", mla_layout: str = "latent"
+) -> pd.DataFrame:
     """KV cache of each model at ``context`` tokens × ``batch`` sequences."""
     rows = []
     for label, src in models.items():
-        arch = (src if isinstance(src, Architecture) else resolve(src))
+        arch = src if isinstance(src, Architecture) else resolve(src)
         s, kv = arch.spec, kv_cache(arch, context, batch, dtype, mla_layout)
-        row = {"Model": label,
-               "Cache layout": (f"MLA {mla_layout}" if s.mla else "K and V per KV head")
-               + (" + fixed linear state" if s.linear else ""),
-               "Per token, no window (KiB)": kv.per_token_bytes / 1024,
-               "Per token at this context (KiB)": kv.per_token_at_context / 1024,
-               "Total (GiB)": kv.total_bytes / GiB,
-               "Within max context": context <= s.max_context}
+        row = {
+            "Model": label,
+            "Cache layout": (f"MLA {mla_layout}" if s.mla else "K and V per KV head")
+            + (" + fixed linear state" if s.linear else ""),
+            "Per token, no window (KiB)": kv.per_token_bytes / 1024,
+            "Per token at this context (KiB)": kv.per_token_at_context / 1024,
+            "Total (GiB)": kv.total_bytes / GiB,
+            "Within max context": context <= s.max_context,
+        }
         for t, name in LAYER_TYPE_LABELS.items():
             row[f"{name} layers (GiB)"] = kv.by_layer_type.get(t, 0) / GiB
         rows.append(row)
@@ -157,17 +193,24 @@ def context_grid(lo: int = 256, hi: int = 1 << 20, per_octave: int = 2) -> list[
     return sorted({int(round(lo * 2 ** (i / per_octave))) for i in range(steps + 1)})
 
 
-def kv_curve(models: Models, contexts: Sequence[int] | None = None, batch: int = 1, dtype: str = "bf16",
-             mla_layout: str = "latent") -> pd.DataFrame:
+def kv_curve(
+    models: Models,
+    contexts: Sequence[int] | None = None,
+    batch: int = 1,
+    dtype: str = "bf16",
+    mla_layout: str = "latent",
+) -> pd.DataFrame:
     """Long form (model, context, GiB): each model up to its own maximum context."""
     contexts = list(contexts or context_grid())
     rows = []
     for label, src in models.items():
-        arch = (src if isinstance(src, Architecture) else resolve(src))
+        arch = src if isinstance(src, Architecture) else resolve(src)
         limit = arch.spec.max_context or max(contexts)
         points = sorted({c for c in contexts if c <= limit} | ({limit} if limit <= max(contexts) else set()))
-        rows += [{"model": label, "context": c, "kv_gib": kv_cache(arch, c, batch, dtype, mla_layout).total_bytes / GiB}
-                 for c in points]
+        rows += [
+            {"model": label, "context": c, "kv_gib": kv_cache(arch, c, batch, dtype, mla_layout).total_bytes / GiB}
+            for c in points
+        ]
     return pd.DataFrame(rows, columns=["model", "context", "kv_gib"])
 
 
@@ -177,8 +220,15 @@ def device_table(models: Models, gpu_gib: Sequence[float], dtype: str = "bf16") 
     for label, src in models.items():
         plan = device_plan(src, list(gpu_gib), dtype)
         for dev, b in plan.bytes_per_device.items():
-            rows.append({"model": label, "device": OFFLOAD.get(dev, dev), "weights_gib": b / GiB,
-                         "layers": plan.layers_per_device.get(dev, 0), "fits_on_gpus": plan.fits})
+            rows.append(
+                {
+                    "model": label,
+                    "device": OFFLOAD.get(dev, dev),
+                    "weights_gib": b / GiB,
+                    "layers": plan.layers_per_device.get(dev, 0),
+                    "fits_on_gpus": plan.fits,
+                }
+            )
     return pd.DataFrame(rows, columns=["model", "device", "weights_gib", "layers", "fits_on_gpus"])
 
 

@@ -7,6 +7,7 @@ Two rules, held by construction:
   every ASCII punctuation character (CommonMark shows a backslash-escaped punctuation character as itself),
   so no link, image, emphasis, directive or math can form from it.
 """
+
 from __future__ import annotations
 
 import re

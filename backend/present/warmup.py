@@ -10,6 +10,7 @@ given models' shipped trained miniatures (the Playground's default). Nothing wai
 thread got there builds it itself (the libraries and every cache are shared and thread-safe, so the work is
 done once either way).
 """
+
 from __future__ import annotations
 
 import logging

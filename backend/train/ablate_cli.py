@@ -9,6 +9,7 @@ Two ``--vary`` flags make a full factorial. ``--data`` is corpus, mqar, distance
 folder gets ``summary.json`` (per cell and learning rate: the seeds' losses, mean and interval; LR sensitivity;
 the paired differences against the base and their verdicts), besides the usual metrics and checkpoints.
 """
+
 from __future__ import annotations
 
 import os
@@ -25,18 +26,25 @@ from .recipe import PRESETS, parse_amount, preset
 def add_parser(sub) -> None:
     t = sub.add_parser("ablate", help="change one component of an architecture over learning rates and seeds")
     t.add_argument("--base", help="catalog key or config.json path of the base architecture")
-    t.add_argument("--vary", action="append", default=[],
-                   help="axis=v1,v2 (repeat for a factorial); axes: " + ", ".join(variants_mod.AXES)
-                   + ", any config field, or a per-run recipe field (warmup, weight_decay, z_loss...)")
+    t.add_argument(
+        "--vary",
+        action="append",
+        default=[],
+        help="axis=v1,v2 (repeat for a factorial); axes: "
+        + ", ".join(variants_mod.AXES)
+        + ", any config field, or a per-run recipe field (warmup, weight_decay, z_loss...)",
+    )
     t.add_argument("--lrs", default=None, help="learning-rate grid, e.g. 1e-3,3e-3,1e-2 (default 1e-3,3e-3,1e-2)")
-    t.add_argument("--seeds", default="0,1,2", help="seeds (default 0,1,2; fewer is a quick look, without verdicts "
-                                                    "for one seed)")
+    t.add_argument(
+        "--seeds", default="0,1,2", help="seeds (default 0,1,2; fewer is a quick look, without verdicts for one seed)"
+    )
     t.add_argument("--data", default="corpus", help="corpus, mqar, distance, or a UTF-8 .txt file")
     t.add_argument("--budget", help="per-variant budget, e.g. 1M (default: the preset's)")
     t.add_argument("--metric", default=None, choices=("active", "total", "flops"))
     t.add_argument("--tokens", help="training tokens per run, e.g. 10M")
-    t.add_argument("--preset", default=None, choices=sorted(PRESETS),
-                   help="base recipe (default: small on a GPU, tiny on the CPU)")
+    t.add_argument(
+        "--preset", default=None, choices=sorted(PRESETS), help="base recipe (default: small on a GPU, tiny on the CPU)"
+    )
     t.add_argument("--batch", type=int)
     t.add_argument("--seq-len", type=int)
     t.add_argument("--layers", type=int)
@@ -106,16 +114,20 @@ def run(a) -> int:
         os.environ["ARCHLAB_RUNS_DIR"] = str(Path(a.runs_dir).resolve())
     p = plan(spec)
     r = spec.recipe
-    print(f"ablation of {p.base_label}: {len(p.cells)} cell(s) × {len(spec.lrs)} learning rate(s) × "
-          f"{len(spec.seeds)} seed(s) = {p.runs} runs of {r.tokens:,} tokens ({r.steps} steps of {r.batch} × "
-          f"{r.seq_len}), data {r.data}, budget {r.budget:,.0f} {r.budget_metric}")
+    print(
+        f"ablation of {p.base_label}: {len(p.cells)} cell(s) × {len(spec.lrs)} learning rate(s) × "
+        f"{len(spec.seeds)} seed(s) = {p.runs} runs of {r.tokens:,} tokens ({r.steps} steps of {r.batch} × "
+        f"{r.seq_len}), data {r.data}, budget {r.budget:,.0f} {r.budget_metric}"
+    )
     for c in p.cells:
         print(f"  {'*' if c.is_reference else ' '} {c.name}" + (f"  ({'; '.join(c.notes)})" if c.notes else ""))
     for name, why in p.refused:
         print(f"  ✗ {name}: {why}")
     if len(spec.seeds) < 3:
-        print(f"quick look: {len(spec.seeds)} seed(s); " + ("no verdicts without an interval" if len(spec.seeds) < 2
-                                                           else "intervals over 2 seeds are wide"))
+        print(
+            f"quick look: {len(spec.seeds)} seed(s); "
+            + ("no verdicts without an interval" if len(spec.seeds) < 2 else "intervals over 2 seeds are wide")
+        )
     if a.dry_run:
         return 0
     run_ = TrainingRun(p.run, upload=upload, sizer=p.sizer()).start()
@@ -131,7 +143,9 @@ def run(a) -> int:
                 for m in v.models:
                     counts[m.status] = counts.get(m.status, 0) + 1
                 step = max((m.step for m in v.models), default=0)
-                print(f"  step {step}/{r.steps}: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())), flush=True)
+                print(
+                    f"  step {step}/{r.steps}: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())), flush=True
+                )
     except KeyboardInterrupt:
         print("stopping (checkpoints trained so far are kept)…", flush=True)
         run_.cancel()
@@ -149,6 +163,7 @@ def run(a) -> int:
 
 def headline_lines(summary: dict) -> list[str]:
     """The summary as text: per cell the best learning rate and loss, LR sensitivity, and the verdict."""
+
     def iv(d):
         if not d or d.get("mean") is None:
             return "—"
@@ -156,15 +171,19 @@ def headline_lines(summary: dict) -> list[str]:
             return f"{d['mean']:.4f}"
         return f"{d['mean']:.4f} [{d['low']:.4f}, {d['high']:.4f}]"
 
-    lines = [f"{'cell':34s} {'best lr':>8s}  {'loss at best lr (95% CI)':30s} {'LR sensitivity':28s} "
-             f"{'Δ vs reference (95% CI)':34s} verdict"]
+    lines = [
+        f"{'cell':34s} {'best lr':>8s}  {'loss at best lr (95% CI)':30s} {'LR sensitivity':28s} "
+        f"{'Δ vs reference (95% CI)':34s} verdict"
+    ]
     comp = {c["cell"]: c for c in summary["comparisons"]}
     for c in summary["cells"]:
         k = comp.get(c["name"], {})
         lr = f"{c['best_lr']:g}" if c["best_lr"] else "—"
         diff = "reference" if c["reference"] else iv(k.get("loss_difference"))
-        lines.append(f"{c['name'][:34]:34s} {lr:>8s}  {iv(c['best']):30s} {iv(c['lr_sensitivity']):28s} "
-                     f"{diff:34s} {'' if c['reference'] else k.get('verdict', '')}")
+        lines.append(
+            f"{c['name'][:34]:34s} {lr:>8s}  {iv(c['best']):30s} {iv(c['lr_sensitivity']):28s} "
+            f"{diff:34s} {'' if c['reference'] else k.get('verdict', '')}"
+        )
     if summary.get("note"):
         lines.append(summary["note"])
     return lines

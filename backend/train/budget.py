@@ -7,6 +7,7 @@ total parameters forces fewer), top-k and shared experts, the dense/MoE and atte
 (windows scaled to the training context), norm placement, QK-Norm, tied or untied embeddings. Two knobs
 move it onto the budget: the hidden size (coarse) and a multiplier on every MLP/expert width (fine).
 """
+
 from __future__ import annotations
 
 import copy
@@ -22,8 +23,11 @@ from ..arch.errors import ArchLabError
 from ..arch.spec import ArchSpec
 from ..live.miniature import Knobs, attention_heads, check_miniature, shrink
 
-METRICS = {"active": "non-embedding active parameters", "total": "non-embedding total parameters",
-           "flops": "training FLOPs per token"}
+METRICS = {
+    "active": "non-embedding active parameters",
+    "total": "non-embedding total parameters",
+    "flops": "training FLOPs per token",
+}
 TOLERANCE = 0.05
 #: hidden sizes tried, and the width multipliers the fine search may use
 HIDDEN_RANGE = (48, 4096)
@@ -83,6 +87,7 @@ def scaled_window(spec: ArchSpec, seq_len: int) -> int:
 @dataclass(frozen=True)
 class Sized:
     """A miniature sized to a budget."""
+
     source_label: str
     config: dict
     arch: Architecture
@@ -91,10 +96,10 @@ class Sized:
     value: float
     total: int
     active: int
-    experts: Optional[int] = None        # routed experts kept (None: dense)
+    experts: Optional[int] = None  # routed experts kept (None: dense)
     real_experts: Optional[int] = None
     notes: tuple[str, ...] = field(default=())
-    width: float = 1.0                   # the multiplier on every MLP/expert width (1: the real width ratio)
+    width: float = 1.0  # the multiplier on every MLP/expert width (1: the real width ratio)
 
     @property
     def deviation(self) -> float:
@@ -106,6 +111,7 @@ class Shape:
     """What every miniature of a run shares besides the budget: training context, vocabulary and special
     tokens, learned-position table length, target depth, the head-width floor, the query heads before GQA
     grouping and, for the variants of one ablation, an exact head width."""
+
     seq_len: int = 256
     vocab: int = 2048
     eos: int = 0
@@ -116,14 +122,27 @@ class Shape:
     heads: int = BASE_HEADS
     head_dim: Optional[int] = None
 
-    align: int = 8                # hidden sizes and widths in multiples of this (8: bf16 GEMM-friendly rows)
+    align: int = 8  # hidden sizes and widths in multiples of this (8: bf16 GEMM-friendly rows)
 
     def knobs(self, spec: ArchSpec, hidden: int, width: float, experts: Optional[int], name: str = "") -> Knobs:
-        return Knobs(hidden=hidden, heads=self.heads, layers=self.layers, experts=experts,
-                     window=scaled_window(spec, self.seq_len), width_mult=width, gqa_ratio=True,
-                     min_head_dim=self.min_head_dim, vocab=self.vocab, eos=self.eos, pad=self.pad,
-                     max_positions=self.max_positions, keep_top_k=True, width_step=self.align,
-                     head_dim=self.head_dim, name=name)
+        return Knobs(
+            hidden=hidden,
+            heads=self.heads,
+            layers=self.layers,
+            experts=experts,
+            window=scaled_window(spec, self.seq_len),
+            width_mult=width,
+            gqa_ratio=True,
+            min_head_dim=self.min_head_dim,
+            vocab=self.vocab,
+            eos=self.eos,
+            pad=self.pad,
+            max_positions=self.max_positions,
+            keep_top_k=True,
+            width_step=self.align,
+            head_dim=self.head_dim,
+            name=name,
+        )
 
 
 #: sizings done in this process, by their arguments (a search builds ~50 meta models; the Experiments page's
@@ -133,10 +152,23 @@ _sized_lock = threading.Lock()
 _SIZED_MAX = 256
 
 
-def size_to_budget(source: Source, target: float, metric: str = "active", *, seq_len: int = 256, vocab: int,
-                   eos: int = 0, pad: int = 1, max_positions: int = 1024, max_total: Optional[int] = None,
-                   layers: int = 8, min_head_dim: int = MIN_HEAD_DIM, heads: int = BASE_HEADS,
-                   head_dim: Optional[int] = None, prefer: Optional[tuple[int, float]] = None) -> Sized:
+def size_to_budget(
+    source: Source,
+    target: float,
+    metric: str = "active",
+    *,
+    seq_len: int = 256,
+    vocab: int,
+    eos: int = 0,
+    pad: int = 1,
+    max_positions: int = 1024,
+    max_total: Optional[int] = None,
+    layers: int = 8,
+    min_head_dim: int = MIN_HEAD_DIM,
+    heads: int = BASE_HEADS,
+    head_dim: Optional[int] = None,
+    prefer: Optional[tuple[int, float]] = None,
+) -> Sized:
     """The miniature of ``source`` whose ``metric`` is within ``TOLERANCE`` of ``target``.
 
     ``layers``: the target depth (whole periods of the layer pattern are kept, see ``layer_plan``).
@@ -148,9 +180,21 @@ def size_to_budget(source: Source, target: float, metric: str = "active", *, seq
     ArchLabError (one line) when no miniature of this architecture can meet the budget.
     Remembered per process (results and refusals); each caller gets its own copy of the config dict.
     """
-    args = dict(target=target, metric=metric, seq_len=seq_len, vocab=vocab, eos=eos, pad=pad,
-                max_positions=max_positions, max_total=max_total, layers=layers, min_head_dim=min_head_dim,
-                heads=heads, head_dim=head_dim, prefer=prefer)
+    args = dict(
+        target=target,
+        metric=metric,
+        seq_len=seq_len,
+        vocab=vocab,
+        eos=eos,
+        pad=pad,
+        max_positions=max_positions,
+        max_total=max_total,
+        layers=layers,
+        min_head_dim=min_head_dim,
+        heads=heads,
+        head_dim=head_dim,
+        prefer=prefer,
+    )
     key = None if isinstance(source, Architecture) else json.dumps([source, args], sort_keys=True, default=repr)
     with _sized_lock:
         hit = _sized.get(key) if key else None
@@ -171,9 +215,23 @@ def size_to_budget(source: Source, target: float, metric: str = "active", *, seq
     return replace(hit, config=copy.deepcopy(hit.config))
 
 
-def _size(source: Source, target: float, metric: str, *, seq_len: int, vocab: int, eos: int, pad: int,
-          max_positions: int, max_total: Optional[int], layers: int, min_head_dim: int, heads: int,
-          head_dim: Optional[int], prefer: Optional[tuple[int, float]]) -> Sized:
+def _size(
+    source: Source,
+    target: float,
+    metric: str,
+    *,
+    seq_len: int,
+    vocab: int,
+    eos: int,
+    pad: int,
+    max_positions: int,
+    max_total: Optional[int],
+    layers: int,
+    min_head_dim: int,
+    heads: int,
+    head_dim: Optional[int],
+    prefer: Optional[tuple[int, float]],
+) -> Sized:
     if metric not in METRICS:
         raise ArchLabError(f"unknown budget {metric!r}; choose one of {', '.join(METRICS)}")
     if not isinstance(target, (int, float)) or not math.isfinite(target) or target <= 0:
@@ -188,15 +246,19 @@ def _size(source: Source, target: float, metric: str, *, seq_len: int, vocab: in
     # the preferred hidden size first (coarse, then fine width steps), then the full search (coarse, then fine)
     tries = ([(shape, prefer), (fine, prefer)] if prefer else []) + [(shape, None), (fine, None)]
     while True:
-        found = next((f for sh, pref in tries
-                      if (f := _search(full, target, metric, experts, sh, max_total, pref)) is not None), None)
+        found = next(
+            (f for sh, pref in tries if (f := _search(full, target, metric, experts, sh, max_total, pref)) is not None),
+            None,
+        )
         if found is not None:
             break
         smaller = _fewer_experts(spec, experts)
         if smaller is None:
             if max_total is not None and _search(full, target, metric, experts, fine) is not None:
-                raise ArchLabError(f"{full.label}: even with {experts} routed experts no miniature meets the budget "
-                                   f"under the cap of {max_total:,} parameters")
+                raise ArchLabError(
+                    f"{full.label}: even with {experts} routed experts no miniature meets the budget "
+                    f"under the cap of {max_total:,} parameters"
+                )
             raise ArchLabError(_why_not(full, target, metric, experts, shape))
         experts = smaller
     mini, width = found
@@ -206,11 +268,24 @@ def _size(source: Source, target: float, metric: str, *, seq_len: int, vocab: in
         raise ArchLabError(f"{full.label}: the sized miniature would lose {'; '.join(lost)}")
     if experts != real:
         why = f"the cap of {max_total:,} parameters" if max_total is not None else "the budget"
-        notes.append(f"{experts} of the real {real} routed experts, top-{mini.spec.moe.top_k} "
-                     f"(real top-{spec.moe.top_k}), to fit {why}")
-    return Sized(full.label, mini.as_dict(), mini, metric, float(target), measure(mini, metric, seq_len),
-                 mini.counts.total, mini.counts.active, mini.spec.moe.num_experts if mini.spec.moe else None, real,
-                 tuple(notes), width)
+        notes.append(
+            f"{experts} of the real {real} routed experts, top-{mini.spec.moe.top_k} "
+            f"(real top-{spec.moe.top_k}), to fit {why}"
+        )
+    return Sized(
+        full.label,
+        mini.as_dict(),
+        mini,
+        metric,
+        float(target),
+        measure(mini, metric, seq_len),
+        mini.counts.total,
+        mini.counts.active,
+        mini.spec.moe.num_experts if mini.spec.moe else None,
+        real,
+        tuple(notes),
+        width,
+    )
 
 
 def _fmt(x: float) -> str:
@@ -243,21 +318,34 @@ def _build(full: Architecture, hidden: int, width: float, experts, shape: Shape)
 def _why_not(full: Architecture, target: float, metric: str, experts, shape: Shape) -> str:
     """Why no miniature meets the budget, in one line: the smallest is too large, or the largest too small."""
     what = f"{_fmt(target)} {METRICS[metric]}"
-    for hidden, width, word in ((HIDDEN_RANGE[0], WIDTH_RANGE[0], "smallest"), (HIDDEN_RANGE[1], WIDTH_RANGE[1], "largest")):
+    for hidden, width, word in (
+        (HIDDEN_RANGE[0], WIDTH_RANGE[0], "smallest"),
+        (HIDDEN_RANGE[1], WIDTH_RANGE[1], "largest"),
+    ):
         arch = _build(full, hidden, width, experts, shape)
         if arch is None:
             continue
         v = measure(arch, metric, shape.seq_len)
-        if (word == "smallest" and v > target * (1 + TOLERANCE)) or (word == "largest" and v < target * (1 - TOLERANCE)):
+        if (word == "smallest" and v > target * (1 + TOLERANCE)) or (
+            word == "largest" and v < target * (1 - TOLERANCE)
+        ):
             advice = "a larger budget or fewer layers" if word == "smallest" else "a smaller budget"
-            return f"{full.label}: the {word} miniature at {shape.layers} layers has {_fmt(v)} {METRICS[metric]}, " \
-                   f"so it cannot meet {what} within ±{TOLERANCE:.0%}; try {advice}"
+            return (
+                f"{full.label}: the {word} miniature at {shape.layers} layers has {_fmt(v)} {METRICS[metric]}, "
+                f"so it cannot meet {what} within ±{TOLERANCE:.0%}; try {advice}"
+            )
     return f"{full.label}: no miniature meets {what} within ±{TOLERANCE:.0%}"
 
 
-def _search(full: Architecture, target: float, metric: str, experts, shape: Shape,
-            max_total: Optional[int] = None,
-            prefer: Optional[tuple[int, float]] = None) -> Optional[tuple[Architecture, float]]:
+def _search(
+    full: Architecture,
+    target: float,
+    metric: str,
+    experts,
+    shape: Shape,
+    max_total: Optional[int] = None,
+    prefer: Optional[tuple[int, float]] = None,
+) -> Optional[tuple[Architecture, float]]:
     """The miniature (and its width multiplier) closest to the real width ratio that meets the target (and the
     cap on total parameters).
 
@@ -266,12 +354,15 @@ def _search(full: Architecture, target: float, metric: str, experts, shape: Shap
     target is within tolerance (and under the cap), the width multiplier is bisected at each, then at larger
     hidden sizes with narrower widths (fewer parameters outside the active path) until one fits.
     """
+
     def at(hidden: int, width: float):
         arch = _build(full, hidden, width, experts, shape)
         return arch, (measure(arch, metric, shape.seq_len) if arch is not None else None)
 
     def fits(arch, v) -> bool:
-        return v is not None and abs(v / target - 1) <= TOLERANCE and (max_total is None or arch.counts.total <= max_total)
+        return (
+            v is not None and abs(v / target - 1) <= TOLERANCE and (max_total is None or arch.counts.total <= max_total)
+        )
 
     if prefer is not None:
         arch, v = at(*prefer)
@@ -337,9 +428,21 @@ def _common_heads(base_heads: int, specs: list[ArchSpec]) -> int:
     return min([h] + [s.num_heads for s in specs])
 
 
-def size_variants(base: Source, variants: list, target: float, metric: str = "active", *, seq_len: int = 256,
-                  vocab: int, eos: int = 0, pad: int = 1, max_positions: int = 1024, max_total: Optional[int] = None,
-                  layers: int = 8, min_head_dim: int = MIN_HEAD_DIM) -> list:
+def size_variants(
+    base: Source,
+    variants: list,
+    target: float,
+    metric: str = "active",
+    *,
+    seq_len: int = 256,
+    vocab: int,
+    eos: int = 0,
+    pad: int = 1,
+    max_positions: int = 1024,
+    max_total: Optional[int] = None,
+    layers: int = 8,
+    min_head_dim: int = MIN_HEAD_DIM,
+) -> list:
     """Each variant (a :class:`~backend.arch.variants.Variant` or a config dict) of ``base`` sized to the same budget
     as its base, keeping the base miniature's query heads, head width and depth so that only the changed component
     differs: ``[Sized | ArchLabError, ...]`` in order (a variant that cannot meet the budget is its one-line error).
@@ -350,8 +453,15 @@ def size_variants(base: Source, variants: list, target: float, metric: str = "ac
     layer pattern's period does not fit the base's depth keeps whole periods (noted). A variant equal to the base
     is the base's sizing.
     """
-    common = dict(seq_len=seq_len, vocab=vocab, eos=eos, pad=pad, max_positions=max_positions, max_total=max_total,
-                  min_head_dim=min_head_dim)
+    common = dict(
+        seq_len=seq_len,
+        vocab=vocab,
+        eos=eos,
+        pad=pad,
+        max_positions=max_positions,
+        max_total=max_total,
+        min_head_dim=min_head_dim,
+    )
     first = size_to_budget(base, target, metric, layers=layers, **common)
     mini = first.arch.spec
     configs = [getattr(v, "config", v) for v in variants]
@@ -361,28 +471,37 @@ def size_variants(base: Source, variants: list, target: float, metric: str = "ac
     ref = size_to_budget(base, target, metric, prefer=(mini.hidden_size, first.width), **pins, **common)
     base_notes = []
     if heads != mini.num_heads:
-        base_notes.append(f"{heads} query heads (not {mini.num_heads}) so that every GQA variant keeps two or more "
-                          "KV heads")
+        base_notes.append(
+            f"{heads} query heads (not {mini.num_heads}) so that every GQA variant keeps two or more KV heads"
+        )
     out: list = []
-    for v, config, spec in zip(variants, configs, specs):
+    for v, config, _spec in zip(variants, configs, specs):
         if getattr(v, "is_base", False):
-            out.append(replace(ref, source_label=config.get("_name_or_path") or ref.source_label,
-                               notes=ref.notes + tuple(base_notes)))
+            out.append(
+                replace(
+                    ref,
+                    source_label=config.get("_name_or_path") or ref.source_label,
+                    notes=ref.notes + tuple(base_notes),
+                )
+            )
             continue
         try:
-            s = size_to_budget(config, target, metric, prefer=(ref.arch.spec.hidden_size, ref.width), **pins,
-                               **common)
+            s = size_to_budget(config, target, metric, prefer=(ref.arch.spec.hidden_size, ref.width), **pins, **common)
         except ArchLabError as e:
             out.append(e)
             continue
         got, notes = s.arch.spec, list(base_notes)
         if got.num_layers != mini.num_layers:
-            notes.append(f"{got.num_layers} layers, not the base's {mini.num_layers}: whole periods of its layer "
-                         "pattern are kept")
+            notes.append(
+                f"{got.num_layers} layers, not the base's {mini.num_layers}: whole periods of its layer "
+                "pattern are kept"
+            )
         if got.num_heads != heads:
             notes.append(f"{got.num_heads} query heads, not {heads}")
         if got.hidden_size != ref.arch.spec.hidden_size:
-            notes.append(f"hidden size {got.hidden_size}, not the base's {ref.arch.spec.hidden_size}: the MLP width "
-                         "alone could not meet the budget")
+            notes.append(
+                f"hidden size {got.hidden_size}, not the base's {ref.arch.spec.hidden_size}: the MLP width "
+                "alone could not meet the budget"
+            )
         out.append(replace(s, notes=s.notes + tuple(notes)))
     return out

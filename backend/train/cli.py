@@ -13,6 +13,7 @@ Under ``accelerate launch`` or ``torchrun`` every process trains each model in t
 the same global batches (the batch must divide by the processes); rank 0 writes the one run folder and
 prints (``distributed.py``).
 """
+
 from __future__ import annotations
 
 import os
@@ -31,11 +32,16 @@ def add_parser(sub) -> None:
     t.add_argument("--models", help="comma-separated catalog keys or config.json paths (2–8 to compare)")
     t.add_argument("--data", default="corpus", help="corpus, mqar, distance, or a UTF-8 .txt file")
     t.add_argument("--budget", help="per-model budget, e.g. 4M (default: the preset's)")
-    t.add_argument("--metric", default=None, choices=("active", "total", "flops"),
-                   help="what the budget counts: non-embedding active (default) or total parameters, or training FLOPs per token")
+    t.add_argument(
+        "--metric",
+        default=None,
+        choices=("active", "total", "flops"),
+        help="what the budget counts: non-embedding active (default) or total parameters, or training FLOPs per token",
+    )
     t.add_argument("--tokens", help="training tokens per model, e.g. 20M")
-    t.add_argument("--preset", default=None, choices=sorted(PRESETS),
-                   help="base recipe (default: small on a GPU, tiny on the CPU)")
+    t.add_argument(
+        "--preset", default=None, choices=sorted(PRESETS), help="base recipe (default: small on a GPU, tiny on the CPU)"
+    )
     t.add_argument("--batch", type=int)
     t.add_argument("--seq-len", type=int)
     t.add_argument("--layers", type=int)
@@ -44,18 +50,28 @@ def add_parser(sub) -> None:
     t.add_argument("--precision", choices=("auto", "fp32", "bf16"))
     t.add_argument("--compile", action="store_true", help="torch.compile each model (GPU)")
     t.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    t.add_argument("--processes", type=int, default=None,
-                   help="worker processes training models at once (default: one per GPU when there are several, else 0 = in turn)")
+    t.add_argument(
+        "--processes",
+        type=int,
+        default=None,
+        help="worker processes training models at once (default: one per GPU when there are several, else 0 = in turn)",
+    )
     t.add_argument("--runs-dir", default=None, help="where the run folder goes (default: ARCHLAB_RUNS_DIR or runs/)")
     t.add_argument("--spec", default=None, help="a run-spec JSON (from --save-spec); the flags above are then ignored")
     t.add_argument("--save-spec", default=None, help="write the run spec to this file and exit")
-    t.add_argument("--zoo", action="store_true",
-                   help="train every catalog architecture with the zoo recipe and write assets/zoo (GPU)")
+    t.add_argument(
+        "--zoo",
+        action="store_true",
+        help="train every catalog architecture with the zoo recipe and write assets/zoo (GPU)",
+    )
     t.add_argument("--zoo-out", default=None, help="with --zoo: where to write the zoo (default assets/zoo)")
     t.add_argument("--seeds", default="0,1,2", help="with --zoo: seeds of the leaderboard runs")
     t.add_argument("--parallel", type=int, default=16, help="with --zoo: runs at once, each in a worker process")
-    t.add_argument("--fill", action="store_true",
-                   help="with --zoo: train only the seeds' runs the zoo lacks and rebuild its leaderboard")
+    t.add_argument(
+        "--fill",
+        action="store_true",
+        help="with --zoo: train only the seeds' runs the zoo lacks and rebuild its leaderboard",
+    )
 
 
 def _models(text: str) -> tuple:
@@ -103,8 +119,14 @@ def spec_from_args(a) -> tuple[RunSpec, "object | None"]:
         over["budget_metric"] = a.metric
     if a.tokens is not None:
         over["tokens"] = int(parse_amount(a.tokens))
-    for flag, field in (("batch", "batch"), ("seq_len", "seq_len"), ("layers", "layers"), ("lr", "lr"),
-                        ("seed", "seed"), ("precision", "precision")):
+    for flag, field in (
+        ("batch", "batch"),
+        ("seq_len", "seq_len"),
+        ("layers", "layers"),
+        ("lr", "lr"),
+        ("seed", "seed"),
+        ("precision", "precision"),
+    ):
         if getattr(a, flag) is not None:
             over[field] = getattr(a, flag)
     if a.compile:
@@ -161,8 +183,11 @@ def _run(a, launched: bool) -> int:
         else:
             processes = a.processes if a.processes is not None else default_processes(spec.device, len(spec.models))
             run = TrainingRun(spec, upload=upload, processes=processes).start()
-        say(f"run {run.id}: {len(spec.models)} model(s), {spec.recipe.tokens:,} tokens each, folder {run.folder}"
-            + (f", DDP over {group.world} processes" if group is not None else ""), flush=True)
+        say(
+            f"run {run.id}: {len(spec.models)} model(s), {spec.recipe.tokens:,} tokens each, folder {run.folder}"
+            + (f", DDP over {group.world} processes" if group is not None else ""),
+            flush=True,
+        )
         last = 0.0
         try:
             while run.running:
@@ -174,8 +199,11 @@ def _run(a, launched: bool) -> int:
                         val = "" if m.val_loss is None else f" val {m.val_loss:.3f}"
                         speed = "" if m.tok_s is None else f" {m.tok_s:,.0f} tok/s"
                         err = f" ({m.error})" if m.error else ""
-                        print(f"  {m.key:22s} {m.status:10s} step {m.step}/{m.steps}{loss}{val}{speed} "
-                              f"ETA {_fmt_s(m.eta_s)}{err}", flush=True)
+                        print(
+                            f"  {m.key:22s} {m.status:10s} step {m.step}/{m.steps}{loss}{val}{speed} "
+                            f"ETA {_fmt_s(m.eta_s)}{err}",
+                            flush=True,
+                        )
         except KeyboardInterrupt:
             say("stopping (checkpoints trained so far are kept)…", flush=True)
             run.cancel()
@@ -184,8 +212,17 @@ def _run(a, launched: bool) -> int:
         if v.results and main:
             import pandas as pd
 
-            cols = ["model", "status", "val_loss", "perplexity", "probe_accuracy", "nonemb_active_params",
-                    "total_params", "tok_s", "train_seconds"]
+            cols = [
+                "model",
+                "status",
+                "val_loss",
+                "perplexity",
+                "probe_accuracy",
+                "nonemb_active_params",
+                "total_params",
+                "tok_s",
+                "train_seconds",
+            ]
             df = pd.DataFrame(v.results)
             print(df[[c for c in cols if c in df and df[c].notna().any()]].to_string(index=False))
         say(f"{v.status}: {v.folder}" + (f" ({v.message})" if v.message else ""))
@@ -220,11 +257,21 @@ def _zoo(a) -> int:
     if a.runs_dir:
         os.environ["ARCHLAB_RUNS_DIR"] = str(Path(a.runs_dir).resolve())
     if a.fill:
-        zoo.fill(Path(a.zoo_out) if a.zoo_out else None, seeds or (0,), parallel=a.parallel,
-                 log=lambda s: print(s, flush=True))
+        zoo.fill(
+            Path(a.zoo_out) if a.zoo_out else None,
+            seeds or (0,),
+            parallel=a.parallel,
+            log=lambda s: print(s, flush=True),
+        )
         return 0
-    out = zoo.build(Path(a.zoo_out) if a.zoo_out else None, recipe, seeds or (0,), keys,
-                    processes=a.processes if a.processes is not None else 1, parallel=a.parallel,
-                    log=lambda s: print(s, flush=True))
+    out = zoo.build(
+        Path(a.zoo_out) if a.zoo_out else None,
+        recipe,
+        seeds or (0,),
+        keys,
+        processes=a.processes if a.processes is not None else 1,
+        parallel=a.parallel,
+        log=lambda s: print(s, flush=True),
+    )
     print(f"wrote {out}")
     return 0

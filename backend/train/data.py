@@ -6,6 +6,7 @@ tokenizer, the last ``HELD_OUT`` of its lines held out), and synthetic probes (`
 :class:`BatchStream` draws batch ``i`` from ``(seed, i)`` alone, so every model of a run reads the same
 batches in the same order, and :class:`StreamHash` fingerprints what a model actually consumed.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -29,12 +30,13 @@ MAX_EPOCHS = 100
 @dataclass(frozen=True)
 class TokenData:
     """Token ids to train on and to validate with."""
+
     name: str
-    train: np.ndarray        # int32 token ids
-    validation: np.ndarray   # int32 token ids
+    train: np.ndarray  # int32 token ids
+    validation: np.ndarray  # int32 token ids
     vocab_size: int
-    text: bool = True        # natural text (shipped tokenizer) rather than a synthetic probe
-    sha256: str = ""         # of the train + validation ids
+    text: bool = True  # natural text (shipped tokenizer) rather than a synthetic probe
+    sha256: str = ""  # of the train + validation ids
 
     def describe(self) -> str:
         return f"{self.name}: {len(self.train):,} training and {len(self.validation):,} validation tokens, vocab {self.vocab_size:,}"
@@ -45,7 +47,7 @@ def _ids(text: str) -> np.ndarray:
 
     tok = load_offline()
     chunks = text.split("\n\n")  # encode paragraph by paragraph (fast, and a blank line stays a separator)
-    out = tok(["\n\n".join(chunks[i:i + 256]) + "\n\n" for i in range(0, len(chunks), 256)]).input_ids
+    out = tok(["\n\n".join(chunks[i : i + 256]) + "\n\n" for i in range(0, len(chunks), 256)]).input_ids
     return np.concatenate([np.asarray(x, dtype=np.int32) for x in out]) if out else np.zeros(0, np.int32)
 
 
@@ -122,7 +124,9 @@ def text_data(data: bytes, name: str = "upload") -> TokenData:
     except UnicodeDecodeError as e:
         raise ArchLabError(f"{name} is not UTF-8 text (byte {e.start:,} is not valid UTF-8)") from None
     if len(text.strip()) < MIN_UPLOAD_CHARS:
-        raise ArchLabError(f"{name} has {len(text.strip()):,} characters; a training set needs at least {MIN_UPLOAD_CHARS:,}")
+        raise ArchLabError(
+            f"{name} has {len(text.strip()):,} characters; a training set needs at least {MIN_UPLOAD_CHARS:,}"
+        )
     train_text, val_text = corpus.split_document(text)
     train, val = _ids(train_text), _ids(val_text)
     return TokenData(name, train, val, _vocab(), True, _fingerprint(train, val))
@@ -131,12 +135,16 @@ def text_data(data: bytes, name: str = "upload") -> TokenData:
 def check_enough(data: TokenData, tokens: int, seq_len: int) -> None:
     """ArchLabError (one line) when ``data`` is too small for a run of ``tokens`` tokens of ``seq_len``."""
     if len(data.validation) < seq_len + 2:
-        raise ArchLabError(f"{data.name} holds out only {len(data.validation):,} validation tokens, fewer than one "
-                           f"sequence of {seq_len + 1}: use more text or a shorter sequence length")
+        raise ArchLabError(
+            f"{data.name} holds out only {len(data.validation):,} validation tokens, fewer than one "
+            f"sequence of {seq_len + 1}: use more text or a shorter sequence length"
+        )
     epochs = tokens / max(1, len(data.train))
     if epochs > MAX_EPOCHS:
-        raise ArchLabError(f"{data.name} has {len(data.train):,} training tokens; {tokens:,} tokens would read it "
-                           f"{epochs:,.0f} times (at most {MAX_EPOCHS}): use more text or train on fewer tokens")
+        raise ArchLabError(
+            f"{data.name} has {len(data.train):,} training tokens; {tokens:,} tokens would read it "
+            f"{epochs:,.0f} times (at most {MAX_EPOCHS}): use more text or train on fewer tokens"
+        )
 
 
 class StreamHash:
@@ -178,4 +186,4 @@ def validation_windows(tokens: np.ndarray, seq_len: int, limit: Optional[int] = 
         raise ArchLabError(f"the validation split has {len(tokens):,} tokens, fewer than one sequence of {seq_len + 1}")
     if limit:
         n = min(n, limit)
-    return np.stack([tokens[i * seq_len: i * seq_len + seq_len + 1] for i in range(n)])
+    return np.stack([tokens[i * seq_len : i * seq_len + seq_len + 1] for i in range(n)])

@@ -12,6 +12,7 @@ DeepSeek's bias update, so every process's routers stay identical. Rank 0 makes 
 the run folder (checkpoints: ``save_pretrained`` of the unwrapped model) and prints; the others wait for it
 and print nothing but errors. A process that fails ends the launch (the launcher stops the others).
 """
+
 from __future__ import annotations
 
 import gc
@@ -70,23 +71,31 @@ def refuse(*, zoo: bool, processes: Optional[int]) -> None:
     """One-line ArchLabError for flags that have no meaning under a distributed launch."""
     n = world_size()
     if zoo:
-        raise ArchLabError(f"--zoo trains many small runs in worker processes of one machine; run it without "
-                           f"a distributed launch (this one has {n} processes)")
+        raise ArchLabError(
+            f"--zoo trains many small runs in worker processes of one machine; run it without "
+            f"a distributed launch (this one has {n} processes)"
+        )
     if processes is not None:
-        raise ArchLabError(f"--processes and a distributed launch ({n} processes) both place the training: "
-                           f"drop --processes (under the launch every process trains each model with DDP)")
+        raise ArchLabError(
+            f"--processes and a distributed launch ({n} processes) both place the training: "
+            f"drop --processes (under the launch every process trains each model with DDP)"
+        )
 
 
 def check(spec: RunSpec) -> None:
     """One-line ArchLabError, before any process group exists, for a run the launch cannot split."""
     n, r = world_size(), spec.recipe
     if r.batch % n:
-        raise ArchLabError(f"the batch ({r.batch}) must divide by the {n} processes of the launch, so that each "
-                           f"trains on the same number of rows: use --batch {(r.batch // n + 1) * n}, or another "
-                           f"multiple of {n}")
+        raise ArchLabError(
+            f"the batch ({r.batch}) must divide by the {n} processes of the launch, so that each "
+            f"trains on the same number of rows: use --batch {(r.batch // n + 1) * n}, or another "
+            f"multiple of {n}"
+        )
     if spec.device.startswith("cuda:"):
-        raise ArchLabError(f"--device {spec.device}: under a distributed launch each process trains on the GPU of "
-                           f"its local rank; use --device auto, cuda or cpu")
+        raise ArchLabError(
+            f"--device {spec.device}: under a distributed launch each process trains on the GPU of "
+            f"its local rank; use --device auto, cuda or cpu"
+        )
     if spec.device == "cuda" and not torch.cuda.is_available():
         raise ArchLabError("--device cuda asked for, but no CUDA GPU is visible")
 
@@ -122,9 +131,11 @@ class Group:
     def recipe_notes(self, batch: int) -> dict:
         """What recipe.json says about how the run was spread."""
         where = "cpu" if self.device.type == "cpu" else f"{self.device.type} (the GPU of each local rank)"
-        return {"workers": f"DDP over {self.world} processes ({self.backend}), models in turn, "
-                           f"{batch // self.world} rows of each batch per process",
-                "device": f"{self.world} × {where}"}
+        return {
+            "workers": f"DDP over {self.world} processes ({self.backend}), models in turn, "
+            f"{batch // self.world} rows of each batch per process",
+            "device": f"{self.world} × {where}",
+        }
 
     def router_stats(self, model, spec, aux_coef: float, bias_speed: float) -> "SyncedRouters":
         return SyncedRouters(model, spec, aux_coef, bias_speed, group=self)
@@ -166,8 +177,10 @@ def init(device: str) -> Group:
     except (RuntimeError, ValueError) as e:
         raise ArchLabError(f"could not join the distributed launch: {(str(e).splitlines() or [''])[0][:200]}") from None
     if not dist.is_initialized() or state.num_processes != world_size():
-        raise ArchLabError(f"the launch announces {world_size()} processes, but no process group of that size "
-                           f"started (launch with accelerate launch or torchrun)")
+        raise ArchLabError(
+            f"the launch announces {world_size()} processes, but no process group of that size "
+            f"started (launch with accelerate launch or torchrun)"
+        )
     backend = str(dist.get_backend())
     control = None if backend == "gloo" else dist.new_group(backend="gloo", timeout=TIMEOUT)
     return Group(state.process_index, state.num_processes, torch.device(state.device), backend, control)
@@ -197,9 +210,12 @@ class Shard:
         self.group, self.count = group, 1
         # buffers (RoPE tables, routers' correction bias) are identical on every process: not re-sent each step
         quiet = {"forward_sync_buffers": False} if "forward_sync_buffers" in _DDP_ARGS else {"broadcast_buffers": False}
-        self.ddp = DistributedDataParallel(member.model,
-                                           device_ids=[member.device.index] if member.device.type == "cuda" else None,
-                                           find_unused_parameters=_unused_possible(member), **quiet)
+        self.ddp = DistributedDataParallel(
+            member.model,
+            device_ids=[member.device.index] if member.device.type == "cuda" else None,
+            find_unused_parameters=_unused_possible(member),
+            **quiet,
+        )
 
     def rows(self, batch: "np.ndarray | ProbeBatch") -> "np.ndarray | ProbeBatch":
         """This process's contiguous rows of the global ``batch`` (text windows or a ProbeBatch); notes how many
@@ -216,8 +232,9 @@ class Shard:
     def loss(self, logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(the global mean cross-entropy, detached; what this process backpropagates: its share of the global
         sum over the global count, times the world size, since DDP averages the gradients)."""
-        local = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1), ignore_index=IGNORE,
-                                reduction="sum")
+        local = F.cross_entropy(
+            logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1), ignore_index=IGNORE, reduction="sum"
+        )
         mean = self.group.sum_(local.detach().clone()) / self.count
         return mean, local * (self.group.world / self.count)
 
@@ -238,8 +255,9 @@ class SyncedRouters(RouterStats):
         logits = torch.cat(self._logits).float()
         local = self._probs(logits).sum(0)
         n = self._step_load.numel()
-        stats = self.group.sum_(torch.cat([self._step_load.reshape(-1), local.detach(),
-                                           local.new_tensor([float(logits.shape[0])])]))
+        stats = self.group.sum_(
+            torch.cat([self._step_load.reshape(-1), local.detach(), local.new_tensor([float(logits.shape[0])])])
+        )
         self._step_load.copy_(stats[:n].view_as(self._step_load))
         self._summed = True
         probs, count = stats[n:-1], stats[-1]
@@ -261,5 +279,3 @@ class SyncedRouters(RouterStats):
     def discard_step(self) -> None:
         super().discard_step()
         self._summed = False
-
-

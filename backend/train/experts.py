@@ -14,6 +14,7 @@ transformers' ``grouped_mm`` experts (``integrations/moe.py``) with three change
   miniature's step on an H200 (213 of 240 ms, ``bench/train.py --profile``); here it is a one-hot GEMM.
 - Models with expert parallelism or a post-expert norm keep transformers' function (the trainer uses neither).
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -30,8 +31,14 @@ def _expert_rows(table: torch.Tensor, expert_ids: torch.Tensor) -> torch.Tensor:
     return onehot @ table
 
 
-def _linear(x: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor, bias: Optional[torch.Tensor],
-            expert_ids: torch.Tensor, transposed: bool) -> torch.Tensor:
+def _linear(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    offsets: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    expert_ids: torch.Tensor,
+    transposed: bool,
+) -> torch.Tensor:
     """Each expert's run of rows of ``x`` times its weight (+ its bias)."""
     from transformers.integrations.moe import _grouped_mm
 
@@ -45,14 +52,24 @@ def forward(self, hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_
     if getattr(self, "_is_expert_parallel", False) or getattr(self, "has_post_expert_norm", False):
         return grouped_mm_experts_forward(self, hidden_states, top_k_index, top_k_weights)
     up = self.gate_up_proj if self.has_gate else self.up_proj
-    biases = (getattr(self, "gate_up_proj_bias" if self.has_gate else "up_proj_bias"), self.down_proj_bias) \
-        if self.has_bias else (None, None)
+    biases = (
+        (getattr(self, "gate_up_proj_bias" if self.has_gate else "up_proj_bias"), self.down_proj_bias)
+        if self.has_bias
+        else (None, None)
+    )
     return grouped(self, hidden_states, top_k_index, top_k_weights, up, self.down_proj, *biases)
 
 
-def grouped(module: torch.nn.Module, hidden_states: torch.Tensor, top_k_index: torch.Tensor,
-            top_k_weights: torch.Tensor, up: torch.Tensor, down: torch.Tensor, up_bias: Optional[torch.Tensor],
-            down_bias: Optional[torch.Tensor]) -> torch.Tensor:
+def grouped(
+    module: torch.nn.Module,
+    hidden_states: torch.Tensor,
+    top_k_index: torch.Tensor,
+    top_k_weights: torch.Tensor,
+    up: torch.Tensor,
+    down: torch.Tensor,
+    up_bias: Optional[torch.Tensor],
+    down_bias: Optional[torch.Tensor],
+) -> torch.Tensor:
     """The experts of ``module`` (its gate function and layout flags) with weights ``up [E, ...]``, ``down [E, ...]``
     (and biases) on ``hidden_states [N, H]`` routed by ``top_k_index``/``top_k_weights [N, k]``; the number of
     experts is read from ``up`` (stacked training folds several runs' experts into one set, ``vmapped.py``)."""
@@ -68,7 +85,8 @@ def grouped(module: torch.nn.Module, hidden_states: torch.Tensor, top_k_index: t
     weights = cast(top_k_weights).reshape(-1).index_select(0, perm)
     # a scatter-add, not bincount: no host sync; exact for any number of experts (histc's float bins are not)
     counts = torch.zeros(experts, dtype=torch.int64, device=expert_ids.device).scatter_add_(
-        0, expert_ids, torch.ones_like(expert_ids))
+        0, expert_ids, torch.ones_like(expert_ids)
+    )
     offsets = torch.cumsum(counts, dim=0, dtype=torch.int32)
     transposed = module.is_transposed
     h = _linear(rows, cast(up), offsets, None if up_bias is None else cast(up_bias), expert_ids, transposed)

@@ -11,6 +11,7 @@ and a verdict read off the interval (``statistics.finding``): ``supports``, ``co
 ``inconclusive at this scale``; a source that reports no difference is supported when the interval holds zero
 and contradicted when it does not. The shipped evidence lives in ``assets/findings/<claim>/<mode>/``.
 """
+
 from __future__ import annotations
 
 import json
@@ -32,9 +33,29 @@ ROOT = Path(__file__).resolve().parents[2] / "assets" / "findings"
 CLAIMS_FILE = ROOT / "claims.json"
 MODES = ("full", "quick")
 #: result columns a shipped finding keeps (the rest of results.csv is for the run folder)
-KEPT = ("model", "status", "val_loss", "init_loss", "diverged", "lr", "seed", "probe_accuracy", "loss_spike_score",
-        "grad_spike_score", "spike_window", "max_attn_logit", "steps", "tokens", "train_seconds", "total_params",
-        "active_params", "nonemb_active_params", "budget_value", "stack_runs", "step_kind")
+KEPT = (
+    "model",
+    "status",
+    "val_loss",
+    "init_loss",
+    "diverged",
+    "lr",
+    "seed",
+    "probe_accuracy",
+    "loss_spike_score",
+    "grad_spike_score",
+    "spike_window",
+    "max_attn_logit",
+    "steps",
+    "tokens",
+    "train_seconds",
+    "total_params",
+    "active_params",
+    "nonemb_active_params",
+    "budget_value",
+    "stack_runs",
+    "step_kind",
+)
 #: points kept per run in a shipped curve
 CURVE_POINTS = 200
 METRICS = ("loss", "lr_sensitivity", "accuracy", "grad_spike_score", "loss_spike_score", "max_attn_logit")
@@ -43,6 +64,7 @@ METRICS = ("loss", "lr_sensitivity", "accuracy", "grad_spike_score", "loss_spike
 @dataclass(frozen=True)
 class Claim:
     """One claim of ``claims.json`` (see the module docstring)."""
+
     name: str
     title: str
     claim: str
@@ -58,9 +80,21 @@ class Claim:
 def claims(path: Path = CLAIMS_FILE) -> list[Claim]:
     """Every claim, in the file's order."""
     data = json.loads(path.read_text())
-    return [Claim(c["name"], c["title"], c["claim"], c["source"], c.get("article", ""), tuple(c["ablations"]),
-                  c["recipes"], tuple(c.get("sanity", ())), tuple(c.get("comparisons", ())), c.get("static"))
-            for c in data["claims"]]
+    return [
+        Claim(
+            c["name"],
+            c["title"],
+            c["claim"],
+            c["source"],
+            c.get("article", ""),
+            tuple(c["ablations"]),
+            c["recipes"],
+            tuple(c.get("sanity", ())),
+            tuple(c.get("comparisons", ())),
+            c.get("static"),
+        )
+        for c in data["claims"]
+    ]
 
 
 def claim(name: str) -> Claim:
@@ -95,9 +129,11 @@ def ablation_spec(c: Claim, name: str, mode: str = "full", device: str = "auto")
 
 # ----------------------------------------------------------------- evidence on disk
 
+
 @dataclass
 class Evidence:
     """What one ablation of a claim left: its spec, summary and the runs' rows."""
+
     name: str
     spec: AblationSpec
     summary: dict
@@ -125,10 +161,17 @@ def load_evidence(claim_name: str, mode: str, root: Path = ROOT) -> dict[str, Ev
     out = {}
     base = evidence_dir(claim_name, mode, root)
     for folder in sorted(p for p in base.glob("*") if (p / "summary.json").is_file()):
-        read = lambda n: pd.read_csv(folder / n) if (folder / n).is_file() and (folder / n).stat().st_size else pd.DataFrame()  # noqa: E731
-        out[folder.name] = Evidence(folder.name, AblationSpec.from_json((folder / "spec.json").read_text()),
-                                    json.loads((folder / "summary.json").read_text()), read("results.csv"),
-                                    read("probes.csv"), read("curves.csv"))
+        read = lambda n: (
+            pd.read_csv(folder / n) if (folder / n).is_file() and (folder / n).stat().st_size else pd.DataFrame()
+        )  # noqa: E731
+        out[folder.name] = Evidence(
+            folder.name,
+            AblationSpec.from_json((folder / "spec.json").read_text()),
+            json.loads((folder / "summary.json").read_text()),
+            read("results.csv"),
+            read("probes.csv"),
+            read("curves.csv"),
+        )
     return out
 
 
@@ -148,8 +191,16 @@ def thin_curves(metrics: pd.DataFrame, points: int = CURVE_POINTS) -> pd.DataFra
 
 # ----------------------------------------------------------------- training a claim
 
-def run_claim(name: str, mode: str = "full", device: str = "auto", out: Optional[Path] = None,
-              log: Callable[[str], None] = print, cancel=None, only: Optional[list] = None) -> dict:
+
+def run_claim(
+    name: str,
+    mode: str = "full",
+    device: str = "auto",
+    out: Optional[Path] = None,
+    log: Callable[[str], None] = print,
+    cancel=None,
+    only: Optional[list] = None,
+) -> dict:
     """Train the ablations of claim ``name`` (every one, or those named in ``only``; the ``mode`` recipe) and judge
     it; the evidence goes to ``out`` (default: ``findings/<claim>/<mode>`` under the runs dir). Returns the verdict."""
     from ..live.roots import runs_dir
@@ -168,8 +219,10 @@ def run_claim(name: str, mode: str = "full", device: str = "auto", out: Optional
             continue
         spec = ablation_spec(c, a["name"], mode, device)
         p = plan(spec)
-        log(f"{c.name}/{a['name']} ({mode}): {len(p.cells)} cells × {len(spec.lrs)} lrs × {len(spec.seeds)} seeds = "
-            f"{p.runs} runs, {spec.recipe.tokens:,} tokens each, data {spec.recipe.data}")
+        log(
+            f"{c.name}/{a['name']} ({mode}): {len(p.cells)} cells × {len(spec.lrs)} lrs × {len(spec.seeds)} seeds = "
+            f"{p.runs} runs, {spec.recipe.tokens:,} tokens each, data {spec.recipe.data}"
+        )
         run = TrainingRun(p.run, sizer=p.sizer()).start()
         while run.running:
             run.join(5.0)
@@ -190,6 +243,7 @@ def run_claim(name: str, mode: str = "full", device: str = "auto", out: Optional
 
 
 # ----------------------------------------------------------------- judging
+
 
 def _rows(ev: Evidence, cell: str, lr: float) -> pd.DataFrame:
     keys = [run_key(cell, lr, s) for s in ev.spec.seeds]
@@ -213,8 +267,10 @@ def _accuracy_best(ev: Evidence, cell: str) -> tuple[Optional[float], list]:
     best = None
     for lr in ev.spec.lrs:
         rows = _rows(ev, cell, lr)
-        acc = [float(r["probe_accuracy"]) if _finished(r) and _num(r.get("probe_accuracy")) else None
-               for _, r in rows.iterrows()]
+        acc = [
+            float(r["probe_accuracy"]) if _finished(r) and _num(r.get("probe_accuracy")) else None
+            for _, r in rows.iterrows()
+        ]
         if any(a is None for a in acc):
             continue
         if best is None or np.mean(acc) > np.mean(best[1]):
@@ -251,21 +307,39 @@ def sanity(ev: Evidence, check: dict) -> dict:
                 out.append({"cell": c["name"], "holds": False, "why": "every learning rate diverged or failed"})
                 continue
             rows = _rows(ev, c["name"], best)
-            drop = st.paired_difference([float(r["val_loss"]) if _finished(r) else None for _, r in rows.iterrows()],
-                                        [float(r["init_loss"]) if _num(r.get("init_loss")) else None
-                                         for _, r in rows.iterrows()])
+            drop = st.paired_difference(
+                [float(r["val_loss"]) if _finished(r) else None for _, r in rows.iterrows()],
+                [float(r["init_loss"]) if _num(r.get("init_loss")) else None for _, r in rows.iterrows()],
+            )
             holds = None if drop.high is None else drop.high < 0
-            out.append({"cell": c["name"], "holds": holds, "loss_drop": drop.as_dict(),
-                        "why": "final loss − loss at initialisation over seeds, at the best learning rate"})
+            out.append(
+                {
+                    "cell": c["name"],
+                    "holds": holds,
+                    "loss_drop": drop.as_dict(),
+                    "why": "final loss − loss at initialisation over seeds, at the best learning rate",
+                }
+            )
         ok = [x["holds"] for x in out]
-        return {"kind": kind, "ablation": ev.name, "holds": (False if False in ok else None if None in ok else True),
-                "cells": out, "rule": "every cell ends below its loss at initialisation (interval below zero)"}
+        return {
+            "kind": kind,
+            "ablation": ev.name,
+            "holds": (False if False in ok else None if None in ok else True),
+            "cells": out,
+            "rule": "every cell ends below its loss at initialisation (interval below zero)",
+        }
     if kind in ("accuracy", "distance"):
         best_lr, _ = _accuracy_best(ev, check["cell"])
         p = ev.probes
         if best_lr is None or p.empty:
-            return {"kind": kind, "ablation": ev.name, "cell": check["cell"], "holds": False,
-                    "why": "no finished run to measure", "rule": f"at least {check['at_least']:.0%}"}
+            return {
+                "kind": kind,
+                "ablation": ev.name,
+                "cell": check["cell"],
+                "holds": False,
+                "why": "no finished run to measure",
+                "rule": f"at least {check['at_least']:.0%}",
+            }
         keys = [run_key(check["cell"], best_lr, s) for s in ev.spec.seeds]
         rows = p[p["model"].isin(keys)]
         points = []
@@ -273,20 +347,39 @@ def sanity(ev: Evidence, check: dict) -> dict:
             for kv, seq in check["settings"]:
                 if seq > ev.spec.recipe.seq_len:  # not measurable: the runs trained on shorter sequences
                     continue
-                g = rows[(pd.to_numeric(rows["kv_pairs"], errors="coerce") == kv)
-                         & (pd.to_numeric(rows["seq_len"], errors="coerce") == seq)]
-                points.append({"setting": f"{kv} pairs at {seq}", "accuracy": float(g["accuracy"].mean()) if len(g) else None,
-                               "seeds": int(len(g))})
+                g = rows[
+                    (pd.to_numeric(rows["kv_pairs"], errors="coerce") == kv)
+                    & (pd.to_numeric(rows["seq_len"], errors="coerce") == seq)
+                ]
+                points.append(
+                    {
+                        "setting": f"{kv} pairs at {seq}",
+                        "accuracy": float(g["accuracy"].mean()) if len(g) else None,
+                        "seeds": int(len(g)),
+                    }
+                )
         else:
             g = rows[pd.to_numeric(rows["distance"], errors="coerce").notna()]
             for d, gg in g.groupby(pd.to_numeric(g["distance"])):
-                points.append({"setting": f"distance ≤ {int(d)}", "accuracy": float(gg["accuracy"].mean()),
-                               "seeds": int(len(gg))})
+                points.append(
+                    {"setting": f"distance ≤ {int(d)}", "accuracy": float(gg["accuracy"].mean()), "seeds": int(len(gg))}
+                )
         measured = [x for x in points if x["accuracy"] is not None]
-        holds = bool(measured) and len(measured) == len(points) and all(x["accuracy"] >= check["at_least"] for x in measured)
-        return {"kind": kind, "ablation": ev.name, "cell": check["cell"], "lr": best_lr, "holds": holds,
-                "points": points, "rule": f"{check['cell']} reaches at least {check['at_least']:.0%} at every "
-                                          f"{'setting' if kind == 'accuracy' else 'distance bucket'} (mean over seeds)"}
+        holds = (
+            bool(measured)
+            and len(measured) == len(points)
+            and all(x["accuracy"] >= check["at_least"] for x in measured)
+        )
+        return {
+            "kind": kind,
+            "ablation": ev.name,
+            "cell": check["cell"],
+            "lr": best_lr,
+            "holds": holds,
+            "points": points,
+            "rule": f"{check['cell']} reaches at least {check['at_least']:.0%} at every "
+            f"{'setting' if kind == 'accuracy' else 'distance bucket'} (mean over seeds)",
+        }
     raise ArchLabError(f"unknown sanity check {kind!r}")
 
 
@@ -300,13 +393,26 @@ def compare(ev: Evidence, comp: dict) -> dict:
     if expected is None:
         finding = None
     elif expected == "same":
-        finding = "supports" if measured == "within noise" else "contradicts" if measured in ("lower", "higher") \
+        finding = (
+            "supports"
+            if measured == "within noise"
+            else "contradicts"
+            if measured in ("lower", "higher")
             else "inconclusive at this scale"
+        )
     else:
         finding = st.finding(diff, expected)
         finding = "inconclusive at this scale" if finding == "inconclusive" else finding
-    return {**comp, "a_values": a, "b_values": b, "a_lr": lr_a, "b_lr": lr_b, "difference": diff.as_dict(),
-            "measured": measured, "verdict": finding}
+    return {
+        **comp,
+        "a_values": a,
+        "b_values": b,
+        "a_lr": lr_a,
+        "b_lr": lr_b,
+        "difference": diff.as_dict(),
+        "measured": measured,
+        "verdict": finding,
+    }
 
 
 def _unmet(check: dict) -> str:
@@ -314,11 +420,18 @@ def _unmet(check: dict) -> str:
     if check.get("why"):
         return check["why"]
     if check["kind"] == "learns":
-        bad = [f"{x['cell']} ({'not below' if 'loss_drop' in x else x['why']})" if x["holds"] is False
-               else f"{x['cell']} (not measurable)" for x in check["cells"] if x["holds"] is not True]
+        bad = [
+            f"{x['cell']} ({'not below' if 'loss_drop' in x else x['why']})"
+            if x["holds"] is False
+            else f"{x['cell']} (not measurable)"
+            for x in check["cells"]
+            if x["holds"] is not True
+        ]
         return "not met by " + ", ".join(bad)
-    return "measured " + ", ".join(f"{x['setting']} {x['accuracy']:.0%}" if x["accuracy"] is not None
-                                   else f"{x['setting']} not measured" for x in check.get("points", []))
+    return "measured " + ", ".join(
+        f"{x['setting']} {x['accuracy']:.0%}" if x["accuracy"] is not None else f"{x['setting']} not measured"
+        for x in check.get("points", [])
+    )
 
 
 def judge(c: Claim, evidence: dict[str, Evidence]) -> dict:
@@ -342,8 +455,9 @@ def judge(c: Claim, evidence: dict[str, Evidence]) -> dict:
         elif all(v == "contradicts" for v in judged):
             overall = "contradicts"
         elif "supports" in judged and "contradicts" in judged:
-            overall = "mixed: " + "; ".join(f"{k['a']} vs {k['b']} ({k['metric']}): {k['verdict']}"
-                                             for k in comps if k["verdict"] is not None)
+            overall = "mixed: " + "; ".join(
+                f"{k['a']} vs {k['b']} ({k['metric']}): {k['verdict']}" for k in comps if k["verdict"] is not None
+            )
         elif "contradicts" in judged:
             overall = "contradicts (in part)"
         else:
@@ -352,8 +466,15 @@ def judge(c: Claim, evidence: dict[str, Evidence]) -> dict:
     missing = [a["name"] for a in c.ablations if a["name"] not in evidence]
     if missing and overall != "not run":
         overall += f" (not run: {', '.join(missing)})"
-    return {"claim": c.name, "verdict": overall, "sanity": checks, "comparisons": comps,
-            "ablations": sorted(evidence), "not_run": missing, "seeds": seeds}
+    return {
+        "claim": c.name,
+        "verdict": overall,
+        "sanity": checks,
+        "comparisons": comps,
+        "ablations": sorted(evidence),
+        "not_run": missing,
+        "seeds": seeds,
+    }
 
 
 def _num(x) -> bool:

@@ -8,6 +8,7 @@
 The evidence goes to ``<runs dir>/findings/<claim>/<full|quick>/`` (``--ship``: ``assets/findings/``), where the
 Findings page draws it beside the shipped one, and the verdict is printed with the shipped verdict.
 """
+
 from __future__ import annotations
 
 import json
@@ -59,11 +60,15 @@ def verdict_lines(v: dict) -> list[str]:
     """A claim's verdict as text: sanity, then each comparison with its interval."""
     lines = [f"{v['claim']} ({v.get('mode', '')}): {v['verdict']}"]
     for s in v["sanity"]:
-        lines.append(f"  sanity {s['ablation']}: {'holds' if s['holds'] else 'not shown' if s['holds'] is None else 'fails'}"
-                     f" ({s['rule']})")
+        lines.append(
+            f"  sanity {s['ablation']}: {'holds' if s['holds'] else 'not shown' if s['holds'] is None else 'fails'}"
+            f" ({s['rule']})"
+        )
     for k in v["comparisons"]:
         d = k["difference"]
         iv = "—" if d["mean"] is None or d["low"] is None else f"{d['mean']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}]"
-        lines.append(f"  {k['a']} − {k['b']} ({k['metric']}): {iv} → {k['measured']}"
-                     + (f"; expected {k['expected']}: {k['verdict']}" if k.get("expected") else ""))
+        lines.append(
+            f"  {k['a']} − {k['b']} ({k['metric']}): {iv} → {k['measured']}"
+            + (f"; expected {k['expected']}: {k['verdict']}" if k.get("expected") else "")
+        )
     return lines

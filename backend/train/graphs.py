@@ -9,6 +9,7 @@ steps run eagerly on a side stream (lazy initialisation, allocator warm-up), the
 later step is a copy of the next batch into the static buffer and a replay. A model class whose step cannot be
 captured (an operation that synchronises or allocates on the host) trains eagerly, and the run says why.
 """
+
 from __future__ import annotations
 
 import logging

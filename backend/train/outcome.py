@@ -4,6 +4,7 @@ training.json, the held-out probe batch and loss of probe runs, the vocabulary a
 Shared by the single-model loop (``turns.py``), the stacked sweep (``sweep.py``) and the run (``runner.py``), which
 sit above it.
 """
+
 from __future__ import annotations
 
 import math
@@ -39,38 +40,94 @@ def tokenizer_for(data):
     return load_offline()
 
 
-def report_result(i: int, sink: Sink, folder: Path, *, key: str, sized: Sized, recipe, status: str, step: int,
-                  tokens: int, val: Optional[float], by_setting: dict, by_distance: dict, stream, train_seconds: float,
-                  peak_bytes: Optional[int], model_dir: Optional[Path], data, task, extra: Optional[dict] = None) -> dict:
+def report_result(
+    i: int,
+    sink: Sink,
+    folder: Path,
+    *,
+    key: str,
+    sized: Sized,
+    recipe,
+    status: str,
+    step: int,
+    tokens: int,
+    val: Optional[float],
+    by_setting: dict,
+    by_distance: dict,
+    stream,
+    train_seconds: float,
+    peak_bytes: Optional[int],
+    model_dir: Optional[Path],
+    data,
+    task,
+    extra: Optional[dict] = None,
+) -> dict:
     """A finished (or stopped, or diverged) run's probe rows, training.json beside its checkpoint, its row of the
     final table (plus ``extra`` columns) and its status; returns the status fields."""
     from .store import RunWriter
 
     r = recipe
-    sink.rows("probes.csv", PROBE_COLUMNS,
-              [{"model": key, "probe": task.name, "kv_pairs": kv, "seq_len": t, "distance": "", "accuracy": a}
-               for (kv, t), a in by_setting.items()]
-              + [{"model": key, "probe": "distance", "kv_pairs": "", "seq_len": r.seq_len, "distance": d,
-                  "accuracy": a} for d, a in by_distance.items()])
+    sink.rows(
+        "probes.csv",
+        PROBE_COLUMNS,
+        [
+            {"model": key, "probe": task.name, "kv_pairs": kv, "seq_len": t, "distance": "", "accuracy": a}
+            for (kv, t), a in by_setting.items()
+        ]
+        + [
+            {"model": key, "probe": "distance", "kv_pairs": "", "seq_len": r.seq_len, "distance": d, "accuracy": a}
+            for d, a in by_distance.items()
+        ],
+    )
     finite = val is not None and math.isfinite(val)
-    info = {"key": key, "label": sized.source_label, "run_id": folder.name, "status": status, "step": step,
-            "tokens": tokens, "val_loss": val if finite else None, "stream_sha256": stream.hexdigest(),
-            "batches": stream.batches, "recipe": r.as_dict(), "data": data.name if data is not None else task.name,
-            "data_sha256": data.sha256 if data is not None else ""}
+    info = {
+        "key": key,
+        "label": sized.source_label,
+        "run_id": folder.name,
+        "status": status,
+        "step": step,
+        "tokens": tokens,
+        "val_loss": val if finite else None,
+        "stream_sha256": stream.hexdigest(),
+        "batches": stream.batches,
+        "recipe": r.as_dict(),
+        "data": data.name if data is not None else task.name,
+        "data_sha256": data.sha256 if data is not None else "",
+    }
     saved = model_dir is not None and model_dir.is_dir()
     if saved:
         RunWriter(folder).write_json(f"models/{model_dir.name}/training.json", info)
     c = sized.arch.counts
-    sink.result({"model": key, "label": sized.source_label, "status": status, "steps": step, "tokens": tokens,
-                 "val_loss": val, "perplexity": math.exp(val) if data is not None and finite and val < 50 else None,
-                 "probe_accuracy": float(np.mean(list(by_setting.values()))) if by_setting else None,
-                 "total_params": c.total, "active_params": c.active,
-                 "nonemb_active_params": non_embedding(c, "active"), "budget_value": sized.value,
-                 "tok_s": tokens / train_seconds if train_seconds else None, "peak_bytes": peak_bytes,
-                 "train_seconds": train_seconds, "experts": sized.experts, "stream_sha256": stream.hexdigest(),
-                 "checkpoint": str(model_dir) if saved else "", **(extra or {})})
-    outcome = {"status": status, "val_loss": val, "checkpoint": str(model_dir) if saved else "",
-               "stream_sha256": stream.hexdigest(), "batches": stream.batches}
+    sink.result(
+        {
+            "model": key,
+            "label": sized.source_label,
+            "status": status,
+            "steps": step,
+            "tokens": tokens,
+            "val_loss": val,
+            "perplexity": math.exp(val) if data is not None and finite and val < 50 else None,
+            "probe_accuracy": float(np.mean(list(by_setting.values()))) if by_setting else None,
+            "total_params": c.total,
+            "active_params": c.active,
+            "nonemb_active_params": non_embedding(c, "active"),
+            "budget_value": sized.value,
+            "tok_s": tokens / train_seconds if train_seconds else None,
+            "peak_bytes": peak_bytes,
+            "train_seconds": train_seconds,
+            "experts": sized.experts,
+            "stream_sha256": stream.hexdigest(),
+            "checkpoint": str(model_dir) if saved else "",
+            **(extra or {}),
+        }
+    )
+    outcome = {
+        "status": status,
+        "val_loss": val,
+        "checkpoint": str(model_dir) if saved else "",
+        "stream_sha256": stream.hexdigest(),
+        "batches": stream.batches,
+    }
     sink.model(i, **outcome)
     return outcome
 

@@ -7,6 +7,7 @@ on the answers, the other positions filled with random tokens. Recall at a dista
 uniform gaps (a = 1), scored by how far each query is from its key, so that a gap can exceed a sliding
 window or an attention chunk. Everything is drawn from a seed: the same seed gives the same examples.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -26,25 +27,30 @@ EVAL_SEED_OFFSET = 1_000_003  # evaluation examples never share a seed with trai
 
 @dataclass(frozen=True)
 class ProbeBatch:
-    inputs: np.ndarray      # [n, seq_len] token ids
-    labels: np.ndarray      # [n, seq_len] answer ids at answer positions, IGNORE elsewhere
-    distance: np.ndarray    # [n, seq_len] tokens from the key to the query at answer positions, 0 elsewhere
+    inputs: np.ndarray  # [n, seq_len] token ids
+    labels: np.ndarray  # [n, seq_len] answer ids at answer positions, IGNORE elsewhere
+    distance: np.ndarray  # [n, seq_len] tokens from the key to the query at answer positions, 0 elsewhere
 
 
 def fits(kv_pairs: int, seq_len: int) -> bool:
     return kv_pairs >= 1 and 4 * kv_pairs <= seq_len
 
 
-def mqar(rng: np.random.Generator, n: int, seq_len: int, kv_pairs: int, vocab: int,
-         power_a: float = 0.01) -> ProbeBatch:
+def mqar(
+    rng: np.random.Generator, n: int, seq_len: int, kv_pairs: int, vocab: int, power_a: float = 0.01
+) -> ProbeBatch:
     """``n`` MQAR examples of ``seq_len`` tokens with ``kv_pairs`` pairs (vectorised Zoology semantics)."""
     if seq_len % 2 or not fits(kv_pairs, seq_len):
-        raise ArchLabError(f"MQAR needs an even sequence length of at least 4 × KV pairs, got {seq_len} for {kv_pairs} pairs")
+        raise ArchLabError(
+            f"MQAR needs an even sequence length of at least 4 × KV pairs, got {seq_len} for {kv_pairs} pairs"
+        )
     if vocab <= seq_len or vocab // 2 - 1 < kv_pairs:
-        raise ArchLabError(f"MQAR needs a vocabulary larger than the sequence ({seq_len}) with room for {kv_pairs} keys")
+        raise ArchLabError(
+            f"MQAR needs a vocabulary larger than the sequence ({seq_len}) with room for {kv_pairs} keys"
+        )
     half = vocab // 2
     context = 2 * kv_pairs
-    keys = 1 + np.argsort(rng.random((n, half - 1)), axis=1)[:, :kv_pairs]           # distinct, from [1, half)
+    keys = 1 + np.argsort(rng.random((n, half - 1)), axis=1)[:, :kv_pairs]  # distinct, from [1, half)
     values = half + np.argsort(rng.random((n, vocab - half)), axis=1)[:, :kv_pairs]  # distinct, from [half, vocab)
     space = (seq_len - context) // 2
     p = power_a * np.arange(1, space + 1, dtype=float) ** (power_a - 1)
@@ -68,7 +74,8 @@ def mqar(rng: np.random.Generator, n: int, seq_len: int, kv_pairs: int, vocab: i
 @dataclass(frozen=True)
 class ProbeTask:
     """A probe's training mix: each batch picks its KV-pair count from ``kv_pairs`` by the step's seed."""
-    name: str                   # "mqar" | "distance"
+
+    name: str  # "mqar" | "distance"
     vocab: int
     seq_len: int
     kv_pairs: tuple[int, ...]

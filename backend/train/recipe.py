@@ -4,6 +4,7 @@ Shared by every model of a run: tokenizer (or the probe's vocabulary), data, the
 optimizer (AdamW), learning-rate schedule (linear warm-up, then cosine to ``min_lr_ratio`` of the peak),
 batch size, sequence length, token budget, precision and seed. Only the architecture differs.
 """
+
 from __future__ import annotations
 
 import json
@@ -47,29 +48,30 @@ def parse_amount(text: Any) -> float:
 @dataclass(frozen=True)
 class Recipe:
     """How every model of a run is trained."""
-    data: str = "corpus"          # corpus | upload | mqar | distance
+
+    data: str = "corpus"  # corpus | upload | mqar | distance
     budget_metric: str = "active"  # active | total | flops (see budget.METRICS)
-    budget: float = 1e6           # target of budget_metric per model
-    tokens: int = 20_000_000      # training tokens per model
-    layers: int = 8               # target depth of every miniature (whole periods of its layer pattern)
-    min_head_dim: int = 16        # head-width floor (the exact GQA ratio can call for many narrow heads)
+    budget: float = 1e6  # target of budget_metric per model
+    tokens: int = 20_000_000  # training tokens per model
+    layers: int = 8  # target depth of every miniature (whole periods of its layer pattern)
+    min_head_dim: int = 16  # head-width floor (the exact GQA ratio can call for many narrow heads)
     batch: int = 64
     seq_len: int = 256
     lr: float = 3e-3
     min_lr_ratio: float = 0.1
-    warmup: float = 0.05          # share of the steps spent warming up
+    warmup: float = 0.05  # share of the steps spent warming up
     weight_decay: float = 0.1
     betas: tuple[float, float] = (0.9, 0.95)
     grad_clip: float = 1.0
-    z_loss: float = 0.0           # coefficient of the z-loss z × mean(log² Z) on the output logits (OLMo 2: 1e-4)
-    precision: str = "auto"       # auto: bf16 autocast on a GPU, fp32 on the CPU
+    z_loss: float = 0.0  # coefficient of the z-loss z × mean(log² Z) on the output logits (OLMo 2: 1e-4)
+    precision: str = "auto"  # auto: bf16 autocast on a GPU, fp32 on the CPU
     seed: int = 0
-    eval_every: int = 0           # steps between validation losses (0: about 20 in a run)
-    eval_windows: int = 32        # validation sequences per evaluation during training (all at the end)
-    probe_vocab: int = 2048       # synthetic probes' vocabulary (MQAR keys and values split it)
-    probe_examples: int = 256     # evaluation examples per probe setting
+    eval_every: int = 0  # steps between validation losses (0: about 20 in a run)
+    eval_windows: int = 32  # validation sequences per evaluation during training (all at the end)
+    probe_vocab: int = 2048  # synthetic probes' vocabulary (MQAR keys and values split it)
+    probe_examples: int = 256  # evaluation examples per probe setting
     router_bias_speed: float = 1e-3  # DeepSeek's aux-loss-free balancing: bias step per training step
-    compile: bool = False         # torch.compile each model (GPU)
+    compile: bool = False  # torch.compile each model (GPU)
     max_total: Optional[int] = None  # cap on each miniature's total parameters (routed experts reduced to fit)
     name: str = ""
 
@@ -97,37 +99,61 @@ class Recipe:
         checks = [
             (self.data in DATA_KINDS, f"data must be one of {', '.join(DATA_KINDS)}, not {self.data!r}"),
             (self.budget_metric in METRICS, f"budget must be one of {', '.join(METRICS)}, not {self.budget_metric!r}"),
-            (_num(self.budget) and 1e3 <= self.budget <= MAX_BUDGET,
-             f"the budget must be between 1k and {MAX_BUDGET:,.0f}, got {self.budget!r}"),
-            (_int(self.layers) and 1 <= self.layers <= 64, f"layers must be an integer from 1 to 64, got {self.layers!r}"),
+            (
+                _num(self.budget) and 1e3 <= self.budget <= MAX_BUDGET,
+                f"the budget must be between 1k and {MAX_BUDGET:,.0f}, got {self.budget!r}",
+            ),
+            (
+                _int(self.layers) and 1 <= self.layers <= 64,
+                f"layers must be an integer from 1 to 64, got {self.layers!r}",
+            ),
             (_int(self.min_head_dim) and 4 <= self.min_head_dim <= 256, "min_head_dim must be from 4 to 256"),
-            (_int(self.batch) and 1 <= self.batch <= 4096, f"batch must be an integer from 1 to 4096, got {self.batch!r}"),
-            (_int(self.seq_len) and 16 <= self.seq_len <= 8192 and self.seq_len % 2 == 0,
-             f"sequence length must be an even integer from 16 to 8192, got {self.seq_len!r}"),
-            (_int(self.tokens) and self.batch * self.seq_len <= self.tokens <= MAX_TOKENS,
-             f"tokens must be at least one batch ({self.batch * self.seq_len:,}) and at most {MAX_TOKENS:,}, got {self.tokens!r}"),
+            (
+                _int(self.batch) and 1 <= self.batch <= 4096,
+                f"batch must be an integer from 1 to 4096, got {self.batch!r}",
+            ),
+            (
+                _int(self.seq_len) and 16 <= self.seq_len <= 8192 and self.seq_len % 2 == 0,
+                f"sequence length must be an even integer from 16 to 8192, got {self.seq_len!r}",
+            ),
+            (
+                _int(self.tokens) and self.batch * self.seq_len <= self.tokens <= MAX_TOKENS,
+                f"tokens must be at least one batch ({self.batch * self.seq_len:,}) and at most {MAX_TOKENS:,}, got {self.tokens!r}",
+            ),
             (_num(self.lr) and 0 < self.lr <= 1, f"learning rate must be in (0, 1], got {self.lr!r}"),
             (_num(self.min_lr_ratio) and 0 <= self.min_lr_ratio <= 1, "min_lr_ratio must be in [0, 1]"),
             (_num(self.warmup) and 0 <= self.warmup < 1, "warmup must be a share of the steps in [0, 1)"),
             (_num(self.weight_decay) and 0 <= self.weight_decay <= 10, "weight decay must be in [0, 10]"),
-            (isinstance(self.betas, (tuple, list)) and len(self.betas) == 2 and all(_num(b) and 0 <= b < 1 for b in self.betas),
-             "betas must be two numbers in [0, 1)"),
+            (
+                isinstance(self.betas, (tuple, list))
+                and len(self.betas) == 2
+                and all(_num(b) and 0 <= b < 1 for b in self.betas),
+                "betas must be two numbers in [0, 1)",
+            ),
             (_num(self.grad_clip) and self.grad_clip >= 0, "grad_clip must be >= 0 (0: off)"),
             (_num(self.z_loss) and 0 <= self.z_loss <= 1, "z_loss must be in [0, 1] (0: off)"),
             (self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}"),
-            (_int(self.seed) and 0 <= self.seed < 2 ** 31, "seed must be an integer from 0 to 2**31 - 1"),
+            (_int(self.seed) and 0 <= self.seed < 2**31, "seed must be an integer from 0 to 2**31 - 1"),
             (_int(self.eval_every) and self.eval_every >= 0, "eval_every must be an integer >= 0"),
             (_int(self.eval_windows) and 1 <= self.eval_windows <= 100_000, "eval_windows must be from 1 to 100,000"),
             (_int(self.probe_vocab) and 64 <= self.probe_vocab <= 65_536, "probe vocabulary must be from 64 to 65,536"),
-            (_int(self.probe_examples) and 8 <= self.probe_examples <= 100_000, "probe examples must be from 8 to 100,000"),
+            (
+                _int(self.probe_examples) and 8 <= self.probe_examples <= 100_000,
+                "probe examples must be from 8 to 100,000",
+            ),
             (_num(self.router_bias_speed) and 0 <= self.router_bias_speed <= 1, "router_bias_speed must be in [0, 1]"),
-            (self.max_total is None or (_int(self.max_total) and self.max_total > 0), "max_total must be a positive integer"),
+            (
+                self.max_total is None or (_int(self.max_total) and self.max_total > 0),
+                "max_total must be a positive integer",
+            ),
         ]
         for ok, message in checks:
             if not ok:
                 raise ArchLabError(message)
         if self.data in ("mqar", "distance") and self.probe_vocab <= self.seq_len:
-            raise ArchLabError(f"probe vocabulary ({self.probe_vocab}) must exceed the sequence length ({self.seq_len})")
+            raise ArchLabError(
+                f"probe vocabulary ({self.probe_vocab}) must exceed the sequence length ({self.seq_len})"
+            )
         return self
 
     def as_dict(self) -> dict[str, Any]:
@@ -163,11 +189,29 @@ def _int(x) -> bool:
 #: Presets. "tiny" is for the CPU (a 4-model probe comparison in minutes on 2 cores); "small" for one GPU;
 #: "zoo" is the recipe of the shipped trained miniatures.
 PRESETS: dict[str, Recipe] = {
-    "tiny": Recipe(budget=200_000, layers=4, tokens=1_000_000, batch=16, seq_len=128, lr=3e-3, eval_windows=16,
-                   probe_examples=64, name="tiny"),
+    "tiny": Recipe(
+        budget=200_000,
+        layers=4,
+        tokens=1_000_000,
+        batch=16,
+        seq_len=128,
+        lr=3e-3,
+        eval_windows=16,
+        probe_examples=64,
+        name="tiny",
+    ),
     "small": Recipe(budget=5_000_000, tokens=20_000_000, batch=64, seq_len=256, lr=2e-3, name="small"),
-    "zoo": Recipe(budget=300_000, layers=6, min_head_dim=8, tokens=6_000_000, batch=64, seq_len=256, lr=3e-3,
-                  max_total=1_500_000, name="zoo"),
+    "zoo": Recipe(
+        budget=300_000,
+        layers=6,
+        min_head_dim=8,
+        tokens=6_000_000,
+        batch=64,
+        seq_len=256,
+        lr=3e-3,
+        max_total=1_500_000,
+        name="zoo",
+    ),
 }
 
 
@@ -185,9 +229,10 @@ class RunSpec:
     "key": its name, "recipe": {field: value}}`` with only :data:`PER_RUN` fields overridden. Empty: one run per
     model under the shared recipe, named by the model.
     """
+
     models: tuple = ()
     recipe: Recipe = field(default_factory=Recipe)
-    device: str = "auto"          # auto | cpu | cuda | cuda:N
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
     members: tuple = ()
 
     def validate(self) -> "RunSpec":
@@ -237,7 +282,9 @@ class RunSpec:
         except (ValueError, RecursionError) as e:
             raise ArchLabError(f"run spec is not valid JSON: {str(e)[:200]}") from None
         if not isinstance(d, dict) or not isinstance(d.get("models"), list):
-            raise ArchLabError('a run spec is a JSON object with "models" (a list) and optionally "recipe" and "device"')
+            raise ArchLabError(
+                'a run spec is a JSON object with "models" (a list) and optionally "recipe" and "device"'
+            )
         unknown = sorted(set(d) - {"models", "recipe", "device", "members"})
         if unknown:
             raise ArchLabError(f"unknown run-spec field(s): {', '.join(unknown)}")

@@ -7,6 +7,7 @@ step; the others add the Switch-Transformer loss ``E × Σ_i f_i × P_i`` (f = s
 P = its mean router probability, over all MoE layers at once, as transformers computes it) scaled by the
 config's ``router_aux_loss_coef``.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -23,16 +24,20 @@ from ..live.routing import balance
 @dataclass(frozen=True)
 class LoadSnapshot:
     """Expert load over the steps since the last snapshot."""
+
     step: int
     layers: list[int]
-    load: np.ndarray          # [layers, experts] selections
+    load: np.ndarray  # [layers, experts] selections
     aux_loss: Optional[float]  # mean balancing loss over those steps (None: aux-loss-free router)
 
     def summary(self) -> dict:
         """Per layer: max/mean load, normalized entropy (1 = uniform), experts never chosen."""
         b = balance(self.load)
-        return {"max_over_mean": b["max_over_mean"], "entropy": b["entropy"],
-                "never_chosen": (self.load == 0).sum(axis=1)}
+        return {
+            "max_over_mean": b["max_over_mean"],
+            "entropy": b["entropy"],
+            "never_chosen": (self.load == 0).sum(axis=1),
+        }
 
 
 class RouterStats:
@@ -53,8 +58,9 @@ class RouterStats:
         self._aux_steps = 0
         self._logits: list[torch.Tensor] = []
         self._handles = [r.register_forward_hook(self._hook(n)) for n, (_, r) in enumerate(self.routers)]
-        self._bias = [next((b for name, b in r.named_buffers() if "correction_bias" in name), None)
-                      for _, r in self.routers]
+        self._bias = [
+            next((b for name, b in r.named_buffers() if "correction_bias" in name), None) for _, r in self.routers
+        ]
 
     def _hook(self, row: int):
         def hook(module, _inputs, output):
@@ -63,6 +69,7 @@ class RouterStats:
             self._step_load[row].index_add_(0, flat, torch.ones_like(flat, dtype=self._step_load.dtype))
             if self.aux_coef:
                 self._logits.append(router_logits(output))
+
         return hook
 
     def aux_loss(self) -> Optional[torch.Tensor]:

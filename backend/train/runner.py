@@ -10,6 +10,7 @@ page that started it closes; any page holding the run's id draws from :meth:`Tra
 Stop takes effect before the next step; a model that fails (a budget it cannot meet, out of memory) is
 marked failed with one line and the others go on; models that were stopped keep their checkpoints.
 """
+
 from __future__ import annotations
 
 import logging
@@ -22,14 +23,13 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Optional
 
-
 from ..arch.architecture import resolve
 from ..arch.errors import ArchLabError, one_line
 from ..live.runs import new_id
 from . import data as data_mod
 from .budget import METRICS, Sized, flops_per_token, non_embedding, size_to_budget
-from .probes import ProbeTask, probe_task
 from .outcome import FINAL_WINDOWS, FLUSH_S, Sink, vocab_of  # noqa: F401  (re-exported for callers)
+from .probes import ProbeTask, probe_task
 from .recipe import RunSpec
 from .store import NullWriter, RunWriter, run_folder
 from .turns import train_loop
@@ -40,9 +40,10 @@ log = logging.getLogger("archlab.train")
 @dataclass
 class ModelStatus:
     """What one model of the run is doing and has done."""
+
     key: str
     label: str
-    status: str = "queued"            # queued / sizing / training / evaluating / finished / stopped / failed
+    status: str = "queued"  # queued / sizing / training / evaluating / finished / stopped / failed
     step: int = 0
     steps: int = 0
     tokens: int = 0
@@ -72,6 +73,7 @@ class ModelStatus:
 @dataclass(frozen=True)
 class RunView:
     """A consistent copy of a run's state for drawing."""
+
     id: str
     spec: RunSpec
     status: str
@@ -112,9 +114,18 @@ class TrainingRun:
     shapes train as one stacked model (``sweep.py``); False trains every run on its own, in turn.
     """
 
-    def __init__(self, spec: RunSpec, *, run_id: Optional[str] = None, root: Optional[Path] = None,
-                 upload: Optional[data_mod.TokenData] = None, processes: int = 0, group=None, sizer=None,
-                 stacked: bool = True):
+    def __init__(
+        self,
+        spec: RunSpec,
+        *,
+        run_id: Optional[str] = None,
+        root: Optional[Path] = None,
+        upload: Optional[data_mod.TokenData] = None,
+        processes: int = 0,
+        group=None,
+        sizer=None,
+        stacked: bool = True,
+    ):
         self.spec = spec.validate()
         self.sizer, self.stacked = sizer, stacked
         if spec.recipe.data == "upload" and upload is None:
@@ -134,8 +145,7 @@ class TrainingRun:
         self._thread: Optional[threading.Thread] = None
         self.status, self.message = "created", ""
         labels = [_label(m) for m in spec.models]
-        self.models = [ModelStatus(k, labels[i] if not spec.members else k, steps=r.steps)
-                       for i, k, r in self.members]
+        self.models = [ModelStatus(k, labels[i] if not spec.members else k, steps=r.steps) for i, k, r in self.members]
         self.metrics: list[dict] = []
         self.routing: list[dict] = []
         self.probes: list[dict] = []
@@ -178,10 +188,21 @@ class TrainingRun:
 
     def view(self) -> RunView:
         with self._lock:
-            return RunView(self.id, self.spec, self.status, self.message,
-                           [replace(m) for m in self.models], list(self.metrics), list(self.routing),
-                           list(self.probes), list(self.results), dict(self.shared), self.version, self.started,
-                           str(self.folder))
+            return RunView(
+                self.id,
+                self.spec,
+                self.status,
+                self.message,
+                [replace(m) for m in self.models],
+                list(self.metrics),
+                list(self.routing),
+                list(self.probes),
+                list(self.results),
+                dict(self.shared),
+                self.version,
+                self.started,
+                str(self.folder),
+            )
 
     # ----- the Sink of a loop in this process
     def model(self, i: int, **fields) -> None:
@@ -231,16 +252,30 @@ class TrainingRun:
             if self.processes:
                 self._train_in_processes(jobs, data, task, devices)
             else:
-                train_loop(jobs, self.keys, self.spec, data, task, devices[0], self, self.writer.folder,
-                           self._cancel, self.started, self.group, stacked=self.stacked)
+                train_loop(
+                    jobs,
+                    self.keys,
+                    self.spec,
+                    data,
+                    task,
+                    devices[0],
+                    self,
+                    self.writer.folder,
+                    self._cancel,
+                    self.started,
+                    self.group,
+                    stacked=self.stacked,
+                )
             stopped = self._cancel.is_set()
             done = [m for m in self.models if m.status in ("finished", "stopped", "diverged")]
             if not done:
                 failed = "; ".join(f"{m.key}: {m.error}" for m in self.models if m.error)
                 self._set(status="failed", message=f"no model finished ({failed[:400]})")
             else:
-                self._set(status="stopped" if stopped else "finished",
-                          message="stopped: the checkpoints trained so far were kept" if stopped else "")
+                self._set(
+                    status="stopped" if stopped else "finished",
+                    message="stopped: the checkpoints trained so far were kept" if stopped else "",
+                )
         except ArchLabError as e:
             self._set(status="failed", message=str(e))
         except Exception as e:  # never a traceback for the page; the log has it
@@ -250,8 +285,10 @@ class TrainingRun:
             restore()
             if self.trackers is not None:
                 self.trackers.close()
-            self.writer.write_json("status.json", {"status": self.status, "message": self.message,
-                                                   "models": [asdict(m) for m in self.models]})
+            self.writer.write_json(
+                "status.json",
+                {"status": self.status, "message": self.message, "models": [asdict(m) for m in self.models]},
+            )
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
 
@@ -270,8 +307,16 @@ class TrainingRun:
         """Each run's sized miniature (runs of one model share it); a model that cannot be sized fails its runs."""
         r = self.spec.recipe
         vocab, eos, pad = vocab_of(data, task)
-        common = dict(seq_len=r.seq_len, vocab=vocab, eos=eos, pad=pad, max_positions=max(1024, r.seq_len),
-                      max_total=r.max_total, layers=r.layers, min_head_dim=r.min_head_dim)
+        common = dict(
+            seq_len=r.seq_len,
+            vocab=vocab,
+            eos=eos,
+            pad=pad,
+            max_positions=max(1024, r.seq_len),
+            max_total=r.max_total,
+            layers=r.layers,
+            min_head_dim=r.min_head_dim,
+        )
         runs_of = {}
         for n, (i, _, _) in enumerate(self.members):
             runs_of.setdefault(i, []).append(n)
@@ -298,14 +343,26 @@ class TrainingRun:
                     self.model(n, status="failed" if s is not None else "stopped", error=str(s or ""))
                     continue
                 c = s.arch.counts
-                self.model(n, status="queued", total=c.total, active=c.active, nonemb_active=non_embedding(c, "active"),
-                           nonemb_total=non_embedding(c, "total"), budget_value=s.value, deviation=s.deviation,
-                           flops_per_token=flops_per_token(s.arch, r.seq_len), experts=s.experts,
-                           real_experts=s.real_experts, notes=s.notes)
+                self.model(
+                    n,
+                    status="queued",
+                    total=c.total,
+                    active=c.active,
+                    nonemb_active=non_embedding(c, "active"),
+                    nonemb_total=non_embedding(c, "total"),
+                    budget_value=s.value,
+                    deviation=s.deviation,
+                    flops_per_token=flops_per_token(s.arch, r.seq_len),
+                    experts=s.experts,
+                    real_experts=s.real_experts,
+                    notes=s.notes,
+                )
                 out[n] = s
         if not any(out):
-            raise ArchLabError("no model of this run could be sized to the budget: "
-                               + "; ".join(m.error for m in self.models if m.error)[:400])
+            raise ArchLabError(
+                "no model of this run could be sized to the budget: "
+                + "; ".join(m.error for m in self.models if m.error)[:400]
+            )
         return out
 
     def _write_recipe(self, data, task, device) -> None:
@@ -313,29 +370,55 @@ class TrainingRun:
 
         r = self.spec.recipe
         shared = {
-            "tokenizer": "assets/tokenizer (byte-level BPE, shipped)" if task is None else
-            f"synthetic vocabulary of {task.vocab} ids (keys 1–{task.vocab // 2 - 1}, values {task.vocab // 2}–{task.vocab - 1})",
-            "data": data.describe() if data is not None else
-            f"{task.name} probe, sequence length {task.seq_len}, KV pairs {list(task.kv_pairs)}",
+            "tokenizer": "assets/tokenizer (byte-level BPE, shipped)"
+            if task is None
+            else f"synthetic vocabulary of {task.vocab} ids (keys 1–{task.vocab // 2 - 1}, values {task.vocab // 2}–{task.vocab - 1})",
+            "data": data.describe()
+            if data is not None
+            else f"{task.name} probe, sequence length {task.seq_len}, KV pairs {list(task.kv_pairs)}",
             "data_sha256": data.sha256 if data is not None else "",
             "batch_order": f"batch i drawn from (seed {r.seed}, i): the same for every model",
             "optimizer": f"AdamW (betas {tuple(r.betas)}, weight decay {r.weight_decay} on matrices, eps 1e-8"
-                         f"{', fused' if device.type == 'cuda' else ''})",
+            f"{', fused' if device.type == 'cuda' else ''})",
             "schedule": f"linear warm-up {r.warmup_steps} steps to {r.lr:g}, cosine to {r.lr * r.min_lr_ratio:g} "
-                        f"at step {r.steps}",
-            "batch": f"{r.batch} × {r.seq_len} tokens", "tokens": r.tokens, "steps": r.steps,
-            "precision": precision_of(device, r), "seed": r.seed, "device": str(device),
-            "budget": f"{r.budget:,.0f} {METRICS[r.budget_metric]} (±5%)", "grad_clip": r.grad_clip,
-            "layers": r.layers, "workers": f"{self.processes} processes" if self.processes else "one thread, models in turn",
+            f"at step {r.steps}",
+            "batch": f"{r.batch} × {r.seq_len} tokens",
+            "tokens": r.tokens,
+            "steps": r.steps,
+            "precision": precision_of(device, r),
+            "seed": r.seed,
+            "device": str(device),
+            "budget": f"{r.budget:,.0f} {METRICS[r.budget_metric]} (±5%)",
+            "grad_clip": r.grad_clip,
+            "layers": r.layers,
+            "workers": f"{self.processes} processes" if self.processes else "one thread, models in turn",
         }
         if self.group is not None:
             shared.update(self.group.recipe_notes(r.batch))
-        models = {m.key: {k: getattr(m, k) for k in ("label", "status", "total", "active", "nonemb_active",
-                                                     "nonemb_total", "budget_value", "deviation", "experts",
-                                                     "real_experts", "notes", "error")} for m in self.models}
+        models = {
+            m.key: {
+                k: getattr(m, k)
+                for k in (
+                    "label",
+                    "status",
+                    "total",
+                    "active",
+                    "nonemb_active",
+                    "nonemb_total",
+                    "budget_value",
+                    "deviation",
+                    "experts",
+                    "real_experts",
+                    "notes",
+                    "error",
+                )
+            }
+            for m in self.models
+        }
         self._set(shared=shared)
-        self.writer.write_json("recipe.json", {"run_id": self.id, "spec": self.spec.to_json(), "shared": shared,
-                                               "models": models})
+        self.writer.write_json(
+            "recipe.json", {"run_id": self.id, "spec": self.spec.to_json(), "shared": shared, "models": models}
+        )
 
     def _train_in_processes(self, jobs, data, task, devices) -> None:
         """Groups of models in worker processes (spawned), reporting over a queue applied here."""
@@ -345,14 +428,20 @@ class TrainingRun:
         if data is not None:
             tokens = str(self.folder / "tokens.npz")
             data_mod.save_tokens(Path(tokens), data.train, data.validation)
-        groups = [jobs[k::self.processes] for k in range(self.processes)]
+        groups = [jobs[k :: self.processes] for k in range(self.processes)]
         procs = []
         for k, group in enumerate(g for g in groups if g):
-            payload = {"spec": self.spec.to_json(), "keys": self.keys, "tokens": tokens,
-                       "data_name": data.name if data is not None else "", "device": str(devices[k % len(devices)]),
-                       "folder": str(self.folder), "started": self.started,
-                       "jobs": [(i, s.config, s.value, s.experts, s.real_experts) for i, s, _ in group],
-                       "stacked": self.stacked}
+            payload = {
+                "spec": self.spec.to_json(),
+                "keys": self.keys,
+                "tokens": tokens,
+                "data_name": data.name if data is not None else "",
+                "device": str(devices[k % len(devices)]),
+                "folder": str(self.folder),
+                "started": self.started,
+                "jobs": [(i, s.config, s.value, s.experts, s.real_experts) for i, s, _ in group],
+                "stacked": self.stacked,
+            }
             p = ctx.Process(target=_child, args=(payload, q, cancel), daemon=True, name=f"archlab-train-{k}")
             p.start()
             procs.append(p)
@@ -402,12 +491,39 @@ def _child(payload: dict, q, cancel) -> None:
         runs = spec.runs()
         for i, config, value, experts, real in payload["jobs"]:
             arch = resolve(config)
-            jobs.append((i, Sized(arch.label, config, arch, r.budget_metric, r.budget, value, arch.counts.total,
-                                  arch.counts.active, experts, real), runs[i][2]))
+            jobs.append(
+                (
+                    i,
+                    Sized(
+                        arch.label,
+                        config,
+                        arch,
+                        r.budget_metric,
+                        r.budget,
+                        value,
+                        arch.counts.total,
+                        arch.counts.active,
+                        experts,
+                        real,
+                    ),
+                    runs[i][2],
+                )
+            )
         import torch
 
-        train_loop(jobs, payload["keys"], spec, data, task, torch.device(payload["device"]), sink,
-                   Path(payload["folder"]), cancel, payload["started"], stacked=payload.get("stacked", True))
+        train_loop(
+            jobs,
+            payload["keys"],
+            spec,
+            data,
+            task,
+            torch.device(payload["device"]),
+            sink,
+            Path(payload["folder"]),
+            cancel,
+            payload["started"],
+            stacked=payload.get("stacked", True),
+        )
     except Exception as e:
         for i, *_ in payload["jobs"]:
             sink.model(i, status="failed", error=one_line(e))

@@ -1,4 +1,5 @@
 """What autograd keeps for the backward pass: helpers for counting saved tensors (``saved_tensors_hooks``)."""
+
 from __future__ import annotations
 
 

@@ -7,6 +7,7 @@ sweep reads from a stack is read here from the one model: losses, gradient norms
 probe results, the routers' load, the output log-partition; the largest attention logit is not measured (the
 single-model trainer has no hook on the softmax input) and is left empty.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -49,8 +50,10 @@ class Solo:
 
     def take(self) -> dict[str, np.ndarray]:
         losses, norms = self.member.take_losses(), self.member.take_norms()
-        return {"loss": np.asarray(losses, dtype=float).reshape(-1, 1),
-                "grad_norm": np.asarray(norms, dtype=float).reshape(-1, 1)}
+        return {
+            "loss": np.asarray(losses, dtype=float).reshape(-1, 1),
+            "grad_norm": np.asarray(norms, dtype=float).reshape(-1, 1),
+        }
 
     @torch.no_grad()
     def stability(self, batches: Sequence, rows: int = 8) -> dict[str, np.ndarray]:
@@ -60,8 +63,9 @@ class Solo:
         m.model.eval()
         try:
             with _autocast(self.device, self.recipe):
-                logits = m.model(input_ids=torch.from_numpy(np.ascontiguousarray(x, dtype=np.int64)).to(self.device),
-                                 use_cache=False).logits
+                logits = m.model(
+                    input_ids=torch.from_numpy(np.ascontiguousarray(x, dtype=np.int64)).to(self.device), use_cache=False
+                ).logits
             log_z = float(torch.logsumexp(logits.float(), dim=-1).mean())
         finally:
             if m.routers is not None:

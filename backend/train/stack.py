@@ -13,6 +13,7 @@ stopped leaves the others as they were. ``tests/test_stack.py`` holds a stacked 
 MoE routers are watched inside the vmapped call (each step's expert load per run and layer, the balancing loss,
 DeepSeek's aux-loss-free bias per run), as :class:`~backend.train.router_stats.RouterStats` does for one model.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -29,10 +30,10 @@ from torch.func import functional_call, stack_module_state, vmap
 from ..arch.errors import ArchLabError
 from ..live.routers import router_choice, router_logits, router_modules
 from . import graphs, vmapped
+from . import recipe as recipe_mod
 from .budget import Sized
 from .data import StreamHash
 from .probes import IGNORE, ProbeBatch, ProbeTask, accuracy, accuracy_by_distance
-from . import recipe as recipe_mod
 from .recipe import Recipe
 from .stacked_optim import StackedAdamW
 from .trainer import _autocast, batch_array, build_model
@@ -49,11 +50,12 @@ def stack_key(recipe: Recipe) -> tuple:
 @dataclass
 class Run:
     """One run of a stack."""
+
     key: str
     recipe: Recipe
     stream: StreamHash = field(default_factory=StreamHash)
-    status: str = "training"            # training / diverged / stopped / finished
-    diverged_at: Optional[int] = None   # the step whose loss was first not finite
+    status: str = "training"  # training / diverged / stopped / finished
+    diverged_at: Optional[int] = None  # the step whose loss was first not finite
 
 
 class _Routers:
@@ -67,8 +69,10 @@ class _Routers:
         self.routers = router_modules(model)
         self.layers = [i for i, _ in self.routers]
         names = {id(r): n for n, r in model.named_modules()}
-        self.bias_names = [next((f"{names[id(r)]}.{b}" for b, _ in r.named_buffers() if "correction_bias" in b), None)
-                           for _, r in self.routers]
+        self.bias_names = [
+            next((f"{names[id(r)]}.{b}" for b, _ in r.named_buffers() if "correction_bias" in b), None)
+            for _, r in self.routers
+        ]
         self._seen: list = []
         self._handles = [r.register_forward_hook(self._hook) for _, r in self.routers]
 
@@ -90,16 +94,22 @@ class _Routers:
         for module, output in self._seen:
             idx, _ = router_choice(module, output)
             flat = idx.reshape(-1)
-            loads.append(torch.zeros(self.experts, device=flat.device).scatter_add(
-                0, flat, torch.ones_like(flat, dtype=torch.float32)))
+            loads.append(
+                torch.zeros(self.experts, device=flat.device).scatter_add(
+                    0, flat, torch.ones_like(flat, dtype=torch.float32)
+                )
+            )
             if self.aux_coef:
                 logits.append(router_logits(output))
         load = torch.stack(loads)
         if not self.aux_coef:
             return load, load.new_zeros(())
         lg = torch.cat(logits).float()
-        probs = torch.softmax(lg, -1) if self.scoring == "softmax" else \
-            torch.sigmoid(lg) / torch.sigmoid(lg).sum(-1, keepdim=True)
+        probs = (
+            torch.softmax(lg, -1)
+            if self.scoring == "softmax"
+            else torch.sigmoid(lg) / torch.sigmoid(lg).sum(-1, keepdim=True)
+        )
         f = load.sum(0) / lg.shape[0]
         return load, self.experts * (f * probs.mean(0)).sum()  # logged as it is; weighted by the coef in the loss
 
@@ -123,8 +133,14 @@ class Stack:
     ``graph_note`` says what the stack does.
     """
 
-    def __init__(self, sized: Sized, recipes: Sequence[Recipe], keys: Sequence[str], device: torch.device,
-                 cuda_graph: bool = True):
+    def __init__(
+        self,
+        sized: Sized,
+        recipes: Sequence[Recipe],
+        keys: Sequence[str],
+        device: torch.device,
+        cuda_graph: bool = True,
+    ):
         if not recipes or len(recipes) != len(keys):
             raise ArchLabError("a stack needs one recipe per run")
         if len({stack_key(r) for r in recipes}) > 1:
@@ -133,8 +149,10 @@ class Stack:
         self.sized, self.device = sized, device
         self.recipe = recipes[0]
         self.runs = [Run(k, r) for k, r in zip(keys, recipes)]
-        models = [build_model(sized, r.seed, torch.device("cpu"), experts_impl=None, attention=vmapped.ATTENTION)
-                  for r in recipes]
+        models = [
+            build_model(sized, r.seed, torch.device("cpu"), experts_impl=None, attention=vmapped.ATTENTION)
+            for r in recipes
+        ]
         params, buffers = stack_module_state(models)
         self.params = {n: p.detach().to(device).requires_grad_() for n, p in params.items()}
         self.buffers = {n: b.to(device) for n, b in buffers.items()}
@@ -152,8 +170,12 @@ class Stack:
         self.dropout = any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in self.base.modules())
         self.routers = None
         if sized.arch.spec.moe is not None:
-            self.routers = _Routers(self.base, sized.arch.spec, getattr(sized.arch.config, "router_aux_loss_coef", 0.0),
-                                    self.recipe.router_bias_speed)
+            self.routers = _Routers(
+                self.base,
+                sized.arch.spec,
+                getattr(sized.arch.config, "router_aux_loss_coef", 0.0),
+                self.recipe.router_bias_speed,
+            )
         self.optimizer = StackedAdamW(self.params, self.recipe.betas)
         self.step = 0
         self.train_seconds = 0.0
@@ -179,8 +201,9 @@ class Stack:
         router = self.routers.watching() if self.routers is not None else contextlib.nullcontext()
         rec = vmapped.recording() if measure else contextlib.nullcontext()
         with router, rec as logits_max:
-            logits = functional_call(self.base, (params, buffers), (), {"input_ids": x, "use_cache": False},
-                                     tie_weights=True, strict=False).logits
+            logits = functional_call(
+                self.base, (params, buffers), (), {"input_ids": x, "use_cache": False}, tie_weights=True, strict=False
+            ).logits
             out = {"logits": logits}
             if self.routers is not None:
                 out["load"], out["aux"] = self.routers.summary()
@@ -190,8 +213,11 @@ class Stack:
 
     def forward(self, x: torch.Tensor, per_run: bool = True, measure: bool = False) -> dict:
         """The stacked forward: ``x`` is ``[R, B, T]`` (``per_run``) or one ``[B, T]`` batch shared by all runs."""
-        fn = vmap(lambda p, b, xx: self._one(p, b, xx, measure), in_dims=(0, 0, 0 if per_run else None),
-                  randomness="different" if self.dropout else "error")
+        fn = vmap(
+            lambda p, b, xx: self._one(p, b, xx, measure),
+            in_dims=(0, 0, 0 if per_run else None),
+            randomness="different" if self.dropout else "error",
+        )
         return fn(self.params, self.buffers, x)
 
     # ----- training
@@ -240,8 +266,9 @@ class Stack:
     def losses(logits: torch.Tensor, y: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
         """Mean next-token cross-entropy per run ``[R]`` over the labelled positions."""
         runs, vocab = logits.shape[0], logits.shape[-1]
-        ce = F.cross_entropy(logits.reshape(-1, vocab).float(), y.reshape(-1), ignore_index=IGNORE,
-                             reduction="none").view(runs, -1)
+        ce = F.cross_entropy(
+            logits.reshape(-1, vocab).float(), y.reshape(-1), ignore_index=IGNORE, reduction="none"
+        ).view(runs, -1)
         # one reduction per run: a reduction over [R, N] splits its rows differently for different R
         if mask is None:
             return torch.stack([row.mean() for row in ce])
@@ -344,8 +371,10 @@ class Stack:
         with _autocast(self.device, self.recipe):
             out = self.forward(x, measure=True)
         log_z = torch.logsumexp(out["logits"].float(), dim=-1).reshape(len(self.runs), -1)
-        return {"max_logit": out["max_logit"].float().cpu().numpy(),
-                "log_z": torch.stack([row.mean() for row in log_z]).cpu().numpy()}
+        return {
+            "max_logit": out["max_logit"].float().cpu().numpy(),
+            "log_z": torch.stack([row.mean() for row in log_z]).cpu().numpy(),
+        }
 
     @torch.no_grad()
     def loss_on(self, windows: np.ndarray) -> np.ndarray:
@@ -353,12 +382,17 @@ class Stack:
         total = torch.zeros(len(self.runs), dtype=torch.float64, device=self.device)
         count = 0
         for i in range(0, len(windows), self.recipe.batch):
-            w = torch.from_numpy(np.ascontiguousarray(windows[i:i + self.recipe.batch], dtype=np.int64)).to(self.device)
+            w = torch.from_numpy(np.ascontiguousarray(windows[i : i + self.recipe.batch], dtype=np.int64)).to(
+                self.device
+            )
             x, y = w[:, :-1], w[:, 1:]
             with _autocast(self.device, self.recipe):
                 logits = self.forward(x, per_run=False)["logits"]
-            ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(),
-                                 y.reshape(1, -1).expand(len(self.runs), -1).reshape(-1), reduction="none")
+            ce = F.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]).float(),
+                y.reshape(1, -1).expand(len(self.runs), -1).reshape(-1),
+                reduction="none",
+            )
             total += ce.view(len(self.runs), -1).sum(1).double()
             count += y.numel()
         return (total / count).cpu().numpy()
@@ -386,7 +420,9 @@ class Stack:
             b = task.eval_batch(kv, seq, examples)
             preds = []
             for i in range(0, examples, self.recipe.batch):
-                x = torch.from_numpy(np.ascontiguousarray(b.inputs[i:i + self.recipe.batch], dtype=np.int64)).to(self.device)
+                x = torch.from_numpy(np.ascontiguousarray(b.inputs[i : i + self.recipe.batch], dtype=np.int64)).to(
+                    self.device
+                )
                 with _autocast(self.device, self.recipe):
                     preds.append(self.forward(x, per_run=False)["logits"].argmax(-1).cpu().numpy())
             p = np.concatenate(preds, axis=1)
@@ -400,8 +436,9 @@ class Stack:
     # ----- runs in and out of the stack
     def model_of(self, index: int, device: Optional[torch.device] = None):
         """Run ``index`` as an ordinary transformers model (its own weights, fp32, eval mode)."""
-        model = build_model(self.sized, self.runs[index].recipe.seed, device or torch.device("cpu"), experts_impl=None,
-                            attention=None)
+        model = build_model(
+            self.sized, self.runs[index].recipe.seed, device or torch.device("cpu"), experts_impl=None, attention=None
+        )
         state = model.state_dict()
         with torch.no_grad():
             for name, t in list(self.params.items()) + list(self.buffers.items()):
@@ -453,4 +490,3 @@ class Stack:
         self.params = self.buffers = {}
         self.optimizer = self.graph = self.inputs = self._host = None
         self._events, self._log = [], {"loss": [], "grad_norm": []}
-

@@ -7,6 +7,7 @@ count and the per-run scalars on the device, so a whole training step can be cap
 A run whose gradient norm is not finite takes no step (its moments keep decaying, its weights stay), so one
 diverging run never writes NaN into the others' or its own weights.
 """
+
 from __future__ import annotations
 
 import torch

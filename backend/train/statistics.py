@@ -13,6 +13,7 @@ learning-rate sensitivity and spike scores.
 - A spike score is OLMo 2's (§3.2): the share of values at least 7 standard deviations from the rolling mean of
   the values before them; the window is scaled to the run's length (:func:`spike_window`).
 """
+
 from __future__ import annotations
 
 import math
@@ -29,6 +30,7 @@ SPIKE_SIGMAS = 7.0
 @dataclass(frozen=True)
 class Interval:
     """A mean over ``n`` values with its confidence interval (None with fewer than two values)."""
+
     mean: float
     low: Optional[float]
     high: Optional[float]
@@ -54,13 +56,16 @@ def interval(values: Iterable[float], confidence: float = CONFIDENCE) -> Interva
     return Interval(mean, float(low), float(high), len(v), sd)
 
 
-def paired_difference(a: Sequence[Optional[float]], b: Sequence[Optional[float]],
-                      confidence: float = CONFIDENCE) -> Interval:
+def paired_difference(
+    a: Sequence[Optional[float]], b: Sequence[Optional[float]], confidence: float = CONFIDENCE
+) -> Interval:
     """Interval of ``a[i] - b[i]`` over the pairs where both are finite (``a`` and ``b`` in seed order)."""
     if len(a) != len(b):
         raise ValueError("paired values need the same seeds on both sides")
-    return interval([x - y for x, y in zip(a, b)
-                     if x is not None and y is not None and math.isfinite(x) and math.isfinite(y)], confidence)
+    return interval(
+        [x - y for x, y in zip(a, b) if x is not None and y is not None and math.isfinite(x) and math.isfinite(y)],
+        confidence,
+    )
 
 
 def verdict(diff: Interval) -> str:
@@ -115,7 +120,7 @@ def spike_score(values: Sequence[float], window: Optional[int] = None, sigmas: f
         return float("nan")
     spikes = 0
     for i in range(w, len(v)):
-        past = v[i - w:i]
+        past = v[i - w : i]
         past = past[np.isfinite(past)]
         if not math.isfinite(v[i]):
             spikes += 1

@@ -15,6 +15,7 @@
       models/<model>/  save_pretrained (safetensors) + the tokenizer for text runs + training.json
 The runs dir is ``live.roots.runs_dir()`` (``ARCHLAB_RUNS_DIR``, default ``runs/``, git-ignored).
 """
+
 from __future__ import annotations
 
 import csv
@@ -31,8 +32,18 @@ from ..arch.errors import ArchLabError
 from ..live.roots import runs_dir
 from ..live.runs import NOT_FOUND, valid_id
 
-METRIC_COLUMNS = ("model", "step", "tokens", "train_loss", "val_loss", "lr", "elapsed_s", "grad_norm",
-                  "max_attn_logit", "log_z")
+METRIC_COLUMNS = (
+    "model",
+    "step",
+    "tokens",
+    "train_loss",
+    "val_loss",
+    "lr",
+    "elapsed_s",
+    "grad_norm",
+    "max_attn_logit",
+    "log_z",
+)
 #: the largest attention logit of each layer, sampled during training (stacked runs)
 STABILITY_COLUMNS = ("model", "step", "layer", "max_attn_logit")
 ROUTING_COLUMNS = ("model", "step", "tokens", "layer", "max_over_mean", "entropy", "never_chosen", "aux_loss", "load")
@@ -113,6 +124,7 @@ def _jsonable(x):
 @dataclass(frozen=True)
 class RunRecord:
     """A run as read back from its folder."""
+
     id: str
     folder: Path
     recipe: dict
@@ -134,15 +146,23 @@ def read_run(run_id: str, root: Optional[Path] = None) -> RunRecord:
     if not (folder / "recipe.json").is_file():
         raise ArchLabError(NOT_FOUND)
     load = lambda n: json.loads((folder / n).read_text()) if (folder / n).is_file() else {}
-    return RunRecord(run_id, folder, load("recipe.json"), load("status.json"),
-                     _csv(folder / "metrics.csv", METRIC_COLUMNS), _csv(folder / "routing.csv", ROUTING_COLUMNS),
-                     _csv(folder / "probes.csv", PROBE_COLUMNS), _csv(folder / "results.csv", ()),
-                     _csv(folder / "stability.csv", STABILITY_COLUMNS))
+    return RunRecord(
+        run_id,
+        folder,
+        load("recipe.json"),
+        load("status.json"),
+        _csv(folder / "metrics.csv", METRIC_COLUMNS),
+        _csv(folder / "routing.csv", ROUTING_COLUMNS),
+        _csv(folder / "probes.csv", PROBE_COLUMNS),
+        _csv(folder / "results.csv", ()),
+        _csv(folder / "stability.csv", STABILITY_COLUMNS),
+    )
 
 
 @dataclass(frozen=True)
 class TrainedModel:
     """A trained miniature's checkpoint that the Playground and Routing pages can load."""
+
     run_id: str
     key: str
     label: str
@@ -160,11 +180,20 @@ def trained_models(run_ids: list[str], root: Optional[Path] = None) -> list[Trai
             continue
         for model_dir in sorted((folder / "models").glob("*")):
             info_path = model_dir / "training.json"
-            if not info_path.is_file() or not (model_dir / "tokenizer.json").is_file() \
-                    or not (model_dir / "model.safetensors").is_file():
+            if (
+                not info_path.is_file()
+                or not (model_dir / "tokenizer.json").is_file()
+                or not (model_dir / "model.safetensors").is_file()
+            ):
                 continue
             info = json.loads(info_path.read_text())
-            out.append(TrainedModel(run_id, info.get("key", model_dir.name),
-                                    f"{info.get('label', model_dir.name)} (trained miniature, run {run_id[:6]}…)",
-                                    model_dir, info.get("val_loss")))
+            out.append(
+                TrainedModel(
+                    run_id,
+                    info.get("key", model_dir.name),
+                    f"{info.get('label', model_dir.name)} (trained miniature, run {run_id[:6]}…)",
+                    model_dir,
+                    info.get("val_loss"),
+                )
+            )
     return out

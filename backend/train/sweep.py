@@ -13,6 +13,7 @@ the end its checkpoint, its row of the final table, and whether it diverged (a l
 run is then taken out of its stack, and its row says so; the others go on). Stacks that do not fit the device
 together train in waves: a stack starts when the memory of a finished one is free.
 """
+
 from __future__ import annotations
 
 import logging
@@ -30,8 +31,8 @@ from .budget import Sized
 from .outcome import FINAL_WINDOWS, FLUSH_S
 from .recipe import RunSpec
 from .stack import Stack, stack_key
-from .store import METRIC_COLUMNS, ROUTING_COLUMNS, STABILITY_COLUMNS, RunWriter
 from .statistics import spike_score, spike_window
+from .store import METRIC_COLUMNS, ROUTING_COLUMNS, STABILITY_COLUMNS, RunWriter
 
 log = logging.getLogger("archlab.train")
 #: a stack may use this share of the device's free memory (the estimate leaves out the vmap temporaries)
@@ -43,6 +44,7 @@ STABILITY_SAMPLES = 50
 @dataclass
 class _Context:
     """What every stack of the run reports with."""
+
     sink: Any
     folder: Path
     data: Any
@@ -53,14 +55,15 @@ class _Context:
 @dataclass
 class _Unit:
     """A stack and the run indices (into the run's models) of its runs, in stack order."""
+
     stack: Stack
     index: list[int]
     jobs: list
-    bytes: int = 0                                    # its runs' training-memory estimate
+    bytes: int = 0  # its runs' training-memory estimate
     init_loss: list = field(default_factory=list)
-    grad_norms: dict = field(default_factory=dict)    # run index -> every step's gradient norm
-    losses: dict = field(default_factory=dict)        # run index -> every step's training loss
-    max_logit: dict = field(default_factory=dict)     # run index -> largest sampled attention logit
+    grad_norms: dict = field(default_factory=dict)  # run index -> every step's gradient norm
+    losses: dict = field(default_factory=dict)  # run index -> every step's training loss
+    max_logit: dict = field(default_factory=dict)  # run index -> largest sampled attention logit
 
 
 def plan(jobs: list[tuple[int, Sized, Any]], device) -> list[list[tuple[int, Sized, Any]]]:
@@ -73,7 +76,7 @@ def plan(jobs: list[tuple[int, Sized, Any]], device) -> list[list[tuple[int, Siz
     out = []
     for group in groups.values():
         most = max(1, int(budget // max(run_bytes(group[0][1], group[0][2], device), 1)))
-        out += [group[k:k + most] for k in range(0, len(group), most)]
+        out += [group[k : k + most] for k in range(0, len(group), most)]
     return out
 
 
@@ -82,8 +85,12 @@ def run_bytes(sized: Sized, recipe, device) -> int:
     from ..arch.train_memory import training_memory
 
     try:
-        return training_memory(sized.arch, recipe.batch, recipe.seq_len,
-                               "bf16" if device.type == "cuda" and recipe.precision != "fp32" else "fp32").total
+        return training_memory(
+            sized.arch,
+            recipe.batch,
+            recipe.seq_len,
+            "bf16" if device.type == "cuda" and recipe.precision != "fp32" else "fp32",
+        ).total
     except ArchLabError:
         return 0
 
@@ -106,12 +113,21 @@ def max_runs(sized: Sized, recipe, device) -> int:
     return max(1, int(memory_budget(device) // max(run_bytes(sized, recipe, device), 1)))
 
 
-def train_stacked(jobs: list[tuple[int, Sized, Any]], keys: list[str], spec: RunSpec, data, task, device, sink,
-                  folder: Path, cancel, started: float) -> None:
+def train_stacked(
+    jobs: list[tuple[int, Sized, Any]],
+    keys: list[str],
+    spec: RunSpec,
+    data,
+    task,
+    device,
+    sink,
+    folder: Path,
+    cancel,
+    started: float,
+) -> None:
     """Train ``jobs`` ((run index, sized miniature, recipe)) as stacks on ``device``, reporting to ``sink``."""
     from .data import BatchStream, validation_windows
     from .outcome import probe_eval_batch
-
 
     r = spec.recipe
     ctx = _Context(sink, folder, data, task, started)
@@ -226,8 +242,9 @@ def _solo(job, keys, device, sink, why: Exception) -> list[_Unit]:
     from .solo import Solo
 
     i, s, recipe = job
-    log.warning("%s cannot take the stacked step (%s); training it with the single-model trainer",
-                keys[i], one_line(why))
+    log.warning(
+        "%s cannot take the stacked step (%s); training it with the single-model trainer", keys[i], one_line(why)
+    )
     try:
         st = Solo(s, recipe, keys[i], device, one_line(why))
     except Exception as e:
@@ -278,10 +295,24 @@ def _stability(u: _Unit, m: dict, ctx: _Context) -> None:
             rows.append({"model": key, "step": st.step, "layer": layer, "max_attn_logit": float(value)})
         top = float(np.max(m["max_logit"][r])) if len(m["max_logit"][r]) else float("nan")
         u.max_logit[i] = max(u.max_logit.get(i, -math.inf), top) if math.isfinite(top) else u.max_logit.get(i, top)
-        sink.rows("metrics.csv", METRIC_COLUMNS, [{
-            "model": key, "step": st.step, "tokens": st.step * st.recipe.batch * st.recipe.seq_len, "train_loss": "",
-            "val_loss": "", "lr": st.runs[r].recipe.lr_at(max(0, st.step - 1)), "elapsed_s": now, "grad_norm": "",
-            "max_attn_logit": top, "log_z": float(m["log_z"][r])}])
+        sink.rows(
+            "metrics.csv",
+            METRIC_COLUMNS,
+            [
+                {
+                    "model": key,
+                    "step": st.step,
+                    "tokens": st.step * st.recipe.batch * st.recipe.seq_len,
+                    "train_loss": "",
+                    "val_loss": "",
+                    "lr": st.runs[r].recipe.lr_at(max(0, st.step - 1)),
+                    "elapsed_s": now,
+                    "grad_norm": "",
+                    "max_attn_logit": top,
+                    "log_z": float(m["log_z"][r]),
+                }
+            ],
+        )
     sink.rows("stability.csv", STABILITY_COLUMNS, rows)
 
 
@@ -299,10 +330,20 @@ def _flush(u: _Unit, val: Optional[np.ndarray], ctx: _Context) -> None:
         run = st.runs[r]
         for j in range(n):
             step = first + j + 1
-            rows.append({"model": run.key, "step": step, "tokens": step * st.recipe.batch * st.recipe.seq_len,
-                         "train_loss": float(taken["loss"][j, r]), "val_loss": "", "lr": run.recipe.lr_at(step - 1),
-                         "elapsed_s": now, "grad_norm": float(taken["grad_norm"][j, r]), "max_attn_logit": "",
-                         "log_z": ""})
+            rows.append(
+                {
+                    "model": run.key,
+                    "step": step,
+                    "tokens": step * st.recipe.batch * st.recipe.seq_len,
+                    "train_loss": float(taken["loss"][j, r]),
+                    "val_loss": "",
+                    "lr": run.recipe.lr_at(step - 1),
+                    "elapsed_s": now,
+                    "grad_norm": float(taken["grad_norm"][j, r]),
+                    "max_attn_logit": "",
+                    "log_z": "",
+                }
+            )
         if val is not None and rows:
             rows[-1]["val_loss"] = float(val[r])
         u.losses.setdefault(i, []).extend(taken["loss"][:, r].tolist())
@@ -314,22 +355,37 @@ def _flush(u: _Unit, val: Optional[np.ndarray], ctx: _Context) -> None:
 
         load, aux = snap
         routing = []
-        for r, i in enumerate(u.index):
+        for r in range(len(u.index)):
             b = balance(load[r])
-            routing += [{"model": st.runs[r].key, "step": st.step, "tokens": st.step * st.recipe.batch * st.recipe.seq_len,
-                         "layer": layer, "max_over_mean": float(b["max_over_mean"][k]), "entropy": float(b["entropy"][k]),
-                         "never_chosen": int((load[r][k] == 0).sum()), "aux_loss": float(aux[r]) if aux is not None else "",
-                         "load": " ".join(str(int(x)) for x in load[r][k])}
-                        for k, layer in enumerate(st.routers.layers)]
+            routing += [
+                {
+                    "model": st.runs[r].key,
+                    "step": st.step,
+                    "tokens": st.step * st.recipe.batch * st.recipe.seq_len,
+                    "layer": layer,
+                    "max_over_mean": float(b["max_over_mean"][k]),
+                    "entropy": float(b["entropy"][k]),
+                    "never_chosen": int((load[r][k] == 0).sum()),
+                    "aux_loss": float(aux[r]) if aux is not None else "",
+                    "load": " ".join(str(int(x)) for x in load[r][k]),
+                }
+                for k, layer in enumerate(st.routers.layers)
+            ]
         sink.rows("routing.csv", ROUTING_COLUMNS, routing)
     steps = st.recipe.steps
     step_s = st.train_seconds / st.step if st.step else None
     for r, i in enumerate(u.index):
         run = st.runs[r]
-        fields = {"step": st.step, "tokens": st.step * st.recipe.batch * st.recipe.seq_len, "elapsed_s": st.train_seconds,
-                  "eta_s": (steps - st.step) * step_s if step_s else None,
-                  "tok_s": st.step * st.recipe.batch * st.recipe.seq_len / st.train_seconds if st.train_seconds else None,
-                  "peak_bytes": st.peak_bytes, "stream_sha256": run.stream.hexdigest(), "batches": run.stream.batches}
+        fields = {
+            "step": st.step,
+            "tokens": st.step * st.recipe.batch * st.recipe.seq_len,
+            "elapsed_s": st.train_seconds,
+            "eta_s": (steps - st.step) * step_s if step_s else None,
+            "tok_s": st.step * st.recipe.batch * st.recipe.seq_len / st.train_seconds if st.train_seconds else None,
+            "peak_bytes": st.peak_bytes,
+            "stream_sha256": run.stream.hexdigest(),
+            "batches": run.stream.batches,
+        }
         if n:
             fields["train_loss"] = float(np.mean(taken["loss"][-10:, r]))
         if val is not None:
@@ -348,8 +404,17 @@ def _diverged(u: _Unit, bad: list[int], ctx: _Context) -> None:
     """Record the runs at stack positions ``bad`` as diverged (no checkpoint) and take them out of the stack."""
     st = u.stack
     for r in bad:
-        _report(u, r, ctx, status="diverged", val=float("nan"), model_dir=None, by_setting={}, by_distance={},
-                note=f"loss not finite at step {st.runs[r].diverged_at}")
+        _report(
+            u,
+            r,
+            ctx,
+            status="diverged",
+            val=float("nan"),
+            model_dir=None,
+            by_setting={},
+            by_distance={},
+            note=f"loss not finite at step {st.runs[r].diverged_at}",
+        )
     keep = [r for r in range(len(st.runs)) if r not in bad]
     if keep:
         st.keep(keep)
@@ -371,19 +436,28 @@ def _finish(u: _Unit, ctx: _Context, stopped: bool) -> None:
         sink.model(i, status="evaluating")
     try:
         if data is not None:
-            vals = st.loss_on(validation_windows(data.validation, r0.seq_len, r0.eval_windows if stopped else None)
-                              [:FINAL_WINDOWS])
+            vals = st.loss_on(
+                validation_windows(data.validation, r0.seq_len, r0.eval_windows if stopped else None)[:FINAL_WINDOWS]
+            )
             probes = [({}, {})] * len(u.index)
         else:
             vals = st.probe_loss(probe_eval_batch(task, r0))
             probes = [({}, {})] * len(u.index) if stopped else st.probe_accuracy(task, r0.probe_examples)
         writer = RunWriter(ctx.folder)
         tokenizer = tokenizer_for(data)
-        for r, i in enumerate(u.index):
+        for r in range(len(u.index)):
             model_dir = writer.model_dir(st.runs[r].key)
             st.save(r, model_dir, tokenizer)
-            _report(u, r, ctx, status="stopped" if stopped else "finished", val=float(vals[r]), model_dir=model_dir,
-                    by_setting=probes[r][0], by_distance=probes[r][1])
+            _report(
+                u,
+                r,
+                ctx,
+                status="stopped" if stopped else "finished",
+                val=float(vals[r]),
+                model_dir=model_dir,
+                by_setting=probes[r][0],
+                by_distance=probes[r][1],
+            )
     except Exception as e:
         log.error("finishing a stack failed:\n%s", traceback.format_exc())
         for i in u.index:
@@ -393,8 +467,18 @@ def _finish(u: _Unit, ctx: _Context, stopped: bool) -> None:
         u.stack = None
 
 
-def _report(u: _Unit, r: int, ctx: _Context, *, status: str, val: float, model_dir: Optional[Path],
-            by_setting: dict, by_distance: dict, note: str = "") -> None:
+def _report(
+    u: _Unit,
+    r: int,
+    ctx: _Context,
+    *,
+    status: str,
+    val: float,
+    model_dir: Optional[Path],
+    by_setting: dict,
+    by_distance: dict,
+    note: str = "",
+) -> None:
     """One run's final row (through the runner's ``report_result``) with the sweep's columns."""
     from .outcome import report_result
 
@@ -405,16 +489,42 @@ def _report(u: _Unit, r: int, ctx: _Context, *, status: str, val: float, model_d
     window = spike_window(st.recipe.steps)
     if status == "finished" and math.isfinite(val) and math.isfinite(init) and val > init:
         status, note = "diverged", f"final loss {val:.3f} above the loss at initialisation {init:.3f}"
-    extra = {"lr": run.recipe.lr, "seed": run.recipe.seed, "warmup": run.recipe.warmup,
-             "weight_decay": run.recipe.weight_decay, "z_loss": run.recipe.z_loss, "init_loss": init,
-             "diverged": status == "diverged", "diverged_note": note,
-             "loss_spike_score": spike_score(losses, window), "grad_spike_score": spike_score(norms, window),
-             "spike_window": window, "max_attn_logit": u.max_logit.get(i, float("nan")),
-             "stack_runs": len(st.runs), "step_kind": st.graph_note}
-    report_result(i, sink, ctx.folder, key=run.key, sized=st.sized, recipe=run.recipe, status=status, step=st.step,
-                  tokens=st.step * st.recipe.batch * st.recipe.seq_len, val=val, by_setting=by_setting,
-                  by_distance=by_distance, stream=run.stream, train_seconds=st.train_seconds,
-                  peak_bytes=st.peak_bytes, model_dir=model_dir, data=ctx.data, task=ctx.task, extra=extra)
+    extra = {
+        "lr": run.recipe.lr,
+        "seed": run.recipe.seed,
+        "warmup": run.recipe.warmup,
+        "weight_decay": run.recipe.weight_decay,
+        "z_loss": run.recipe.z_loss,
+        "init_loss": init,
+        "diverged": status == "diverged",
+        "diverged_note": note,
+        "loss_spike_score": spike_score(losses, window),
+        "grad_spike_score": spike_score(norms, window),
+        "spike_window": window,
+        "max_attn_logit": u.max_logit.get(i, float("nan")),
+        "stack_runs": len(st.runs),
+        "step_kind": st.graph_note,
+    }
+    report_result(
+        i,
+        sink,
+        ctx.folder,
+        key=run.key,
+        sized=st.sized,
+        recipe=run.recipe,
+        status=status,
+        step=st.step,
+        tokens=st.step * st.recipe.batch * st.recipe.seq_len,
+        val=val,
+        by_setting=by_setting,
+        by_distance=by_distance,
+        stream=run.stream,
+        train_seconds=st.train_seconds,
+        peak_bytes=st.peak_bytes,
+        model_dir=model_dir,
+        data=ctx.data,
+        task=ctx.task,
+        extra=extra,
+    )
     if note:
         sink.model(i, error=note)
-

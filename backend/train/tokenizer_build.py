@@ -3,6 +3,7 @@
 Byte-level BPE of ``VOCAB_SIZE`` entries trained on the corpus's training split only (the validation split
 stays unseen). Deterministic for the same corpus; ``assets/tokenizer/SOURCES.json`` records the corpus hash.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -22,8 +23,12 @@ def train(text: str, vocab_size: int = VOCAB_SIZE):
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS, PAD], show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[EOS, PAD],
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tok.train_from_iterator(text.split("\n\n"), trainer=trainer)
     return wrap(tok)
 
@@ -34,10 +39,13 @@ def rebuild() -> None:
     tok = train(text)
     TOKENIZER_DIR.mkdir(parents=True, exist_ok=True)
     tok.save_pretrained(str(TOKENIZER_DIR))
-    sources = {"vocab_size": VOCAB_SIZE, "kind": "byte-level BPE (tokenizers)",
-               "trained_on": "training split of assets/corpus/documents.jsonl.xz",
-               "corpus_train_sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(),
-               "rebuild": "python -m backend.train.tokenizer_build"}
+    sources = {
+        "vocab_size": VOCAB_SIZE,
+        "kind": "byte-level BPE (tokenizers)",
+        "trained_on": "training split of assets/corpus/documents.jsonl.xz",
+        "corpus_train_sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(),
+        "rebuild": "python -m backend.train.tokenizer_build",
+    }
     (TOKENIZER_DIR / "SOURCES.json").write_text(json.dumps(sources, indent=1) + "\n")
     load_offline.cache_clear()
 
@@ -46,6 +54,8 @@ if __name__ == "__main__":
     rebuild()
     tok = load_offline()
     ids = tok(corpus.split().validation).input_ids
-    print(f"wrote {TOKENIZER_DIR}: vocab {len(tok)}; validation split {len(corpus.split().validation):,} characters "
-          f"-> {len(ids):,} tokens ({len(corpus.split().validation) / len(ids):.2f} characters a token)")
+    print(
+        f"wrote {TOKENIZER_DIR}: vocab {len(tok)}; validation split {len(corpus.split().validation):,} characters "
+        f"-> {len(ids):,} tokens ({len(corpus.split().validation) / len(ids):.2f} characters a token)"
+    )
     sys.exit(0)

@@ -5,6 +5,7 @@ tracker as the rows come: TensorBoard, offline, under ``<run folder>/tensorboard
 ``tensorboard --logdir <run folder>/tensorboard``). Nothing is logged when no tracker package is installed;
 ``ARCHLAB_TRACKERS=none`` turns it off.
 """
+
 from __future__ import annotations
 
 import logging
@@ -32,7 +33,7 @@ class Trackers:
 
     def __init__(self, folder: Path, configs: dict | None = None):
         self.folder = folder / "tensorboard"
-        self.configs = configs or {}   # model -> its recipe fields, stored as the tracker's hyperparameters
+        self.configs = configs or {}  # model -> its recipe fields, stored as the tracker's hyperparameters
         self.enabled = available()
         self._by_model: dict = {}
         self._lock = threading.Lock()
@@ -60,8 +61,9 @@ class Trackers:
             t = TensorBoardTracker(safe_name(model), str(self.folder))
             t.start()
             if model in self.configs:
-                t.store_init_configuration({k: v for k, v in self.configs[model].items()
-                                            if isinstance(v, (bool, int, float, str))})
+                t.store_init_configuration(
+                    {k: v for k, v in self.configs[model].items() if isinstance(v, (bool, int, float, str))}
+                )
             self._by_model[model] = t
         return t
 

@@ -6,6 +6,7 @@ position (text) or over the answers only (probes). MoE routers are watched and b
 :class:`~backend.train.router_stats.RouterStats`. Losses stay on the device and are read back once per
 log interval, so a GPU step needs no host synchronisation.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -42,7 +43,11 @@ def _autocast(device: torch.device, recipe: Recipe):
 
 
 def precision_of(device: torch.device, recipe: Recipe) -> str:
-    return "bf16 autocast" if recipe.precision == "bf16" or (recipe.precision == "auto" and device.type == "cuda") else "fp32"
+    return (
+        "bf16 autocast"
+        if recipe.precision == "bf16" or (recipe.precision == "auto" and device.type == "cuda")
+        else "fp32"
+    )
 
 
 #: flex attention's Triton kernels refuse narrower heads ("embedding dimension ... must be at least 16")
@@ -60,14 +65,24 @@ def attention_for(config, device: torch.device, choice: Optional[str] = "auto") 
 
     cls = AutoModelForCausalLM._model_mapping.get(type(config), None)
     head = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    if (device.type == "cuda" and cls is not None and not cls._supports_sdpa and cls._supports_flex_attn
-            and head >= FLEX_MIN_HEAD_DIM):
+    if (
+        device.type == "cuda"
+        and cls is not None
+        and not cls._supports_sdpa
+        and cls._supports_flex_attn
+        and head >= FLEX_MIN_HEAD_DIM
+    ):
         return "flex_attention"
     return None
 
 
-def build_model(sized: Sized, seed: int, device: torch.device, experts_impl: Optional[str] = "grouped",
-                attention: Optional[str] = "auto"):
+def build_model(
+    sized: Sized,
+    seed: int,
+    device: torch.device,
+    experts_impl: Optional[str] = "grouped",
+    attention: Optional[str] = "auto",
+):
     """The miniature with weights initialised from ``seed`` (the same seed for every model of a run).
 
     ``experts_impl``: the MoE expert kernel; "grouped" is transformers' token-sorted grouped GEMMs (fastest to
@@ -79,8 +94,11 @@ def build_model(sized: Sized, seed: int, device: torch.device, experts_impl: Opt
         torch.manual_seed(seed)
         # a copy: the model keeps its config, and set_experts_implementation writes to it (two models built
         # from one Sized would otherwise share, and switch, each other's expert kernel)
-        model = patches.from_config(copy.deepcopy(sized.arch.config), dtype=torch.float32,
-                                    attn_implementation=attention_for(sized.arch.config, device, attention))
+        model = patches.from_config(
+            copy.deepcopy(sized.arch.config),
+            dtype=torch.float32,
+            attn_implementation=attention_for(sized.arch.config, device, attention),
+        )
     if experts_impl and sized.arch.spec.moe is not None and hasattr(model, "set_experts_implementation"):
         from .experts import register
 
@@ -91,10 +109,11 @@ def build_model(sized: Sized, seed: int, device: torch.device, experts_impl: Opt
 
 def optimizer_for(model, recipe: Recipe, device: torch.device) -> torch.optim.AdamW:
     params = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": recipe.weight_decay},
-              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=recipe.lr, betas=tuple(recipe.betas), eps=1e-8,
-                             fused=device.type == "cuda")
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": recipe.weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=recipe.lr, betas=tuple(recipe.betas), eps=1e-8, fused=device.type == "cuda")
 
 
 def _tensors(batch, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -103,8 +122,10 @@ def _tensors(batch, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         x, y = batch.inputs, batch.labels
     else:
         x, y = batch[:, :-1], batch[:, 1:]
-    return (torch.from_numpy(np.ascontiguousarray(x, dtype=np.int64)).to(device, non_blocking=True),
-            torch.from_numpy(np.ascontiguousarray(y, dtype=np.int64)).to(device, non_blocking=True))
+    return (
+        torch.from_numpy(np.ascontiguousarray(x, dtype=np.int64)).to(device, non_blocking=True),
+        torch.from_numpy(np.ascontiguousarray(y, dtype=np.int64)).to(device, non_blocking=True),
+    )
 
 
 def token_loss(logits: torch.Tensor, y: torch.Tensor, batch) -> torch.Tensor:
@@ -128,6 +149,7 @@ def batch_array(batch) -> np.ndarray:
 @dataclass
 class Member:
     """One model of a run and everything it has done."""
+
     key: str
     sized: Sized
     recipe: Recipe
@@ -139,10 +161,10 @@ class Member:
     step: int = 0
     train_seconds: float = 0.0
     _losses: list = field(default_factory=list)
-    _norms: list = field(default_factory=list)   # gradient norms before clipping, on the device
+    _norms: list = field(default_factory=list)  # gradient norms before clipping, on the device
     peak_bytes: Optional[int] = None
-    group: Optional[object] = None   # distributed.Group under accelerate launch / torchrun: DDP over its processes
-    shard: Optional[object] = None   # its distributed.Shard (set by start)
+    group: Optional[object] = None  # distributed.Group under accelerate launch / torchrun: DDP over its processes
+    shard: Optional[object] = None  # its distributed.Shard (set by start)
 
     @property
     def tokens(self) -> int:
@@ -230,11 +252,12 @@ class Member:
         total, count = 0.0, 0
         try:
             for i in range(0, len(windows), self.recipe.batch):
-                x, y = _tensors(windows[i:i + self.recipe.batch], self.device)
+                x, y = _tensors(windows[i : i + self.recipe.batch], self.device)
                 with _autocast(self.device, self.recipe):
                     logits = self.model(input_ids=x, use_cache=False).logits
-                total += float(F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1),
-                                               reduction="sum"))
+                total += float(
+                    F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="sum")
+                )
                 count += y.numel()
         finally:
             if self.routers is not None:
@@ -254,8 +277,14 @@ class Member:
                 b = task.eval_batch(kv, seq, examples)
                 preds = []
                 for i in range(0, examples, self.recipe.batch):
-                    x, _ = _tensors(ProbeBatch(b.inputs[i:i + self.recipe.batch], b.labels[i:i + self.recipe.batch],
-                                               b.distance[i:i + self.recipe.batch]), self.device)
+                    x, _ = _tensors(
+                        ProbeBatch(
+                            b.inputs[i : i + self.recipe.batch],
+                            b.labels[i : i + self.recipe.batch],
+                            b.distance[i : i + self.recipe.batch],
+                        ),
+                        self.device,
+                    )
                     with _autocast(self.device, self.recipe):
                         preds.append(self.model(input_ids=x, use_cache=False).logits.argmax(-1).cpu().numpy())
                 p = np.concatenate(preds)

@@ -2,6 +2,7 @@
 batch streams so that their curves advance together: the loop of a run that does not stack its runs, of the
 worker processes, and of a distributed launch (each model with DDP over the launch's processes).
 """
+
 from __future__ import annotations
 
 import logging
@@ -21,8 +22,20 @@ from .store import METRIC_COLUMNS, ROUTING_COLUMNS
 log = logging.getLogger("archlab.train")
 
 
-def train_loop(jobs: list[tuple[int, Sized, Any]], keys: list[str], spec: RunSpec, data, task, device, sink: Sink,
-               folder: Path, cancel, started: float, group=None, stacked: bool = True) -> None:
+def train_loop(
+    jobs: list[tuple[int, Sized, Any]],
+    keys: list[str],
+    spec: RunSpec,
+    data,
+    task,
+    device,
+    sink: Sink,
+    folder: Path,
+    cancel,
+    started: float,
+    group=None,
+    stacked: bool = True,
+) -> None:
     """Train ``jobs`` ((run index, sized miniature, its recipe)) on ``device``, reporting to ``sink``.
 
     ``stacked``: runs with the same shapes train as one stacked model (``sweep.train_stacked``); otherwise each
@@ -48,8 +61,11 @@ def train_loop(jobs: list[tuple[int, Sized, Any]], keys: list[str], spec: RunSpe
             if group is not None:
                 raise
             sink.model(i, status="failed", error=one_line(e))
-    streams = {m.recipe.seed: BatchStream(data.train, r.batch, r.seq_len, m.recipe.seed)
-               for m in members.values()} if data is not None else None
+    streams = (
+        {m.recipe.seed: BatchStream(data.train, r.batch, r.seq_len, m.recipe.seed) for m in members.values()}
+        if data is not None
+        else None
+    )
     eval_windows = validation_windows(data.validation, r.seq_len, r.eval_windows) if data is not None else None
     probe_eval = probe_eval_batch(task, r) if task is not None else None
     active = list(members)
@@ -64,12 +80,20 @@ def train_loop(jobs: list[tuple[int, Sized, Any]], keys: list[str], spec: RunSpe
                 break
             m = members[i]
             try:
-                batch = streams[m.recipe.seed][m.step] if streams is not None else \
-                    task.batch(m.recipe.seed, m.step, r.batch)
+                batch = (
+                    streams[m.recipe.seed][m.step]
+                    if streams is not None
+                    else task.batch(m.recipe.seed, m.step, r.batch)
+                )
                 m.train_step(batch)
                 if m.step % r.eval_interval == 0 or m.done:
-                    val = None if not evaluates else \
-                        m.loss_on(eval_windows) if eval_windows is not None else probe_loss(m, probe_eval)
+                    val = (
+                        None
+                        if not evaluates
+                        else m.loss_on(eval_windows)
+                        if eval_windows is not None
+                        else probe_loss(m, probe_eval)
+                    )
                     report.flush(i, m, val, members)
                     last_flush = time.monotonic()
             except torch.OutOfMemoryError:
@@ -111,33 +135,70 @@ class _Reporter:
         norms = m.take_norms()
         m.sync_time()
         now = round(time.time() - self.started, 3)
-        rows = [{"model": m.key, "step": first + j + 1, "tokens": (first + j + 1) * r.batch * r.seq_len,
-                 "train_loss": loss, "val_loss": "", "lr": r.lr_at(first + j), "elapsed_s": now,
-                 "grad_norm": norms[j] if j < len(norms) else ""}
-                for j, loss in enumerate(losses)]
+        rows = [
+            {
+                "model": m.key,
+                "step": first + j + 1,
+                "tokens": (first + j + 1) * r.batch * r.seq_len,
+                "train_loss": loss,
+                "val_loss": "",
+                "lr": r.lr_at(first + j),
+                "elapsed_s": now,
+                "grad_norm": norms[j] if j < len(norms) else "",
+            }
+            for j, loss in enumerate(losses)
+        ]
         if val is not None:
             if rows:
                 rows[-1]["val_loss"] = val
             else:
-                rows.append({"model": m.key, "step": m.step, "tokens": m.tokens, "train_loss": "", "val_loss": val,
-                             "lr": r.lr_at(max(0, m.step - 1)), "elapsed_s": now})
+                rows.append(
+                    {
+                        "model": m.key,
+                        "step": m.step,
+                        "tokens": m.tokens,
+                        "train_loss": "",
+                        "val_loss": val,
+                        "lr": r.lr_at(max(0, m.step - 1)),
+                        "elapsed_s": now,
+                    }
+                )
         self.sink.rows("metrics.csv", METRIC_COLUMNS, rows)
         if m.routers is not None and losses:
             snap = m.routers.snapshot(m.step)
             summary = snap.summary()
-            self.sink.rows("routing.csv", ROUTING_COLUMNS, [
-                {"model": m.key, "step": m.step, "tokens": m.tokens, "layer": layer,
-                 "max_over_mean": float(summary["max_over_mean"][row]), "entropy": float(summary["entropy"][row]),
-                 "never_chosen": int(summary["never_chosen"][row]),
-                 "aux_loss": snap.aux_loss if snap.aux_loss is not None else "",
-                 "load": " ".join(str(int(x)) for x in snap.load[row])} for row, layer in enumerate(snap.layers)])
+            self.sink.rows(
+                "routing.csv",
+                ROUTING_COLUMNS,
+                [
+                    {
+                        "model": m.key,
+                        "step": m.step,
+                        "tokens": m.tokens,
+                        "layer": layer,
+                        "max_over_mean": float(summary["max_over_mean"][row]),
+                        "entropy": float(summary["entropy"][row]),
+                        "never_chosen": int(summary["never_chosen"][row]),
+                        "aux_loss": snap.aux_loss if snap.aux_loss is not None else "",
+                        "load": " ".join(str(int(x)) for x in snap.load[row]),
+                    }
+                    for row, layer in enumerate(snap.layers)
+                ],
+            )
         step_s = m.train_seconds / m.step if m.step else None
         # models in this loop take turns: the remaining steps wait for each other's steps too
         turn = sum(o.train_seconds / o.step for o in members.values() if o.step and not o.done)
         eta = (r.steps - m.step) * max(turn, step_s or 0) if step_s else None
-        fields = {"step": m.step, "tokens": m.tokens, "elapsed_s": m.train_seconds, "eta_s": eta,
-                  "tok_s": m.tokens / m.train_seconds if m.train_seconds > 0 else None, "peak_bytes": m.peak_bytes,
-                  "stream_sha256": m.stream.hexdigest(), "batches": m.stream.batches}
+        fields = {
+            "step": m.step,
+            "tokens": m.tokens,
+            "elapsed_s": m.train_seconds,
+            "eta_s": eta,
+            "tok_s": m.tokens / m.train_seconds if m.train_seconds > 0 else None,
+            "peak_bytes": m.peak_bytes,
+            "stream_sha256": m.stream.hexdigest(),
+            "batches": m.stream.batches,
+        }
         if losses:
             fields["train_loss"] = float(np.mean(losses[-10:]))
         if val is not None:
@@ -182,8 +243,9 @@ def _record(i: int, m, data, task, spec: RunSpec, sink: Sink, folder: Path, stop
     val = None
     by_setting, by_distance = {}, {}
     if data is not None:
-        val = m.loss_on(validation_windows(data.validation, r.seq_len, None if not stopped else r.eval_windows)
-                        [:FINAL_WINDOWS])
+        val = m.loss_on(
+            validation_windows(data.validation, r.seq_len, None if not stopped else r.eval_windows)[:FINAL_WINDOWS]
+        )
     else:
         val = probe_loss(m, probe_eval_batch(task, r))
         if not stopped:
@@ -191,7 +253,23 @@ def _record(i: int, m, data, task, spec: RunSpec, sink: Sink, folder: Path, stop
     writer = RunWriter(folder)
     model_dir = writer.model_dir(m.key)
     m.save(model_dir, tokenizer_for(data))
-    return report_result(i, sink, folder, key=m.key, sized=m.sized, recipe=r, status="stopped" if stopped else "finished",
-                         step=m.step, tokens=m.tokens, val=val, by_setting=by_setting, by_distance=by_distance,
-                         stream=m.stream, train_seconds=m.train_seconds, peak_bytes=m.peak_bytes, model_dir=model_dir,
-                         data=data, task=task)
+    return report_result(
+        i,
+        sink,
+        folder,
+        key=m.key,
+        sized=m.sized,
+        recipe=r,
+        status="stopped" if stopped else "finished",
+        step=m.step,
+        tokens=m.tokens,
+        val=val,
+        by_setting=by_setting,
+        by_distance=by_distance,
+        stream=m.stream,
+        train_seconds=m.train_seconds,
+        peak_bytes=m.peak_bytes,
+        model_dir=model_dir,
+        data=data,
+        task=task,
+    )

@@ -17,6 +17,7 @@ names that a stacked model's config selects. Attention sinks (gpt-oss) and logit
 softmax; everything else goes to the fused kernel. The attention function can also record the largest
 attention logit of each layer (the softmax input, ``recording``), for the stability metrics.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -34,8 +35,16 @@ _EXPERT_MODULES: dict[int, torch.nn.Module] = {}
 
 
 # ----- attention
-def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor],
-           sinks: Optional[torch.Tensor], scale: float, causal: bool, softcap: float) -> torch.Tensor:
+def attend(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: Optional[torch.Tensor],
+    sinks: Optional[torch.Tensor],
+    scale: float,
+    causal: bool,
+    softcap: float,
+) -> torch.Tensor:
     """Softmax attention of ``q [N, H, T, D]`` over ``k, v [N, Hkv, S, D]`` → ``[N, H, T, Dv]``.
 
     ``mask``: boolean (True attends) or additive, broadcastable to ``[N, H, T, S]``; None with ``causal`` is a plain
@@ -46,8 +55,9 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[tor
         gqa = groups > 1 and mask is None
         if groups > 1 and not gqa:
             k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and mask is None,
-                                              scale=scale, enable_gqa=gqa)
+        return F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=causal and mask is None, scale=scale, enable_gqa=gqa
+        )
     if groups > 1:
         k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
     scores = _logits(q, k, mask, scale, causal, softcap)
@@ -62,8 +72,9 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[tor
     return torch.matmul(probs.to(v.dtype), v)
 
 
-def _logits(q: torch.Tensor, k: torch.Tensor, mask: Optional[torch.Tensor], scale: float, causal: bool,
-            softcap: float) -> torch.Tensor:
+def _logits(
+    q: torch.Tensor, k: torch.Tensor, mask: Optional[torch.Tensor], scale: float, causal: bool, softcap: float
+) -> torch.Tensor:
     """The softmax input: scaled (and soft-capped) q·kᵀ with masked positions at -inf."""
     scores = torch.matmul(q, k.transpose(-1, -2)) * scale
     if softcap:
@@ -77,8 +88,9 @@ def _logits(q: torch.Tensor, k: torch.Tensor, mask: Optional[torch.Tensor], scal
     return scores
 
 
-def max_logit(q: torch.Tensor, k: torch.Tensor, mask: Optional[torch.Tensor], scale: float, causal: bool,
-              softcap: float) -> torch.Tensor:
+def max_logit(
+    q: torch.Tensor, k: torch.Tensor, mask: Optional[torch.Tensor], scale: float, causal: bool, softcap: float
+) -> torch.Tensor:
     """The largest attention logit (softmax input over the attended positions) of one layer, a scalar."""
     groups = q.shape[-3] // k.shape[-3]
     if groups > 1:
@@ -87,8 +99,16 @@ def max_logit(q: torch.Tensor, k: torch.Tensor, mask: Optional[torch.Tensor], sc
 
 
 @torch.library.custom_op("archlab::attention", mutates_args=())
-def _attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor],
-                  sinks: Optional[torch.Tensor], scale: float, causal: bool, softcap: float) -> torch.Tensor:
+def _attention_op(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: Optional[torch.Tensor],
+    sinks: Optional[torch.Tensor],
+    scale: float,
+    causal: bool,
+    softcap: float,
+) -> torch.Tensor:
     return attend(q, k, v, mask, sinks, scale, causal, softcap)
 
 
@@ -124,8 +144,9 @@ def _(info, in_dims, q, k, v, mask, sinks, scale, causal, softcap):
     return out.reshape(runs, n, *out.shape[1:]), 0
 
 
-def attention_forward(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, is_causal=None,
-                      **kwargs):
+def attention_forward(
+    module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, is_causal=None, **kwargs
+):
     """transformers' attention interface (``config._attn_implementation = ATTENTION``)."""
     scale = float(scaling) if scaling is not None else query.shape[-1] ** -0.5
     causal = bool(is_causal if is_causal is not None else getattr(module, "is_causal", True))
@@ -153,9 +174,16 @@ def recording():
 
 # ----- MoE experts
 @torch.library.custom_op("archlab::experts", mutates_args=())
-def _experts_op(hidden: torch.Tensor, index: torch.Tensor, weights: torch.Tensor, up: torch.Tensor,
-                down: torch.Tensor, up_bias: Optional[torch.Tensor], down_bias: Optional[torch.Tensor],
-                module: int) -> torch.Tensor:
+def _experts_op(
+    hidden: torch.Tensor,
+    index: torch.Tensor,
+    weights: torch.Tensor,
+    up: torch.Tensor,
+    down: torch.Tensor,
+    up_bias: Optional[torch.Tensor],
+    down_bias: Optional[torch.Tensor],
+    module: int,
+) -> torch.Tensor:
     from .experts import grouped
 
     return grouped(_EXPERT_MODULES[module], hidden, index, weights, up, down, up_bias, down_bias)
@@ -176,14 +204,15 @@ def _(info, in_dims, hidden, index, weights, up, down, up_bias, down_bias, modul
 
     runs = info.batch_size
     hd, xd, wd, ud, dd, ubd, dbd = in_dims[:7]
-    moved = [None if t is None else (t.movedim(d, 0) if d is not None else t.unsqueeze(0).expand(runs, *t.shape))
-             for t, d in ((hidden, hd), (index, xd), (weights, wd), (up, ud), (down, dd), (up_bias, ubd),
-                          (down_bias, dbd))]
+    moved = [
+        None if t is None else (t.movedim(d, 0) if d is not None else t.unsqueeze(0).expand(runs, *t.shape))
+        for t, d in ((hidden, hd), (index, xd), (weights, wd), (up, ud), (down, dd), (up_bias, ubd), (down_bias, dbd))
+    ]
     experts = moved[3].shape[1]
     per_chunk = max(1, MAX_GROUPS // experts)
     outs = []
     for lo in range(0, runs, per_chunk):  # run r's expert e becomes expert (r - lo)·E + e of its chunk
-        x, idx, w, *weights_ = [None if t is None else t[lo:lo + per_chunk] for t in moved]
+        x, idx, w, *weights_ = [None if t is None else t[lo : lo + per_chunk] for t in moved]
         n_runs, n = x.shape[0], x.shape[1]
         idx = (idx + experts * torch.arange(n_runs, device=idx.device).view(n_runs, 1, 1)).reshape(n_runs * n, -1)
         folded = [None if t is None else t.reshape(n_runs * t.shape[1], *t.shape[2:]) for t in weights_]
@@ -192,14 +221,18 @@ def _(info, in_dims, hidden, index, weights, up, down, up_bias, down_bias, modul
     return torch.cat(outs) if len(outs) > 1 else outs[0], 0
 
 
-def experts_forward(self, hidden_states: torch.Tensor, top_k_index: torch.Tensor,
-                    top_k_weights: torch.Tensor) -> torch.Tensor:
+def experts_forward(
+    self, hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor
+) -> torch.Tensor:
     """transformers' experts interface (``config._experts_implementation = EXPERTS``)."""
     key = id(self)
     _EXPERT_MODULES.setdefault(key, self)
     up = self.gate_up_proj if self.has_gate else self.up_proj
-    biases = (getattr(self, "gate_up_proj_bias" if self.has_gate else "up_proj_bias"), self.down_proj_bias) \
-        if self.has_bias else (None, None)
+    biases = (
+        (getattr(self, "gate_up_proj_bias" if self.has_gate else "up_proj_bias"), self.down_proj_bias)
+        if self.has_bias
+        else (None, None)
+    )
     return torch.ops.archlab.experts(hidden_states, top_k_index, top_k_weights, up, self.down_proj, *biases, key)
 
 

@@ -8,6 +8,7 @@ catalog key: folder, shipped validation loss, batch-stream hash, expert notes) a
 (per architecture: validation loss and perplexity, MQAR accuracy, parameters, and the spread over the seeds).
 Runs go through ``TrainingRun`` in worker processes, several groups at once.
 """
+
 from __future__ import annotations
 
 import json
@@ -50,9 +51,19 @@ def groups(recipe: Recipe, keys: Optional[list[str]] = None) -> list[dict]:
     tok = load_offline()
     out: dict[str, dict] = {}
     for key in keys or catalog.keys():
-        s = budget.size_to_budget(key, recipe.budget, recipe.budget_metric, seq_len=recipe.seq_len, vocab=len(tok),
-                                  eos=tok.eos_token_id, pad=tok.pad_token_id, max_positions=max(1024, recipe.seq_len),
-                                  max_total=recipe.max_total, layers=recipe.layers, min_head_dim=recipe.min_head_dim)
+        s = budget.size_to_budget(
+            key,
+            recipe.budget,
+            recipe.budget_metric,
+            seq_len=recipe.seq_len,
+            vocab=len(tok),
+            eos=tok.eos_token_id,
+            pad=tok.pad_token_id,
+            max_positions=max(1024, recipe.seq_len),
+            max_total=recipe.max_total,
+            layers=recipe.layers,
+            min_head_dim=recipe.min_head_dim,
+        )
         g = out.setdefault(_identity(s.arch), {"keys": [], "sized": s, "by_key": {}})
         g["keys"].append(key)
         g["by_key"][key] = s  # same miniature, but each key's own real expert count and notes
@@ -69,19 +80,34 @@ def _cost(sized, recipe: Recipe) -> float:
 def seeds_spec(key: str, recipe: Recipe, seeds) -> RunSpec:
     """One architecture's runs of ``recipe`` over ``seeds`` in one run: they share shapes, so they train as one
     stack (``sweep.py``)."""
-    return RunSpec((key,), recipe, "auto", tuple({"model": 0, "key": f"{key} · seed {s}", "recipe": {"seed": s}}
-                                                 for s in seeds))
+    return RunSpec(
+        (key,), recipe, "auto", tuple({"model": 0, "key": f"{key} · seed {s}", "recipe": {"seed": s}} for s in seeds)
+    )
 
 
 def run_rows(r: TrainingRun) -> list[dict]:
     """A zoo run's final rows, one per seed, keyed by the architecture (``model``), its data and its seed."""
     seed_of = {k: rec.seed for _, k, rec in r.spec.runs()}
-    return [{**row, "model": r.spec.models[0], "seed": seed_of.get(row["model"], r.spec.recipe.seed),
-             "data": r.spec.recipe.data, "run_id": r.id} for row in r.view().results]
+    return [
+        {
+            **row,
+            "model": r.spec.models[0],
+            "seed": seed_of.get(row["model"], r.spec.recipe.seed),
+            "data": r.spec.recipe.data,
+            "run_id": r.id,
+        }
+        for row in r.view().results
+    ]
 
 
-def _run_all(specs: list[RunSpec], root: Path, processes: int, parallel: int, log: Callable[[str], None],
-             on_done: Optional[Callable[[TrainingRun], None]] = None) -> list[TrainingRun]:
+def _run_all(
+    specs: list[RunSpec],
+    root: Path,
+    processes: int,
+    parallel: int,
+    log: Callable[[str], None],
+    on_done: Optional[Callable[[TrainingRun], None]] = None,
+) -> list[TrainingRun]:
     """Run ``specs`` (each in ``processes`` worker processes), ``parallel`` runs at a time; ``on_done(run)`` is
     called (one at a time) as each run ends."""
     runs, lock, pending = [], threading.Lock(), list(specs)
@@ -97,8 +123,10 @@ def _run_all(specs: list[RunSpec], root: Path, processes: int, parallel: int, lo
                 runs.append(r)
             r.join()
             v = r.view()
-            log(f"  run {r.id[:6]} ({spec.recipe.data}, {len(v.models)} seed(s)): {v.status} {v.message} "
-                + ", ".join(f"{m.key} {m.status}" for m in v.models))
+            log(
+                f"  run {r.id[:6]} ({spec.recipe.data}, {len(v.models)} seed(s)): {v.status} {v.message} "
+                + ", ".join(f"{m.key} {m.status}" for m in v.models)
+            )
             if on_done is not None:
                 with lock:
                     on_done(r)
@@ -111,17 +139,26 @@ def _run_all(specs: list[RunSpec], root: Path, processes: int, parallel: int, lo
     return runs
 
 
-def build(out: Optional[Path] = None, recipe: Optional[Recipe] = None, seeds=SEEDS, keys: Optional[list[str]] = None,
-          processes: int = 1, parallel: int = 16, root: Optional[Path] = None,
-          log: Callable[[str], None] = print) -> Path:
+def build(
+    out: Optional[Path] = None,
+    recipe: Optional[Recipe] = None,
+    seeds=SEEDS,
+    keys: Optional[list[str]] = None,
+    processes: int = 1,
+    parallel: int = 16,
+    root: Optional[Path] = None,
+    log: Callable[[str], None] = print,
+) -> Path:
     """Train the zoo and write it to ``out`` (default ``assets/zoo``); returns ``out``."""
     recipe = (recipe or preset("zoo")).validate()
     out = Path(out or live_zoo.zoo_dir())
     root = Path(root or tempfile.mkdtemp(prefix="archlab-zoo-"))
     t0 = time.time()
     gs = groups(recipe, keys)
-    log(f"zoo: {sum(len(g['keys']) for g in gs)} catalog architectures → {len(gs)} distinct miniatures; "
-        f"{len(seeds)} seeds; corpus {recipe.tokens:,} tokens and MQAR {recipe.tokens // MQAR_SHARE:,} tokens each")
+    log(
+        f"zoo: {sum(len(g['keys']) for g in gs)} catalog architectures → {len(gs)} distinct miniatures; "
+        f"{len(seeds)} seeds; corpus {recipe.tokens:,} tokens and MQAR {recipe.tokens // MQAR_SHARE:,} tokens each"
+    )
     probe = replace(recipe, **MQAR, tokens=recipe.tokens // MQAR_SHARE).validate()
     # One run per (architecture, data), its seeds trained as one stack, each run in its own worker process,
     # ``parallel`` at a time, the costliest first (longest-processing-time order keeps the last runs short).
@@ -148,6 +185,7 @@ def _shipped_val_loss(folder: Path, recipe: Recipe, windows: Optional[int] = FIN
     first ``windows`` validation sequences (``FINAL_WINDOWS``: what training reports)."""
     import torch
     import torch.nn.functional as F
+
     from ..arch import patches
     from .data import corpus_data, validation_windows
 
@@ -156,10 +194,11 @@ def _shipped_val_loss(folder: Path, recipe: Recipe, windows: Optional[int] = FIN
     total = n = 0.0
     with torch.no_grad():
         for i in range(0, len(windows), 64):
-            w = torch.from_numpy(windows[i:i + 64].astype(np.int64))
+            w = torch.from_numpy(windows[i : i + 64].astype(np.int64))
             logits = model(input_ids=w[:, :-1], use_cache=False).logits
-            total += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), w[:, 1:].reshape(-1),
-                                           reduction="sum"))
+            total += float(
+                F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), w[:, 1:].reshape(-1), reduction="sum")
+            )
             n += w[:, 1:].numel()
     return total / n
 
@@ -172,8 +211,14 @@ def _write(out: Path, gs: list[dict], recipe: Recipe, probe: Recipe, res: pd.Dat
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    index = {"built_with": "python -m backend train --zoo", "recipe": recipe.as_dict(), "mqar_recipe": probe.as_dict(),
-             "seeds": list(seeds), "tokenizer": "assets/tokenizer", "models": {}}
+    index = {
+        "built_with": "python -m backend train --zoo",
+        "recipe": recipe.as_dict(),
+        "mqar_recipe": probe.as_dict(),
+        "seeds": list(seeds),
+        "tokenizer": "assets/tokenizer",
+        "models": {},
+    }
     for g in gs:
         rep = g["keys"][0]
         corpus = res[(res["model"] == rep) & (res["data"] == "corpus")]
@@ -186,16 +231,28 @@ def _write(out: Path, gs: list[dict], recipe: Recipe, probe: Recipe, res: pd.Dat
             model.to(torch.bfloat16).save_pretrained(str(out / folder_name))
             info = json.loads((src / "training.json").read_text())
             shipped = _shipped_val_loss(out / folder_name, recipe)
-            info.update({"val_loss_fp32_training": info.get("val_loss"), "val_loss": shipped,
-                         "shipped_dtype": "bf16", "catalog_keys": g["keys"]})
+            info.update(
+                {
+                    "val_loss_fp32_training": info.get("val_loss"),
+                    "val_loss": shipped,
+                    "shipped_dtype": "bf16",
+                    "catalog_keys": g["keys"],
+                }
+            )
             (out / folder_name / "training.json").write_text(json.dumps(info, indent=1) + "\n")
         for key in g["keys"]:
             if shipped is None:
                 continue
             own = g["by_key"][key]
-            index["models"][key] = {"folder": folder_name, "label": catalog.get(key).name, "val_loss": shipped,
-                                    "stream_sha256": first.iloc[0]["stream_sha256"], "experts": own.experts,
-                                    "real_experts": own.real_experts, "notes": list(own.notes)}
+            index["models"][key] = {
+                "folder": folder_name,
+                "label": catalog.get(key).name,
+                "val_loss": shipped,
+                "stream_sha256": first.iloc[0]["stream_sha256"],
+                "experts": own.experts,
+                "real_experts": own.real_experts,
+                "notes": list(own.notes),
+            }
     (out / live_zoo.INDEX).write_text(json.dumps(index, indent=1) + "\n")
     leaderboard(gs, res).to_csv(out / live_zoo.LEADERBOARD, index=False)
     res.drop(columns=["checkpoint"], errors="ignore").to_csv(out / "runs.csv", index=False)
@@ -211,12 +268,22 @@ def latest_runs(res: pd.DataFrame) -> pd.DataFrame:
 def missing_runs(gs: list[dict], res: pd.DataFrame, seeds) -> list[tuple[str, str, int]]:
     """(representative key, data, seed) of every corpus or MQAR run of ``seeds`` without a finished row."""
     have = set(map(tuple, latest_runs(res)[["model", "data", "seed"]].astype({"seed": int}).values.tolist()))
-    return [(g["keys"][0], data, s) for g in gs for data in ("corpus", "mqar") for s in seeds
-            if (g["keys"][0], data, s) not in have]
+    return [
+        (g["keys"][0], data, s)
+        for g in gs
+        for data in ("corpus", "mqar")
+        for s in seeds
+        if (g["keys"][0], data, s) not in have
+    ]
 
 
-def fill(out: Optional[Path] = None, seeds=SEEDS, parallel: int = 16, root: Optional[Path] = None,
-         log: Callable[[str], None] = print) -> list[tuple[str, str, int]]:
+def fill(
+    out: Optional[Path] = None,
+    seeds=SEEDS,
+    parallel: int = 16,
+    root: Optional[Path] = None,
+    log: Callable[[str], None] = print,
+) -> list[tuple[str, str, int]]:
     """Train the runs of ``seeds`` that a shipped zoo lacks (e.g. runs that ran out of memory while it was built),
     with its recorded recipes, and rebuild its ``runs.csv`` and ``leaderboard.csv``; the shipped checkpoints stay
     as they are. Returns the runs it trained."""
@@ -241,8 +308,9 @@ def fill(out: Optional[Path] = None, seeds=SEEDS, parallel: int = 16, root: Opti
     def record(r: TrainingRun) -> None:  # written as each run ends: a run cut short keeps the others
         rows = run_rows(r)
         if rows:
-            table["res"] = pd.concat([table["res"], pd.DataFrame(rows).drop(columns=["checkpoint"], errors="ignore")],
-                                     ignore_index=True)
+            table["res"] = pd.concat(
+                [table["res"], pd.DataFrame(rows).drop(columns=["checkpoint"], errors="ignore")], ignore_index=True
+            )
             table["res"].to_csv(out / "runs.csv", index=False)
             leaderboard(gs, table["res"]).to_csv(out / live_zoo.LEADERBOARD, index=False)
 
@@ -263,15 +331,31 @@ def leaderboard(gs: list[dict], res: pd.DataFrame) -> pd.DataFrame:
         sp = s.arch.spec
         vl = corpus["val_loss"].astype(float)
         acc = mqar["probe_accuracy"].astype(float)
-        board.append({
-            "architecture": " / ".join(catalog.get(k).name for k in g["keys"]), "keys": " ".join(g["keys"]),
-            "val_loss_mean": vl.mean(), "val_loss_std": vl.std(ddof=1) if len(vl) > 1 else float("nan"),
-            "val_loss_min": vl.min(), "val_loss_max": vl.max(), "perplexity": math.exp(vl.mean()) if len(vl) else None,
-            "mqar_accuracy_mean": acc.mean(), "mqar_accuracy_std": acc.std(ddof=1) if len(acc) > 1 else float("nan"),
-            "seeds": int(len(vl)), "mqar_seeds": int(len(acc)), "total_params": s.total, "active_params": s.active,
-            "nonemb_active_params": int(s.value), "layers": sp.num_layers, "hidden": sp.hidden_size,
-            "attention": sp.attention_kind, "experts": s.experts, "real_experts": s.real_experts,
-            "top_k": sp.moe.top_k if sp.moe else None, "notes": "; ".join(s.notes)})
+        board.append(
+            {
+                "architecture": " / ".join(catalog.get(k).name for k in g["keys"]),
+                "keys": " ".join(g["keys"]),
+                "val_loss_mean": vl.mean(),
+                "val_loss_std": vl.std(ddof=1) if len(vl) > 1 else float("nan"),
+                "val_loss_min": vl.min(),
+                "val_loss_max": vl.max(),
+                "perplexity": math.exp(vl.mean()) if len(vl) else None,
+                "mqar_accuracy_mean": acc.mean(),
+                "mqar_accuracy_std": acc.std(ddof=1) if len(acc) > 1 else float("nan"),
+                "seeds": int(len(vl)),
+                "mqar_seeds": int(len(acc)),
+                "total_params": s.total,
+                "active_params": s.active,
+                "nonemb_active_params": int(s.value),
+                "layers": sp.num_layers,
+                "hidden": sp.hidden_size,
+                "attention": sp.attention_kind,
+                "experts": s.experts,
+                "real_experts": s.real_experts,
+                "top_k": sp.moe.top_k if sp.moe else None,
+                "notes": "; ".join(s.notes),
+            }
+        )
     return pd.DataFrame(board)
 
 
