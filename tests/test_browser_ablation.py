@@ -40,7 +40,6 @@ def test_a_tiny_ablation_trains_from_the_page_and_shows_its_headline(chromium, t
         page.wait_for_timeout(1500)
         page.screenshot(path=str(ARTIFACTS / "ablation-results.png"))
         assert page.get_by_text("qk_norm=off", exact=True).count() >= 1
-        verdicts = sum(page.get_by_text(v, exact=True).count() for v in ("lower", "higher", "within noise"))
-        assert verdicts >= 1
+        assert page.get_by_text("too few seeds", exact=True).count() >= 1  # 2 seeds: intervals, no verdict
         assert page.get_by_text("Final validation loss against the learning rate").count() >= 1
         assert page.locator("[data-testid='stException']").count() == 0

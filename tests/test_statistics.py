@@ -23,6 +23,12 @@ def test_one_value_has_no_interval_and_no_verdict():
     assert st.verdict(st.paired_difference([2.5], [2.4])) == "no interval"
 
 
+def test_two_seeds_give_an_interval_but_no_verdict():
+    two = st.paired_difference([3.00, 3.10], [3.50, 3.61])  # far apart, yet one degree of freedom
+    assert two.high < 0 and two.n == 2
+    assert st.verdict(two) == "too few seeds" and st.finding(two, "lower") == "inconclusive"
+
+
 def test_non_finite_values_are_left_out_of_an_interval():
     iv = st.interval([1.0, float("nan"), 3.0, None, float("inf")])
     assert iv.n == 2 and iv.mean == 2.0

@@ -178,7 +178,7 @@ def _form() -> Optional[tuple[AblationSpec, _train_form.Chosen]]:
             "Seeds",
             key=f"{PREFIX}_seeds",
             help="Three by default: each seed gives every cell the same batches and its own "
-            "initialisation. Fewer is a quick look: one seed gives no interval and no verdict.",
+            "initialisation. Fewer is a quick look without verdicts (one seed gives no interval).",
         )
     with c4:
         name = st.text_input("Name (optional)", key=f"{PREFIX}_name")
@@ -318,7 +318,7 @@ def results(folder: Path, f: ex.Frames, styles: ab.Styles, ended: bool) -> None:
         "Student-t interval; LR sensitivity (the mean over the grid of min(loss, loss at initialisation) minus "
         "the best loss); and against the reference cell the paired difference over seeds (the same seed gives "
         "both the same batches) with its interval. The verdict is read off the interval: lower or higher "
-        "when it excludes zero, within noise when it holds it, no interval with one seed. The CSV has every "
+        "when it excludes zero, within noise when it holds it, no interval with one seed, too few seeds under 3. The CSV has every "
         "bound as a number.",
     )
     colors = {c["name"]: styles.cells.get(c["name"], "#444") for c in summary["cells"]}

@@ -27,6 +27,7 @@ from ..arch import variants as variants_mod
 from ..arch.architecture import resolve
 from ..arch.errors import ArchLabError
 from ..train import ablation as abl
+from ..train import statistics as st
 from ..train.recipe import Recipe
 from . import experiments as ex
 from .reruns import save_rerun
@@ -271,7 +272,8 @@ def prepare(spec: abl.AblationSpec) -> tuple[abl.Plan, Preview]:
         if n >= 3
         else (
             f"Quick look: {n} seed(s). "
-            + ("One seed gives no interval, so no verdict." if n < 2 else "Intervals over 2 seeds are wide.")
+            + ("One seed gives no interval." if n < 2 else "Intervals over 2 seeds are wide.")
+            + f" A verdict needs {st.MIN_SEEDS} seeds."
         )
     )
     return kept, Preview(cells, list(kept.refused), kept.runs, est, problem, quick)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from ..arch import variants as variants_mod
 from ..arch.errors import ArchLabError
+from . import statistics as st
 from .ablation import AblationSpec, parse_list, plan, summarize, write_summary
 from .recipe import PRESETS, parse_amount, preset
 
@@ -126,7 +127,8 @@ def run(a) -> int:
     if len(spec.seeds) < 3:
         print(
             f"quick look: {len(spec.seeds)} seed(s); "
-            + ("no verdicts without an interval" if len(spec.seeds) < 2 else "intervals over 2 seeds are wide")
+            + ("no interval with one seed" if len(spec.seeds) < 2 else "intervals over 2 seeds are wide")
+            + f"; a verdict needs {st.MIN_SEEDS} seeds"
         )
     if a.dry_run:
         return 0

@@ -345,7 +345,8 @@ def summarize(plan_: Plan, results: Sequence[dict], metrics: Optional[Sequence[d
         "quick_look": quick,
         "note": (
             f"quick look: {len(seeds)} seed(s); "
-            + ("no interval with one seed, so no verdict" if len(seeds) < 2 else "intervals are wide")
+            + ("no interval with one seed" if len(seeds) < 2 else "intervals over 2 seeds")
+            + f"; a verdict needs {st.MIN_SEEDS} seeds"
         )
         if quick
         else "",

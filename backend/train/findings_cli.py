@@ -2,7 +2,7 @@
 
     python -m backend findings --list
     python -m backend findings --claim olmo2-norm --device auto            # the full recipe (one GPU)
-    python -m backend findings --claim olmo2-norm --quick                  # the CPU quick version (2 seeds)
+    python -m backend findings --claim olmo2-norm --quick                  # the CPU quick version (3 seeds)
     python -m backend findings --claim olmo2-norm --quick --ship           # write assets/findings (maintainers)
 
 The evidence goes to ``<runs dir>/findings/<claim>/<full|quick>/`` (``--ship``: ``assets/findings/``), where the
@@ -22,7 +22,9 @@ def add_parser(sub) -> None:
     t = sub.add_parser("findings", help="re-train a claim of the Findings page and judge it")
     t.add_argument("--claim", help="the claim's name (--list shows them)")
     t.add_argument("--list", action="store_true", help="list the claims and their shipped verdicts")
-    t.add_argument("--quick", action="store_true", help="the quick CPU recipe (fewer learning rates, 2 seeds)")
+    t.add_argument(
+        "--quick", action="store_true", help="the quick CPU recipe (fewer learning rates and tokens, 3 seeds)"
+    )
     t.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     t.add_argument("--runs-dir", default=None, help="where run folders go (default: ARCHLAB_RUNS_DIR or runs/)")
     t.add_argument("--ship", action="store_true", help="write the evidence into assets/findings (shipped results)")
