@@ -189,3 +189,25 @@ def test_the_attention_logit_hook_matches_a_recomputation():
         t = scores.shape[-1]
         scores = scores.masked_fill(~torch.ones(t, t, dtype=torch.bool).tril(), float("-inf"))
         assert float(recorded[1, layer]) == pytest.approx(float(scores.max()), rel=1e-5)
+
+
+@pytest.mark.parametrize("key", ["deepseek-v3", "gpt-oss-20b"])
+def test_under_bf16_autocast_the_stacked_attention_runs_in_bf16_without_autocast(key, monkeypatch):
+    """Under bf16 autocast the stacked attention gets bf16 inputs and runs with autocast off: no op inside it is
+    re-cast, so its backward never meets a bf16 tensor with an fp32 gradient (the MLA sweep's failure on CUDA, whose
+    softmax backward refuses that mix). DeepSeek (MLA: SDPA with a value head narrower than the key's) and gpt-oss
+    (sinks: the explicit softmax, taken in fp32)."""
+    from backend.train import vmapped
+
+    seen = []
+    attend = vmapped.attend
+
+    def spy(q, k, v, *args):
+        seen.append((q.dtype, v.dtype, torch.is_autocast_enabled("cpu")))
+        return attend(q, k, v, *args)
+
+    monkeypatch.setattr(vmapped, "attend", spy)
+    recipes = [replace(BASE, precision="bf16", lr=lr) for lr in (1e-3, 1e-2)]
+    losses = train(Stack(sized(key), recipes, ["a", "b"], CPU), 3)
+    assert np.isfinite(losses).all() and losses.shape == (3, 2)
+    assert seen and set(seen) == {(torch.bfloat16, torch.bfloat16, False)}

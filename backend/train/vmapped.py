@@ -60,7 +60,7 @@ def attend(
         )
     if groups > 1:
         k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
-    scores = _logits(q, k, mask, scale, causal, softcap)
+    scores = _logits(q.float(), k.float(), mask, scale, causal, softcap)  # softmax in fp32, as eager attention
     if sinks is not None:
         n, h, t = q.shape[0], q.shape[1], q.shape[2]
         sink = (sinks.reshape(1, h, 1, 1) if sinks.dim() == 1 else sinks.reshape(n, h, 1, 1)).to(scores.dtype)
@@ -158,7 +158,13 @@ def attention_forward(
     if getattr(_local, "logits", None) is not None:
         with torch.no_grad():
             _local.logits.append(max_logit(query, key, attention_mask, scale, causal, softcap))
-    out = torch.ops.archlab.attention(query, key, value, attention_mask, kwargs.get("s_aux"), scale, causal, softcap)
+    # The inputs are in the autocast dtype already; autocast left on inside would re-cast the ops the kernel falls
+    # back to (SDPA's math path, the softmax of sinks and soft-capping) and mix bf16 and fp32 in their backward
+    # (CUDA's softmax backward refuses a bf16 input with an fp32 gradient).
+    with torch.autocast(kind, enabled=False):
+        out = torch.ops.archlab.attention(
+            query, key, value, attention_mask, kwargs.get("s_aux"), scale, causal, softcap
+        )
     return out.transpose(1, 2).contiguous(), None
 
 
