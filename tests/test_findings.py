@@ -73,7 +73,15 @@ def test_a_shipped_verdict_is_what_its_evidence_gives_and_follows_from_its_inter
         assert d["high"] - d["mean"] == pytest.approx(half, rel=1e-6, abs=1e-12)
         if k["verdict"] not in (None, "no verdict (sanity not shown)"):
             if k["expected"] == "same":
-                assert k["verdict"] == ("supports" if k["measured"] == "within noise" else "contradicts")
+                d, m = k["difference"], k["margin"]
+                inside = m is not None and -m < d["low"] and d["high"] < m
+                assert k["verdict"] == (
+                    "contradicts"
+                    if k["measured"] in ("lower", "higher")
+                    else "supports"
+                    if inside
+                    else "inconclusive at this scale"
+                )
             else:
                 assert (
                     k["verdict"]
@@ -88,7 +96,8 @@ def _evidence(cells: dict, metric_rows=None) -> F.Evidence:
     from backend.train.ablation import AblationSpec, run_key
     from backend.train.recipe import preset
 
-    spec = AblationSpec("olmo2-7b", (("qk_norm", tuple(cells)),), (0.01,), (0, 1, 2), preset("tiny"), "cpu")
+    seeds = tuple(sorted({seed for runs in cells.values() for _, seed, _ in runs}))
+    spec = AblationSpec("olmo2-7b", (("qk_norm", tuple(cells)),), (0.01,), seeds, preset("tiny"), "cpu")
     rows = [
         {
             "model": run_key(f"qk_norm={cell}", lr, seed),
@@ -134,7 +143,20 @@ def test_verdicts_follow_the_rules_on_worked_cases():
             "on": [(0.01, 0, 3.2), (0.01, 1, 3.0), (0.01, 2, 3.15)],
         }
     )
-    assert F.judge(F.Claim(**{**c.__dict__, "comparisons": (same,)}), {"abl": noisy})["verdict"] == "supports"
+    null = F.Claim(**{**c.__dict__, "comparisons": (same,)})
+    # "no difference": an interval that holds zero but reaches past the reference's seed spread does not support it
+    assert F.judge(null, {"abl": noisy})["verdict"] == "inconclusive at this scale"
+    tight = _evidence(
+        {
+            "off": [(0.01, 0, 3.0), (0.01, 1, 3.3), (0.01, 2, 3.1)],
+            "on": [(0.01, 0, 3.01), (0.01, 1, 3.29), (0.01, 2, 3.1)],
+        }
+    )
+    v = F.judge(null, {"abl": tight})  # differences -0.01, +0.01, 0: well inside ± the seeds' spread (sd 0.14)
+    assert v["verdict"] == "supports"
+    assert v["comparisons"][0]["margin"] == pytest.approx(np.std([3.01, 3.29, 3.1], ddof=1))
+    two = _evidence({"off": [(0.01, s, 3.0 + 0.01 * s) for s in range(2)], "on": [(0.01, s, 3.2) for s in range(2)]})
+    assert F.judge(c, {"abl": two})["verdict"] == "no verdict: fewer than 3 seeds"
     assert F.judge(c, {"abl": noisy})["verdict"] == "inconclusive at this scale"
     unlearned = _evidence(
         {"off": [(0.01, s, 7.7 + 0.01 * s) for s in range(3)], "on": [(0.01, s, 7.8 + 0.01 * s) for s in range(3)]}

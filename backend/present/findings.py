@@ -67,7 +67,9 @@ CAPTIONS = {
     "gives both cells the same batches), its 95 % Student-t interval, the direction measured "
     "(lower / higher when the interval excludes zero, within noise when it holds it) and the verdict "
     "against the source's direction: supports, contradicts, or inconclusive at this scale. A source "
-    "that reports no difference is supported when the interval holds zero.",
+    "that reports no difference is supported when the interval lies inside ± b's seed-to-seed standard "
+    "deviation (what is left is smaller than re-running with another seed), contradicted when it excludes zero, "
+    "and inconclusive when it holds zero but is wider than that. Fewer than 3 seeds give no verdict.",
     "cells": "Per cell at its best learning rate: the final validation loss, mean over seeds with its 95 % interval, "
     "and LR sensitivity (Wortsman et al. 2023: the mean over the grid of min(loss, loss at initialisation) "
     "minus the best loss) with its interval.",
@@ -234,7 +236,13 @@ def comparisons_table(runs: Sequence[Trained]) -> pd.DataFrame:
                     "metric": METRIC_LABELS.get(k["metric"], k["metric"]),
                     "learning rates (a, b)": lrs,
                     "the source": k.get("says", ""),
-                    "expected": EXPECTED.get(k.get("expected"), k.get("expected")),
+                    "expected": EXPECTED.get(k.get("expected"), k.get("expected"))
+                    + (
+                        f" (inside ±{k['margin']:.{DIGITS.get(k['metric'], 4)}f}, b's seed spread)"
+                        if k.get("margin") is not None
+                        else ""
+                    ),
+                    "no-difference margin": k.get("margin"),
                     "Δ (a − b)": d["mean"],
                     "CI low": d["low"],
                     "CI high": d["high"],

@@ -242,6 +242,17 @@ def run_claim(
     return verdict
 
 
+def rejudge(name: str, mode: str, root: Path = ROOT) -> Optional[dict]:
+    """Judge the evidence of claim ``name`` under ``root`` again (no training) and rewrite its verdict.json; None
+    when there is no evidence. For when the rules change: the verdict always follows from the recorded runs."""
+    evidence = load_evidence(name, mode, root)
+    if not evidence:
+        return None
+    verdict = {**judge(claim(name), evidence), "mode": mode}
+    (evidence_dir(name, mode, root) / "verdict.json").write_text(json.dumps(verdict, indent=1, default=_json) + "\n")
+    return verdict
+
+
 # ----------------------------------------------------------------- judging
 
 
@@ -390,16 +401,15 @@ def compare(ev: Evidence, comp: dict) -> dict:
     diff = st.paired_difference(a, b)
     measured = st.verdict(diff)
     expected = comp.get("expected")
+    spread = None
     if expected is None:
         finding = None
+    elif measured in ("too few seeds", "no interval"):
+        finding = f"no verdict (fewer than {st.MIN_SEEDS} seeds)"
     elif expected == "same":
-        finding = (
-            "supports"
-            if measured == "within noise"
-            else "contradicts"
-            if measured in ("lower", "higher")
-            else "inconclusive at this scale"
-        )
+        spread = st.interval(b).sd  # the reference's seed-to-seed spread: the margin of "no difference"
+        finding = st.no_difference(diff, spread)
+        finding = "inconclusive at this scale" if finding == "inconclusive" else finding
     else:
         finding = st.finding(diff, expected)
         finding = "inconclusive at this scale" if finding == "inconclusive" else finding
@@ -411,6 +421,7 @@ def compare(ev: Evidence, comp: dict) -> dict:
         "b_lr": lr_b,
         "difference": diff.as_dict(),
         "measured": measured,
+        "margin": spread,
         "verdict": finding,
     }
 
@@ -450,6 +461,8 @@ def judge(c: Claim, evidence: dict[str, Evidence]) -> dict:
         judged = [k["verdict"] for k in comps if k["verdict"] is not None]
         if not judged:
             overall = "not run"
+        elif any(v.startswith("no verdict") for v in judged):
+            overall = f"no verdict: fewer than {st.MIN_SEEDS} seeds"
         elif all(v == "supports" for v in judged):
             overall = "supports"
         elif all(v == "contradicts" for v in judged):

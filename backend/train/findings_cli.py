@@ -4,6 +4,7 @@
     python -m backend findings --claim olmo2-norm --device auto            # the full recipe (one GPU)
     python -m backend findings --claim olmo2-norm --quick                  # the CPU quick version (3 seeds)
     python -m backend findings --claim olmo2-norm --quick --ship           # write assets/findings (maintainers)
+    python -m backend findings --rejudge                                   # re-judge the shipped evidence (no training)
 
 The evidence goes to ``<runs dir>/findings/<claim>/<full|quick>/`` (``--ship``: ``assets/findings/``), where the
 Findings page draws it beside the shipped one, and the verdict is printed with the shipped verdict.
@@ -28,6 +29,11 @@ def add_parser(sub) -> None:
     t.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     t.add_argument("--runs-dir", default=None, help="where run folders go (default: ARCHLAB_RUNS_DIR or runs/)")
     t.add_argument("--ship", action="store_true", help="write the evidence into assets/findings (shipped results)")
+    t.add_argument(
+        "--rejudge",
+        action="store_true",
+        help="judge the shipped evidence again with the current rules and rewrite its verdict.json (maintainers)",
+    )
 
 
 def run(a) -> int:
@@ -41,6 +47,13 @@ def run(a) -> int:
                 if path.is_file():
                     shipped.append(f"{mode}: {json.loads(path.read_text())['verdict']}")
             print(f"{c.name:18s} {c.title}  [{'; '.join(shipped) or 'no shipped evidence'}]")
+        return 0
+    if a.rejudge:
+        for c in F.claims() if not a.claim else [F.claim(a.claim)]:
+            for mode in F.MODES:
+                v = F.rejudge(c.name, mode)
+                if v is not None:
+                    print("\n".join(verdict_lines(v)))
         return 0
     if not a.claim:
         raise ArchLabError("--claim NAME is required (--list shows the claims)")

@@ -95,6 +95,19 @@ def finding(diff: Interval, expected: str) -> str:
     return "inconclusive"
 
 
+def no_difference(diff: Interval, spread: Optional[float]) -> str:
+    """A claim of *no difference* read off the interval: ``contradicts`` when the interval excludes zero;
+    ``supports`` when it lies inside ``± spread`` (the reference's seed-to-seed standard deviation: any difference
+    left is smaller than re-running with another seed); else ``inconclusive`` (an interval that holds zero but is
+    too wide to rule out a difference larger than that)."""
+    v = verdict(diff)
+    if v in ("lower", "higher"):
+        return "contradicts"
+    if v != "within noise" or spread is None or not math.isfinite(spread):
+        return "inconclusive"
+    return "supports" if -spread < diff.low and diff.high < spread else "inconclusive"
+
+
 def lr_sensitivity(losses: Sequence[Optional[float]], initial: float) -> float:
     """Wortsman et al.'s LR sensitivity of one curve (a loss per learning rate of the grid)."""
     capped = [initial if x is None or not math.isfinite(x) else min(x, initial) for x in losses]
