@@ -601,9 +601,12 @@ def main() -> int:
         action="store_true",
         help="OLMo 2's 2 × 2 (norm × QK-Norm) sweep: one run at a time vs stacked (GPU: rates and minutes "
         "at 1M parameters × 10M tokens, 5 learning rates × 3 seeds, and a DeepSeek MoE sweep; "
-        "CPU: the tiny preset end to end, 2 learning rates × 2 seeds)",
+        "CPU: step rates at the tiny preset, 2 learning rates × 2 seeds; --end-to-end also trains it both ways)",
     )
     ap.add_argument("--tokens", default=None, help="tokens per run (sweep)")
+    ap.add_argument(
+        "--end-to-end", action="store_true", help="CPU sweep: also the whole ablation through TrainingRun, both ways"
+    )
     ap.add_argument("--sweep-parts", default="olmo2,moe", help="GPU sweep parts: olmo2 (the 2 × 2), moe (DeepSeek)")
     a = ap.parse_args()
     import torch
@@ -643,7 +646,14 @@ def main() -> int:
                 )
         else:
             recipe = preset("tiny", **({"tokens": int(parse_amount(a.tokens))} if a.tokens else {}))
-            out["sweep_cpu"] = sweep_end_to_end(recipe, (3e-3, 1e-1), (0, 1))
+            torch.set_num_threads(os.cpu_count() or 1)
+            print("step rates, each cell's 4 runs one at a time against one stack of 4:", flush=True)
+            out["sweep_cpu_rates"] = sweep_rates(
+                recipe, (3e-3, 1e-1), (0, 1), a.steps, torch.device("cpu"), modes=("alone", "stacked")
+            )
+            print(f"  stacked vs one at a time: {out['sweep_cpu_rates']['speedup_stacked_vs_alone']:.2f}x", flush=True)
+            if a.end_to_end:
+                out["sweep_cpu"] = sweep_end_to_end(recipe, (3e-3, 1e-1), (0, 1))
     elif a.experts_ab:
         out["experts_ab"] = experts_ab(
             a.models.split(",") if a.models else ("qwen3-30b-a3b", "deepseek-v3", "gpt-oss-20b")
