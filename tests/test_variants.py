@@ -337,3 +337,17 @@ def test_the_diagram_marks_exactly_the_changed_boxes(key, changes, marked):
     v = make_variant(key, changes)
     specs = {"base": resolve(key).spec, "variant": resolve(v.config).spec}
     assert diagram.marks(specs, "base") == {"base": {}, "variant": marked}
+
+
+def test_a_moe_model_made_dense_sizes_to_an_all_dense_miniature():
+    """DeepSeek V3 with ffn=dense keeps its MoE fields but marks every layer dense (first_k_dense_replace = all);
+    its miniature stays all dense rather than turning the layers after the first back into MoE layers."""
+    from backend.train.budget import size_variants
+
+    base = make_variant("deepseek-v3", [("ffn", "moe:256:8:1")])  # its own values: the base itself
+    dense = make_variant("deepseek-v3", [("ffn", "dense")])
+    base_sized, dense_sized = size_variants("deepseek-v3", [base, dense], 200_000, seq_len=64, vocab=512, layers=4)
+    assert base_sized.arch.spec.moe is not None
+    assert not isinstance(dense_sized, Exception), dense_sized
+    assert dense_sized.arch.spec.moe is None and {layer.mlp for layer in dense_sized.arch.spec.layers} == {"dense"}
+    assert dense_sized.arch.spec.num_layers == base_sized.arch.spec.num_layers == 4

@@ -256,7 +256,8 @@ def shrink(source: Source, knobs: Knobs) -> dict[str, Any]:
     if isinstance(d.get("mlp_only_layers"), list) and d["mlp_only_layers"]:
         d["mlp_only_layers"] = dense_idx
     if isinstance(d.get("first_k_dense_replace"), int) and d["first_k_dense_replace"] > 0:
-        d["first_k_dense_replace"] = min(d["first_k_dense_replace"], 1)
+        # the plan keeps one leading dense layer; a stack made all dense (ffn=dense) stays all dense
+        d["first_k_dense_replace"] = min(d["first_k_dense_replace"], 1) if moe_idx else len(plan)
     if isinstance(d.get("max_window_layers"), int):
         d["max_window_layers"] = min(d["max_window_layers"], n)
     if knobs.max_positions and spec.position == "absolute":

@@ -226,7 +226,7 @@ def comparisons_table(runs: Sequence[Trained]) -> pd.DataFrame:
     for t in runs:
         for k in t.verdict["comparisons"]:
             d = k["difference"]
-            lrs = "—" if k.get("a_lr") is None else f"{k['a_lr']:g}, {k['b_lr']:g}"
+            lrs = ", ".join("—" if k.get(x) is None else f"{k[x]:g}" for x in ("a_lr", "b_lr"))
             rows.append(
                 {
                     "evidence": t.label,
