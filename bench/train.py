@@ -432,11 +432,14 @@ def sweep_rates(
     base: str = "olmo2-7b",
     vary=SWEEP_VARY,
     modes=("alone", "alone-graph", "stacked"),
+    rounds: int = 1,
 ) -> dict:
     """Per cell of an ablation: tokens/s of its runs trained one at a time (the single-model trainer, as runs
     took turns before stacking), of one run as a stack of one (the CUDA-graph step), and of all the cell's runs as
     one stack; each after warm-up steps, timed over ``steps`` steps on the same device in this process. The
-    minutes for the whole sweep (every run × ``recipe.tokens``) follow from the rates."""
+    minutes for the whole sweep (every run × ``recipe.tokens``) follow from the rates. ``rounds`` > 1 (the CPU):
+    one at a time and stacked are timed in alternating rounds and each takes its median round, so that load from
+    other processes falls on both alike."""
     from dataclasses import replace
 
     import torch
@@ -473,7 +476,32 @@ def sweep_rates(
         streams = {r.seed: data.BatchStream(d.train, recipe.batch, recipe.seq_len, r.seed) for r in recipes}
         fpt = budget.flops_per_token(s.arch, recipe.seq_len)
         row = {"cell": cell.name, "runs": runs_per_cell, "nonemb_active": s.value, "flops_per_token": fpt}
-        if "alone" in modes:
+        if rounds > 1:
+            members = [Member(cell.name, s, r, device).start() for r in recipes]
+            st = Stack(s, recipes, [f"r{i}" for i in range(len(recipes))], device)
+            one_by_one = lambda: [m.train_step(streams[m.recipe.seed][m.step]) for m in members]  # noqa: E731
+            together = lambda: st.train_step([streams[r.recipe.seed][st.step] for r in st.runs])  # noqa: E731
+            for _ in range(2):
+                one_by_one(), together()
+            times = {"alone": [], "stacked": []}
+            for _ in range(rounds):
+                times["alone"].append(_timed(one_by_one, steps, device) / len(members))
+                times["stacked"].append(_timed(together, steps, device))
+            sec = {k: sorted(v)[len(v) // 2] for k, v in times.items()}
+            row.update(
+                {
+                    "alone_tok_s": recipe.batch * recipe.seq_len / sec["alone"],
+                    "stacked_tok_s": len(recipes) * recipe.batch * recipe.seq_len / sec["stacked"],
+                    "stack_runs": len(recipes),
+                    "stacked_step": st.graph_note,
+                    "rounds_s": {k: [round(x, 4) for x in v] for k, v in times.items()},
+                }
+            )
+            for m in members:
+                m.close()
+            st.close()
+        timed_apart = modes if rounds == 1 else ()
+        if "alone" in timed_apart:
             m = Member(cell.name, s, recipes[0], device).start()
             step = lambda: m.train_step(streams[m.recipe.seed][m.step])  # noqa: E731
             for _ in range(3):
@@ -481,7 +509,7 @@ def sweep_rates(
             sec = _timed(step, steps, device)
             row["alone_tok_s"] = recipe.batch * recipe.seq_len / sec
             m.close()
-        if "alone-graph" in modes:
+        if "alone-graph" in timed_apart:
             st = Stack(s, recipes[:1], ["x"], device)
             step = lambda: st.train_step([streams[st.runs[0].recipe.seed][st.step]])  # noqa: E731
             for _ in range(6):
@@ -489,7 +517,7 @@ def sweep_rates(
             sec = _timed(step, steps, device)
             row["alone_graph_tok_s"], row["alone_graph_step"] = recipe.batch * recipe.seq_len / sec, st.graph_note
             st.close()
-        if "stacked" in modes:
+        if "stacked" in timed_apart:
             most = max_runs(s, recipe, device)
             chunk = recipes[:most]
             st = Stack(s, chunk, [f"r{i}" for i in range(len(chunk))], device)
@@ -648,9 +676,7 @@ def main() -> int:
             recipe = preset("tiny", **({"tokens": int(parse_amount(a.tokens))} if a.tokens else {}))
             torch.set_num_threads(os.cpu_count() or 1)
             print("step rates, each cell's 4 runs one at a time against one stack of 4:", flush=True)
-            out["sweep_cpu_rates"] = sweep_rates(
-                recipe, (3e-3, 1e-1), (0, 1), a.steps, torch.device("cpu"), modes=("alone", "stacked")
-            )
+            out["sweep_cpu_rates"] = sweep_rates(recipe, (3e-3, 1e-1), (0, 1), a.steps, torch.device("cpu"), rounds=5)
             print(f"  stacked vs one at a time: {out['sweep_cpu_rates']['speedup_stacked_vs_alone']:.2f}x", flush=True)
             if a.end_to_end:
                 out["sweep_cpu"] = sweep_end_to_end(recipe, (3e-3, 1e-1), (0, 1))
