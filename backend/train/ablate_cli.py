@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import replace
 from pathlib import Path
 
 from ..arch import variants as variants_mod
 from ..arch.errors import ArchLabError
 from . import statistics as st
 from .ablation import AblationSpec, parse_list, plan, summarize, write_summary
-from .recipe import PRESETS, parse_amount, preset
+from .recipe import PRESETS
 
 
 def add_parser(sub) -> None:
@@ -61,7 +60,7 @@ def add_parser(sub) -> None:
 def spec_from_args(a) -> tuple[AblationSpec, object]:
     """The ablation spec (and uploaded text data, if ``--data`` is a file) the flags describe."""
     from . import data as data_mod
-    from .cli import _models
+    from .cli import _models, recipe_from_args
 
     if a.spec:
         path = Path(a.spec)
@@ -72,29 +71,9 @@ def spec_from_args(a) -> tuple[AblationSpec, object]:
         raise ArchLabError("--base is required (a catalog key or a config.json path)")
     if not a.vary:
         raise ArchLabError("--vary axis=v1,v2 is required (axes: " + ", ".join(variants_mod.AXES) + ")")
-    import torch
-
     (base,) = _models(a.base)
     vary = tuple(variants_mod.parse_vary(v, base) for v in a.vary)
-    recipe = preset(a.preset or ("small" if torch.cuda.is_available() and a.device != "cpu" else "tiny"))
-    upload, kind = None, a.data
-    if kind not in ("corpus", "mqar", "distance"):
-        path = Path(kind)
-        if not path.is_file():
-            raise ArchLabError(f"--data must be one of corpus, mqar, distance or a .txt file; {kind!r} is none")
-        upload = data_mod.text_data(path.read_bytes(), path.name)
-        kind = "upload"
-    over = {"data": kind}
-    if a.budget is not None:
-        over["budget"] = parse_amount(a.budget)
-    if a.metric is not None:
-        over["budget_metric"] = a.metric
-    if a.tokens is not None:
-        over["tokens"] = int(parse_amount(a.tokens))
-    for flag in ("batch", "seq_len", "layers", "precision"):
-        if getattr(a, flag) is not None:
-            over[flag] = getattr(a, flag)
-    recipe = replace(recipe, **over).validate()
+    recipe, upload = recipe_from_args(a, ("batch", "seq_len", "layers", "precision"))
     lrs = parse_list(a.lrs, float, "--lrs") if a.lrs else (1e-3, 3e-3, 1e-2)
     seeds = parse_list(a.seeds, int, "--seeds")
     spec = AblationSpec(base, vary, lrs, seeds, recipe, a.device, a.name).validate()

@@ -92,20 +92,15 @@ def _models(text: str) -> tuple:
     return tuple(out)
 
 
-def spec_from_args(a) -> tuple[RunSpec, "object | None"]:
-    """The run spec (and uploaded text data, if ``--data`` is a file) the flags describe."""
-    from . import data as data_mod
-
-    if a.spec:
-        path = Path(a.spec)
-        if not path.is_file():
-            raise ArchLabError(f"no such run spec: {a.spec}")
-        return RunSpec.from_json(path.read_bytes()), None
+def recipe_from_args(a, fields: tuple[str, ...]) -> tuple:
+    """The recipe the common flags describe (``--preset``, ``--data``, ``--budget``, ``--metric``, ``--tokens`` and
+    the recipe ``fields`` given as flags of the same name) and the uploaded text data when ``--data`` is a file."""
     import torch
 
+    from . import data as data_mod
+
     base = preset(a.preset or ("small" if torch.cuda.is_available() and a.device != "cpu" else "tiny"))
-    upload = None
-    kind = a.data
+    upload, kind = None, a.data
     if kind not in DATA_KINDS or kind == "upload":
         path = Path(kind)
         if not path.is_file():
@@ -119,19 +114,22 @@ def spec_from_args(a) -> tuple[RunSpec, "object | None"]:
         over["budget_metric"] = a.metric
     if a.tokens is not None:
         over["tokens"] = int(parse_amount(a.tokens))
-    for flag, field in (
-        ("batch", "batch"),
-        ("seq_len", "seq_len"),
-        ("layers", "layers"),
-        ("lr", "lr"),
-        ("seed", "seed"),
-        ("precision", "precision"),
-    ):
-        if getattr(a, flag) is not None:
-            over[field] = getattr(a, flag)
+    over.update({f: getattr(a, f) for f in fields if getattr(a, f) is not None})
+    return replace(base, **over).validate(), upload
+
+
+def spec_from_args(a) -> tuple[RunSpec, "object | None"]:
+    """The run spec (and uploaded text data, if ``--data`` is a file) the flags describe."""
+    from . import data as data_mod
+
+    if a.spec:
+        path = Path(a.spec)
+        if not path.is_file():
+            raise ArchLabError(f"no such run spec: {a.spec}")
+        return RunSpec.from_json(path.read_bytes()), None
+    recipe, upload = recipe_from_args(a, ("batch", "seq_len", "layers", "lr", "seed", "precision"))
     if a.compile:
-        over["compile"] = True
-    recipe = replace(base, **over).validate()
+        recipe = replace(recipe, compile=True).validate()
     if upload is not None:
         data_mod.check_enough(upload, recipe.tokens, recipe.seq_len)
     return RunSpec(_models(a.models), recipe, a.device).validate(), upload
