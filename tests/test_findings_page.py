@@ -278,7 +278,7 @@ def test_the_page_draws_every_claim_and_the_re_run_beside_the_shipped_evidence(r
     for c in claims:
         assert f"(#{c.name})" in summary and c.source["label"] in text and c.source["cite"] in text
         for mode in F.MODES:
-            assert fd.verdict_text(fd.trained(c.name, mode, fd.SHIPPED)) in summary
+            assert fd.short_verdict(fd.verdict_text(fd.trained(c.name, mode, fd.SHIPPED))) in summary
     assert f"re-run: :{fd.verdict_color(rerun_verdict)}-badge[{rerun_verdict}]" in summary
     infos = [i.value for i in at.info]
     for mode in F.MODES:  # a recipe with neither shipped evidence nor a re-run says so, with its command
@@ -327,3 +327,12 @@ def test_the_experiments_page_says_which_claim_a_link_re_runs(rerun):
     attached.switch_page("views/experiments.py").run()
     assert not attached.exception, [e.value for e in attached.exception]
     assert any("A re-run of the finding" in i.value for i in attached.info)
+
+
+def test_the_summary_badges_are_short_and_the_section_keeps_the_whole_verdict():
+    long = "no verdict: the task was not shown learnable (ffn: every cell ends below — not met by ffn=dense (x))"
+    assert fd.short_verdict(long) == "no verdict: task not shown learnable"
+    assert fd.short_verdict(long + " (not run: recall)") == "no verdict: task not shown learnable (not run: recall)"
+    assert fd.short_verdict("mixed: a vs b (loss): supports; c vs d (loss): contradicts") == "mixed (see the claim)"
+    for v in ("supports", "contradicts (not run: recall)", "inconclusive at this scale", "not run"):
+        assert fd.short_verdict(v) == v

@@ -50,7 +50,9 @@ def _summary(claims: list, evidence: dict) -> None:
 
     def cell(r, mode: str) -> str:
         rerun = r[f"re-run ({mode})"]
-        return badge(r[f"verdict ({mode})"]) + (f" re-run: {badge(rerun)}" if rerun else "")
+        return badge(fd.short_verdict(r[f"verdict ({mode})"])) + (
+            f" re-run: {badge(fd.short_verdict(rerun))}" if rerun else ""
+        )
 
     lines = ["| claim | source | verdict (full recipe, one GPU) | verdict (quick recipe, CPU) |", "|---|---|---|---|"]
     lines += [

@@ -147,6 +147,18 @@ def sentence(text: str) -> str:
     return text[:1].upper() + text[1:]
 
 
+def short_verdict(verdict: str) -> str:
+    """A verdict short enough for a badge in the summary table: the outcome without its details (the claim's
+    section gives them in full)."""
+    if verdict.startswith("no verdict: the task was not shown learnable"):
+        return "no verdict: task not shown learnable" + (
+            " (not run: " + verdict.split("(not run: ")[-1] if "(not run: " in verdict else ""
+        )
+    if verdict.startswith("mixed:"):
+        return "mixed (see the claim)"
+    return verdict
+
+
 def verdict_text(t: Optional[Trained]) -> str:
     """The claim's overall verdict from ``t`` (``not run`` without evidence)."""
     return t.verdict["verdict"] if t is not None else "not run"
@@ -295,6 +307,14 @@ def cells_table(runs: Sequence[Trained], ablation: str) -> tuple[pd.DataFrame, p
         bad = {c["name"]: sum(g["diverged"] + g["missing"] for g in c["grid"]) for c in ev.summary["cells"]}
         d = ab.headline_display(table)[["cell", "best lr", "loss at best lr (95 % CI)", "LR sensitivity (95 % CI)"]]
         d.insert(0, "evidence", t.label)
+        edge = {c["name"]: c.get("best_at_edge") for c in ev.summary["cells"]}
+        lo, hi = min(ev.spec.lrs), max(ev.spec.lrs)
+        d["best lr"] = [
+            f"{lr} (the grid's {'smallest' if float(lr) == lo else 'largest'}: the optimum may lie beyond)"
+            if edge.get(c) and lr not in (None, "—")
+            else lr
+            for c, lr in zip(d["cell"], d["best lr"])
+        ]
         d["diverged or missing runs"] = [f"{bad[c]} of {len(ev.spec.lrs) * len(ev.spec.seeds)}" for c in d["cell"]]
         shown.append(d)
         keep = [
@@ -310,6 +330,7 @@ def cells_table(runs: Sequence[Trained], ablation: str) -> tuple[pd.DataFrame, p
         x = table[keep].copy()
         x.insert(0, "evidence", t.label)
         x["diverged or missing runs"] = [bad[c] for c in x["cell"]]
+        x["best lr at the grid's edge"] = [bool(edge.get(c)) for c in x["cell"]]
         exact.append(x)
     if not shown:
         return pd.DataFrame(), pd.DataFrame()
