@@ -1,6 +1,7 @@
 """Findings: the claims file is sound, every shipped summary and verdict is what its recorded runs give, every
 verdict follows from its interval, and a quick MQAR run on the CPU learns the task above chance."""
 
+import dataclasses
 import json
 import math
 
@@ -168,6 +169,18 @@ def test_verdicts_follow_the_rules_on_worked_cases():
         {"off": [(0.01, s, float("nan")) for s in range(3)], "on": [(0.01, s, 3.2 + 0.012 * s) for s in range(3)]}
     )
     assert "qk_norm=off (every learning rate diverged or failed)" in F.judge(c, {"abl": failed})["verdict"]
+    # a failed sanity check blocks only its own ablation's comparisons
+    both = F.Claim(
+        **{
+            **c.__dict__,
+            "ablations": ({"name": "abl"}, {"name": "other"}),
+            "sanity": c.sanity + ({"kind": "learns", "ablation": "other"},),
+            "comparisons": c.comparisons + (dict(c.comparisons[0], ablation="other"),),
+        }
+    )
+    v = F.judge(both, {"abl": lower, "other": dataclasses.replace(unlearned, name="other")})
+    assert [k["verdict"] for k in v["comparisons"]] == ["supports", "no verdict (sanity not shown)"]
+    assert v["verdict"] == "supports (no verdict on other: the task was not shown learnable)"
 
 
 def test_a_quick_mqar_run_on_the_cpu_learns_the_task_above_chance():

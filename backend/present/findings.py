@@ -308,7 +308,7 @@ def cells_table(runs: Sequence[Trained], ablation: str) -> tuple[pd.DataFrame, p
         d = ab.headline_display(table)[["cell", "best lr", "loss at best lr (95 % CI)", "LR sensitivity (95 % CI)"]]
         d.insert(0, "evidence", t.label)
         edge = {c["name"]: c.get("best_at_edge") for c in ev.summary["cells"]}
-        lo, hi = min(ev.spec.lrs), max(ev.spec.lrs)
+        lo = min(ev.spec.lrs)
         d["best lr"] = [
             f"{lr} (the grid's {'smallest' if float(lr) == lo else 'largest'}: the optimum may lie beyond)"
             if edge.get(c) and lr not in (None, "—")

@@ -451,30 +451,36 @@ def judge(c: Claim, evidence: dict[str, Evidence]) -> dict:
     failed = [s for s in checks if s["holds"] is False]
     unknown = [s for s in checks if s["holds"] is None]
     comps = [compare(evidence[k["ablation"]], k) for k in c.comparisons if k["ablation"] in evidence]
-    if failed or unknown:
-        why = "; ".join(f"{s['ablation']}: {s['rule']} — {_unmet(s)}" for s in failed + unknown)
-        for k in comps:
-            if k["verdict"] is not None:
-                k["verdict"] = "no verdict (sanity not shown)"
+    # a task must be shown learnable before a verdict on it counts: a failed sanity check blocks the comparisons of
+    # its own ablation, not those of another ablation whose task was shown learnable
+    blocked = {s["ablation"] for s in failed + unknown}
+    why = "; ".join(f"{s['ablation']}: {s['rule']} — {_unmet(s)}" for s in failed + unknown)
+    for k in comps:
+        if k["ablation"] in blocked and k["verdict"] is not None:
+            k["verdict"] = "no verdict (sanity not shown)"
+    judged = [k["verdict"] for k in comps if k["verdict"] is not None and k["ablation"] not in blocked]
+    if blocked and not judged:
         overall = f"no verdict: the task was not shown learnable ({why})"
+    elif not judged:
+        overall = "not run"
+    elif any(v.startswith("no verdict") for v in judged):
+        overall = f"no verdict: fewer than {st.MIN_SEEDS} seeds"
+    elif all(v == "supports" for v in judged):
+        overall = "supports"
+    elif all(v == "contradicts" for v in judged):
+        overall = "contradicts"
+    elif "supports" in judged and "contradicts" in judged:
+        overall = "mixed: " + "; ".join(
+            f"{k['a']} vs {k['b']} ({k['metric']}): {k['verdict']}"
+            for k in comps
+            if k["verdict"] is not None and k["ablation"] not in blocked
+        )
+    elif "contradicts" in judged:
+        overall = "contradicts (in part)"
     else:
-        judged = [k["verdict"] for k in comps if k["verdict"] is not None]
-        if not judged:
-            overall = "not run"
-        elif any(v.startswith("no verdict") for v in judged):
-            overall = f"no verdict: fewer than {st.MIN_SEEDS} seeds"
-        elif all(v == "supports" for v in judged):
-            overall = "supports"
-        elif all(v == "contradicts" for v in judged):
-            overall = "contradicts"
-        elif "supports" in judged and "contradicts" in judged:
-            overall = "mixed: " + "; ".join(
-                f"{k['a']} vs {k['b']} ({k['metric']}): {k['verdict']}" for k in comps if k["verdict"] is not None
-            )
-        elif "contradicts" in judged:
-            overall = "contradicts (in part)"
-        else:
-            overall = "inconclusive at this scale"
+        overall = "inconclusive at this scale"
+    if blocked and judged:
+        overall += f" (no verdict on {', '.join(sorted(blocked))}: the task was not shown learnable)"
     seeds = sorted({len(ev.spec.seeds) for ev in evidence.values()})
     missing = [a["name"] for a in c.ablations if a["name"] not in evidence]
     if missing and overall != "not run":
