@@ -147,7 +147,7 @@ def test_a_zoo_build_trains_each_architectures_seeds_as_one_stack(tmp_path):
     from backend.train import zoo as zoo_train
     from backend.train.recipe import preset
 
-    r = preset("zoo", budget=100_000, layers=2, tokens=64 * 256 * 6)
+    r = preset("zoo", budget=100_000, layers=2, batch=8, seq_len=128, tokens=8 * 128 * 6, eval_windows=4)
     out = zoo_train.build(
         tmp_path / "zoo", r, seeds=(0, 1), keys=["llama3-8b"], parallel=1, root=tmp_path / "runs", log=lambda s: None
     )
