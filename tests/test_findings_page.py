@@ -334,5 +334,7 @@ def test_the_summary_badges_are_short_and_the_section_keeps_the_whole_verdict():
     assert fd.short_verdict(long) == "no verdict: task not shown learnable"
     assert fd.short_verdict(long + " (not run: recall)") == "no verdict: task not shown learnable (not run: recall)"
     assert fd.short_verdict("mixed: a vs b (loss): supports; c vs d (loss): contradicts") == "mixed (see the claim)"
+    partly = "inconclusive at this scale (no verdict on recall: the task was not shown learnable)"
+    assert fd.short_verdict(partly) == "inconclusive at this scale (no verdict on recall: not learnable)"
     for v in ("supports", "contradicts (not run: recall)", "inconclusive at this scale", "not run"):
         assert fd.short_verdict(v) == v

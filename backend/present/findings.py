@@ -156,7 +156,7 @@ def short_verdict(verdict: str) -> str:
         )
     if verdict.startswith("mixed:"):
         return "mixed (see the claim)"
-    return verdict
+    return verdict.replace(": the task was not shown learnable)", ": not learnable)")
 
 
 def verdict_text(t: Optional[Trained]) -> str:
