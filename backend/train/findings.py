@@ -409,10 +409,10 @@ def compare(ev: Evidence, comp: dict) -> dict:
     elif expected == "same":
         spread = st.interval(b).sd  # the reference's seed-to-seed spread: the margin of "no difference"
         finding = st.no_difference(diff, spread)
-        finding = "inconclusive at this scale" if finding == "inconclusive" else finding
     else:
         finding = st.finding(diff, expected)
-        finding = "inconclusive at this scale" if finding == "inconclusive" else finding
+    if finding == "inconclusive":
+        finding = "inconclusive at this scale"
     return {
         **comp,
         "a_values": a,
